@@ -1,0 +1,42 @@
+// The one place where every dv365 schema is declared. Backends add kernels with TORCH_LIBRARY_IMPL in
+// their own files; Python adds fake impls and autograd (dv365_ops/<family>.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// A dummy module init so that `from dv365_ops import _C` loads this library (and runs the static
+// registrations below) without pybind11.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(dv365, m) {
+  // jagged weighted mean pooling (dv365_ops/jagged.py)
+  m.def("jagged_mean_pool(Tensor table, Tensor ids, Tensor offsets, Tensor? weights=None, bool sparse=False) -> Tensor");
+  m.def("jagged_mean_pool_backward(Tensor grad, Tensor ids, Tensor offsets, Tensor? weights, SymInt num_rows) -> Tensor");
+  m.def("jagged_mean_pool_backward_rows(Tensor grad, Tensor ids, Tensor offsets, Tensor? weights) -> Tensor");
+
+  // token-axis strided mean pooling (dv365_ops/token_pool.py)
+  m.def("token_pool(Tensor x, int stride) -> Tensor");
+  m.def("token_pool_backward(Tensor grad, int stride, SymInt n) -> Tensor");
+
+  // int4 rowwise codes (dv365_ops/int4.py)
+  m.def("int4_quantize(Tensor x, bool half_scale_bias=False) -> Tensor");
+  m.def("int4_dequantize(Tensor packed, bool half_scale_bias=False, ScalarType? dtype=None) -> Tensor");
+
+  // multi-slicing (dv365_ops/slicing.py; program layout in dv365_ops/program.py)
+  m.def(
+      "slice_timeline(Tensor[] ids, Tensor offsets, Tensor ts, Tensor cats, Tensor floats, Tensor request_ts, "
+      "Tensor prog_i, Tensor prog_f) -> (Tensor values, Tensor weights, Tensor lengths)");
+  m.def(
+      "sliced_pool(Tensor[] tables, Tensor[] ids, Tensor offsets, Tensor ts, Tensor cats, Tensor floats, "
+      "Tensor request_ts, Tensor prog_i, Tensor prog_f, bool sparse=False) -> (Tensor pooled, Tensor weight_sum)");
+  m.def(
+      "sliced_pool_backward(Tensor grad, Tensor weight_sum, Tensor[] ids, Tensor offsets, Tensor ts, Tensor cats, "
+      "Tensor floats, Tensor request_ts, Tensor prog_i, Tensor prog_f, SymInt[] num_rows) -> Tensor[]");
+  m.def(
+      "sliced_pool_backward_rows(Tensor grad, Tensor weight_sum, Tensor[] ids, Tensor offsets, Tensor ts, "
+      "Tensor cats, Tensor floats, Tensor request_ts, Tensor prog_i, Tensor prog_f) -> Tensor[]");
+}

@@ -1,0 +1,22 @@
+"""dv365_ops: torch custom ops (``torch.ops.dv365.*``) for DV365's hot paths.
+
+Families (each module holds the wrapper, fake impl and autograd of its ops; ``reference`` holds the
+pure-torch semantics of all of them):
+
+- :mod:`dv365_ops.jagged` — jagged weighted mean pooling
+- :mod:`dv365_ops.token_pool` — token-axis strided mean pooling (between funnel blocks)
+- :mod:`dv365_ops.int4` — int4 rowwise quantize / dequantize (136-byte rows for D = 256)
+- :mod:`dv365_ops.slicing` — multi-slicing: ``slice_timeline`` and the fused ``sliced_pool``
+"""
+
+import torch  # noqa: F401  (libtorch must be loaded before _C: the extension has no rpath to it)
+
+from . import _C  # noqa: F401  (registers the schemas and the C++ kernels)
+from . import program, reference  # noqa: F401
+from . import int4, jagged, slicing, token_pool  # noqa: F401
+from .int4 import *  # noqa: F401,F403
+from .jagged import *  # noqa: F401,F403
+from .slicing import *  # noqa: F401,F403
+from .token_pool import *  # noqa: F401,F403
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""UniTi data: Parquet storage, loader, synthetic generator, ingestion (issue 5)."""

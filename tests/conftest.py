@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+import dv365_ops  # noqa: F401  (registers torch.ops.dv365)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    # fresh random data per test, reproducible from the test id when DV365_TEST_SEED is set
+    seed = os.environ.get("DV365_TEST_SEED")
+    torch.manual_seed(int(seed) if seed else torch.seed() % 2**31)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "compile: uses torch.compile (slow when cold)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device")
