@@ -13,10 +13,18 @@ import torch  # noqa: F401  (libtorch must be loaded before _C: the extension ha
 
 from . import _C  # noqa: F401  (registers the schemas and the C++ kernels)
 from . import program, reference  # noqa: F401
+from ._backend import get_backend, set_backend, use_backend  # noqa: F401
 from . import int4, jagged, slicing, token_pool  # noqa: F401
 from .int4 import *  # noqa: F401,F403
 from .jagged import *  # noqa: F401,F403
 from .slicing import *  # noqa: F401,F403
 from .token_pool import *  # noqa: F401,F403
+
+try:
+    import triton  # noqa: F401
+except ImportError:  # Triton is optional: the compiled kernels serve every op without it
+    triton = None
+if triton is not None:
+    from . import triton_kernels  # noqa: F401  (registers the dv365::*_triton ops)
 
 __version__ = "0.1.0"

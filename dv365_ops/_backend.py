@@ -1,0 +1,72 @@
+"""Which implementation serves an op on a device: the compiled kernels (C++ on the CPU, CUDA) or Triton.
+
+Choose with ``DV365_BACKEND=auto|native|triton`` in the environment, ``dv365_ops.set_backend(...)``, or
+the ``dv365_ops.use_backend(...)`` context manager (thread-local). ``auto`` takes the compiled kernel
+when the build has one for the device, Triton for the ops listed in ``AUTO_TRITON`` (where the H200
+benchmarks in ``benchmarks/results/`` measured Triton faster), and Triton where no compiled kernel exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import torch
+
+BACKENDS = ("auto", "native", "triton")
+
+# ops whose Triton kernel beat the CUDA kernel on the H200 (see benchmarks/results/)
+AUTO_TRITON: set[str] = set()
+
+_state = threading.local()
+
+
+def get_backend() -> str:
+    name = getattr(_state, "backend", None) or os.environ.get("DV365_BACKEND", "auto")
+    if name not in BACKENDS:
+        raise ValueError(f"dv365_ops: backend must be one of {BACKENDS}, got {name!r} (DV365_BACKEND?)")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Set this thread's backend (``None`` goes back to ``DV365_BACKEND`` or ``auto``)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"dv365_ops: backend must be one of {BACKENDS}, got {name!r}")
+    _state.backend = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    previous = getattr(_state, "backend", None)
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _state.backend = previous
+
+
+def has_native_kernel(op_name: str, device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dv365::{op_name}", key)
+
+
+def triton_op(op_name: str):
+    """The ``dv365::<op>_triton`` op, or None when Triton kernels are not registered."""
+    return getattr(torch.ops.dv365, f"{op_name}_triton", None)
+
+
+def resolve(op_name: str, device: torch.device):
+    """The op (an OpOverloadPacket) that serves ``op_name`` on ``device`` under the current backend."""
+    native = getattr(torch.ops.dv365, op_name)
+    backend = get_backend()
+    if backend == "native":
+        return native
+    tri = triton_op(op_name)
+    if backend == "triton":
+        if tri is None:
+            raise RuntimeError(f"dv365::{op_name}: the Triton backend was requested but Triton kernels are not available")
+        return tri
+    if device.type == "cuda" and tri is not None and (op_name in AUTO_TRITON or not has_native_kernel(op_name, "cuda")):
+        return tri
+    return native
