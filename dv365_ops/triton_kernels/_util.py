@@ -35,6 +35,19 @@ def register_autograd(op_name: str, family, backward: Callable, setup_context: C
     torch.library.register_autograd(f"dv365::{op_name}_triton", backward, setup_context=setup_context)
 
 
+def num_passed_inputs(op_name: str, inputs: tuple) -> int:
+    """How many inputs autograd expects gradients for: the dispatcher drops trailing arguments equal to their
+    defaults before autograd sees them, while ``setup_context`` gets them filled back in."""
+    arguments = getattr(torch.ops.dv365, op_name).default._schema.arguments
+    n = len(inputs)
+    while n and arguments[n - 1].has_default_value():
+        value, default = inputs[n - 1], arguments[n - 1].default_value
+        if not (value is default or (not isinstance(value, torch.Tensor) and value == default)):
+            break
+        n -= 1
+    return n
+
+
 def check_device(op_name: str, *tensors: torch.Tensor) -> None:
     """Triton kernels run on CUDA tensors, and on CPU tensors only under ``TRITON_INTERPRET=1``."""
     for t in tensors:

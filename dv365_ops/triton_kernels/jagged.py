@@ -217,19 +217,21 @@ def _fake_jagged_mean_pool_backward_rows(grad, ids, offsets, weights):
 
 
 def _setup_context_jagged_mean_pool(ctx, inputs, output):
-    table, ids, offsets, weights, sparse = inputs
+    table, ids, offsets, *rest = inputs
+    weights, sparse = (rest + [None, False])[:2]
     ctx.save_for_backward(ids, offsets, weights)
     ctx.num_rows, ctx.sparse = table.shape[0], sparse
+    ctx.num_inputs = _util.num_passed_inputs("jagged_mean_pool", inputs)
 
 
 def _backward_jagged_mean_pool(ctx, grad):
     ids, offsets, weights = ctx.saved_tensors
     if ctx.sparse:
         rows = torch.ops.dv365.jagged_mean_pool_backward_rows_triton(grad, ids, offsets, weights)
-        grad_table = torch.sparse_coo_tensor(ids[None].long(), rows, (ctx.num_rows, grad.shape[1]))
+        grad_table = torch.sparse_coo_tensor(ids[None].long(), rows, (ctx.num_rows, grad.shape[1]), check_invariants=False)
     else:
         grad_table = torch.ops.dv365.jagged_mean_pool_backward_triton(grad, ids, offsets, weights, ctx.num_rows)
-    return grad_table, None, None, None, None
+    return (grad_table,) + (None,) * (ctx.num_inputs - 1)
 
 
 for _name in _OPS:

@@ -480,9 +480,10 @@ def _fake_sliced_pool_backward_rows(grad, weight_sum, ids, offsets, ts, cats, fl
 
 
 def _setup_context_sliced_pool(ctx, inputs, output):
-    tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, sparse = inputs
+    tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, *sparse = inputs
     ctx.save_for_backward(offsets, ts, cats, floats, request_ts, prog_i, prog_f, output[1], *ids)
-    ctx.num_rows, ctx.sparse = [t.shape[0] for t in tables], sparse
+    ctx.num_rows, ctx.sparse = [t.shape[0] for t in tables], bool(sparse and sparse[0])
+    ctx.num_inputs = _util.num_passed_inputs("sliced_pool", inputs)
     ctx.mark_non_differentiable(output[1])
 
 
@@ -492,10 +493,10 @@ def _backward_sliced_pool(ctx, grad, _grad_weight_sum):
     if ctx.sparse:
         rows = torch.ops.dv365.sliced_pool_backward_rows_triton(*args)
         d = grad.shape[2]
-        grads = [torch.sparse_coo_tensor(i[None].long(), r, (n, d)) for i, r, n in zip(ids, rows, ctx.num_rows)]
+        grads = [torch.sparse_coo_tensor(i[None].long(), r, (n, d), check_invariants=False) for i, r, n in zip(ids, rows, ctx.num_rows)]
     else:
         grads = torch.ops.dv365.sliced_pool_backward_triton(*args, ctx.num_rows)
-    return grads, None, None, None, None, None, None, None, None, None
+    return (grads, [None] * len(ids)) + (None,) * (ctx.num_inputs - 2)
 
 
 for _name in ("sliced_pool", "sliced_pool_backward", "sliced_pool_backward_rows"):
