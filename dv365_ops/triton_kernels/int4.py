@@ -13,8 +13,8 @@ built from ``floor`` (libdevice ``rint`` is not available under the interpreter)
 is compiled with ``enable_fp_fusion=False`` so that ``q * scale + bias`` is not contracted into an fma
 (torch rounds the product first).
 
-One program per ``BLOCK_R`` rows, each row whole: D/2 even and odd columns are loaded as two strided
-halves of the same cache lines, so DRAM sees each input byte once and each output byte once.
+One program per ``BLOCK_R`` rows, each row whole and contiguous in registers (``tl.split`` /
+``tl.interleave`` separate and rejoin the even and odd columns), so every load and store is coalesced.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def _quantize_kernel(
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     j = tl.arange(0, BLOCK_H)
     ok = (r < R)[:, None] & (j < H)[None, :]
-    src = x + r[:, None] * stride_x + 2 * j[None, :]
-    xe = tl.load(src, mask=ok, other=0.0).to(tl.float32)
-    xo = tl.load(src + 1, mask=ok, other=0.0).to(tl.float32)
+    # whole rows, loaded contiguously, then split into even and odd columns
+    c = tl.arange(0, 2 * BLOCK_H)
+    xx = tl.load(x + r[:, None] * stride_x + c[None, :], mask=(r < R)[:, None] & (c < 2 * H)[None, :], other=0.0)
+    xe, xo = tl.split(tl.reshape(xx.to(tl.float32), [BLOCK_R, BLOCK_H, 2]))
     inf = float("inf")
     mn = tl.minimum(tl.min(tl.where(ok, xe, inf), axis=1), tl.min(tl.where(ok, xo, inf), axis=1))
     mx = tl.maximum(tl.max(tl.where(ok, xe, -inf), axis=1), tl.max(tl.where(ok, xo, -inf), axis=1))
@@ -118,9 +119,10 @@ def _dequantize_kernel(
         bias = b_bits.to(tl.int32).to(tl.float32, bitcast=True)
     lo = (codes & 0xF).to(tl.float32) * scale[:, None] + bias[:, None]
     hi = (codes >> 4).to(tl.float32) * scale[:, None] + bias[:, None]
-    dst = out + r[:, None] * stride_o + 2 * j[None, :]
-    tl.store(dst, lo.to(out.dtype.element_ty), mask=ok)
-    tl.store(dst + 1, hi.to(out.dtype.element_ty), mask=ok)
+    # interleaved back into whole rows, stored contiguously
+    c = tl.arange(0, 2 * BLOCK_H)
+    vals = tl.interleave(lo, hi).to(out.dtype.element_ty)
+    tl.store(out + r[:, None] * stride_o + c[None, :], vals, mask=r_ok[:, None] & (c < 2 * H)[None, :])
 
 
 def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tensor:

@@ -61,20 +61,23 @@ def _dot_precision() -> str:
 
 
 def _config(dtype: torch.dtype, slices_per_table: int, d: int) -> dict:
-    """Block sizes. GPU: up to 128 slices x 128 columns of fp32 accumulator per program (8 warps, 64
-    registers a thread), 32 events a chunk (the dot's K), 4096 events a program (enough programs to fill
-    132 SMs at B = 32 while keeping the atomic partial sums few). The interpreter gets tiny blocks so that
-    small tests cross every block boundary."""
+    """Block sizes. GPU: a table's slices in one block (up to 128) and whole rows (up to 256 columns), so
+    the membership tile is evaluated once per event and each row is gathered once: a fp32 accumulator of
+    up to 128 x 256 spread over 16 warps (64 registers a thread); 32 events a chunk (the dot's K); 2048
+    events a program (W40K: ~650 programs per table for 132 SMs, few atomic partial sums).
+    ``DV365_TRITON_SLICED_BLOCK_D`` overrides the column block (a tuning knob for the benchmarks).
+    The interpreter gets tiny blocks so that small tests cross every block boundary."""
     use_dot = dtype != torch.float64
     if _util.INTERPRET:
         return dict(BLOCK_S=8, BLOCK_E=16, BLOCK_D=16, EPP=32, num_warps=4, USE_DOT=use_dot)
     if not use_dot:
-        return dict(BLOCK_S=16, BLOCK_E=16, BLOCK_D=16, EPP=4096, num_warps=4, USE_DOT=False)
+        return dict(BLOCK_S=16, BLOCK_E=16, BLOCK_D=16, EPP=2048, num_warps=4, USE_DOT=False)
     block_s = min(max(triton.next_power_of_2(max(slices_per_table, 1)), 16), 128)
-    block_d = min(max(triton.next_power_of_2(max(d, 1)), 16), 128)
+    block_d = min(max(triton.next_power_of_2(max(d, 1)), 16), int(os.environ.get("DV365_TRITON_SLICED_BLOCK_D", 256)))
+    tile = block_s * block_d
     return dict(
-        BLOCK_S=block_s, BLOCK_E=32, BLOCK_D=block_d, EPP=4096,
-        num_warps=8 if block_s * block_d >= 8192 else 4, USE_DOT=True,
+        BLOCK_S=block_s, BLOCK_E=32, BLOCK_D=block_d, EPP=2048,
+        num_warps=16 if tile >= 32768 else 8 if tile >= 8192 else 4, USE_DOT=True,
     )
 
 
@@ -122,14 +125,28 @@ def _slice_params(prog_i, prog_f, order, si, s_ok):
 
 
 @triton.jit
-def _cat_value(cats, stride_c, e, e_ok, field, NUM_CATS: tl.constexpr):
-    """``cats[clamp(field, 0, C - 1), e]`` for every (slice, event) pair, from the C rows loaded once."""
-    f = tl.minimum(tl.maximum(field, 0), NUM_CATS - 1)
-    v = tl.zeros([field.shape[0], e.shape[0]], tl.int64)
-    for c in tl.static_range(NUM_CATS):
-        row = tl.load(cats + c * stride_c + e, mask=e_ok, other=0).to(tl.int64)
-        v = tl.where((f == c)[:, None], row[None, :], v)
-    return v
+def _cat_filter(keep, cats, stride_c, e, e_ok, field, mask, NUM_CATS: tl.constexpr):
+    """``keep & (field < 0 | (mask >> cats[clamp(field, 0, C - 1), e]) & 1)``, skipped when no slice of the
+    block uses the filter. The 64-bit mask is tested as two 32-bit words (64-bit shifts are emulated)."""
+    if tl.max(field) >= 0:
+        f = tl.minimum(tl.maximum(field, 0), NUM_CATS - 1)
+        v = tl.zeros([field.shape[0], e.shape[0]], tl.int32)
+        for c in tl.static_range(NUM_CATS):
+            row = tl.load(cats + c * stride_c + e, mask=e_ok, other=0).to(tl.int32)
+            v = tl.where((f == c)[:, None], row[None, :], v)
+        lo = (mask & 0xFFFFFFFF).to(tl.int32)[:, None]
+        hi = (mask >> 32).to(tl.int32)[:, None]
+        bit = (tl.where(v < 32, lo, hi) >> (v & 31)) & 1
+        keep &= (field < 0)[:, None] | (bit != 0)
+    return keep
+
+
+@triton.jit
+def _uniform(values, used):
+    """(whether ``values`` agree over the ``used`` slices, that common value)."""
+    lo = tl.min(tl.where(used, values, float("inf")))
+    hi = tl.max(tl.where(used, values, float("-inf")))
+    return lo == hi, lo
 
 
 @triton.jit
@@ -139,32 +156,48 @@ def _membership(
     has_dwell, has_ratio, has_weighted,
     NUM_CATS: tl.constexpr, HAS_FLOATS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """``W [BLOCK_S, BLOCK_E]`` (float32, 0 where dropped) and whether any pair is kept (program.py)."""
+    """``W [BLOCK_S, BLOCK_E]`` (float32, 0 where dropped) and whether any pair is kept (program.py).
+
+    The float64 powers and logarithms depend on the event and on BETA / GAMMA only: when the block's ratio
+    (weighted) slices share one BETA (GAMMA), as compiled specs do, they are computed once per event."""
     dt = req - tl.load(ts + e, mask=e_ok, other=0)
     keep = (dt[None, :] > win_lo[:, None]) & (dt[None, :] <= win_hi[:, None]) & e_ok[None, :] & s_ok[:, None]
     if NUM_CATS == 0:
         keep &= ((f0 < 0) & (f1 < 0) & (f2 < 0))[:, None]
     else:
-        keep &= (f0 < 0)[:, None] | (((m0[:, None] >> _cat_value(cats, stride_c, e, e_ok, f0, NUM_CATS)) & 1) == 1)
-        keep &= (f1 < 0)[:, None] | (((m1[:, None] >> _cat_value(cats, stride_c, e, e_ok, f1, NUM_CATS)) & 1) == 1)
-        keep &= (f2 < 0)[:, None] | (((m2[:, None] >> _cat_value(cats, stride_c, e, e_ok, f2, NUM_CATS)) & 1) == 1)
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f0, m0, NUM_CATS)
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f1, m1, NUM_CATS)
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f2, m2, NUM_CATS)
     weight = tl.full(keep.shape, 1.0, tl.float32)
     if HAS_FLOATS:
         if tl.max(keep.to(tl.int32)) > 0:
-            dur = tl.load(floats + e, mask=e_ok, other=0.0).to(tl.float64)[None, :]
-            dwell = tl.load(floats + stride_f + e, mask=e_ok, other=0.0).to(tl.float64)[None, :]
+            dur_e = tl.load(floats + e, mask=e_ok, other=0.0).to(tl.float64)
+            dwell_e = tl.load(floats + stride_f + e, mask=e_ok, other=0.0).to(tl.float64)
+            dur = dur_e[None, :]
+            dwell = dwell_e[None, :]
             if has_dwell:
                 in_dwell = (dwell >= dlo[:, None]) & (dwell <= dhi[:, None])
                 keep &= ((flags & 2) == 0)[:, None] | in_dwell
             if has_ratio:
-                ratio = dwell / _pow(dur, beta[:, None], INTERPRET)
-                keep &= ((flags & 4) == 0)[:, None] | ((ratio >= rlo[:, None]) & (ratio <= rhi[:, None]))
+                is_ratio = (flags & 4) != 0
+                same, b = _uniform(beta, is_ratio & s_ok)
+                if same:
+                    ratio = tl.broadcast_to((dwell_e / _pow(dur_e, b, INTERPRET))[None, :], keep.shape)
+                else:
+                    ratio = dwell / _pow(dur, beta[:, None], INTERPRET)
+                keep &= ~is_ratio[:, None] | ((ratio >= rlo[:, None]) & (ratio <= rhi[:, None]))
             if has_weighted:
-                denom = _log1p(gamma[:, None] * dur, INTERPRET)
-                score = _log1p(dwell, INTERPRET) / denom
-                weighted = ((flags & 1) != 0)[:, None]
-                keep &= ~weighted | ((denom > 0) & (score > s0[:, None]))
-                weight = tl.where(weighted & keep, score, 1.0).to(tl.float32)
+                weighted = (flags & 1) != 0
+                same, g = _uniform(gamma, weighted & s_ok)
+                if same:
+                    denom_e = _log1p(g * dur_e, INTERPRET)
+                    denom = tl.broadcast_to(denom_e[None, :], keep.shape)
+                    score = tl.broadcast_to((_log1p(dwell_e, INTERPRET) / denom_e)[None, :], keep.shape)
+                else:
+                    denom = _log1p(gamma[:, None] * dur, INTERPRET)
+                    score = _log1p(dwell, INTERPRET) / denom
+                keep &= ~weighted[:, None] | ((denom > 0) & (score > s0[:, None]))
+                weight = tl.where(weighted[:, None] & keep, score, 1.0).to(tl.float32)
     else:
         keep &= ((flags & 7) == 0)[:, None]
     return tl.where(keep, weight, 0.0), tl.max(keep.to(tl.int32)) > 0
