@@ -125,10 +125,10 @@ def _slice_params(prog_i, prog_f, order, si, s_ok):
 
 
 @triton.jit
-def _cat_filter(keep, cats, stride_c, e, e_ok, field, mask, NUM_CATS: tl.constexpr):
+def _cat_filter(keep, cats, stride_c, e, e_ok, field, mask, used, NUM_CATS: tl.constexpr):
     """``keep & (field < 0 | (mask >> cats[clamp(field, 0, C - 1), e]) & 1)``, skipped when no slice of the
     block uses the filter. The 64-bit mask is tested as two 32-bit words (64-bit shifts are emulated)."""
-    if tl.max(field) >= 0:
+    if used:
         f = tl.minimum(tl.maximum(field, 0), NUM_CATS - 1)
         v = tl.zeros([field.shape[0], e.shape[0]], tl.int32)
         for c in tl.static_range(NUM_CATS):
@@ -153,21 +153,22 @@ def _uniform(values, used):
 def _membership(
     e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
     win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
-    has_dwell, has_ratio, has_weighted,
+    block,
     NUM_CATS: tl.constexpr, HAS_FLOATS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """``W [BLOCK_S, BLOCK_E]`` (float32, 0 where dropped) and whether any pair is kept (program.py).
 
     The float64 powers and logarithms depend on the event and on BETA / GAMMA only: when the block's ratio
     (weighted) slices share one BETA (GAMMA), as compiled specs do, they are computed once per event."""
+    use_f0, use_f1, use_f2, has_dwell, has_ratio, has_weighted, beta_same, beta_one, gamma_same, gamma_one = block
     dt = req - tl.load(ts + e, mask=e_ok, other=0)
     keep = (dt[None, :] > win_lo[:, None]) & (dt[None, :] <= win_hi[:, None]) & e_ok[None, :] & s_ok[:, None]
     if NUM_CATS == 0:
         keep &= ((f0 < 0) & (f1 < 0) & (f2 < 0))[:, None]
     else:
-        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f0, m0, NUM_CATS)
-        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f1, m1, NUM_CATS)
-        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f2, m2, NUM_CATS)
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f0, m0, use_f0, NUM_CATS)
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f1, m1, use_f1, NUM_CATS)
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f2, m2, use_f2, NUM_CATS)
     weight = tl.full(keep.shape, 1.0, tl.float32)
     if HAS_FLOATS:
         if tl.max(keep.to(tl.int32)) > 0:
@@ -180,17 +181,15 @@ def _membership(
                 keep &= ((flags & 2) == 0)[:, None] | in_dwell
             if has_ratio:
                 is_ratio = (flags & 4) != 0
-                same, b = _uniform(beta, is_ratio & s_ok)
-                if same:
-                    ratio = tl.broadcast_to((dwell_e / _pow(dur_e, b, INTERPRET))[None, :], keep.shape)
+                if beta_same:
+                    ratio = tl.broadcast_to((dwell_e / _pow(dur_e, beta_one, INTERPRET))[None, :], keep.shape)
                 else:
                     ratio = dwell / _pow(dur, beta[:, None], INTERPRET)
                 keep &= ~is_ratio[:, None] | ((ratio >= rlo[:, None]) & (ratio <= rhi[:, None]))
             if has_weighted:
                 weighted = (flags & 1) != 0
-                same, g = _uniform(gamma, weighted & s_ok)
-                if same:
-                    denom_e = _log1p(g * dur_e, INTERPRET)
+                if gamma_same:
+                    denom_e = _log1p(gamma_one * dur_e, INTERPRET)
                     denom = tl.broadcast_to(denom_e[None, :], keep.shape)
                     score = tl.broadcast_to((_log1p(dwell_e, INTERPRET) / denom_e)[None, :], keep.shape)
                 else:
@@ -204,9 +203,16 @@ def _membership(
 
 
 @triton.jit
-def _block_flags(flags, s_ok):
+def _block_summary(f0, f1, f2, flags, beta, gamma, s_ok):
+    """What the block's slices use, reduced once per block rather than per chunk: categorical filters,
+    dwell / ratio / weighted flags, and whether the ratio (weighted) slices share one BETA (GAMMA)."""
     f = tl.where(s_ok, flags, 0)
-    return tl.max(f & 2) > 0, tl.max(f & 4) > 0, tl.max(f & 1) > 0
+    beta_same, beta_one = _uniform(beta, ((f & 4) != 0) & s_ok)
+    gamma_same, gamma_one = _uniform(gamma, ((f & 1) != 0) & s_ok)
+    return (
+        tl.max(f0) >= 0, tl.max(f1) >= 0, tl.max(f2) >= 0, tl.max(f & 2) > 0, tl.max(f & 4) > 0, tl.max(f & 1) > 0,
+        beta_same, beta_one, gamma_same, gamma_one,
+    )
 
 
 @triton.jit
@@ -232,7 +238,7 @@ def _forward_kernel(
     s_ok = si < s_hi
     s, win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0 = _slice_params(
         prog_i, prog_f, order, si, s_ok)
-    has_dwell, has_ratio, has_weighted = _block_flags(flags, s_ok)
+    block = _block_summary(f0, f1, f2, flags, beta, gamma, s_ok)
     req = tl.load(request_ts + b)
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < D
@@ -244,7 +250,7 @@ def _forward_kernel(
         w, any_kept = _membership(
             e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
             win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
-            has_dwell, has_ratio, has_weighted, NUM_CATS, HAS_FLOATS, INTERPRET)
+            block, NUM_CATS, HAS_FLOATS, INTERPRET)
         if any_kept:
             idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
             rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0)
@@ -289,11 +295,11 @@ def _backward_kernel(
             s_ok = si < t_hi
             s, win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0 = _slice_params(
                 prog_i, prog_f, order, si, s_ok)
-            has_dwell, has_ratio, has_weighted = _block_flags(flags, s_ok)
+            block = _block_summary(f0, f1, f2, flags, beta, gamma, s_ok)
             w, any_kept = _membership(
                 e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
                 win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
-                has_dwell, has_ratio, has_weighted, NUM_CATS, HAS_FLOATS, INTERPRET)
+                block, NUM_CATS, HAS_FLOATS, INTERPRET)
             if any_kept:
                 gi = (b * S + s).to(tl.int64)
                 ws = tl.load(weight_sum + gi, mask=s_ok, other=0.0).to(ACC)
