@@ -60,11 +60,13 @@ def _dot_precision() -> str:
     return precision
 
 
-def _config(dtype: torch.dtype, slices_per_table: int, d: int) -> dict:
+def _config(dtype: torch.dtype, slices_per_table: int, d: int, backward: bool = False) -> dict:
     """Block sizes. GPU: a table's slices in one block (up to 128) and whole rows (up to 256 columns), so
     the membership tile is evaluated once per event and each row is gathered once: a fp32 accumulator of
     up to 128 x 256 spread over 16 warps (64 registers a thread); 32 events a chunk (the dot's K); 2048
     events a program (W40K: ~650 programs per table for 132 SMs, few atomic partial sums).
+    The backward takes 64 events a chunk: each chunk re-reads ``grad / weight_sum`` of its slices from L2,
+    and its accumulator is ``[BLOCK_E, BLOCK_D]``.
     ``DV365_TRITON_SLICED_BLOCK_D`` overrides the column block (a tuning knob for the benchmarks).
     The interpreter gets tiny blocks so that small tests cross every block boundary."""
     use_dot = dtype != torch.float64
@@ -76,7 +78,7 @@ def _config(dtype: torch.dtype, slices_per_table: int, d: int) -> dict:
     block_d = min(max(triton.next_power_of_2(max(d, 1)), 16), int(os.environ.get("DV365_TRITON_SLICED_BLOCK_D", 256)))
     tile = block_s * block_d
     return dict(
-        BLOCK_S=block_s, BLOCK_E=32, BLOCK_D=block_d, EPP=2048,
+        BLOCK_S=block_s, BLOCK_E=64 if backward else 32, BLOCK_D=block_d, EPP=2048,
         num_warps=16 if tile >= 32768 else 8 if tile >= 8192 else 4, USE_DOT=True,
     )
 
@@ -475,7 +477,7 @@ def _backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, 
             out = torch.zeros(num_rows[t], d, dtype=acc_dtype, device=ts.device)
         else:
             out = torch.empty(plan.n, d, dtype=grad.dtype, device=ts.device)
-        cfg = _config(grad.dtype, plan.counts[t], d)
+        cfg = _config(grad.dtype, plan.counts[t], d, backward=True)
         if plan.b and plan.n and d:
             split = plan.split(cfg)
             _backward_kernel[(plan.b * split, triton.cdiv(d, cfg["BLOCK_D"]))](
