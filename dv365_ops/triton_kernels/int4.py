@@ -9,9 +9,10 @@ bias (fp32, or fp16 with ``half_scale_bias``, fbgemm's ``FusedNBitRowwiseQuantiz
     x'   = q * scale + bias
 
 Exactness: ``/`` is ``tl.math.div_rn`` (IEEE division, not the approximate default), round-half-to-even is
-built from ``floor`` (libdevice ``rint`` is not available under the interpreter), and the dequantize kernel
-is compiled with ``enable_fp_fusion=False`` so that ``q * scale + bias`` is not contracted into an fma
-(torch rounds the product first).
+built from ``floor`` (libdevice ``rint`` is not available under the interpreter), and both kernels are
+compiled with ``enable_fp_fusion=False``: contracted into an fma, ``v - floor(v)`` with ``v = d * inv`` sees
+the unrounded product and misses exact ties (seen on the H200), and ``q * scale + bias`` would differ from
+torch, which rounds the product first.
 
 One program per ``BLOCK_R`` rows, each row whole and contiguous in registers (``tl.split`` /
 ``tl.interleave`` separate and rejoin the even and odd columns), so every load and store is coalesced.
@@ -139,7 +140,7 @@ def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tenso
         block_h, block_r = _config(h, 2048)
         _quantize_kernel[(triton.cdiv(r, block_r),)](
             x, out, r, h, x.stride(0), out.stride(0),
-            HALF=half_scale_bias, BLOCK_R=block_r, BLOCK_H=block_h, num_warps=4,
+            HALF=half_scale_bias, BLOCK_R=block_r, BLOCK_H=block_h, num_warps=4, enable_fp_fusion=False,
         )
     return out
 

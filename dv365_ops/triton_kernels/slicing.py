@@ -65,21 +65,27 @@ def _config(dtype: torch.dtype, slices_per_table: int, d: int, backward: bool = 
     the membership tile is evaluated once per event and each row is gathered once: a fp32 accumulator of
     up to 128 x 256 spread over 16 warps (64 registers a thread); 32 events a chunk (the dot's K); 2048
     events a program (W40K: ~650 programs per table for 132 SMs, few atomic partial sums).
-    The backward takes 64 events a chunk: each chunk re-reads ``grad / weight_sum`` of its slices from L2,
-    and its accumulator is ``[BLOCK_E, BLOCK_D]``.
+    The backward takes at most 128 columns: its dot's ``[BLOCK_S, BLOCK_D]`` operand (``grad / weight_sum``)
+    must fit in shared memory (256 columns asked 256 KB of the H200's 227 KB).
+    ``DV365_TRITON_SLICED_GATE=0`` replaces the per-chunk branch around the gather with a masked gather
+    (rows of events no slice keeps are not fetched) that the compiler may software-pipeline.
     ``DV365_TRITON_SLICED_BLOCK_D`` overrides the column block (a tuning knob for the benchmarks).
     The interpreter gets tiny blocks so that small tests cross every block boundary."""
     use_dot = dtype != torch.float64
     if _util.INTERPRET:
-        return dict(BLOCK_S=8, BLOCK_E=16, BLOCK_D=16, EPP=32, num_warps=4, USE_DOT=use_dot)
+        return dict(
+            BLOCK_S=8, BLOCK_E=16, BLOCK_D=16, EPP=32, num_warps=4, USE_DOT=use_dot,
+            GATE=os.environ.get("DV365_TRITON_SLICED_GATE", "1") != "0",
+        )
     if not use_dot:
-        return dict(BLOCK_S=16, BLOCK_E=16, BLOCK_D=16, EPP=2048, num_warps=4, USE_DOT=False)
+        return dict(BLOCK_S=16, BLOCK_E=16, BLOCK_D=16, EPP=2048, num_warps=4, USE_DOT=False, GATE=True)
     block_s = min(max(triton.next_power_of_2(max(slices_per_table, 1)), 16), 128)
     block_d = min(max(triton.next_power_of_2(max(d, 1)), 16), int(os.environ.get("DV365_TRITON_SLICED_BLOCK_D", 256)))
     tile = block_s * block_d
     return dict(
-        BLOCK_S=block_s, BLOCK_E=64 if backward else 32, BLOCK_D=block_d, EPP=2048,
+        BLOCK_S=block_s, BLOCK_E=32, BLOCK_D=min(block_d, 128) if backward else block_d, EPP=2048,
         num_warps=16 if tile >= 32768 else 8 if tile >= 8192 else 4, USE_DOT=True,
+        GATE=os.environ.get("DV365_TRITON_SLICED_GATE", "1") != "0",
     )
 
 
@@ -227,6 +233,7 @@ def _forward_kernel(
     PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 tables
+    GATE: tl.constexpr,  # branch around the gather of a chunk no slice keeps (else a masked gather)
     BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     b = tl.program_id(0) // SPLIT
@@ -253,14 +260,23 @@ def _forward_kernel(
             e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
             win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
             block, NUM_CATS, HAS_FLOATS, INTERPRET)
-        if any_kept:
-            idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
-            rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0)
+        if GATE:
+            if any_kept:
+                idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
+                rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0)
+                wa = w.to(ACC)
+                if USE_DOT:
+                    acc = tl.dot(wa, rows.to(ACC), acc, input_precision=PRECISION)
+                else:
+                    acc += tl.sum(wa[:, :, None] * rows.to(ACC)[None, :, :], axis=1)
+                wacc += tl.sum(wa, axis=1)
+        else:
+            # a zero weight contributes nothing: rows no slice of the block weighs are not fetched
+            needed = tl.max((w != 0).to(tl.int32), axis=0) > 0
+            idx = tl.load(ids + e, mask=needed, other=0).to(tl.int64)
+            rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=needed[:, None] & d_ok[None, :], other=0.0)
             wa = w.to(ACC)
-            if USE_DOT:
-                acc = tl.dot(wa, rows.to(ACC), acc, input_precision=PRECISION)
-            else:
-                acc += tl.sum(wa[:, :, None] * rows.to(ACC)[None, :, :], axis=1)
+            acc = tl.dot(wa, rows.to(ACC), acc, input_precision=PRECISION)
             wacc += tl.sum(wa, axis=1)
     out_row = (b * S + s).to(tl.int64)
     tl.atomic_add(acc_out + out_row[:, None] * D + d[None, :], acc, mask=s_ok[:, None] & d_ok[None, :])
@@ -444,7 +460,7 @@ def sliced_pool(
                 tab, plan.ids[t], plan.offsets, plan.ts, plan.cats, plan.floats, plan.request_ts, plan.prog_i,
                 plan.prog_f, plan.order, plan.table_start, acc, wsum,
                 t, plan.s, d, split, cfg["EPP"], tab.stride(0), plan.cats.stride(0), plan.floats.stride(0),
-                **plan.common(cfg),
+                GATE=cfg["GATE"], **plan.common(cfg),
             )
     pooled = torch.where(wsum[..., None] > 0, acc / wsum.clamp_min(torch.finfo(acc_dtype).tiny)[..., None], 0.0)
     return pooled.to(dtype), wsum.float()
