@@ -81,9 +81,11 @@ def _config(dtype: torch.dtype, slices_per_table: int, d: int, backward: bool = 
         return dict(BLOCK_S=16, BLOCK_E=16, BLOCK_D=16, EPP=2048, num_warps=4, USE_DOT=False, GATE=True)
     block_s = min(max(triton.next_power_of_2(max(slices_per_table, 1)), 16), 128)
     block_d = min(max(triton.next_power_of_2(max(d, 1)), 16), int(os.environ.get("DV365_TRITON_SLICED_BLOCK_D", 256)))
-    tile = block_s * block_d
+    if backward:
+        block_d = min(block_d, 128)
+    tile = (32 if backward else block_s) * block_d  # the accumulator: [BLOCK_E, BLOCK_D] in the backward
     return dict(
-        BLOCK_S=block_s, BLOCK_E=32, BLOCK_D=min(block_d, 128) if backward else block_d, EPP=2048,
+        BLOCK_S=block_s, BLOCK_E=32, BLOCK_D=block_d, EPP=2048,
         num_warps=16 if tile >= 32768 else 8 if tile >= 8192 else 4, USE_DOT=True,
         GATE=os.environ.get("DV365_TRITON_SLICED_GATE", "1") != "0",
     )
