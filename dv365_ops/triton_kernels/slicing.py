@@ -25,10 +25,11 @@ end it atomically adds its ``[BLOCK_S, BLOCK_D]`` partial sum into an fp32 ``[B,
 its weight sums into ``[B, S]``); a last elementwise pass divides. float64 tables (gradcheck) use an
 outer-product accumulation instead of ``tl.dot``.
 
-Backward: one launch per table; one program per (user, run of events, block of columns), looping over all
-of the table's slice blocks per chunk, so each event's gradient row ``W^T @ (grad / weight_sum)`` is
-complete in registers: stored directly for the rows variant (no atomics), atomically added into the fp32
-dense table gradient at ``ids[t][e]`` for the dense variant.
+Backward: one launch per table; one program per (user, run of events, block of columns), looping over the
+table's slice blocks (one when the table has at most ``BLOCK_S`` slices) and, inside, over chunks of
+events: each chunk's gradient rows ``W^T @ (grad / weight_sum)`` are stored directly for the rows variant
+(the program owns those rows: no atomics), atomically added into the fp32 dense table gradient at
+``ids[t][e]`` for the dense variant.
 
 Data-dependent checks (offsets, id ranges, categorical values, table indices) and the exact grid size (the
 longest history, the slice count per table) need one device read; under CUDA graph capture they are skipped
@@ -305,39 +306,46 @@ def _backward_kernel(
     req = tl.load(request_ts + b)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < D
-    for start in range(lo, hi, BLOCK_E):
-        e = start + tl.arange(0, BLOCK_E)
-        e_ok = e < hi
-        rows = tl.zeros([BLOCK_E, BLOCK_D], ACC)
-        touched = tl.zeros([], tl.int32)
-        for s_lo in range(t_lo, t_hi, BLOCK_S):
-            si = s_lo + tl.arange(0, BLOCK_S)
-            s_ok = si < t_hi
-            s, win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0 = _slice_params(
-                prog_i, prog_f, order, si, s_ok)
-            block = _block_summary(f0, f1, f2, flags, beta, gamma, s_ok)
+    # slice blocks outside (one for up to BLOCK_S slices a table), events inside: the block's program rows
+    # and its grad / weight_sum tile are loaded once; the program owns its events' output rows, so a
+    # second slice block adds to them without atomics
+    for s_lo in range(t_lo, t_hi, BLOCK_S):
+        si = s_lo + tl.arange(0, BLOCK_S)
+        s_ok = si < t_hi
+        s, win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0 = _slice_params(
+            prog_i, prog_f, order, si, s_ok)
+        block = _block_summary(f0, f1, f2, flags, beta, gamma, s_ok)
+        gi = (b * S + s).to(tl.int64)
+        ws = tl.load(weight_sum + gi, mask=s_ok, other=0.0).to(ACC)
+        g = tl.load(grad + gi[:, None] * D + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+        g = tl.where(ws[:, None] > 0, g.to(ACC) / ws[:, None], 0.0)
+        first = s_lo == t_lo
+        for start in range(lo, hi, BLOCK_E):
+            e = start + tl.arange(0, BLOCK_E)
+            e_ok = e < hi
             w, any_kept = _membership(
                 e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
                 win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
                 block, NUM_CATS, HAS_FLOATS, INTERPRET)
+            rows = tl.zeros([BLOCK_E, BLOCK_D], ACC)
             if any_kept:
-                gi = (b * S + s).to(tl.int64)
-                ws = tl.load(weight_sum + gi, mask=s_ok, other=0.0).to(ACC)
-                g = tl.load(grad + gi[:, None] * D + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-                g = tl.where(ws[:, None] > 0, g.to(ACC) / ws[:, None], 0.0)
                 wa = w.to(ACC)
                 if USE_DOT:
                     rows = tl.dot(tl.trans(wa), g, rows, input_precision=PRECISION)
                 else:
-                    rows += tl.sum(wa[:, :, None] * g[:, None, :], axis=0)
-            touched += any_kept.to(tl.int32)
-        mask = e_ok[:, None] & d_ok[None, :]
-        if DENSE:
-            if touched > 0:
-                idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
-                tl.atomic_add(out + idx[:, None] * stride_o + d[None, :], rows.to(out.dtype.element_ty), mask=mask)
-        else:
-            tl.store(out + e.to(tl.int64)[:, None] * stride_o + d[None, :], rows.to(out.dtype.element_ty), mask=mask)
+                    rows = tl.sum(wa[:, :, None] * g[:, None, :], axis=0)
+            mask = e_ok[:, None] & d_ok[None, :]
+            if DENSE:
+                if any_kept:
+                    idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
+                    tl.atomic_add(out + idx[:, None] * stride_o + d[None, :], rows.to(out.dtype.element_ty), mask=mask)
+            else:
+                dst = out + e.to(tl.int64)[:, None] * stride_o + d[None, :]
+                if first:
+                    tl.store(dst, rows.to(out.dtype.element_ty), mask=mask)
+                else:
+                    prev = tl.load(dst, mask=mask, other=0.0).to(ACC)
+                    tl.store(dst, (prev + rows).to(out.dtype.element_ty), mask=mask)
 
 
 def _check_inputs(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f) -> None:
@@ -399,7 +407,8 @@ class _Plan:
         self.table_start = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         self.counts = [self.s] * self.num_tables
         self.max_len = self.n
-        if not _util.checks_enabled(ts.device):
+        self.exact = _util.checks_enabled(ts.device)  # counts / max_len read from the device, not bounds
+        if not self.exact:
             return
         o = self.offsets
         failures = [
@@ -493,8 +502,10 @@ def _backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, 
     for t in range(plan.num_tables):
         if dense:
             out = torch.zeros(num_rows[t], d, dtype=acc_dtype, device=ts.device)
+        elif plan.exact and plan.counts[t]:
+            out = torch.empty(plan.n, d, dtype=grad.dtype, device=ts.device)  # the kernel writes every row
         else:
-            out = torch.empty(plan.n, d, dtype=grad.dtype, device=ts.device)
+            out = torch.zeros(plan.n, d, dtype=grad.dtype, device=ts.device)
         cfg = _config(grad.dtype, plan.counts[t], d, backward=True)
         if plan.b and plan.n and d:
             split = plan.split(cfg)
