@@ -7,6 +7,7 @@
 """
 
 
+from .ingest import IngestReport, ingest
 from .loader import Batch, Examples, Loader
 from .parquet import Dataset, Shard, open_dataset, write_dataset
 from .schema import SCHEMA_VERSION, TASKS, DataError
