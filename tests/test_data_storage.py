@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dv365.data import DataError, Loader, SynthConfig, TASKS, generate, open_dataset, write_dataset
-from dv365.timeline import EXPLICIT, IMPLICIT
+from dv365.timeline import ACTION_TYPES, EXPLICIT, IMPLICIT
 
 SMALL = SynthConfig(mean_length=2000, num_items=20_000, num_authors=2_000, num_topics=200, users_per_shard=7,
                     examples_per_user=3)
@@ -197,3 +197,27 @@ def test_loader_argument_errors(dataset_dir):
         Loader(ds, batch_size=0)
     with pytest.raises(ValueError, match="gap must be >= 0"):
         Loader(ds, gap=-1)
+
+
+def test_writer_and_reader_check_value_ranges(tmp_path, dataset_dir):
+    shard = generate(3, seed=2, config=SMALL).shard(0)
+    shard.explicit["action_type"][0] = len(ACTION_TYPES)
+    with pytest.raises(DataError, match="column 'action_type' values must lie in"):
+        write_dataset(tmp_path / "a", [shard])
+    shard = generate(3, seed=2, config=SMALL).shard(0)
+    shard.implicit["dwell_time"][5] = -1.0
+    with pytest.raises(DataError, match="column 'dwell_time' must be >= 0"):
+        write_dataset(tmp_path / "b", [shard])
+    path, _ = dataset_dir
+    surface = pa.array(np.full(pq.read_metadata(path / "implicit" / "part-00000.parquet").num_rows, 9, dtype=np.int8))
+    _rewrite(path, 0, IMPLICIT, lambda t: t.set_column(t.schema.get_field_index("surface"), "surface", surface))
+    with pytest.raises(DataError, match="column 'surface' values must lie in"):
+        open_dataset(path, verify=False).read_table(0, IMPLICIT)
+
+
+def test_loader_batches_pass_validation(dataset_dir):
+    ds = open_dataset(dataset_dir[0])
+    for trusted, checked in zip(Loader(ds, batch_size=6), Loader(ds, batch_size=6, validate=True)):
+        for a, b in ((trusted.explicit, checked.explicit), (trusted.implicit, checked.implicit)):
+            a.validate()
+            assert torch.equal(a.ids, b.ids) and torch.equal(a.floats, b.floats) and torch.equal(a.offsets, b.offsets)

@@ -98,7 +98,7 @@ class _Timeline:
             start = np.maximum(start, end - max_events)
         return start, end
 
-    def gather(self, start: np.ndarray, end: np.ndarray) -> TimelineBatch:
+    def gather(self, start: np.ndarray, end: np.ndarray, validate: bool) -> TimelineBatch:
         lengths = end - start
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -115,7 +115,7 @@ class _Timeline:
 
         ts = torch.empty(n, dtype=torch.int64)
         np.take(self.cols["ts"], idx, out=ts.numpy())
-        return TimelineBatch(
+        return (TimelineBatch if validate else _trusted)(
             kind=self.kind,
             offsets=torch.from_numpy(offsets),
             ids=block(ID_FIELDS, torch.int64),
@@ -123,6 +123,15 @@ class _Timeline:
             cats=block(CAT_FIELDS[self.kind], torch.int8),
             floats=block(FLOAT_FIELDS[self.kind], torch.float32),
         )
+
+
+def _trusted(**fields: torch.Tensor) -> TimelineBatch:
+    """A TimelineBatch without re-validation: a batch cut from checked shards (order checked on write, schema and
+    value ranges on every read) is valid by construction, and validate() would cost ~3x the gather itself."""
+    batch = object.__new__(TimelineBatch)
+    for k, v in fields.items():
+        object.__setattr__(batch, k, v)
+    return batch
 
 
 def _nan_to(col: np.ndarray, value: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +147,7 @@ class Loader:
     ``fill_missing``: value for unknown ``video_duration`` / ``dwell_time`` in the timelines; required (an error
     otherwise) when the dataset has any, so that no value is invented silently.
     ``pin_memory``: default True when CUDA is available.
+    ``validate``: run ``TimelineBatch.validate`` on every batch (the shards are already checked on read).
     """
 
     def __init__(
@@ -154,6 +164,7 @@ class Loader:
         pin_memory: bool | None = None,
         fill_missing: float | None = None,
         shards: list[int] | None = None,
+        validate: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"Loader: batch_size must be >= 1, got {batch_size}")
@@ -166,6 +177,7 @@ class Loader:
         self.prefetch = prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.fill_missing = fill_missing
+        self.validate = validate
         self.shards = list(range(dataset.num_shards)) if shards is None else list(shards)
         if fill_missing is None:
             missing = [c for c in FLOAT_FIELDS[IMPLICIT] if dataset.has_missing(IMPLICIT, c)]
@@ -210,7 +222,7 @@ class Loader:
             sel = rows[lo : lo + self.batch_size]
             user, req = ex["user_id"][sel], ex["request_ts"][sel]
             cutoff = req - self.gap
-            timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events)) for kind in (EXPLICIT, IMPLICIT)]
+            timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), self.validate) for kind in (EXPLICIT, IMPLICIT)]
             labels = np.stack([ex[c][sel] for c in LABEL_COLUMNS], axis=1)
             label_mask = ~np.isnan(labels)
             dur, dur_ok = _nan_to(ex["video_duration"][sel], 0.0)

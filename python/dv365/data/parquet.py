@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..timeline import EXPLICIT, ID_FIELDS, IMPLICIT
-from .schema import EXAMPLES, ITEMS, SCHEMA_VERSION, SCHEMAS, SHARDED_TABLES, TIME_COLUMN, DataError, check_table
+from .schema import EXAMPLES, ITEMS, SCHEMA_VERSION, SCHEMAS, SHARDED_TABLES, TIME_COLUMN, DataError, check_table, check_values
 
 MANIFEST = "manifest.json"
 FORMAT = "dv365-uniti"
@@ -125,6 +125,7 @@ def write_dataset(
             cols = shard.table(name)
             table = _to_arrow(cols, name, where)
             _check_order(cols, name, shard.first_user, shard.end_user, where)
+            check_values(cols, name, where)
             files[name] = _write_file(table, root / name / f"part-{k:05d}.parquet", root)
             counts[name] += table.num_rows
             for f in SCHEMAS[name]:
@@ -145,6 +146,7 @@ def write_dataset(
     items_entry = None
     if items is not None:
         table = _to_arrow(items, ITEMS, "write_dataset: items")
+        check_values(items, ITEMS, "write_dataset: items")
         items_entry = _write_file(table, root / "items.parquet", root)
         if table.num_rows:
             vocab["media_id"] = max(vocab["media_id"], int(items["item_id"].max()) + 1)
@@ -244,8 +246,9 @@ class Dataset:
         table = check_table(table, name, f"read: {p}")
         if table.num_rows != entry["rows"]:
             raise DataError(f"read: {p} has {table.num_rows} rows, the manifest says {entry['rows']}")
-        names = columns or table.column_names
-        return {c: table.column(c).to_numpy() for c in names}
+        cols = {c: table.column(c).to_numpy() for c in table.column_names}
+        check_values(cols, name, f"read: {p}")
+        return {c: cols[c] for c in columns} if columns else cols
 
     def read_table(self, k: int, name: str, columns: list[str] | None = None) -> Columns:
         """Table ``name`` of shard ``k`` as numpy columns (float nulls become NaN)."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ..timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT
+import numpy as np
+
+from ..timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT, VOCABULARIES
 
 SCHEMA_VERSION = 1
 
@@ -87,3 +89,25 @@ def check_table(table: pa.Table, name: str, where: str) -> pa.Table:
         if not f.nullable and col.null_count:
             raise DataError(f"{where}: column {f.name!r} has {col.null_count} null value(s); it must have none")
     return table.select(schema.names)
+
+
+def check_values(cols: dict[str, np.ndarray], name: str, where: str) -> None:
+    """Value ranges the timeline ops rely on: categorical values inside their vocabulary, ids >= 0, float
+    columns >= 0 (NaN = unknown is allowed: it is null in Parquet)."""
+    for f in SCHEMAS[name]:
+        col = cols[f.name]
+        if col.size == 0:
+            continue
+        if f.name in VOCABULARIES:
+            lo, hi = int(col.min()), int(col.max())
+            if lo < 0 or hi >= len(VOCABULARIES[f.name]):
+                raise DataError(f"{where}: column {f.name!r} values must lie in [0, {len(VOCABULARIES[f.name])}) "
+                                f"({VOCABULARIES[f.name]}), got [{lo}, {hi}]")
+        elif f.name in ID_FIELDS or f.name in ("item_id", "user_id"):
+            if int(col.min()) < 0:
+                raise DataError(f"{where}: column {f.name!r} must be >= 0, got {int(col.min())}")
+        elif col.dtype.kind == "f":
+            bad = np.isinf(col) | (col < 0)
+            if bad.any():
+                raise DataError(f"{where}: column {f.name!r} must be >= 0 and finite (or null), "
+                                f"got {col[np.flatnonzero(bad)[0]]} at row {int(np.flatnonzero(bad)[0])}")
