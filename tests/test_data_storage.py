@@ -221,3 +221,14 @@ def test_loader_batches_pass_validation(dataset_dir):
         for a, b in ((trusted.explicit, checked.explicit), (trusted.implicit, checked.implicit)):
             a.validate()
             assert torch.equal(a.ids, b.ids) and torch.equal(a.floats, b.floats) and torch.equal(a.offsets, b.offsets)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loader_pins_and_moves_to_cuda(dataset_dir):
+    ds = open_dataset(dataset_dir[0])
+    for batch in Loader(ds, batch_size=4):
+        assert batch.implicit.ids.is_pinned() and batch.examples.labels.is_pinned()
+        on = batch.to("cuda", non_blocking=True)
+        assert on.explicit.device.type == "cuda" and on.examples.watch_time.is_cuda
+        on.implicit.validate()
