@@ -502,7 +502,31 @@ class Generated:
     def write(self, path, overwrite: bool = False, progress=None) -> dict:
         from .parquet import write_dataset
 
-        return write_dataset(path, iter(self), items=self.items, source=self.source(), overwrite=overwrite, progress=progress)
+        return write_dataset(path, _ahead(iter(self)), items=self.items, source=self.source(), overwrite=overwrite,
+                             progress=progress)
+
+
+def _ahead(shards: Iterator[Shard]) -> Iterator[Shard]:
+    """Generate the next shard in a thread while the current one is written (numpy and Parquet release the GIL)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for shard in shards:
+                q.put(shard)
+            q.put(done)
+        except BaseException as e:  # re-raised in the writer
+            q.put(e)
+
+    threading.Thread(target=produce, name="dv365-synth", daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def generate(num_users: int, seed: int = 0, config: SynthConfig | None = None) -> Generated:
