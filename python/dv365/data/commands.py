@@ -98,6 +98,6 @@ def register(sub) -> None:
     p.add_argument("--media-type", default="video", help="when not mapped")
     p.add_argument("--surface", default="feed", help="when not mapped")
     p.add_argument("--examples-per-user", type=int, default=1)
-    p.add_argument("--users-per-shard", type=int, default=256)
+    p.add_argument("--users-per-shard", type=int, default=1024)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_ingest)

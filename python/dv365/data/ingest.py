@@ -159,7 +159,7 @@ def ingest(
     surface: str = "feed",
     examples_per_user: int = 1,
     label_window: int = 86400,
-    users_per_shard: int = 256,
+    users_per_shard: int = 1024,
     overwrite: bool = False,
 ) -> IngestReport:
     """Convert an interaction log to a dataset at ``out`` (module docstring); returns the report, also stored
@@ -176,6 +176,9 @@ def ingest(
         raise DataError("ingest: map either 'rating' or 'action', not both")
     if "rating" in mapping and like_threshold is None:
         raise DataError("ingest: 'rating' is mapped, so like_threshold is required")
+    if users_per_shard < 1 or examples_per_user < 0:
+        raise DataError(f"ingest: users_per_shard must be >= 1 and examples_per_user >= 0, got {users_per_shard}, "
+                        f"{examples_per_user}")
     if time_unit not in TIME_UNITS:
         raise DataError(f"ingest: time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}")
     for name, value, vocab in (("media_type", media_type, MEDIA_TYPES), ("surface", surface, SURFACES)):

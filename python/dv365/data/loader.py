@@ -8,7 +8,8 @@ several rows, each cut at its own request time — the slicing ops then need no 
 
 Batches are cut from one shard at a time: the shard's three tables are read once, each timeline gets a sorted
 composite key ``(user << 34) + (ts - base)`` so a whole batch's cut points are one ``searchsorted``, and the rows
-are gathered with one ``np.take`` per column straight into the output tensors. A background thread prepares the
+are gathered with one ``np.take`` per column straight into the output tensors. Batches do not straddle shards
+(a shard's last batch may be short unless ``drop_last``). A background thread prepares the
 next ``prefetch`` batches (and pins them when CUDA is present).
 """
 

@@ -20,7 +20,7 @@ topics: episodes with Poisson(``emerging_per_30d`` per 30 days) starts and log-n
 log-mean is solved for so that E[min(L, cap)] = ``mean_length``); ``implicit_fraction`` of it is implicit (capped at
 ``max_implicit``) and the rest explicit (capped at ``max_explicit``). Events cover ``span_days`` before the user's
 end time, in sessions (exponential gaps, a session break with probability ``session_break``). Each event picks its
-source: a long-term interest (by ``w``, falling back to the core interest when the drawn one is in its off phase),
+source: a long-term interest (by ``w``, resolved to 1/1024 by a lookup table; falling back to the core interest when the drawn one is in its off phase),
 the emerging interest active at that time (else long-term), a favourite author, or exploration (global Zipf over
 items); the item is then a Zipf draw within the topic or author. Affinity ``a`` of an event: ``1 + K·w_k`` for
 long-term, ``emerging_affinity`` for emerging, ``author_affinity`` for favourite authors, 0 for exploration.
@@ -29,8 +29,8 @@ Implicit: ``dwell = duration · r`` with watch ratio ``log r ~ N(log r0 + beta·
 ``action_type ~ action_probs`` (rare actions rarer).
 
 **Examples.** ``examples_per_user`` requests per user at times uniform in the last ``request_window_days`` of the
-history. The candidate is drawn from: a periodic long-term interest (uniformly, any phase), the emerging interest active at the request,
-a favourite author, or global popularity (``candidate_probs``). Its true affinity ``a*`` counts every matching
+history. The candidate is drawn from: a periodic long-term interest (uniformly, any phase), the emerging interest
+active at the request, a favourite author, or global popularity (``candidate_probs``). Its true affinity ``a*`` counts every matching
 interest: ``K·w_k`` for each long-term topic match (regardless of phase), ``emerging_affinity`` if it matches the
 emerging topic active at the request, ``author_affinity`` for a favourite author. Watch ratio as above gives
 ``watch_time``, ``video_complete = r >= 0.9``, ``skip = dwell < 2 s``; every other task k is
@@ -39,7 +39,8 @@ Bernoulli(sigmoid(``label_bias[k]`` + ``label_coef[k]``·a*)).
 **Why the long history matters.** A candidate from a dormant long-term interest has high ``a*`` but its topic is
 absent from the last few hundred events (a few days) and present only in the distant history, during that
 interest's past on-phases. A model that sees only the last 500 events cannot tell it from a random item;
-:func:`topic_share_auc` measures this (tests assert full-history AUC > last-500 AUC).
+:func:`topic_share_auc` measures this (at the default size: 0.78 with the whole history, 0.73 with the last 500
+events; the tests check the same at 1/10 scale, 4,000 events against the last 50).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class SynthConfig:
     label_bias: tuple[float, ...] = (0, 0, -4.5, -4.0, -5.5, -5.0, -2.5, -4.5, -5.0)
     label_coef: tuple[float, ...] = (0, 0, 1.2, 1.2, 1.0, 1.0, 1.5, 1.2, 1.0)
     # storage
-    users_per_shard: int = 256
+    users_per_shard: int = 64  # ≈ 2.6 M events per shard at the default lengths (≈ 0.4 GB peak to generate)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
