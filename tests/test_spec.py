@@ -299,7 +299,8 @@ def test_cli_spec_show(capsys):
     assert cli.main(["spec", "show"]) == 0
     out = capsys.readouterr().out
     spec = load_default_spec()
-    rows = {line.split()[1]: line for line in out.splitlines() if line.split() and line.split()[0].isdigit()}
+    slice_lines = out.split("\n\n")[0].splitlines()[1:]
+    rows = {line.split()[1]: line for line in slice_lines}
     assert list(rows) == list(spec.names)
     assert rows["imp_score_media_7d"].split()[:5] == ["159", "imp_score_media_7d", "implicit", "media_id", "imp_wt_media"]
     tables = {line.split()[0] for line in out.splitlines() if line.split()}
