@@ -3,11 +3,9 @@ default spec, and the ``dv365 spec`` commands (paper section 2.2; DESIGN.md 1.2)
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from timeline_data import naive_slices, random_batch, random_request_ts
+from timeline_data import naive_slices, random_batch, random_request_ts, random_spec
 from tolerances import assert_close
 
 from dv365 import cli
@@ -116,38 +114,9 @@ def test_normalization():
 
 
 # YAML ---------------------------------------------------------------------------------------------
-def _random_slice(name: str, rng: random.Random) -> Slice:
-    timeline = rng.choice(["explicit", "implicit"])
-    table = rng.choice(["em", "ea"] if timeline == "explicit" else ["im", "it"])
-    kw: dict = {}
-    for field, vocab in (("action_types", ACTION_TYPES), ("media_types", MEDIA_TYPES), ("surfaces", SURFACES)):
-        if (field != "action_types" or timeline == "explicit") and rng.random() < 0.4:
-            kw[field] = set(rng.sample(vocab, rng.randint(1, len(vocab))))
-    gap = rng.choice([0, 0, 0, DAY, 3600])
-    kw["gap"] = gap
-    kw["window"] = rng.choice([None, 3 * DAY, 7 * DAY, gap + 1, 30 * DAY])
-    if timeline == "implicit":
-        if rng.random() < 0.4:
-            lo = rng.choice([0.0, 3.0, 15.0, rng.uniform(0, 100)])
-            kw["dwell"] = (lo, rng.choice([lo, lo + rng.uniform(0, 100), float("inf")]))
-        if rng.random() < 0.4:
-            lo = rng.choice([0.0, 0.2, 1.0, rng.uniform(0, 2)])
-            kw["watch_ratio"] = (lo, rng.choice([lo + rng.uniform(0, 2), float("inf"), 1.0 if lo <= 1 else lo]))
-            kw["beta"] = rng.choice([1.0, 0.5, rng.uniform(0.1, 2.0)])
-        if rng.random() < 0.3:
-            kw["weight"] = DebiasedScore(rng.choice([1.0, 0.5, rng.uniform(0.1, 3)]), rng.choice([0.0, 0.5, rng.uniform(-1, 2)]))
-    id_field = {"em": "media_id", "ea": "author_id", "im": "media_id", "it": "topic_id"}[table]
-    return Slice(name=name, timeline=timeline, id_field=id_field, table=table, **kw)
-
-
-def _random_spec(num_slices: int) -> SliceSpec:
-    rng = random.Random(torch.randint(2**31, ()).item())
-    return _spec(*(_random_slice(f"s{i}", rng) for i in range(num_slices)))
-
-
 def test_yaml_round_trip_random_specs():
     for _ in range(5):
-        spec = _random_spec(40)
+        spec = random_spec(40)
         text = spec.to_yaml()
         again = SliceSpec.from_yaml(text)
         assert again == spec
@@ -214,7 +183,7 @@ def _check_compiled_against_oracle(spec: SliceSpec, lengths: list[int]) -> None:
 
 def test_compile_matches_naive_oracle_random_specs():
     for _ in range(3):
-        _check_compiled_against_oracle(_random_spec(30), [0, 37, 1, 64])
+        _check_compiled_against_oracle(random_spec(30), [0, 37, 1, 64])
 
 
 def test_compile_matches_naive_oracle_default_spec():

@@ -9,15 +9,22 @@ each vocabulary (never selected by a name).
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
-from dv365.spec import DAY, Slice, SliceSpec
+from dv365.spec import DAY, DebiasedScore, Slice, SliceSpec, Table
 from dv365.timeline import ACTION_TYPES, CAT_FIELDS, EXPLICIT, MEDIA_TYPES, SURFACES, TimelineBatch
 
 VOCAB_SIZE = {"action_type": len(ACTION_TYPES), "media_type": len(MEDIA_TYPES), "surface": len(SURFACES)}
 BOUNDARY_DT = [0, 1, 3 * DAY, 3 * DAY + 1, 7 * DAY, 7 * DAY + 1, DAY, DAY + 1, -5]
 BOUNDARY_SECONDS = [0.0, 3.0, 15.0, 60.0]
+RANDOM_SPEC_TABLES = (
+    Table("em", "media_id", num_rows=50),
+    Table("ea", "author_id", num_rows=50),
+    Table("im", "media_id", num_rows=50),
+    Table("it", "topic_id", num_rows=50),
+)
 
 
 def random_batch(kind: str, lengths: list[int], request_ts: torch.Tensor, num_ids: int = 50) -> TimelineBatch:
@@ -116,3 +123,34 @@ def naive_slices(spec: SliceSpec, batches: dict[str, TimelineBatch], request_ts:
             per_user.append(kept)
         out.append(per_user)
     return out
+
+
+def _random_slice(name: str, rng: random.Random) -> Slice:
+    timeline = rng.choice(["explicit", "implicit"])
+    table = rng.choice(["em", "ea"] if timeline == "explicit" else ["im", "it"])
+    kw: dict = {}
+    for field, vocab in (("action_types", ACTION_TYPES), ("media_types", MEDIA_TYPES), ("surfaces", SURFACES)):
+        if (field != "action_types" or timeline == "explicit") and rng.random() < 0.4:
+            kw[field] = set(rng.sample(vocab, rng.randint(1, len(vocab))))
+    gap = rng.choice([0, 0, 0, DAY, 3600])
+    kw["gap"] = gap
+    kw["window"] = rng.choice([None, 3 * DAY, 7 * DAY, gap + 1, 30 * DAY])
+    if timeline == "implicit":
+        if rng.random() < 0.4:
+            lo = rng.choice([0.0, 3.0, 15.0, rng.uniform(0, 100)])
+            kw["dwell"] = (lo, rng.choice([lo, lo + rng.uniform(0, 100), float("inf")]))
+        if rng.random() < 0.4:
+            lo = rng.choice([0.0, 0.2, 1.0, rng.uniform(0, 2)])
+            kw["watch_ratio"] = (lo, rng.choice([lo + rng.uniform(0, 2), float("inf"), 1.0 if lo <= 1 else lo]))
+            kw["beta"] = rng.choice([1.0, 0.5, rng.uniform(0.1, 2.0)])
+        if rng.random() < 0.3:
+            kw["weight"] = DebiasedScore(rng.choice([1.0, 0.5, rng.uniform(0.1, 3)]), rng.choice([0.0, 0.5, rng.uniform(-1, 2)]))
+    id_field = {"em": "media_id", "ea": "author_id", "im": "media_id", "it": "topic_id"}[table]
+    return Slice(name=name, timeline=timeline, id_field=id_field, table=table, **kw)
+
+
+def random_spec(num_slices: int, dim: int = 8) -> SliceSpec:
+    """Slices with random filters over four small tables, explicit and implicit interleaved."""
+    rng = random.Random(torch.randint(2**31, ()).item())
+    slices = [_random_slice(f"s{i}", rng) for i in range(num_slices)]
+    return SliceSpec(slices=slices, tables=RANDOM_SPEC_TABLES, dim=dim)
