@@ -37,7 +37,7 @@ def random_batch(kind: str, lengths: list[int], request_ts: torch.Tensor, num_id
     dt[special] = torch.tensor(BOUNDARY_DT)[torch.randint(len(BOUNDARY_DT), (int(special.sum()),))]
     ts = request_ts[user] - dt
     # ascending within each user: sort by (user, ts)
-    order = torch.argsort(user * (2**40) + (ts - ts.min()), stable=True)
+    order = torch.argsort(user * 2**40 + (ts - request_ts.min() + 40 * DAY), stable=True)
     ts = ts[order]
     columns = {
         "ts": ts,
