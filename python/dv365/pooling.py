@@ -109,6 +109,10 @@ class MultiSlicePooling(nn.Module):
     def num_slices(self) -> int:
         return len(self.spec)
 
+    def extra_repr(self) -> str:
+        per_timeline = ", ".join(f"{p.num_slices} {k}" for k, p in self.programs.items())
+        return f"slices={self.num_slices} ({per_timeline}), tables={len(self.tables)}, dim={self.dim}, sparse={self.sparse}"
+
     def forward(
         self,
         explicit: TimelineBatch | None,
