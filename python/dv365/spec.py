@@ -27,7 +27,7 @@ import yaml
 
 from dv365_ops import program as P
 
-from .timeline import ACTION_TYPES, CAT_FIELDS, EXPLICIT, ID_FIELDS, IMPLICIT, KINDS, MEDIA_TYPES, SURFACES, TimelineBatch
+from .timeline import ACTION_TYPES, CAT_FIELDS, EXPLICIT, ID_FIELDS, KINDS, MEDIA_TYPES, SURFACES, TimelineBatch
 
 DAY = 86_400
 HOUR = 3_600
@@ -356,8 +356,13 @@ class SliceSpec:
 def load_default_spec(num_rows: Mapping[str, int] | None = None) -> SliceSpec:
     """The ≈200-slice default spec shipped with the package (``dv365/specs/default.yaml``), mirroring the
     paper's families (section 2.2); ``num_rows`` sets table capacities by table name or id field."""
-    spec = SliceSpec.from_yaml(DEFAULT_SPEC_PATH)
+    spec = _default_spec()
     return spec.with_num_rows(num_rows) if num_rows else spec
+
+
+@functools.cache
+def _default_spec() -> SliceSpec:
+    return SliceSpec.from_yaml(DEFAULT_SPEC_PATH)
 
 
 class _FlowListDumper(yaml.SafeDumper):
