@@ -92,7 +92,8 @@ def test_gradients_flow_to_tables(device):
         if name not in used:
             assert table.grad is None, name
             continue
-        assert_close(table.grad, leaves[name].grad)
+        # float32 tolerance: the op's backward divides by its float32 weight_sum output
+        assert_close(table.grad, leaves[name].grad, dtype=torch.float32)
     assert any(t.grad.abs().sum() > 0 for t in module.tables.values() if t.grad is not None)
 
 
