@@ -92,7 +92,7 @@ def test_validation_errors(make, message):
          r"slice 'e_wave': action_types has unknown names \['wave'\]"),
         ("dim: 8\ntables: {em: {id_field: media_id}}\nslices:\n- name: 'e_{window}'\n  timeline: explicit\n"
          "  id_field: media_id\n  table: em\n  product: {windows: [3d]}",
-         r"family 'e_\{window\}': product has unknown field\(s\) \['windows'\]"),
+         r"family 'e_\{window\}': product has unknown field 'windows'"),
         ("dim: 8\ntables: {em: {id_field: media_id}}\nslices:\n- name: 'e'\n  timeline: explicit\n"
          "  id_field: media_id\n  table: em\n  product: {window: [3d, 7d]}",
          r"slice 'e': duplicate slice name"),
@@ -150,6 +150,32 @@ slices:
     assert spec.names == ("d_neg_3d", "d_neg_inf", "d_pos_3d", "d_pos_inf", "tail")
     assert spec.slices[2] == Slice("d_pos_3d", "implicit", "media_id", "im", surfaces={"reels"}, dwell=(15, float("inf")), window=3 * DAY)
     assert spec.slices[1].window is None and spec.slices[4].window is None
+
+
+def test_family_variant_axis_sets_several_fields():
+    text = """
+dim: 4
+tables: {neg: {id_field: author_id}, pos: {id_field: author_id}}
+slices:
+  - name: "a_{bucket}_{window}"
+    timeline: implicit
+    id_field: author_id
+    product:
+      bucket:
+        lt3: {dwell: [0, 3], table: neg}
+        ge15: {dwell: [15, .inf], table: pos, media_types: [video]}
+      window: [7d, inf]
+"""
+    spec = SliceSpec.from_yaml(text)
+    assert spec.names == ("a_lt3_7d", "a_lt3_inf", "a_ge15_7d", "a_ge15_inf")
+    assert [s.table for s in spec.slices] == ["neg", "neg", "pos", "pos"]
+    assert spec.slices[3] == Slice("a_ge15_inf", "implicit", "author_id", "pos", media_types={"video"}, dwell=(15, float("inf")))
+    bad_field = text.replace("table: pos,", "tabel: pos,")
+    with pytest.raises(SpecError, match=r"product.bucket.ge15 has unknown field\(s\) \['tabel'\]"):
+        SliceSpec.from_yaml(bad_field)
+    clash = text.replace("id_field: author_id\n    product", "id_field: author_id\n    table: neg\n    product")
+    with pytest.raises(SpecError, match=r"field\(s\) \['table'\] set twice"):
+        SliceSpec.from_yaml(clash)
 
 
 # compiler -----------------------------------------------------------------------------------------

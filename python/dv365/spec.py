@@ -381,49 +381,64 @@ _FlowListDumper.add_representer(
 def expand_family(entry: Mapping[str, Any]) -> list[Slice]:
     """Expand a ``product:`` block: the cartesian product of its axes, first axis outermost.
 
-    Each axis is a slice field with a list of values (a label is derived from each value) or a mapping
-    ``label: value``; ``name`` is a template with ``{field}`` placeholders filled by the labels. A name for
-    a set field is shorthand for the one-element set. Example::
+    An axis named after a slice field takes a list of values (each labelled by its value) or a mapping
+    ``label: value``; a name for a set field is shorthand for the one-element set. An axis with any other
+    name is a *variant* axis: a mapping ``label: {field: value, ...}`` that sets several fields at once (e.g.
+    a dwell bucket together with its positive or negative table). ``name`` is a template whose ``{axis}``
+    placeholders take the labels. Example::
 
-        - name: "exp_{action_types}_media_{window}"
-          timeline: explicit
+        - name: "imp_dwell_{bucket}_media_{window}"
+          timeline: implicit
           id_field: media_id
-          table: exp_media
           product:
-            action_types: [like, comment, reshare]
+            bucket:
+              lt3: {dwell: [0, 3], table: imp_neg_media}
+              ge15: {dwell: [15, .inf], table: imp_pos_media}
             window: [3d, 7d, inf]
     """
     template = entry.get("name")
     axes = entry["product"]
     where = f"family {template!r}"
     if not isinstance(template, str):
-        raise SpecError(f"{where}: needs a name template with {{field}} placeholders")
+        raise SpecError(f"{where}: needs a name template with {{axis}} placeholders")
     if not isinstance(axes, Mapping) or not axes:
-        raise SpecError(f"{where}: product must be a non-empty mapping of slice field to values")
+        raise SpecError(f"{where}: product must be a non-empty mapping of axis to values")
     known = {f.name for f in dataclasses.fields(Slice)} - {"name"}
-    bad = sorted(set(axes) - known)
-    if bad:
-        raise SpecError(f"{where}: product has unknown field(s) {bad} (known: {sorted(known)})")
-    clash = sorted(set(axes) & set(entry))
-    if clash:
-        raise SpecError(f"{where}: field(s) {clash} given both in the family and in its product")
-    labelled: list[list[tuple[str, Any]]] = []
-    for field, values in axes.items():
-        if isinstance(values, Mapping):
-            labelled.append([(str(label), value) for label, value in values.items()])
-        elif isinstance(values, list) and values:
-            labelled.append([(_label(v), v) for v in values])
-        else:
-            raise SpecError(f"{where}: product.{field} must be a non-empty list or a mapping label: value")
     base = {k: v for k, v in entry.items() if k not in ("product", "name")}
+    # each axis: a list of (label, {field: value})
+    labelled: list[list[tuple[str, dict[str, Any]]]] = []
+    for axis, values in axes.items():
+        if axis in known:
+            if isinstance(values, Mapping) and values:
+                labelled.append([(str(label), {axis: value}) for label, value in values.items()])
+            elif isinstance(values, list) and values:
+                labelled.append([(_label(v), {axis: v}) for v in values])
+            else:
+                raise SpecError(f"{where}: product.{axis} must be a non-empty list or a mapping label: value")
+        elif isinstance(values, Mapping) and values and all(isinstance(v, Mapping) for v in values.values()):
+            for label, fields in values.items():
+                bad = sorted(set(fields) - known)
+                if bad:
+                    raise SpecError(f"{where}: product.{axis}.{label} has unknown field(s) {bad} (known: {sorted(known)})")
+            labelled.append([(str(label), dict(fields)) for label, fields in values.items()])
+        else:
+            raise SpecError(
+                f"{where}: product has unknown field {axis!r} (a variant axis maps labels to field mappings; "
+                f"known fields: {sorted(known)})"
+            )
     out = []
     for combo in itertools.product(*labelled):
-        labels = {field: label for field, (label, _) in zip(axes, combo)}
+        labels = {axis: label for axis, (label, _) in zip(axes, combo)}
         try:
             name = template.format(**labels)
         except (KeyError, IndexError, ValueError) as e:
-            raise SpecError(f"{where}: name template needs placeholders from the product fields {list(axes)}: {e}") from e
-        fields = dict(base, name=name, **{field: value for field, (_, value) in zip(axes, combo)})
+            raise SpecError(f"{where}: name template needs placeholders from the product axes {list(axes)}: {e}") from e
+        fields = dict(base, name=name)
+        for _, values in combo:
+            clash = sorted(set(values) & set(fields))
+            if clash:
+                raise SpecError(f"{where}: field(s) {clash} set twice (in the family and its product, or by two axes)")
+            fields.update(values)
         out.append(Slice.from_dict(fields))
     return out
 
