@@ -153,8 +153,10 @@ def test_module_errors():
     with pytest.raises(ValueError, match=r"explicit has 2 users but implicit has 3"):
         module(explicit, _inputs([1, 1, 1], [1, 1, 1], "cpu")[1], request_ts)
     if spec.timeline_slices("explicit"):
-        with pytest.raises(ValueError, match=r"the spec has explicit slices but no explicit timeline"):
+        with pytest.raises(ValueError, match=r"MultiSlicePooling: the spec has explicit slices but no explicit timeline"):
             module(None, implicit, request_ts)
+    with pytest.raises(ValueError, match=r"sliced_kjt: request_ts must be int64 of shape \(2,\)"):
+        sliced_kjt(spec, explicit, implicit, request_ts.int())
 
 
 # TorchRec interop ---------------------------------------------------------------------------------

@@ -40,22 +40,24 @@ def _slice_timeline(ids, batch: TimelineBatch, request_ts, prog_i, prog_f):
     return op(ids, batch.offsets, batch.ts, batch.cats, batch.floats, request_ts, prog_i, prog_f)
 
 
-def _check_inputs(spec: SliceSpec, explicit: TimelineBatch | None, implicit: TimelineBatch | None, request_ts: torch.Tensor):
+def _check_inputs(
+    where: str, spec: SliceSpec, explicit: TimelineBatch | None, implicit: TimelineBatch | None, request_ts: torch.Tensor
+):
     batches = {EXPLICIT: explicit, IMPLICIT: implicit}
     num_users = None
     for kind, batch in batches.items():
         if batch is None:
             if spec.timeline_slices(kind):
-                raise ValueError(f"MultiSlicePooling: the spec has {kind} slices but no {kind} timeline was given")
+                raise ValueError(f"{where}: the spec has {kind} slices but no {kind} timeline was given")
             continue
         if not isinstance(batch, TimelineBatch) or batch.kind != kind:
-            raise ValueError(f"MultiSlicePooling: {kind} must be a TimelineBatch of kind {kind!r}, got {getattr(batch, 'kind', type(batch).__name__)!r}")
+            raise ValueError(f"{where}: {kind} must be a TimelineBatch of kind {kind!r}, got {getattr(batch, 'kind', type(batch).__name__)!r}")
         if num_users is not None and batch.num_users != num_users:
-            raise ValueError(f"MultiSlicePooling: explicit has {num_users} users but implicit has {batch.num_users}")
+            raise ValueError(f"{where}: explicit has {num_users} users but implicit has {batch.num_users}")
         num_users = batch.num_users
     if request_ts.dtype != torch.int64 or request_ts.shape != (num_users,):
         raise ValueError(
-            f"MultiSlicePooling: request_ts must be int64 of shape ({num_users},), got {request_ts.dtype} {tuple(request_ts.shape)}"
+            f"{where}: request_ts must be int64 of shape ({num_users},), got {request_ts.dtype} {tuple(request_ts.shape)}"
         )
     return batches, num_users
 
@@ -122,7 +124,7 @@ class MultiSlicePooling(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``pooled [B, S, dim]`` in spec order (and ``weight_sum float32 [B, S]`` when asked: the number of
         selected events, or their summed scores for weighted slices)."""
-        batches, _ = _check_inputs(self.spec, explicit, implicit, request_ts)
+        batches, _ = _check_inputs("MultiSlicePooling", self.spec, explicit, implicit, request_ts)
         pooled, wsums = [], []
         for kind, prog in self.programs.items():
             batch = batches[kind]
@@ -152,7 +154,7 @@ def sliced_kjt(
     """
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    batches, _ = _check_inputs(spec, explicit, implicit, request_ts)
+    batches, _ = _check_inputs("sliced_kjt", spec, explicit, implicit, request_ts)
     parts, positions = [], []
     for kind, prog in spec.compile().items():
         if not prog.num_slices:

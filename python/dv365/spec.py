@@ -197,7 +197,7 @@ class Slice:
         return cls(**kwargs)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CompiledProgram:
     """One timeline's slice program (layout: :mod:`dv365_ops.program`) plus what a caller needs to run it.
 
