@@ -53,10 +53,49 @@ __attribute__((always_inline)) inline void prefetch_row(const char* row, int64_t
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 0);
 }
 
-// acc[0:D] += s * row[0:D]
+// Columns pooled per pass over a bag: 64 float accumulators fit in the 16 AVX2 registers with room to spare,
+// so a block's sum never touches memory until the bag ends.
+constexpr int64_t kBlock = 64;
+
+// dst[0:D] = sum_{i in [lo, hi)} scale_i * table[ids_i, 0:D], prefetching the rows kPrefetch events ahead
+// (up to pf_end, the end of the thread's range).
 template <typename T, typename A>
-__attribute__((always_inline)) inline void axpy(A* __restrict__ acc, const T* __restrict__ row, A s, int64_t D) {
-  for (int64_t d = 0; d < D; ++d) acc[d] += s * load<T, A>(row, d);
+__attribute__((always_inline)) inline void pool_events(A* __restrict__ dst, const T* __restrict__ table,
+                                                       int64_t row_stride, const int64_t* __restrict__ ids,
+                                                       const A* __restrict__ scale, int64_t lo, int64_t hi,
+                                                       int64_t pf_end, int64_t D) {
+  for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
+    const T* __restrict__ base = table + c0;
+    const int64_t width = std::min(kBlock, D - c0);
+    const int64_t bytes = width * static_cast<int64_t>(sizeof(T));
+    const int64_t pf_stop = std::min(hi + kPrefetch, pf_end);
+    for (int64_t i = lo; i < std::min(lo + kPrefetch, pf_stop); ++i) {
+      prefetch_row(reinterpret_cast<const char*>(base + ids[i] * row_stride), bytes);
+    }
+    if (width == kBlock) {
+      A acc[kBlock] = {};
+      for (int64_t i = lo; i < hi; ++i) {
+        if (i + kPrefetch < pf_stop) {
+          prefetch_row(reinterpret_cast<const char*>(base + ids[i + kPrefetch] * row_stride), bytes);
+        }
+        const T* __restrict__ row = base + ids[i] * row_stride;
+        const A s = scale[i];
+        for (int64_t d = 0; d < kBlock; ++d) acc[d] += s * load<T, A>(row, d);
+      }
+      for (int64_t d = 0; d < kBlock; ++d) dst[c0 + d] = acc[d];
+    } else {
+      A* __restrict__ acc = dst + c0;
+      for (int64_t d = 0; d < width; ++d) acc[d] = A(0);
+      for (int64_t i = lo; i < hi; ++i) {
+        if (i + kPrefetch < pf_stop) {
+          prefetch_row(reinterpret_cast<const char*>(base + ids[i + kPrefetch] * row_stride), bytes);
+        }
+        const T* __restrict__ row = base + ids[i] * row_stride;
+        const A s = scale[i];
+        for (int64_t d = 0; d < width; ++d) acc[d] += s * load<T, A>(row, d);
+      }
+    }
+  }
 }
 
 struct Jagged {
@@ -84,35 +123,20 @@ __attribute__((always_inline)) inline void fwd_range_impl(
     acc_t<T>* __restrict__ tail) {
   using A = acc_t<T>;
   const int64_t D = a.D;
-  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
-  const int64_t* __restrict__ ids = a.j.ids;
-  const A* __restrict__ scale = a.scale;
   const int64_t* off = a.j.offsets;
   // first bag that starts at or after e0; the events before its start belong to a bag cut at e0
   int64_t b = std::lower_bound(off, off + a.j.M + 1, e0) - off;
-  auto accumulate = [&](A* __restrict__ dst, int64_t lo, int64_t hi) {
-    std::fill(dst, dst + D, A(0));
-    for (int64_t i = lo; i < hi; ++i) {
-      if (i + kPrefetch < e1) {
-        prefetch_row(reinterpret_cast<const char*>(a.table + ids[i + kPrefetch] * a.row_stride), row_bytes);
-      }
-      axpy<T, A>(dst, a.table + ids[i] * a.row_stride, scale[i], D);
-    }
-  };
-  for (int64_t i = e0; i < std::min(e1, e0 + kPrefetch); ++i) {
-    prefetch_row(reinterpret_cast<const char*>(a.table + ids[i] * a.row_stride), row_bytes);
-  }
   const int64_t head_end = b <= a.j.M ? std::min(off[b], e1) : e1;
-  accumulate(head, e0, head_end);
+  pool_events<T, A>(head, a.table, a.row_stride, a.j.ids, a.scale, e0, head_end, e1, D);
   // bags starting in [e0, e1); an empty bag at position N belongs to the last range
   const bool last = e1 == a.j.N;
   for (; b < a.j.M && (off[b] < e1 || (last && off[b] == e1)); ++b) {
     const int64_t hi = off[b + 1];
     if (hi > e1) {
-      accumulate(tail, off[b], e1);
+      pool_events<T, A>(tail, a.table, a.row_stride, a.j.ids, a.scale, off[b], e1, e1, D);
       break;
     }
-    accumulate(acc, off[b], hi);
+    pool_events<T, A>(acc, a.table, a.row_stride, a.j.ids, a.scale, off[b], hi, e1, D);
     T* o = a.out + b * D;
     for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(acc[d]);
   }
@@ -135,14 +159,33 @@ bool has_avx2() {
   return yes;
 }
 
-// Equal event ranges, one per thread, none smaller than kMinEvents (small batches stay on one thread).
+// Ranges per thread: the machine is shared, so threads take ranges from a queue rather than one each, and a
+// thread slowed by a neighbour takes fewer.
+constexpr int64_t kRangesPerThread = 4;
+
+// Equal event ranges, none smaller than kMinWork gathered elements (small batches stay on one thread).
 std::vector<int64_t> event_ranges(int64_t N, int64_t D) {
-  constexpr int64_t kMinWork = 1 << 15;  // elements gathered per range at least
+  constexpr int64_t kMinWork = 1 << 15;
   const int64_t by_work = std::max<int64_t>(1, N * std::max<int64_t>(D, 1) / kMinWork);
-  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), std::min(by_work, N)));
+  const int64_t most = at::get_num_threads() > 1 ? at::get_num_threads() * kRangesPerThread : 1;
+  const int64_t n = std::max<int64_t>(1, std::min({most, by_work, N}));
   std::vector<int64_t> bounds(n + 1);
   for (int64_t c = 0; c <= n; ++c) bounds[c] = N * c / n;
   return bounds;
+}
+
+// fn(c) for c in [0, n), spread over the threads through a shared counter.
+template <typename F>
+void parallel_ranges(int64_t n, const F& fn) {
+  const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
+  if (workers <= 1) {
+    for (int64_t c = 0; c < n; ++c) fn(c);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < n; c = next.fetch_add(1)) fn(c);
+  });
 }
 
 // ---- validation shared by the three ops ------------------------------------------------------------
@@ -287,14 +330,12 @@ at::Tensor jagged_mean_pool_cpu(const at::Tensor& table_in, const at::Tensor& id
     // per range: head partial, tail partial, and a scratch row for whole bags
     std::vector<A> partial(static_cast<size_t>(n * 3 * D));
     const bool avx2 = has_avx2();
-    at::parallel_for(0, n, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        A* base = partial.data() + c * 3 * D;
-        if (avx2) {
-          fwd_range_avx2<scalar_t>(a, bounds[c], bounds[c + 1], base + 2 * D, base, base + D);
-        } else {
-          fwd_range_base<scalar_t>(a, bounds[c], bounds[c + 1], base + 2 * D, base, base + D);
-        }
+    parallel_ranges(n, [&](int64_t c) {
+      A* base = partial.data() + c * 3 * D;
+      if (avx2) {
+        fwd_range_avx2<scalar_t>(a, bounds[c], bounds[c + 1], base + 2 * D, base, base + D);
+      } else {
+        fwd_range_base<scalar_t>(a, bounds[c], bounds[c + 1], base + 2 * D, base, base + D);
       }
     });
     // Finish every bag cut by a range boundary: its tail in the range it starts in plus the heads of the
@@ -365,31 +406,61 @@ at::Tensor jagged_mean_pool_backward_cpu(const at::Tensor& grad_in, const at::Te
   const int64_t D = grad.size(1);
   Prepared p = prepare(kBwd, ids, offsets, weights, R, grad.scalar_type());
   check_grad(kBwd, grad, p.j.M);
-  const at::ScalarType acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // float32 and float64 accumulate in place; bf16 / fp16 through a float32 table
-  at::Tensor acc = at::zeros({R, D}, grad.options().dtype(acc_type));
-  if (p.j.N == 0 || D == 0) return acc.to(grad.scalar_type());
+  at::Tensor out = at::zeros({R, D}, grad.options());
+  if (p.j.N == 0 || D == 0) return out;
 
   DV365_DISPATCH_POOL_TYPES(grad.scalar_type(), kBwd, [&] {
     using A = acc_t<scalar_t>;
-    const int64_t threads = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, p.j.N * D >> 14));
-    const int64_t n = std::max<int64_t>(1, std::min(threads, R));
     const bool avx2 = has_avx2();
-    A* dst = acc.mutable_data_ptr<A>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const A* s = p.scale.const_data_ptr<A>();
-    at::parallel_for(0, n, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t r0 = R * c / n, r1 = R * (c + 1) / n;
-        if (avx2) {
-          bwd_rows_avx2<scalar_t, A>(p.j, g, grad.stride(0), s, dst, D, r0, r1);
-        } else {
-          bwd_rows_base<scalar_t, A>(p.j, g, grad.stride(0), s, dst, D, r0, r1);
+    // Rows of the accumulation buffer: the table's rows for float32 / float64 (accumulated in place); for
+    // bf16 / fp16 a float32 buffer with one row per distinct id, so the [R, D] float32 copy is never made.
+    const int64_t* rows = p.j.ids;
+    int64_t num_acc_rows = R;
+    at::Tensor acc = out;
+    std::vector<int64_t> slot_of_event, row_of_slot;
+    if constexpr (!std::is_same_v<A, scalar_t>) {
+      std::vector<int64_t> slot_of_row(static_cast<size_t>(R), -1);
+      slot_of_event.resize(static_cast<size_t>(p.j.N));
+      for (int64_t i = 0; i < p.j.N; ++i) {
+        int64_t& slot = slot_of_row[p.j.ids[i]];
+        if (slot < 0) {
+          slot = static_cast<int64_t>(row_of_slot.size());
+          row_of_slot.push_back(p.j.ids[i]);
         }
+        slot_of_event[i] = slot;
+      }
+      rows = slot_of_event.data();
+      num_acc_rows = static_cast<int64_t>(row_of_slot.size());
+      acc = at::zeros({num_acc_rows, D}, grad.options().dtype(at::kFloat));
+    }
+    A* dst = acc.mutable_data_ptr<A>();
+    const Jagged j{rows, p.j.offsets, p.j.M, p.j.N};
+    // every range reads all ids, so ranges are few and not smaller than 2^14 events' worth of rows
+    const int64_t by_work = std::max<int64_t>(1, p.j.N * D >> 14);
+    const int64_t most = at::get_num_threads() > 1 ? at::get_num_threads() * kRangesPerThread : 1;
+    const int64_t n = std::max<int64_t>(1, std::min({most, by_work, num_acc_rows}));
+    parallel_ranges(n, [&](int64_t c) {
+      const int64_t r0 = num_acc_rows * c / n, r1 = num_acc_rows * (c + 1) / n;
+      if (avx2) {
+        bwd_rows_avx2<scalar_t, A>(j, g, grad.stride(0), s, dst, D, r0, r1);
+      } else {
+        bwd_rows_base<scalar_t, A>(j, g, grad.stride(0), s, dst, D, r0, r1);
       }
     });
+    if constexpr (!std::is_same_v<A, scalar_t>) {
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, num_acc_rows, 1024, [&](int64_t u0, int64_t u1) {
+        for (int64_t u = u0; u < u1; ++u) {
+          scalar_t* __restrict__ orow = o + row_of_slot[u] * D;
+          const A* __restrict__ arow = dst + u * D;
+          for (int64_t d = 0; d < D; ++d) orow[d] = static_cast<scalar_t>(arow[d]);
+        }
+      });
+    }
   });
-  return acc.scalar_type() == grad.scalar_type() ? acc : acc.to(grad.scalar_type());
+  return out;
 }
 
 // rows[i] = scale_i * grad[bag(i)], over events [e0, e1).
@@ -439,13 +510,11 @@ at::Tensor jagged_mean_pool_backward_rows_cpu(const at::Tensor& grad_in, const a
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const A* s = p.scale.const_data_ptr<A>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        if (avx2) {
-          rows_range_avx2<scalar_t, A>(p.j, g, grad.stride(0), s, o, D, bounds[c], bounds[c + 1]);
-        } else {
-          rows_range_base<scalar_t, A>(p.j, g, grad.stride(0), s, o, D, bounds[c], bounds[c + 1]);
-        }
+    parallel_ranges(n, [&](int64_t c) {
+      if (avx2) {
+        rows_range_avx2<scalar_t, A>(p.j, g, grad.stride(0), s, o, D, bounds[c], bounds[c + 1]);
+      } else {
+        rows_range_base<scalar_t, A>(p.j, g, grad.stride(0), s, o, D, bounds[c], bounds[c + 1]);
       }
     });
   });
