@@ -34,10 +34,14 @@ def _random_lengths(m, max_len, empty_frac=0.2):
 
 
 def _reference_grads(table, ids, offsets, weights, grad):
-    t = table.detach().clone().requires_grad_()
-    w = None if weights is None else weights.detach().clone().requires_grad_(weights.requires_grad)
-    reference.jagged_mean_pool(t, ids, offsets, w).backward(grad)
-    return t.grad, None if w is None else w.grad
+    """Gradients of the reference, taken in float32 (float64 for float64) like the kernels accumulate."""
+    acc = torch.float64 if table.dtype == torch.float64 else torch.float32
+    t = table.detach().to(acc).requires_grad_()
+    w = None
+    if weights is not None:
+        w = weights.detach().to(acc).requires_grad_(weights.requires_grad)
+    reference.jagged_mean_pool(t, ids, offsets, w).backward(grad.to(acc))
+    return t.grad.to(table.dtype), None if w is None or w.grad is None else w.grad.to(weights.dtype)
 
 
 # ---- forward against the reference ------------------------------------------------------------------
@@ -106,6 +110,28 @@ def test_long_bags(device, dtype, weighted):
     grad = torch.randn_like(out)
     dense = torch.ops.dv365.jagged_mean_pool_backward(grad, ids, offsets, weights, 5000)
     assert_close(dense, _reference_grads(table, ids, offsets, weights, grad)[0])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts(device, threads):
+    # the kernels split events (forward, rows) and table rows (dense backward) into ranges per thread;
+    # every split must give the same sums, including bags cut by several range boundaries
+    lengths = torch.cat([torch.tensor([40_000, 0]), _random_lengths(300, 30), torch.tensor([9_000, 0])])
+    table = torch.randn(3000, 70, device=device)
+    ids, offsets, weights = _jagged(lengths, 3000, device, zero_frac=0.1)
+    grad = torch.randn(lengths.numel(), 70, device=device)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = jagged_mean_pool(table, ids, offsets, weights)
+        dense = torch.ops.dv365.jagged_mean_pool_backward(grad.bfloat16(), ids, offsets, weights, 3000)
+        rows = torch.ops.dv365.jagged_mean_pool_backward_rows(grad, ids, offsets, weights)
+    finally:
+        torch.set_num_threads(previous)
+    assert_close(out, reference.jagged_mean_pool(table, ids, offsets, weights))
+    assert_close(dense, _reference_grads(table.bfloat16(), ids, offsets, weights, grad.bfloat16())[0])
+    assert_close(torch.sparse_coo_tensor(ids[None], rows, (3000, 70), check_invariants=True).to_dense(),
+                 _reference_grads(table, ids, offsets, weights, grad)[0])
 
 
 def test_non_contiguous_inputs(device):
