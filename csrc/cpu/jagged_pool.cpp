@@ -1,7 +1,8 @@
 // Jagged weighted mean pooling on the CPU (semantics: dv365_ops/reference.py::jagged_mean_pool).
 //
-// All three kernels split the N events (not the M bags) into equal ranges, one per thread, so a batch of
-// four 70,000-event bags keeps every core busy as well as 4096 bags of 1-50 events do. Per-bag scales
+// The forward and the per-event-row backward split the N events (not the M bags) into equal ranges, a few
+// per thread, so a batch of four 70,000-event bags keeps every core busy as well as 4096 bags of 1-50
+// events do; the dense backward splits the table's rows, so no two threads add into the same row. Per-bag scales
 // w_i / sum(w) are computed first, so a bag cut by a range boundary only needs its partial sums added.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -53,7 +54,7 @@ __attribute__((always_inline)) inline void prefetch_row(const char* row, int64_t
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 0);
 }
 
-// Columns pooled per pass over a bag: 64 float accumulators fit in the 16 AVX2 registers with room to spare,
+// Columns pooled per pass over a bag: 64 float accumulators take 8 of the 16 AVX2 registers,
 // so a block's sum never touches memory until the bag ends.
 constexpr int64_t kBlock = 64;
 
@@ -188,7 +189,6 @@ void parallel_ranges(int64_t n, const F& fn) {
   });
 }
 
-// ---- validation shared by the three ops ------------------------------------------------------------
 
 void check_jagged(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
                   const std::optional<at::Tensor>& weights, const at::Tensor& dense, const char* dense_name) {
@@ -309,7 +309,6 @@ Prepared prepare(const char* op, const at::Tensor& ids_in, const at::Tensor& off
 #define DV365_DISPATCH_POOL_TYPES(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
-// ---- forward ---------------------------------------------------------------------------------------
 
 at::Tensor jagged_mean_pool_cpu(const at::Tensor& table_in, const at::Tensor& ids, const at::Tensor& offsets,
                                 const std::optional<at::Tensor>& weights, bool sparse) {
@@ -343,7 +342,7 @@ at::Tensor jagged_mean_pool_cpu(const at::Tensor& table_in, const at::Tensor& id
     const int64_t* off = p.j.offsets;
     for (int64_t c = 0; c + 1 < n; ++c) {
       const int64_t e1 = bounds[c + 1];
-      // the bag containing event e1 - 1 ... e1, started in range c and not finished there
+      // the bag holding event e1 - 1: cut here if it started in range c and goes on past e1
       const int64_t b = std::upper_bound(off, off + p.j.M + 1, e1 - 1) - off - 1;
       if (b < 0 || b >= p.j.M || off[b] < bounds[c] || off[b + 1] <= e1 || off[b] >= e1) continue;
       std::vector<A> sum(partial.begin() + (c * 3 + 1) * D, partial.begin() + (c * 3 + 2) * D);
@@ -358,10 +357,9 @@ at::Tensor jagged_mean_pool_cpu(const at::Tensor& table_in, const at::Tensor& id
   return out;
 }
 
-// ---- backward --------------------------------------------------------------------------------------
 
-// grad_table[ids_i] += scale_i * grad[bag(i)] for the events whose row lies in [r0, r1): each thread owns
-// a row range, so no two threads write the same row.
+// grad_table[ids_i] += scale_i * grad[bag(i)] for the events whose row lies in [r0, r1): one task per row
+// range, so no two threads write the same row.
 template <typename T, typename A>
 __attribute__((always_inline)) inline void bwd_rows_impl(const Jagged& j, const T* __restrict__ grad,
                                                           int64_t grad_stride, const A* __restrict__ scale,
