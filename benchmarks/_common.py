@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import pathlib
+import platform
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -43,3 +47,21 @@ def markdown_table(results: Sequence[Result], ours: str = "dv365") -> str:
         ratio = f"{best_peer[r.case] / r.seconds:.2f}x" if r.case in best_peer else "-"
         lines.append(f"| {r.case} | {r.provider} | {r.seconds * 1e3:.3f} | {r.gbps:.1f} | {ratio} |")
     return "\n".join(lines)
+
+
+def environment() -> str:
+    """Date, CPU, thread count, torch version and commit, for the head of a results file."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=pathlib.Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{date}, {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, commit {commit}"

@@ -25,7 +25,7 @@ from dv365_ops.jagged import jagged_mean_pool
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-from _common import Result, markdown_table, median_time  # noqa: E402
+from _common import Result, environment, markdown_table, median_time  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
 NUM_ROWS = 1_000_000
@@ -125,8 +125,7 @@ def test_jagged_mean_pool(benchmark, workload, dname, pass_, provider):
 
 
 def main() -> None:
-    print(f"torch {torch.__version__}, dv365 {dv365_ops.__version__}, {torch.get_num_threads()} threads, "
-          f"R={NUM_ROWS:,}, D={DIM}\n")
+    print(f"{environment()}, dv365 {dv365_ops.__version__}; R = {NUM_ROWS:,}, D = {DIM}\n")
     results = [Result(case, provider, median_time(fn), floor) for case, provider, fn, floor in cases()]
     print(markdown_table(results))
 
