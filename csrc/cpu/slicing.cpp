@@ -280,8 +280,9 @@ Timeline check_timeline(const char* op, at::TensorList ids, const at::Tensor& of
   tl.request_ts = request_ts.data_ptr<int64_t>();
   DV365_CHECK(tl.offsets[0] == 0 && tl.offsets[tl.B] == tl.N, op, "offsets must start at 0 and end at N=", tl.N,
               " (ts.numel()), got ", tl.offsets[0], " .. ", tl.offsets[tl.B]);
-  for (int64_t b = 0; b < tl.B; ++b) {
+  for (int64_t b = 0; b < tl.B; ++b)
     DV365_CHECK(tl.offsets[b] <= tl.offsets[b + 1], op, "offsets must be non-decreasing (user ", b, ")");
+  for (int64_t b = 0; b < tl.B; ++b) {
     const int64_t lo = tl.offsets[b], hi = tl.offsets[b + 1];
     for (int64_t e = lo + 1; e < hi; ++e)
       DV365_CHECK(tl.ts[e - 1] <= tl.ts[e], op, "ts must be ascending within each user (user ", b, ", event ", e - lo,
@@ -603,11 +604,30 @@ BackwardInputs check_backward(const char* op, const at::Tensor& grad_in, const a
   return in;
 }
 
+// 1 / weight_sum (0 where weight_sum <= 0). For float64 the sums are recomputed in float64, as the
+// forward's weight_sum output is rounded to float32.
 template <typename acc_t>
-std::vector<acc_t> inverse_weight_sums(const at::Tensor& wsum) {
-  const float* w = wsum.data_ptr<float>();
+std::vector<acc_t> inverse_weight_sums(const Program& p, const Timeline& tl, const at::Tensor& wsum) {
+  const int64_t S = p.S;
   std::vector<acc_t> inv(wsum.numel());
-  for (int64_t i = 0; i < wsum.numel(); ++i) inv[i] = w[i] > 0 ? acc_t(1) / static_cast<acc_t>(w[i]) : acc_t(0);
+  if constexpr (std::is_same_v<acc_t, double>) {
+    std::vector<double> sums(tl.B * S, 0.0);
+    int64_t num_slots = 0;
+    const std::vector<Task> tasks = make_tasks(tl, false, num_slots);
+    const int64_t nt = static_cast<int64_t>(tasks.size());
+    for_each_task(nt, [&](const auto& next) {
+      EvalScratch x(p);
+      Segments seg;
+      for (int64_t i; (i = next()) < nt;) {
+        build_segments(p, tl, tasks[i], seg);
+        DV365_ISA_CALL(wsum_task(p, tl, seg, x, sums.data() + tasks[i].b * S));
+      }
+    });
+    for (size_t i = 0; i < inv.size(); ++i) inv[i] = sums[i] > 0 ? 1.0 / sums[i] : 0.0;
+  } else {
+    const float* w = wsum.data_ptr<float>();
+    for (size_t i = 0; i < inv.size(); ++i) inv[i] = w[i] > 0 ? acc_t(1) / static_cast<acc_t>(w[i]) : acc_t(0);
+  }
   return inv;
 }
 
@@ -629,7 +649,7 @@ std::vector<at::Tensor> sliced_pool_backward_rows_cpu(const at::Tensor& grad, co
   const int64_t nt = static_cast<int64_t>(tasks.size());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.grad.scalar_type(), "dv365_sliced_pool_bwd_rows", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const std::vector<acc_t> inv = inverse_weight_sums<acc_t>(in.wsum);
+    const std::vector<acc_t> inv = inverse_weight_sums<acc_t>(p, tl, in.wsum);
     const scalar_t* g = in.grad.data_ptr<scalar_t>();
     std::vector<scalar_t*> out;
     for (auto& r : rows) out.push_back(r.data_ptr<scalar_t>());
@@ -671,7 +691,7 @@ std::vector<at::Tensor> sliced_pool_backward_cpu(const at::Tensor& grad, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.grad.scalar_type(), "dv365_sliced_pool_bwd", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
-    const std::vector<acc_t> inv = inverse_weight_sums<acc_t>(in.wsum);
+    const std::vector<acc_t> inv = inverse_weight_sums<acc_t>(p, tl, in.wsum);
     const scalar_t* g = in.grad.data_ptr<scalar_t>();
     std::vector<at::Tensor> acc_tensors;
     std::vector<acc_t*> out;
