@@ -8,12 +8,10 @@ import torch
 from timeline_data import naive_slices, random_batch, random_request_ts, random_spec
 from tolerances import assert_close
 
-import dv365_ops
 from dv365.pooling import MultiSlicePooling, embedding_bag_configs, sliced_kjt
 from dv365.spec import load_default_spec
 
 NUM_ROWS = {"media_id": 50, "author_id": 50, "topic_id": 50}
-HAS_FUSED_OP = hasattr(dv365_ops, "sliced_pool")
 
 
 def _inputs(lengths_e: list[int], lengths_i: list[int], device):
@@ -115,7 +113,6 @@ def test_module_one_timeline_only():
     assert_close(out, expected)
 
 
-@pytest.mark.skipif(not HAS_FUSED_OP, reason="the fused dv365_ops.sliced_pool is not in this build (branch slicing)")
 def test_sparse_gradients(device):
     spec = random_spec(8, dim=4)
     dense = MultiSlicePooling(spec, dtype=torch.float64).to(device)
@@ -131,7 +128,6 @@ def test_sparse_gradients(device):
 
 
 @pytest.mark.compile
-@pytest.mark.skipif(not HAS_FUSED_OP, reason="the fused dv365_ops.sliced_pool is not in this build (branch slicing)")
 def test_module_compiles_fullgraph():
     spec = random_spec(7, dim=4)
     module = MultiSlicePooling(spec)

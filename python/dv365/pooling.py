@@ -20,24 +20,14 @@ from .spec import CompiledProgram, SliceSpec
 from .timeline import EXPLICIT, IMPLICIT, KINDS, TimelineBatch
 
 
-def _slicing_op(name: str):
-    # the fused ops come with the slicing family (dv365_ops.slicing); until a build has them the
-    # pure-torch reference (same semantics, dense gradients only) serves
-    op = getattr(dv365_ops, name, None)
-    if op is not None:
-        return op, True
-    return getattr(dv365_ops.reference, name), False
-
-
 def _sliced_pool(tables, ids, batch: TimelineBatch, request_ts, prog_i, prog_f, sparse: bool):
-    op, native = _slicing_op("sliced_pool")
-    args = (tables, ids, batch.offsets, batch.ts, batch.cats, batch.floats, request_ts, prog_i, prog_f)
-    return op(*args, sparse=sparse) if native else op(*args)
+    return dv365_ops.sliced_pool(
+        tables, ids, batch.offsets, batch.ts, batch.cats, batch.floats, request_ts, prog_i, prog_f, sparse=sparse
+    )
 
 
 def _slice_timeline(ids, batch: TimelineBatch, request_ts, prog_i, prog_f):
-    op, _ = _slicing_op("slice_timeline")
-    return op(ids, batch.offsets, batch.ts, batch.cats, batch.floats, request_ts, prog_i, prog_f)
+    return dv365_ops.slice_timeline(ids, batch.offsets, batch.ts, batch.cats, batch.floats, request_ts, prog_i, prog_f)
 
 
 def _check_inputs(
