@@ -74,32 +74,37 @@ def test_jagged_mean_pool_backward_matches_reference_autograd(device, dtype, wei
 def test_jagged_mean_pool_autograd_dense_and_sparse(device):
     table, ids, offsets, weights = _jagged_inputs(device, torch.float64, d=3, rows=4, lengths=(2, 0, 3))
     table.requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: T.jagged_mean_pool_triton(t, ids, offsets, weights), (table,))
     grad = torch.randn(offsets.numel() - 1, 3, dtype=torch.float64, device=device)
-    (dense,) = torch.autograd.grad(T.jagged_mean_pool_triton(table, ids, offsets, weights), table, grad)
-    (sparse,) = torch.autograd.grad(T.jagged_mean_pool_triton(table, ids, offsets, weights, True), table, grad)
+    with _backend.use_backend("triton"):  # the backward ops resolve to their Triton kernels too
+        assert torch.autograd.gradcheck(lambda t: T.jagged_mean_pool_triton(t, ids, offsets, weights), (table,))
+        (dense,) = torch.autograd.grad(T.jagged_mean_pool_triton(table, ids, offsets, weights), table, grad)
+        (sparse,) = torch.autograd.grad(T.jagged_mean_pool_triton(table, ids, offsets, weights, True), table, grad)
     assert sparse.is_sparse
     assert_close(sparse.to_dense(), dense)
 
 
-def test_jagged_mean_pool_int32_indices_and_noncontiguous_table(device):
+def test_jagged_mean_pool_noncontiguous_table(device):
     table, ids, offsets, weights = _jagged_inputs(device, d=10)
     wide = torch.randn(table.shape[0], 20, device=device)[:, ::2]
-    out = T.jagged_mean_pool_triton(wide, ids.int(), offsets.int(), weights)
+    out = T.jagged_mean_pool_triton(wide, ids, offsets, weights)
     assert_close(out, reference.jagged_mean_pool(wide, ids, offsets, weights))
 
 
 def test_jagged_mean_pool_bad_inputs(device):
     table, ids, offsets, weights = _jagged_inputs(device)
-    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must lie in \[0, 23\)"):
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must be in \[0, 23\)"):
         T.jagged_mean_pool_triton(table, ids + 23, offsets, weights)
     decreasing = offsets.clone()
     decreasing[2] = decreasing[3] + 1
     with pytest.raises(RuntimeError, match="dv365::jagged_mean_pool: offsets must be non-decreasing"):
         T.jagged_mean_pool_triton(table, ids, decreasing, weights)
-    with pytest.raises(RuntimeError, match="dv365::jagged_mean_pool: weights must be"):
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: weights must have shape \[N\]"):
         T.jagged_mean_pool_triton(table, ids, offsets, weights[1:])
-    with pytest.raises(RuntimeError, match="dv365::jagged_mean_pool: table must be a 2-D"):
+    with pytest.raises(RuntimeError, match="dv365::jagged_mean_pool: weights must be finite and non-negative"):
+        T.jagged_mean_pool_triton(table, ids, offsets, -weights - 1)
+    with pytest.raises(RuntimeError, match="dv365::jagged_mean_pool: ids must be int64"):
+        T.jagged_mean_pool_triton(table, ids.int(), offsets, weights)
+    with pytest.raises(RuntimeError, match="dv365::jagged_mean_pool: table must be 2-D"):
         T.jagged_mean_pool_triton(table[0], ids, offsets, weights)
     with pytest.raises(RuntimeError, match="dv365::jagged_mean_pool_backward: grad must have one row per bag"):
         T.jagged_mean_pool_backward_triton(table, ids, offsets, weights, 23)
@@ -243,11 +248,12 @@ def test_sliced_pool_backward_matches_reference_autograd(device, dtype):
 def test_sliced_pool_autograd_dense_and_sparse(device):
     tables, *rest = _slicing_inputs(device, torch.float32, b=3, s=6, d=5, max_len=12)
     tables = [t.requires_grad_() for t in tables]
-    pooled, weight_sum = T.sliced_pool_triton(tables, *rest)
-    assert not weight_sum.requires_grad
-    grad = torch.randn_like(pooled)
-    dense = torch.autograd.grad(pooled, tables, grad)
-    sparse = torch.autograd.grad(T.sliced_pool_triton(tables, *rest, True)[0], tables, grad)
+    with _backend.use_backend("triton"):  # the backward ops resolve to their Triton kernels too
+        pooled, weight_sum = T.sliced_pool_triton(tables, *rest)
+        assert not weight_sum.requires_grad
+        grad = torch.randn_like(pooled)
+        dense = torch.autograd.grad(pooled, tables, grad)
+        sparse = torch.autograd.grad(T.sliced_pool_triton(tables, *rest, True)[0], tables, grad)
     ref_tables = [t.detach().double().requires_grad_() for t in tables]
     expected = torch.autograd.grad(reference.sliced_pool(ref_tables, *rest)[0], ref_tables, grad.double())
     for a, b, e in zip(dense, sparse, expected):
@@ -265,9 +271,12 @@ def test_sliced_pool_bad_inputs(device):
             T.sliced_pool_triton(tables, bad_ids, *rest)
         with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: cats values must lie in \[0, 63\]"):
             T.sliced_pool_triton(tables, ids, offsets, ts, cats + 64, floats, request_ts, prog_i, prog_f)
+    if ts.numel() > 1 and (offsets.diff() > 1).any():
+        with pytest.raises(RuntimeError, match="dv365::sliced_pool: ts must be ascending within each user"):
+            T.sliced_pool_triton(tables, ids, offsets, ts.flip(0), cats, floats, request_ts, prog_i, prog_f)
     bad_prog = prog_i.clone()
     bad_prog[0, P.TABLE] = 2
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_i table indices must lie in \[0, 2\)"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_i TABLE entries must lie in \[0, 2\)"):
         T.sliced_pool_triton(tables, ids, offsets, ts, cats, floats, request_ts, bad_prog, prog_f)
     with pytest.raises(RuntimeError, match="dv365::sliced_pool: tables and ids must have the same length"):
         T.sliced_pool_triton(tables[:1], ids, *rest)
@@ -288,6 +297,17 @@ def test_backend_resolves_to_the_triton_ops(device):
             assert _backend.resolve(op, device) is getattr(T, f"{op}_triton")
         with _backend.use_backend("native"):
             assert _backend.resolve(op, device) is getattr(T, op)
+
+
+def test_family_wrappers_run_the_triton_kernels(device):
+    import dv365_ops
+
+    args = _slicing_inputs(device, b=3, s=6, d=5, max_len=12)
+    table, ids, offsets, weights = _jagged_inputs(device, d=5)
+    with _backend.use_backend("triton"):
+        assert_close(dv365_ops.sliced_pool(*args)[0], reference.sliced_pool(*args)[0])
+        assert_close(dv365_ops.jagged_mean_pool(table, ids, offsets, weights),
+                     reference.jagged_mean_pool(table, ids, offsets, weights))
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):

@@ -18,34 +18,11 @@ def schema_of(op_name: str) -> str:
     return schema[schema.index("(") :]
 
 
-def define(op_name: str, fn: Callable, family, fake: Callable) -> None:
-    """Register ``fn`` as ``dv365::<op_name>_triton`` with the schema of ``dv365::<op_name>``, and the family
-    module's fake (``_fake_<op_name>``, shared with the native op) or ``fake`` where the family has none."""
+def define(op_name: str, fn: Callable, fake: Callable) -> None:
+    """Register ``fn`` as ``dv365::<op_name>_triton`` with the schema of ``dv365::<op_name>`` and ``fake``
+    (the family module's fake of the native op, where it has one)."""
     op = torch.library.custom_op(f"dv365::{op_name}_triton", fn, mutates_args=(), schema=schema_of(op_name))
-    op.register_fake(getattr(family, f"_fake_{op_name}", fake))
-
-
-def register_autograd(op_name: str, family, backward: Callable, setup_context: Callable) -> None:
-    """Autograd of ``dv365::<op_name>_triton``: the family's ``_setup_context_<op>``/``_backward_<op>`` pair
-    (whose backward resolves its ops through ``_backend.resolve``), or the given pair where the family has none."""
-    fam_backward = getattr(family, f"_backward_{op_name}", None)
-    fam_setup = getattr(family, f"_setup_context_{op_name}", None)
-    if fam_backward is not None and fam_setup is not None:
-        backward, setup_context = fam_backward, fam_setup
-    torch.library.register_autograd(f"dv365::{op_name}_triton", backward, setup_context=setup_context)
-
-
-def num_passed_inputs(op_name: str, inputs: tuple) -> int:
-    """How many inputs autograd expects gradients for: the dispatcher drops trailing arguments equal to their
-    defaults before autograd sees them, while ``setup_context`` gets them filled back in."""
-    arguments = getattr(torch.ops.dv365, op_name).default._schema.arguments
-    n = len(inputs)
-    while n and arguments[n - 1].has_default_value():
-        value, default = inputs[n - 1], arguments[n - 1].default_value
-        if not (value is default or (not isinstance(value, torch.Tensor) and value == default)):
-            break
-        n -= 1
-    return n
+    op.register_fake(fake)
 
 
 def check_device(op_name: str, *tensors: torch.Tensor) -> None:

@@ -179,4 +179,4 @@ def _fake_int4_dequantize(packed, half_scale_bias=False, dtype=None):
 
 
 for _name in ("int4_quantize", "int4_dequantize"):
-    _util.define(_name, globals()[_name], _family, globals()[f"_fake_{_name}"])
+    _util.define(_name, globals()[_name], getattr(_family, f"_fake_{_name}", globals()[f"_fake_{_name}"]))

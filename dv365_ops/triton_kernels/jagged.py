@@ -108,34 +108,20 @@ def _backward_kernel(
             tl.store(out + e.to(tl.int64)[:, None] * stride_o + d[None, :], val.to(out.dtype.element_ty), mask=mask)
 
 
-def _check_inputs(op: str, ids: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor | None) -> None:
-    _util.check(ids.dim() == 1 and ids.dtype in (torch.int32, torch.int64), op, "ids must be a 1-D int32/int64 tensor")
-    _util.check(
-        offsets.dim() == 1 and offsets.dtype in (torch.int32, torch.int64) and offsets.numel() >= 1,
-        op,
-        "offsets must be a 1-D int32/int64 tensor with at least one element",
-    )
-    if weights is not None:
-        _util.check(
-            weights.dim() == 1 and weights.is_floating_point() and weights.numel() == ids.numel(),
-            op,
-            "weights must be a 1-D floating tensor with one weight per id",
-        )
-    for name, t in (("offsets", offsets), ("weights", weights)):
-        if t is not None:
-            _util.check(t.device == ids.device, op, f"{name} must be on the same device as ids")
-
-
-def _check_data(op: str, ids: torch.Tensor, offsets: torch.Tensor, num_rows: int | None) -> None:
+def _check_data(op: str, ids: torch.Tensor, offsets: torch.Tensor, weights, num_rows: int | None) -> None:
+    """The data checks of the compiled kernels (csrc/cpu/jagged_pool.cpp), in one device read."""
     if not _util.checks_enabled(ids.device):
         return
+    n = ids.numel()
     failures = [
-        (offsets[0] != 0, "offsets must start at 0"),
-        (offsets[-1] != ids.numel(), "offsets must end at ids.numel()"),
+        (offsets[0] != 0, "offsets[0] must be 0"),
+        (offsets[-1] != n, f"offsets[-1] must equal the number of ids ({n})"),
         ((offsets.diff() < 0).any(), "offsets must be non-decreasing"),
     ]
-    if num_rows is not None and ids.numel():
-        failures.append((((ids < 0) | (ids >= num_rows)).any(), f"ids must lie in [0, {num_rows})"))
+    if num_rows is not None and n:
+        failures.append((((ids < 0) | (ids >= num_rows)).any(), f"ids must be in [0, {num_rows})"))
+    if weights is not None and n:
+        failures.append(((~torch.isfinite(weights) | (weights < 0)).any(), "weights must be finite and non-negative"))
     _util.raise_failed(op, failures)
 
 
@@ -144,11 +130,9 @@ def jagged_mean_pool(
     sparse: bool = False,
 ) -> torch.Tensor:
     op = "jagged_mean_pool"
-    _util.check(table.dim() == 2 and table.is_floating_point(), op, "table must be a 2-D floating tensor")
-    _check_inputs(op, ids, offsets, weights)
-    _util.check(ids.device == table.device, op, "ids must be on the same device as table")
+    _family._check_jagged(op, ids, offsets, weights, table, "table")
     _util.check_device(op, table)
-    _check_data(op, ids, offsets, table.shape[0])
+    _check_data(op, ids, offsets, weights, table.shape[0])
     if table.stride(1) != 1:
         table = table.contiguous()
     m, d = offsets.numel() - 1, table.shape[1]
@@ -165,12 +149,10 @@ def jagged_mean_pool(
 
 
 def _backward(op: str, grad, ids, offsets, weights, num_rows: int | None) -> torch.Tensor:
-    _util.check(grad.dim() == 2 and grad.is_floating_point(), op, "grad must be a 2-D floating tensor")
-    _check_inputs(op, ids, offsets, weights)
-    _util.check(grad.shape[0] == offsets.numel() - 1, op, "grad must have one row per bag (offsets.numel() - 1)")
-    _util.check(ids.device == grad.device, op, "ids must be on the same device as grad")
+    _family._check_jagged(op, ids, offsets, weights, grad, "grad")
+    _util.check(grad.shape[0] == offsets.numel() - 1, op, f"grad must have one row per bag ({offsets.numel() - 1}), got {grad.shape[0]}")
     _util.check_device(op, grad)
-    _check_data(op, ids, offsets, num_rows)
+    _check_data(op, ids, offsets, weights, num_rows)
     dense = num_rows is not None
     grad = grad.contiguous()
     m, d = grad.shape
@@ -194,7 +176,7 @@ def _backward(op: str, grad, ids, offsets, weights, num_rows: int | None) -> tor
 def jagged_mean_pool_backward(
     grad: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor | None, num_rows: int
 ) -> torch.Tensor:
-    _util.check(num_rows >= 0, "jagged_mean_pool_backward", "num_rows must be >= 0")
+    _util.check(num_rows >= 0, "jagged_mean_pool_backward", f"num_rows must be non-negative, got {num_rows}")
     return _backward("jagged_mean_pool_backward", grad, ids, offsets, weights, num_rows)
 
 
@@ -204,36 +186,11 @@ def jagged_mean_pool_backward_rows(
     return _backward("jagged_mean_pool_backward_rows", grad, ids, offsets, weights, None)
 
 
-def _fake_jagged_mean_pool(table, ids, offsets, weights=None, sparse=False):
-    return table.new_empty(offsets.shape[0] - 1, table.shape[1])
-
-
-def _fake_jagged_mean_pool_backward(grad, ids, offsets, weights, num_rows):
-    return grad.new_empty(num_rows, grad.shape[1])
-
-
-def _fake_jagged_mean_pool_backward_rows(grad, ids, offsets, weights):
-    return grad.new_empty(ids.shape[0], grad.shape[1])
-
-
-def _setup_context_jagged_mean_pool(ctx, inputs, output):
-    table, ids, offsets, *rest = inputs
-    weights, sparse = (rest + [None, False])[:2]
-    ctx.save_for_backward(ids, offsets, weights)
-    ctx.num_rows, ctx.sparse = table.shape[0], sparse
-    ctx.num_inputs = _util.num_passed_inputs("jagged_mean_pool", inputs)
-
-
-def _backward_jagged_mean_pool(ctx, grad):
-    ids, offsets, weights = ctx.saved_tensors
-    if ctx.sparse:
-        rows = torch.ops.dv365.jagged_mean_pool_backward_rows_triton(grad, ids, offsets, weights)
-        grad_table = torch.sparse_coo_tensor(ids[None].long(), rows, (ctx.num_rows, grad.shape[1]), check_invariants=False)
-    else:
-        grad_table = torch.ops.dv365.jagged_mean_pool_backward_triton(grad, ids, offsets, weights, ctx.num_rows)
-    return (grad_table,) + (None,) * (ctx.num_inputs - 1)
-
-
+# fakes and autograd are the family's (dv365_ops/jagged.py), shared with the native ops; its backward
+# resolves the backward ops through ``_backend.resolve``, so backend "triton" runs the backward here too
 for _name in _OPS:
-    _util.define(_name, globals()[_name], _family, globals()[f"_fake_{_name}"])
-_util.register_autograd("jagged_mean_pool", _family, _backward_jagged_mean_pool, _setup_context_jagged_mean_pool)
+    _util.define(_name, globals()[_name], getattr(_family, f"_fake_{_name}"))
+torch.library.register_autograd(
+    "dv365::jagged_mean_pool_triton", _family._backward_jagged_mean_pool,
+    setup_context=_family._setup_context_jagged_mean_pool,
+)

@@ -382,9 +382,12 @@ def _check_inputs(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f
         prog_f.dim() == 2 and prog_f.dtype == torch.float64 and prog_f.shape == (prog_i.shape[0], P.NUM_FLOAT),
         op, f"prog_f must be a float64 tensor [S, {P.NUM_FLOAT}] (S = prog_i.shape[0])",
     )
-    for name, x in [("offsets", offsets), ("cats", cats), ("floats", floats), ("request_ts", request_ts),
-                    ("prog_i", prog_i), ("prog_f", prog_f)] + [(f"ids[{t}]", i) for t, i in enumerate(ids)]:
+    for name, x in [("offsets", offsets), ("cats", cats), ("floats", floats), ("request_ts", request_ts)] + [
+        (f"ids[{t}]", i) for t, i in enumerate(ids)
+    ]:
         _util.check(x.device == ts.device, op, f"{name} must be on the same device as ts")
+    for name, x in (("prog_i", prog_i), ("prog_f", prog_f)):
+        _util.check(x.device in (ts.device, torch.device("cpu")), op, f"{name} must be on the CPU or on ts's device")
 
 
 class _Plan:
@@ -397,7 +400,8 @@ class _Plan:
         self.offsets, self.ts, self.request_ts = offsets.contiguous(), ts.contiguous(), request_ts.contiguous()
         self.cats = cats.contiguous()
         self.floats = floats.contiguous()
-        self.prog_i, self.prog_f = prog_i.contiguous(), prog_f.contiguous()
+        # the program may live on the CPU (the compiled CPU kernels want it there)
+        self.prog_i, self.prog_f = prog_i.to(ts.device).contiguous(), prog_f.to(ts.device).contiguous()
         self.num_tables, self.b, self.s, self.n = len(ids), offsets.numel() - 1, prog_i.shape[0], ts.numel()
         table = self.prog_i[:, P.TABLE]
         # slices sorted by (table, flags): a block holds one table, and like filters run together
@@ -411,12 +415,22 @@ class _Plan:
         if not self.exact:
             return
         o = self.offsets
+        flags = self.prog_i[:, P.FLAGS]
+        fields = self.prog_i[:, list(P.CAT_FIELD)]
         failures = [
-            (o[0] != 0, "offsets must start at 0"),
-            (o[-1] != self.n, "offsets must end at ts.numel()"),
+            ((o[0] != 0) | (o[-1] != self.n), f"offsets must start at 0 and end at N={self.n} (ts.numel())"),
             ((o.diff() < 0).any(), "offsets must be non-decreasing"),
-            (((table < 0) | (table >= self.num_tables)).any(), f"prog_i table indices must lie in [0, {self.num_tables})"),
+            (((table < 0) | (table >= self.num_tables)).any(), f"prog_i TABLE entries must lie in [0, {self.num_tables})"),
+            (((flags < 0) | (flags > 7)).any(), "prog_i FLAGS must use only WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4"),
+            ((fields >= self.cats.shape[0]).any(), f"prog_i CAT_FIELD entries must be -1 or lie in [0, {self.cats.shape[0]})"),
         ]
+        if self.floats.shape[0] == 0:
+            failures.append(((flags != 0).any(), "floats has 0 rows but a slice uses dwell, ratio or weight "
+                             "(needs rows video_duration, dwell_time)"))
+        if self.n > 1:
+            starts = torch.zeros(self.n, dtype=torch.bool, device=ts.device)
+            starts[o[:-1].clamp(max=self.n - 1)] = True
+            failures.append((((self.ts.diff() < 0) & ~starts[1:]).any(), "ts must be ascending within each user"))
         if self.cats.numel():
             failures.append((((self.cats < 0) | (self.cats > P.MAX_CAT_VALUE)).any(), "cats values must lie in [0, 63]"))
         for t, (i, r) in enumerate(zip(self.ids, num_rows)):
@@ -536,39 +550,10 @@ def sliced_pool_backward_rows(
                      prog_i, prog_f, None)
 
 
-def _fake_sliced_pool(tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, sparse=False):
-    b, s, d = offsets.shape[0] - 1, prog_i.shape[0], tables[0].shape[1]
-    return tables[0].new_empty(b, s, d), tables[0].new_empty(b, s, dtype=torch.float32)
-
-
-def _fake_sliced_pool_backward(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
-    return [grad.new_empty(r, grad.shape[2]) for r in num_rows]
-
-
-def _fake_sliced_pool_backward_rows(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f):
-    return [grad.new_empty(ts.shape[0], grad.shape[2]) for _ in ids]
-
-
-def _setup_context_sliced_pool(ctx, inputs, output):
-    tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, *sparse = inputs
-    ctx.save_for_backward(offsets, ts, cats, floats, request_ts, prog_i, prog_f, output[1], *ids)
-    ctx.num_rows, ctx.sparse = [t.shape[0] for t in tables], bool(sparse and sparse[0])
-    ctx.num_inputs = _util.num_passed_inputs("sliced_pool", inputs)
-    ctx.mark_non_differentiable(output[1])
-
-
-def _backward_sliced_pool(ctx, grad, _grad_weight_sum):
-    offsets, ts, cats, floats, request_ts, prog_i, prog_f, weight_sum, *ids = ctx.saved_tensors
-    args = (grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
-    if ctx.sparse:
-        rows = torch.ops.dv365.sliced_pool_backward_rows_triton(*args)
-        d = grad.shape[2]
-        grads = [torch.sparse_coo_tensor(i[None].long(), r, (n, d), check_invariants=False) for i, r, n in zip(ids, rows, ctx.num_rows)]
-    else:
-        grads = torch.ops.dv365.sliced_pool_backward_triton(*args, ctx.num_rows)
-    return (grads, [None] * len(ids)) + (None,) * (ctx.num_inputs - 2)
-
-
+# fakes and autograd are the family's (dv365_ops/slicing.py), shared with the native ops; its backward
+# resolves the backward ops through ``_backend.resolve``, so backend "triton" runs the backward here too
 for _name in ("sliced_pool", "sliced_pool_backward", "sliced_pool_backward_rows"):
-    _util.define(_name, globals()[_name], _family, globals()[f"_fake_{_name}"])
-_util.register_autograd("sliced_pool", _family, _backward_sliced_pool, _setup_context_sliced_pool)
+    _util.define(_name, globals()[_name], getattr(_family, f"_fake_{_name}"))
+torch.library.register_autograd(
+    "dv365::sliced_pool_triton", _family._backward_sliced_pool, setup_context=_family._setup_context_sliced_pool
+)
