@@ -1,5 +1,223 @@
+// int4 rowwise codes (DESIGN.md 1.6; format in dv365_ops.reference.int4_quantize): each row of D values
+// becomes D/2 code bytes then the scale and the bias (fp32, or fp16 with half_scale_bias).
+//
+// The codes must be byte-identical to the reference (and, for the half variant, to fbgemm's
+// FloatToFusedNBitRowwiseQuantizedSBHalf), so the arithmetic is the reference's, step for step, in float32:
+// (x - bias) * inv rounded half-to-even, and q * scale + bias on the way back. A fused multiply-add would
+// round once instead of twice and change a few codes; contraction is off for this file.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <optional>
 
 #include "../dv365.h"
 
-TORCH_LIBRARY_IMPL(dv365, CPU, m) {}
+namespace dv365 {
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kGrainRows = 256;
+
+inline int64_t tail_bytes(bool half_scale_bias) { return half_scale_bias ? 4 : 8; }
+
+// Row min / max, and whether every value is finite (v - v is 0 for finite v, NaN otherwise). Lane
+// arrays keep the loop free of cross-iteration float dependencies so it vectorizes.
+template <typename T>
+inline bool row_min_max(const T* __restrict__ x, int64_t d, float& mn_out, float& mx_out) {
+  float mn[kLanes], mx[kLanes], nan_probe[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) {
+    mn[k] = INFINITY;
+    mx[k] = -INFINITY;
+    nan_probe[k] = 0.0f;
+  }
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes) {
+    for (int64_t k = 0; k < kLanes; ++k) {
+      const float v = static_cast<float>(x[j + k]);
+      mn[k] = v < mn[k] ? v : mn[k];
+      mx[k] = v > mx[k] ? v : mx[k];
+      nan_probe[k] += v - v;
+    }
+  }
+  for (int64_t k = 0; j + k < d; ++k) {
+    const float v = static_cast<float>(x[j + k]);
+    mn[k] = v < mn[k] ? v : mn[k];
+    mx[k] = v > mx[k] ? v : mx[k];
+    nan_probe[k] += v - v;
+  }
+  float a = INFINITY, b = -INFINITY, p = 0.0f;
+  for (int64_t k = 0; k < kLanes; ++k) {
+    a = mn[k] < a ? mn[k] : a;
+    b = mx[k] > b ? mx[k] : b;
+    p += nan_probe[k];
+  }
+  if (d == 0) {
+    a = 0.0f;
+    b = 0.0f;
+  }
+  mn_out = a;
+  mx_out = b;
+  return p == 0.0f;
+}
+
+// clamp(round_half_even(v), 0, 15). Clamping first is equivalent (the bounds are integers and rounding
+// is monotone) and keeps NaN out (it maps to 0, as the reference's and fbgemm's conversions do); then
+// adding and subtracting 2^23 rounds v in [0, 15] half-to-even under the default rounding mode.
+inline uint8_t code(float v) {
+  v = v > 0.0f ? v : 0.0f;
+  v = v < 15.0f ? v : 15.0f;
+  constexpr float kMagic = 8388608.0f;
+  return static_cast<uint8_t>(static_cast<int32_t>((v + kMagic) - kMagic));
+}
+
+template <typename T>
+void quantize_row(const T* __restrict__ x, int64_t d, bool half_scale_bias, uint8_t* __restrict__ out, bool& finite) {
+  float mn, mx;
+  if (!row_min_max(x, d, mn, mx)) {
+    finite = false;
+    return;
+  }
+  float scale, bias, inv;
+  if (half_scale_bias) {
+    // fbgemm's FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf, step for step
+    const c10::Half bias_h(mn);
+    bias = static_cast<float>(bias_h);
+    const float range = mx - bias;
+    scale = static_cast<float>(c10::Half(range == 0.0f ? 1.0f : range / 15.0f));
+    if (scale == 0.0f) {
+      scale = 1.0f;
+    }
+    inv = 1.0f / scale;
+    if (std::isinf(inv)) {
+      scale = 1.0f;
+      inv = 1.0f;
+    }
+    const c10::Half sb[2] = {c10::Half(scale), bias_h};
+    std::memcpy(out + d / 2, sb, sizeof(sb));
+  } else {
+    bias = mn;
+    scale = (mx - mn) / 15.0f;
+    inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    const float sb[2] = {scale, bias};
+    std::memcpy(out + d / 2, sb, sizeof(sb));
+  }
+  for (int64_t j = 0; j < d / 2; ++j) {
+    const uint8_t lo = code((static_cast<float>(x[2 * j]) - bias) * inv);
+    const uint8_t hi = code((static_cast<float>(x[2 * j + 1]) - bias) * inv);
+    out[j] = static_cast<uint8_t>(lo | (hi << 4));
+  }
+}
+
+at::Tensor int4_quantize_cpu(const at::Tensor& x_in, bool half_scale_bias) {
+  constexpr const char* op = "int4_quantize";
+  DV365_CHECK(x_in.dim() == 2, op, "x must be 2-D [R, D], got ", x_in.dim(), "-D");
+  DV365_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16 ||
+                  x_in.scalar_type() == at::kHalf,
+              op, "x must be float32, bfloat16 or float16, got ", x_in.scalar_type());
+  const int64_t r = x_in.size(0), d = x_in.size(1);
+  DV365_CHECK(d % 2 == 0, op, "x must have an even number of columns D (two codes per byte), got D = ", d);
+  // rows may be strided; values within a row must be adjacent
+  const at::Tensor x = (x_in.stride(1) == 1 || d <= 1) ? x_in : x_in.contiguous();
+  const int64_t row_stride = x.stride(0);
+  const int64_t w = d / 2 + tail_bytes(half_scale_bias);
+  at::Tensor out = at::empty({r, w}, x.options().dtype(at::kByte));
+  if (r == 0) {
+    return out;
+  }
+  uint8_t* out_p = out.data_ptr<uint8_t>();
+  bool all_finite = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int4_quantize", [&] {
+    const scalar_t* x_p = x.const_data_ptr<scalar_t>();
+    std::atomic<bool> finite{true};
+    at::parallel_for(0, r, kGrainRows, [&](int64_t lo, int64_t hi) {
+      bool ok = true;
+      for (int64_t i = lo; i < hi && ok; ++i) {
+        quantize_row(x_p + i * row_stride, d, half_scale_bias, out_p + i * w, ok);
+      }
+      if (!ok) {
+        finite.store(false, std::memory_order_relaxed);
+      }
+    });
+    all_finite = finite.load();
+  });
+  DV365_CHECK(all_finite, op, "x must be finite (found NaN or Inf)");
+  return out;
+}
+
+template <typename T>
+void dequantize_rows(const uint8_t* __restrict__ packed, int64_t row_stride, int64_t d, bool half_scale_bias,
+                     T* __restrict__ out, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
+    const uint8_t* row = packed + i * row_stride;
+    float scale, bias;
+    if (half_scale_bias) {
+      c10::Half sb[2];
+      std::memcpy(sb, row + d / 2, sizeof(sb));
+      scale = static_cast<float>(sb[0]);
+      bias = static_cast<float>(sb[1]);
+    } else {
+      float sb[2];
+      std::memcpy(sb, row + d / 2, sizeof(sb));
+      scale = sb[0];
+      bias = sb[1];
+    }
+    T* o = out + i * d;
+    for (int64_t j = 0; j < d / 2; ++j) {
+      const uint8_t byte = row[j];
+      const float lo_v = static_cast<float>(byte & 0xF) * scale + bias;
+      const float hi_v = static_cast<float>(byte >> 4) * scale + bias;
+      o[2 * j] = static_cast<T>(lo_v);
+      o[2 * j + 1] = static_cast<T>(hi_v);
+    }
+  }
+}
+
+at::Tensor int4_dequantize_cpu(const at::Tensor& packed_in, bool half_scale_bias, std::optional<at::ScalarType> dtype) {
+  constexpr const char* op = "int4_dequantize";
+  DV365_CHECK(packed_in.dim() == 2, op, "packed must be 2-D [R, D/2 + ", tail_bytes(half_scale_bias), "], got ",
+              packed_in.dim(), "-D");
+  DV365_CHECK(packed_in.scalar_type() == at::kByte, op, "packed must be uint8, got ", packed_in.scalar_type());
+  const int64_t tb = tail_bytes(half_scale_bias);
+  DV365_CHECK(packed_in.size(1) >= tb, op, "packed must have D/2 code bytes plus ", tb,
+              " scale/bias bytes per row (at least ", tb, " columns), got ", packed_in.size(1));
+  const at::ScalarType out_type = dtype.value_or(at::kFloat);
+  DV365_CHECK(out_type == at::kFloat || out_type == at::kBFloat16 || out_type == at::kHalf, op,
+              "dtype must be float32, bfloat16 or float16, got ", out_type);
+  const int64_t r = packed_in.size(0), d = 2 * (packed_in.size(1) - tb);
+  const at::Tensor packed = packed_in.stride(1) == 1 ? packed_in : packed_in.contiguous();
+  at::Tensor out = at::empty({r, d}, packed.options().dtype(out_type));
+  if (r == 0 || d == 0) {
+    return out;
+  }
+  const uint8_t* p = packed.const_data_ptr<uint8_t>();
+  const int64_t row_stride = packed.stride(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_type, "int4_dequantize", [&] {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, r, kGrainRows, [&](int64_t lo, int64_t hi) {
+      dequantize_rows(p, row_stride, d, half_scale_bias, o, lo, hi);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace dv365
+
+TORCH_LIBRARY_IMPL(dv365, CPU, m) {
+  m.impl("int4_quantize", &dv365::int4_quantize_cpu);
+  m.impl("int4_dequantize", &dv365::int4_dequantize_cpu);
+}
