@@ -19,77 +19,68 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
+#include <bit>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "../dv365.h"
+#include "cpu_dispatch.h"
 
 namespace dv365 {
 namespace {
 
-constexpr int64_t kLanes = 16;
 constexpr int64_t kGrainRows = 256;
 
 inline int64_t tail_bytes(bool half_scale_bias) { return half_scale_bias ? 4 : 8; }
 
-// Row min / max, and whether every value is finite (v - v is 0 for finite v, NaN otherwise). Lane
-// arrays keep the loop free of cross-iteration float dependencies so it vectorizes.
-template <typename T>
-inline bool row_min_max(const T* __restrict__ x, int64_t d, float& mn_out, float& mx_out) {
-  float mn[kLanes], mx[kLanes], nan_probe[kLanes];
-  for (int64_t k = 0; k < kLanes; ++k) {
-    mn[k] = INFINITY;
-    mx[k] = -INFINITY;
-    nan_probe[k] = 0.0f;
-  }
-  int64_t j = 0;
-  for (; j + kLanes <= d; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const float v = static_cast<float>(x[j + k]);
-      mn[k] = v < mn[k] ? v : mn[k];
-      mx[k] = v > mx[k] ? v : mx[k];
-      nan_probe[k] += v - v;
-    }
-  }
-  for (int64_t k = 0; j + k < d; ++k) {
-    const float v = static_cast<float>(x[j + k]);
-    mn[k] = v < mn[k] ? v : mn[k];
-    mx[k] = v > mx[k] ? v : mx[k];
-    nan_probe[k] += v - v;
-  }
-  float a = INFINITY, b = -INFINITY, p = 0.0f;
-  for (int64_t k = 0; k < kLanes; ++k) {
-    a = mn[k] < a ? mn[k] : a;
-    b = mx[k] > b ? mx[k] : b;
-    p += nan_probe[k];
-  }
-  if (d == 0) {
-    a = 0.0f;
-    b = 0.0f;
-  }
-  mn_out = a;
-  mx_out = b;
-  return p == 0.0f;
+// Row min / max, and whether every value is finite. Float selects do not vectorize under the default
+// -ftrapping-math, so the reductions run on order-preserving integer keys of the float bits (negative
+// floats get their magnitude bits flipped), and a value is non-finite when its exponent bits are all ones.
+DV365_ALWAYS_INLINE int32_t order_key(float v) {
+  const int32_t s = std::bit_cast<int32_t>(v);
+  return s ^ ((s >> 31) & 0x7FFFFFFF);
 }
 
-// clamp(round_half_even(v), 0, 15). Clamping first is equivalent (the bounds are integers and rounding
-// is monotone) and keeps NaN out (it maps to 0, as the reference's and fbgemm's conversions do); then
-// adding and subtracting 2^23 rounds v in [0, 15] half-to-even under the default rounding mode.
-inline uint8_t code(float v) {
-  v = v > 0.0f ? v : 0.0f;
-  v = v < 15.0f ? v : 15.0f;
+DV365_ALWAYS_INLINE float from_order_key(int32_t k) { return std::bit_cast<float>(k ^ ((k >> 31) & 0x7FFFFFFF)); }
+
+template <typename T>
+DV365_ALWAYS_INLINE bool row_min_max(const T* __restrict__ x, int64_t d, float& mn, float& mx) {
+  int32_t kmin = INT32_MAX, kmax = INT32_MIN, nonfinite = 0;
+  for (int64_t j = 0; j < d; ++j) {
+    const float v = static_cast<float>(x[j]);
+    const int32_t k = order_key(v);
+    kmin = std::min(kmin, k);
+    kmax = std::max(kmax, k);
+    nonfinite |= static_cast<int32_t>((std::bit_cast<int32_t>(v) & 0x7F800000) == 0x7F800000);
+  }
+  mn = d == 0 ? 0.0f : from_order_key(kmin);
+  mx = d == 0 ? 0.0f : from_order_key(kmax);
+  return nonfinite == 0;
+}
+
+// clamp(round_half_even(v), 0, 15) for the v a finite row yields (|v| stays near [0, 15], far below 2^31):
+// adding and subtracting 2^23 rounds half-to-even under the default rounding mode (a negative v lands at
+// or below 0), and the clamp runs on the integer, where it vectorizes. NaN converts to INT32_MIN, then 0,
+// as in the reference and fbgemm.
+DV365_ALWAYS_INLINE uint8_t code(float v) {
   constexpr float kMagic = 8388608.0f;
-  return static_cast<uint8_t>(static_cast<int32_t>((v + kMagic) - kMagic));
+  int32_t i = static_cast<int32_t>((v + kMagic) - kMagic);
+  i = i < 0 ? 0 : i;
+  i = i > 15 ? 15 : i;
+  return static_cast<uint8_t>(i);
 }
 
 template <typename T>
-void quantize_row(const T* __restrict__ x, int64_t d, bool half_scale_bias, uint8_t* __restrict__ out, bool& finite) {
+DV365_ALWAYS_INLINE bool quantize_row(const T* __restrict__ x, int64_t d, bool half_scale_bias,
+                                      uint8_t* __restrict__ out, uint16_t* __restrict__ scratch) {
   float mn, mx;
   if (!row_min_max(x, d, mn, mx)) {
-    finite = false;
-    return;
+    return false;
   }
   float scale, bias, inv;
   if (half_scale_bias) {
@@ -115,12 +106,31 @@ void quantize_row(const T* __restrict__ x, int64_t d, bool half_scale_bias, uint
     const float sb[2] = {scale, bias};
     std::memcpy(out + d / 2, sb, sizeof(sb));
   }
+  // codes in a contiguous pass, then two per byte: both loops vectorize
+  uint8_t* __restrict__ q = reinterpret_cast<uint8_t*>(scratch);
+  for (int64_t j = 0; j < d; ++j) {
+    q[j] = code((static_cast<float>(x[j]) - bias) * inv);
+  }
   for (int64_t j = 0; j < d / 2; ++j) {
-    const uint8_t lo = code((static_cast<float>(x[2 * j]) - bias) * inv);
-    const uint8_t hi = code((static_cast<float>(x[2 * j + 1]) - bias) * inv);
-    out[j] = static_cast<uint8_t>(lo | (hi << 4));
+    const uint16_t pair = scratch[j];  // little-endian: column 2j in the low byte
+    out[j] = static_cast<uint8_t>((pair | (pair >> 4)) & 0xFF);
+  }
+  return true;
+}
+
+// rows [lo, hi); *finite becomes false at the first row holding a NaN or an Inf
+template <typename T>
+DV365_ALWAYS_INLINE void quantize_rows(const T* x, int64_t row_stride, int64_t d, bool half_scale_bias, uint8_t* out,
+                                       int64_t w, int64_t lo, int64_t hi, bool* finite) {
+  std::vector<uint16_t> scratch(d / 2 + 1);
+  for (int64_t i = lo; i < hi; ++i) {
+    if (!quantize_row(x + i * row_stride, d, half_scale_bias, out + i * w, scratch.data())) {
+      *finite = false;
+      return;
+    }
   }
 }
+DV365_CPU_DISPATCH(quantize_rows)
 
 at::Tensor int4_quantize_cpu(const at::Tensor& x_in, bool half_scale_bias) {
   constexpr const char* op = "int4_quantize";
@@ -145,9 +155,7 @@ at::Tensor int4_quantize_cpu(const at::Tensor& x_in, bool half_scale_bias) {
     std::atomic<bool> finite{true};
     at::parallel_for(0, r, kGrainRows, [&](int64_t lo, int64_t hi) {
       bool ok = true;
-      for (int64_t i = lo; i < hi && ok; ++i) {
-        quantize_row(x_p + i * row_stride, d, half_scale_bias, out_p + i * w, ok);
-      }
+      quantize_rows_dispatch(x_p, row_stride, d, half_scale_bias, out_p, w, lo, hi, &ok);
       if (!ok) {
         finite.store(false, std::memory_order_relaxed);
       }
@@ -159,7 +167,7 @@ at::Tensor int4_quantize_cpu(const at::Tensor& x_in, bool half_scale_bias) {
 }
 
 template <typename T>
-void dequantize_rows(const uint8_t* __restrict__ packed, int64_t row_stride, int64_t d, bool half_scale_bias,
+DV365_ALWAYS_INLINE void dequantize_rows(const uint8_t* __restrict__ packed, int64_t row_stride, int64_t d, bool half_scale_bias,
                      T* __restrict__ out, int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) {
     const uint8_t* row = packed + i * row_stride;
@@ -185,6 +193,7 @@ void dequantize_rows(const uint8_t* __restrict__ packed, int64_t row_stride, int
     }
   }
 }
+DV365_CPU_DISPATCH(dequantize_rows)
 
 at::Tensor int4_dequantize_cpu(const at::Tensor& packed_in, bool half_scale_bias, std::optional<at::ScalarType> dtype) {
   constexpr const char* op = "int4_dequantize";
@@ -208,7 +217,7 @@ at::Tensor int4_dequantize_cpu(const at::Tensor& packed_in, bool half_scale_bias
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_type, "int4_dequantize", [&] {
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, r, kGrainRows, [&](int64_t lo, int64_t hi) {
-      dequantize_rows(p, row_stride, d, half_scale_bias, o, lo, hi);
+      dequantize_rows_dispatch(p, row_stride, d, half_scale_bias, o, lo, hi);
     });
   });
   return out;
