@@ -219,3 +219,23 @@ def test_torch_compile_fullgraph(device):
             ref_codes, ref_rows = model(x)
             assert torch.equal(codes, ref_codes)
             assert torch.equal(rows, ref_rows)
+
+
+def test_baseline_isa_copy_matches_reference():
+    """The kernels' baseline (SSE2) copy, forced with DV365_CPU_BASELINE=1, is byte-identical too."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, dv365_ops\n"
+        "from dv365_ops import reference as R\n"
+        "for dt in (torch.float32, torch.bfloat16, torch.float16):\n"
+        "    x = (torch.randn(123, 258) * 10.0 ** torch.randint(-3, 4, (123, 1))).to(dt)\n"
+        "    for h in (False, True):\n"
+        "        p = dv365_ops.int4_quantize(x, half_scale_bias=h)\n"
+        "        assert torch.equal(p, R.int4_quantize(x, h)), (dt, h)\n"
+        "        assert torch.equal(dv365_ops.int4_dequantize(p, half_scale_bias=h), R.int4_dequantize(p, h))\n"
+    )
+    env = dict(os.environ, DV365_CPU_BASELINE="1")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env)
