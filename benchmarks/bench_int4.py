@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @pytest.mark.parametrize("op", ["quantize", "dequantize"])
-@pytest.mark.parametrize("case", cases(256), ids=lambda c: c.name.replace(" ", "-"))
+@pytest.mark.parametrize("case", cases(256), ids=lambda c: c.name.replace(" scale/bias", "-sb").replace(" ", "-"))
 @pytest.mark.parametrize("provider", ["dv365", "torch_tuned", "fbgemm", "reference"])
 def test_int4(benchmark, provider, case, op):
     fns = providers(case, op)

@@ -158,7 +158,7 @@ _PYTEST_CASES = [c for c in cases(quick=True) if c.layout == "BND.T" or c.dtype 
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("case", _PYTEST_CASES, ids=lambda c: c.name.replace(" ", "-"))
+@pytest.mark.parametrize("case", _PYTEST_CASES, ids=lambda c: c.name.replace(" ", "-").replace("/", "-stride"))
 @pytest.mark.parametrize("provider", ["dv365", "avg_pool1d", "reshape_mean", "token_mean", "reference"])
 def test_token_pool(benchmark, provider, case, backward):
     fns = providers(case)
