@@ -114,7 +114,7 @@ def test_jagged_mean_pool_bad_inputs(device):
 
 
 @pytest.mark.parametrize("half", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_int4_quantize_is_byte_identical(device, dtype, half):
     for rows, d in ((37, 38), (1, 2), (3, 258), (0, 8)):
         x = (torch.randn(rows, d, device=device) * 10).to(dtype)
@@ -127,7 +127,7 @@ def test_int4_quantize_is_byte_identical(device, dtype, half):
 
 
 @pytest.mark.parametrize("half", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_int4_dequantize_matches_reference(device, dtype, half):
     codes = reference.int4_quantize(torch.randn(29, 42, device=device) * 3, half)
     out = T.int4_dequantize_triton(codes, half, dtype)
@@ -149,8 +149,10 @@ def test_int4_round_trip_of_a_noncontiguous_input(device):
 def test_int4_bad_inputs(device):
     with pytest.raises(RuntimeError, match="dv365::int4_quantize: x must have an even number of columns"):
         T.int4_quantize_triton(torch.randn(3, 5, device=device))
-    with pytest.raises(RuntimeError, match="dv365::int4_quantize: x must be a floating tensor"):
-        T.int4_quantize_triton(torch.ones(3, 4, dtype=torch.int32, device=device))
+    with pytest.raises(RuntimeError, match="dv365::int4_quantize: x must be float32, bfloat16 or float16"):
+        T.int4_quantize_triton(torch.ones(3, 4, dtype=torch.float64, device=device))
+    with pytest.raises(RuntimeError, match="dv365::int4_dequantize: dtype must be float32, bfloat16 or float16"):
+        T.int4_dequantize_triton(torch.ones(3, 12, dtype=torch.uint8, device=device), dtype=torch.float64)
     with pytest.raises(RuntimeError, match="dv365::int4_dequantize: packed must be uint8"):
         T.int4_dequantize_triton(torch.ones(3, 12, device=device))
     with pytest.raises(RuntimeError, match=r"dv365::int4_dequantize: packed must have at least 8 columns"):

@@ -127,15 +127,12 @@ def _dequantize_kernel(
 
 
 def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tensor:
-    op = "int4_quantize"
-    _util.check(x.dim() == 2, op, f"x must be 2-D, got {x.dim()}-D")
-    _util.check(x.is_floating_point(), op, f"x must be a floating tensor, got {x.dtype}")
-    _util.check(x.shape[1] % 2 == 0, op, f"x must have an even number of columns, got {x.shape[1]}")
-    _util.check_device(op, x)
+    # the family's fake holds the native op's argument checks and output shape
+    out = _family._fake_int4_quantize(x, half_scale_bias)
+    _util.check_device("int4_quantize", x)
     if x.stride(1) != 1:
         x = x.contiguous()
     r, h = x.shape[0], x.shape[1] // 2
-    out = torch.empty(r, h + (4 if half_scale_bias else 8), dtype=torch.uint8, device=x.device)
     if r:
         block_h, block_r = _config(h, 2048)
         _quantize_kernel[(triton.cdiv(r, block_r),)](
@@ -148,18 +145,11 @@ def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tenso
 def int4_dequantize(
     packed: torch.Tensor, half_scale_bias: bool = False, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    op = "int4_dequantize"
-    tail = 4 if half_scale_bias else 8
-    _util.check(packed.dim() == 2, op, f"packed must be 2-D, got {packed.dim()}-D")
-    _util.check(packed.dtype == torch.uint8, op, f"packed must be uint8, got {packed.dtype}")
-    _util.check(packed.shape[1] >= tail, op, f"packed must have at least {tail} columns (the scale/bias tail)")
-    dtype = dtype or torch.float32
-    _util.check(dtype.is_floating_point, op, f"dtype must be a floating dtype, got {dtype}")
-    _util.check_device(op, packed)
+    out = _family._fake_int4_dequantize(packed, half_scale_bias, dtype)
+    _util.check_device("int4_dequantize", packed)
     if packed.stride(1) != 1:
         packed = packed.contiguous()
-    r, h = packed.shape[0], packed.shape[1] - tail
-    out = torch.empty(r, 2 * h, dtype=dtype, device=packed.device)
+    r, h = packed.shape[0], packed.shape[1] - (4 if half_scale_bias else 8)
     if r:
         block_h, block_r = _config(h, 4096)
         _dequantize_kernel[(triton.cdiv(r, block_r),)](
@@ -169,14 +159,6 @@ def int4_dequantize(
     return out
 
 
-def _fake_int4_quantize(x, half_scale_bias=False):
-    return x.new_empty(x.shape[0], x.shape[1] // 2 + (4 if half_scale_bias else 8), dtype=torch.uint8)
-
-
-def _fake_int4_dequantize(packed, half_scale_bias=False, dtype=None):
-    tail = 4 if half_scale_bias else 8
-    return packed.new_empty(packed.shape[0], 2 * (packed.shape[1] - tail), dtype=dtype or torch.float32)
-
-
+# fakes are the family's (dv365_ops/int4.py), shared with the native ops; no autograd (codes are integers)
 for _name in ("int4_quantize", "int4_dequantize"):
-    _util.define(_name, globals()[_name], getattr(_family, f"_fake_{_name}", globals()[f"_fake_{_name}"]))
+    _util.define(_name, globals()[_name], getattr(_family, f"_fake_{_name}"))
