@@ -201,6 +201,18 @@ def test_dwell_and_ratio_bounds_inclusive(device):
     assert kept == [0, 1, 2, 3, 5]
 
 
+def test_ratio_beta_half_at_bounds(device):
+    # beta = 0.5 is pre-tested with sqrt; ratios on or one float32 step off a bound take the exact path
+    def step(x: float, toward: float) -> float:
+        return float(torch.nextafter(torch.tensor(x), torch.tensor(toward)))  # one float32 step
+
+    dur = [4.0, 9.0, 4.0, 4.0, 2.0, -0.0, 0.0, 16.0]
+    dwell = [2.0, 9.0, step(2.0, 0.0), step(6.0, 7.0), 1.4142135, 1.0, 1.0, 12.0]
+    a = _manual([10, 20, 30, 40, 50, 60, 70, 80], dur, dwell, device)
+    kept, _ = _kept(a, *_one_slice(device, flags=P.RATIO_FILTER, RATIO_LO=1.0, RATIO_HI=3.0, BETA=0.5))
+    assert {0, 1, 7} <= set(kept) and not {2, 3, 5, 6} & set(kept)
+
+
 def test_weighted_score_strict_and_zero_duration(device):
     # gamma = 1, dwell = dur: s = 1 exactly; dur = 0: the denominator is 0 and the event is dropped
     dur = [5.0, 9.0, 9.0, 0.0, 3.0]

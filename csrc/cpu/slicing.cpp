@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -75,9 +76,10 @@ struct EvalScratch {
   std::vector<float> weight;
   std::vector<double> ratio, denom;
   std::vector<int64_t> ratio_at, denom_at;
+  std::vector<char> ratio_exact;  // ratio[k] is dwell / pow(dur, beta) itself, not its sqrt stand-in
   explicit EvalScratch(const Program& p)
       : pass(p.W), weight(p.G, 1.0f), ratio(p.betas.size()), denom(p.gammas.size()),
-        ratio_at(p.betas.size(), -1), denom_at(p.gammas.size(), -1) {}
+        ratio_at(p.betas.size(), -1), denom_at(p.gammas.size(), -1), ratio_exact(p.betas.size(), 0) {}
 };
 
 template <typename acc_t>
