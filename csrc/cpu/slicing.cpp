@@ -561,7 +561,9 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cpu(at::TensorList tables, at::Te
       if (first_part[task.b] < 0) first_part[task.b] = task.slot;
       ++num_parts[task.b];
     }
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    // a small merge runs inline: a second parallel region's barrier costs more than it saves
+    const int64_t merge_grain = num_slots * S * D < (int64_t{1} << 20) ? std::max<int64_t>(B, 1) : 1;
+    at::parallel_for(0, B, merge_grain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         if (first_part[b] < 0) continue;
         acc_t* a = part_acc.data() + first_part[b] * S * D;
