@@ -1,0 +1,163 @@
+// CUDA kernels of the int4 rowwise codes (semantics and byte layout: dv365_ops/reference.py int4_quantize).
+// One warp per row: the warp reduces the row's min/max with shuffles, then each lane packs column pairs.
+// Arithmetic uses explicit round-to-nearest intrinsics so no multiply-add is fused: the codes match the
+// reference bit for bit.
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cuda_fp16.h>
+
+#include "cuda/common.cuh"
+
+namespace dv365::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+// torch.amin/amax propagate NaN
+__device__ __forceinline__ float nan_min(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
+__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
+
+template <typename scalar_t, bool kHalf>
+__global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t d, int64_t row_stride,
+                                uint8_t* __restrict__ out, int64_t out_width) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const scalar_t* p = x + row * row_stride;
+  float mn = INFINITY, mx = -INFINITY;
+  for (int64_t j = lane; j < d; j += 32) {
+    const float v = static_cast<float>(p[j]);
+    mn = nan_min(mn, v);
+    mx = nan_max(mx, v);
+  }
+  for (int o = 16; o > 0; o /= 2) {
+    mn = nan_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    mx = nan_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  }
+  if (d == 0) mn = mx = 0.f;
+  float scale, bias, inv;
+  if constexpr (kHalf) {
+    bias = __half2float(__float2half_rn(mn));
+    const float rng = __fsub_rn(mx, bias);
+    scale = __half2float(__float2half_rn(rng == 0.f ? 1.f : __fdiv_rn(rng, 15.f)));
+    inv = __fdiv_rn(1.f, scale);
+    if (scale == 0.f || isinf(inv)) {
+      scale = 1.f;
+      inv = 1.f;
+    }
+  } else {
+    bias = mn;
+    scale = __fdiv_rn(__fsub_rn(mx, mn), 15.f);
+    inv = scale > 0.f ? __fdiv_rn(1.f, scale) : 0.f;
+  }
+  uint8_t* o = out + row * out_width;
+  for (int64_t j = lane; j < d / 2; j += 32) {
+    const float a = rintf(__fmul_rn(__fsub_rn(static_cast<float>(p[2 * j]), bias), inv));
+    const float b = rintf(__fmul_rn(__fsub_rn(static_cast<float>(p[2 * j + 1]), bias), inv));
+    // clamp(0, 15) of NaN stays NaN in torch and casts to 0 as uint8 on the CPU; fminf/fmaxf give 0 too
+    const uint32_t qa = static_cast<uint32_t>(fminf(fmaxf(a, 0.f), 15.f));
+    const uint32_t qb = static_cast<uint32_t>(fminf(fmaxf(b, 0.f), 15.f));
+    o[j] = static_cast<uint8_t>(qa | (qb << 4));
+  }
+  if (lane == 0) {
+    uint8_t* t = o + d / 2;
+    if constexpr (kHalf) {
+      const __half hs = __float2half_rn(scale), hb = __float2half_rn(bias);
+      memcpy(t, &hs, 2);
+      memcpy(t + 2, &hb, 2);
+    } else {
+      memcpy(t, &scale, 4);
+      memcpy(t + 4, &bias, 4);
+    }
+  }
+}
+
+template <typename out_t, bool kHalf>
+__global__ void dequantize_kernel(const uint8_t* __restrict__ packed, int64_t rows, int64_t width, int64_t row_stride,
+                                  out_t* __restrict__ out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  constexpr int kTail = kHalf ? 4 : 8;
+  const int64_t code_bytes = width - kTail;
+  const uint8_t* p = packed + row * row_stride;
+  float scale, bias;
+  if constexpr (kHalf) {
+    __half hs, hb;
+    memcpy(&hs, p + code_bytes, 2);
+    memcpy(&hb, p + code_bytes + 2, 2);
+    scale = __half2float(hs);
+    bias = __half2float(hb);
+  } else {
+    memcpy(&scale, p + code_bytes, 4);
+    memcpy(&bias, p + code_bytes + 4, 4);
+  }
+  out_t* o = out + row * 2 * code_bytes;
+  for (int64_t j = lane; j < code_bytes; j += 32) {
+    const uint32_t c = p[j];
+    o[2 * j] = static_cast<out_t>(__fadd_rn(__fmul_rn(static_cast<float>(c & 0xF), scale), bias));
+    o[2 * j + 1] = static_cast<out_t>(__fadd_rn(__fmul_rn(static_cast<float>(c >> 4), scale), bias));
+  }
+}
+
+unsigned blocks_for(int64_t rows) { return static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)); }
+
+at::Tensor int4_quantize_cuda(const at::Tensor& x, bool half_scale_bias) {
+  constexpr const char* op = "int4_quantize";
+  DV365_CHECK(x.dim() == 2, op, "x must be 2-D [R, D], got shape ", x.sizes());
+  DV365_CHECK(x.size(1) % 2 == 0, op, "x must have an even number of columns, got ", x.size(1));
+  DV365_CHECK(at::isFloatingType(x.scalar_type()), op, "x must be floating point, got ", x.scalar_type());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t rows = x.size(0), d = x.size(1);
+  const int64_t width = d / 2 + (half_scale_bias ? 4 : 8);
+  auto out = at::empty({rows, width}, x.options().dtype(at::kByte));
+  if (rows == 0) return out;
+  const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int4_quantize_cuda", [&] {
+    if (half_scale_bias) {
+      quantize_kernel<scalar_t, true><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+          xc.data_ptr<scalar_t>(), rows, d, xc.stride(0), out.data_ptr<uint8_t>(), width);
+    } else {
+      quantize_kernel<scalar_t, false><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+          xc.data_ptr<scalar_t>(), rows, d, xc.stride(0), out.data_ptr<uint8_t>(), width);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor int4_dequantize_cuda(const at::Tensor& packed, bool half_scale_bias, std::optional<at::ScalarType> dtype) {
+  constexpr const char* op = "int4_dequantize";
+  const int64_t tail = half_scale_bias ? 4 : 8;
+  DV365_CHECK(packed.dim() == 2, op, "packed must be 2-D [R, D/2 + ", tail, "], got shape ", packed.sizes());
+  DV365_CHECK(packed.scalar_type() == at::kByte, op, "packed must be uint8, got ", packed.scalar_type());
+  DV365_CHECK(packed.size(1) >= tail, op, "packed must have at least ", tail, " columns (the scale and bias), got ",
+              packed.size(1));
+  const auto out_dtype = dtype.value_or(at::kFloat);
+  DV365_CHECK(at::isFloatingType(out_dtype), op, "dtype must be floating point, got ", out_dtype);
+  const c10::cuda::CUDAGuard guard(packed.device());
+  const int64_t rows = packed.size(0), width = packed.size(1);
+  auto out = at::empty({rows, 2 * (width - tail)}, packed.options().dtype(out_dtype));
+  if (rows == 0) return out;
+  const at::Tensor pc = packed.stride(1) == 1 ? packed : packed.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "int4_dequantize_cuda", [&] {
+    if (half_scale_bias) {
+      dequantize_kernel<scalar_t, true><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+          pc.data_ptr<uint8_t>(), rows, width, pc.stride(0), out.data_ptr<scalar_t>());
+    } else {
+      dequantize_kernel<scalar_t, false><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+          pc.data_ptr<uint8_t>(), rows, width, pc.stride(0), out.data_ptr<scalar_t>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace dv365::cuda
+
+TORCH_LIBRARY_IMPL(dv365, CUDA, m) {
+  m.impl("int4_quantize", &dv365::cuda::int4_quantize_cuda);
+  m.impl("int4_dequantize", &dv365::cuda::int4_dequantize_cuda);
+}

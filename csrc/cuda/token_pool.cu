@@ -1,0 +1,95 @@
+// CUDA kernels of token-axis strided mean pooling (semantics: dv365_ops/reference.py token_pool).
+// Memory-bound: one thread per output element; neighbouring threads read neighbouring windows, so each
+// warp's loads cover one contiguous span and the caches merge them into full sectors.
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "cuda/common.cuh"
+
+namespace dv365::cuda {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+__global__ void token_pool_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t n, int64_t stride,
+                                  int64_t n_out, scalar_t* __restrict__ out) {
+  const int64_t total = rows * n_out;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / n_out, j = i - r * n_out;
+    const int64_t lo = j * stride, hi = min(n, lo + stride);
+    const scalar_t* p = x + r * n;
+    acc_t s = 0;
+    for (int64_t k = lo; k < hi; ++k) s += static_cast<acc_t>(p[k]);
+    out[i] = static_cast<scalar_t>(s / static_cast<acc_t>(hi - lo));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void token_pool_backward_kernel(const scalar_t* __restrict__ grad, int64_t rows, int64_t n, int64_t stride,
+                                           int64_t n_out, scalar_t* __restrict__ out) {
+  const int64_t total = rows * n;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / n, k = i - r * n;
+    const int64_t j = k / stride;
+    const int64_t count = min(stride, n - j * stride);
+    out[i] = static_cast<scalar_t>(static_cast<acc_t>(grad[r * n_out + j]) / static_cast<acc_t>(count));
+  }
+}
+
+int64_t grid_for(int64_t total) { return std::max<int64_t>(1, std::min<int64_t>(ceil_div(total, 256), 132 * 64)); }
+
+at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
+  constexpr const char* op = "token_pool";
+  DV365_CHECK(x.dim() >= 1, op, "x must have at least one dimension, got a scalar");
+  DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
+  DV365_CHECK(at::isFloatingType(x.scalar_type()), op, "x must be floating point, got ", x.scalar_type());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.size(-1);
+  const int64_t n_out = ceil_div(n, stride);
+  auto sizes = x.sizes().vec();
+  sizes.back() = n_out;
+  auto out = at::empty(sizes, x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor xc = x.contiguous();
+  const int64_t rows = xc.numel() / n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "token_pool_cuda", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    token_pool_kernel<scalar_t, acc_t><<<grid_for(rows * n_out), 256, 0, current_stream()>>>(
+        xc.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int64_t n) {
+  constexpr const char* op = "token_pool_backward";
+  DV365_CHECK(grad.dim() >= 1, op, "grad must have at least one dimension, got a scalar");
+  DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
+  DV365_CHECK(n >= 0 && grad.size(-1) == ceil_div(n, stride), op, "grad's last dimension must be ceil(n / stride) = ",
+              ceil_div(std::max<int64_t>(n, 0), stride), ", got ", grad.size(-1));
+  DV365_CHECK(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const int64_t n_out = grad.size(-1);
+  auto sizes = grad.sizes().vec();
+  sizes.back() = n;
+  auto out = at::empty(sizes, grad.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor g = grad.contiguous();
+  const int64_t rows = out.numel() / n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "token_pool_backward_cuda", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    token_pool_backward_kernel<scalar_t, acc_t><<<grid_for(rows * n), 256, 0, current_stream()>>>(
+        g.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace dv365::cuda
+
+TORCH_LIBRARY_IMPL(dv365, CUDA, m) {
+  m.impl("token_pool", &dv365::cuda::token_pool_cuda);
+  m.impl("token_pool_backward", &dv365::cuda::token_pool_backward_cuda);
+}
