@@ -32,7 +32,7 @@ if [[ " $STAGES " == *" build "* ]]; then
 fi
 
 if [[ " $STAGES " == *" test "* ]]; then
-  for backend in native triton; do
+  for backend in ${BACKENDS:-native triton}; do
     start=$(date +%s)
     DV365_BACKEND=$backend timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -p no:cacheprovider -o addopts="" -rfE \
       --timeout 600 --junitxml="$OUT/junit_$backend.xml" $TEST_ARGS >"$OUT/pytest_$backend.log" 2>&1
