@@ -313,7 +313,8 @@ def versions() -> dict:
         except Exception as e:  # noqa: BLE001
             return f"unavailable ({e})"
 
-    commit = run(["git", "rev-parse", "HEAD"]) or "unknown"
+    marker = pathlib.Path(".commit")
+    commit = marker.read_text().strip() if marker.exists() else (run(["git", "rev-parse", "HEAD"]) or "unknown")
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         gpu=torch.cuda.get_device_name(),

@@ -17,8 +17,8 @@ status=0
   $PY -c 'import triton; print("triton", triton.__version__)'
   nvcc --version | tail -2
   compute-sanitizer --version | head -2
-  git rev-parse HEAD 2>/dev/null || cat .commit 2>/dev/null
-} 2>&1 | tee "$OUT/versions.txt"
+  cat .commit 2>/dev/null || git rev-parse HEAD
+} 2>&1 | tee -a "$OUT/versions.txt"
 
 if [[ " $STAGES " == *" build "* ]]; then
   start=$(date +%s)
