@@ -38,14 +38,14 @@ def _lengths(b: int, hi: int) -> list[int]:
 # ---------------------------------------------------------------- jagged mean pooling
 
 
-def _jagged_inputs(lengths, rows, d, dtype, weighted, idx_dtype=torch.int64, noncontig=False):
+def _jagged_inputs(lengths, rows, d, dtype, weighted, noncontig=False):
     dev = "cuda"
     offsets = random_offsets(lengths, dev)
     n = sum(lengths)
     table = torch.randn(rows, d + (3 if noncontig else 0), device=dev).to(dtype)
     if noncontig:
         table = table[:, 1 : d + 1]
-    ids = torch.randint(0, rows, (n,), device=dev, dtype=idx_dtype)
+    ids = torch.randint(0, rows, (n,), device=dev)
     weights = torch.rand(n, device=dev) + 0.1 if weighted else None
     return table, ids, offsets, weights
 
@@ -68,10 +68,9 @@ def _jagged_grads(grad, ids, offsets, weights, rows):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_jagged_mean_pool(dtype, d, weighted):
     b = int(torch.randint(1, 40, ()))
-    idx_dtype = [torch.int64, torch.int32][int(torch.randint(2, ()))]
-    table, ids, offsets, weights = _jagged_inputs(_lengths(b, 300), 257, d, dtype, weighted, idx_dtype, noncontig=d == 123)
+    table, ids, offsets, weights = _jagged_inputs(_lengths(b, 300), 257, d, dtype, weighted, noncontig=d == 123)
     out = ops.jagged_mean_pool(table, ids, offsets, weights)
-    assert_close(out, ref.jagged_mean_pool(table, ids.long(), offsets, weights))
+    assert_close(out, ref.jagged_mean_pool(table, ids, offsets, weights))
     grad = torch.randn_like(out)
     dense, rows = _jagged_grads(grad, ids, offsets, weights, table.shape[0])
     assert_close(ops.jagged_mean_pool_backward(grad, ids, offsets, weights, table.shape[0]), dense)
@@ -94,17 +93,22 @@ def test_jagged_bad_inputs():
     table, ids, offsets, weights = _jagged_inputs([5, 7, 3], 20, 8, torch.float32, True)
     bad = ids.clone()
     bad[4] = 20
-    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must lie in \[0, num_rows\)"):
+    # the messages are the CPU kernels' (the CUDA op re-runs them on bad input)
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must be in \[0, 20\)"):
         ops.jagged_mean_pool(table, bad, offsets, weights)
     bad[4] = -1
-    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool_backward: ids must lie"):
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool_backward: ids must be in \[0, 20\)"):
         ops.jagged_mean_pool_backward(torch.randn(3, 8, device="cuda"), bad, offsets, weights, 20)
-    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: offsets must start at 0, be non-decreasing"):
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: offsets must be non-decreasing"):
         ops.jagged_mean_pool(table, ids, torch.tensor([0, 9, 4, 15], device="cuda"), weights)
-    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: offsets must start at 0"):
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: offsets\[-1\] must equal the number of ids"):
         ops.jagged_mean_pool(table, ids, torch.tensor([0, 5, 12, 14], device="cuda"), weights)
-    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: weights must be 1-D"):
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: weights must have shape \[N\]"):
         ops.jagged_mean_pool(table, ids, offsets, weights[:-1])
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: weights must be finite and non-negative"):
+        ops.jagged_mean_pool(table, ids, offsets, -weights)
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must be on the same device as table"):
+        ops.jagged_mean_pool(table, ids.cpu(), offsets, weights)
 
 
 # ---------------------------------------------------------------- token pooling
@@ -128,7 +132,7 @@ def test_token_pool(dtype, shape, stride):
 # ---------------------------------------------------------------- int4 codes
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("half", [False, True])
 @pytest.mark.parametrize("rows,d", [(1, 2), (123, 256), (257, 10), (0, 8), (5, 0), (33, 1026)])
 def test_int4(dtype, half, rows, d):
@@ -211,7 +215,11 @@ def test_sliced_bad_inputs():
     tables, ids, offsets, ts, cats, floats, req, pi, pf = random_sliced_inputs([30, 40], 9, 2, 8, torch.float32, "cuda")
     bad_ids = [ids[0].clone(), ids[1]]
     bad_ids[0][3] = tables[0].shape[0]
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: ids must lie in \[0, num_rows\)"):
+    unsorted = ts.clone()
+    unsorted[1] = unsorted[2] + 10
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: ts must be ascending within each user"):
+        ops.sliced_pool(tables, ids, offsets, unsorted, cats, floats, req, pi, pf)
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: ids\[0\]\[3\] = 50 is out of range"):
         ops.sliced_pool(tables, bad_ids, offsets, ts, cats, floats, req, pi, pf)
     bad_pi = pi.clone()
     bad_pi[:, P.CAT_FIELD[0]] = 0
@@ -219,17 +227,17 @@ def test_sliced_bad_inputs():
     bad_pi[:, P.WIN_HI] = P.NO_UPPER_BOUND
     bad_cats = cats.clone()
     bad_cats[0, 5] = 64
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: cats values used by the program must lie in \[0, 63\]"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: cats values must lie in \[0, 63\]"):
         ops.sliced_pool(tables, ids, offsets, ts, bad_cats, floats, req, bad_pi, pf)
     with pytest.raises(RuntimeError, match=r"dv365::slice_timeline: cats values"):
         ops.slice_timeline(ids, offsets, ts, bad_cats, floats, req, bad_pi, pf)
     bad_pi = pi.clone()
     bad_pi[0, P.TABLE] = 2
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_i TABLE column must index the tables list"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_i\[0, TABLE\] = 2 is out of range for 2 tables"):
         ops.sliced_pool(tables, ids, offsets, ts, cats, floats, req, bad_pi, pf)
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: offsets must start at 0"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: offsets must start at 0 and end at N"):
         ops.sliced_pool(tables, ids, torch.tensor([0, 50, 40], device="cuda"), ts, cats, floats, req, pi, pf)
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: grad must be \[B, S, D\]"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: grad must be a \w+ tensor of shape"):
         ops.sliced_pool_backward_rows(torch.zeros(2, 8, 8, device="cuda"), torch.zeros(2, 9, device="cuda"), ids,
                                       offsets, ts, cats, floats, req, pi, pf)
 

@@ -1,7 +1,8 @@
 // CUDA kernels of the int4 rowwise codes (semantics and byte layout: dv365_ops/reference.py int4_quantize).
 // One warp per row: the warp reduces the row's min/max with shuffles, then each lane packs column pairs.
-// Arithmetic uses explicit round-to-nearest intrinsics so no multiply-add is fused: the codes match the
-// reference bit for bit.
+// Arithmetic uses explicit round-to-nearest intrinsics so no multiply-add is fused, and divides by 15 the
+// way the reference does on a CUDA tensor (torch multiplies by the float reciprocal of a scalar divisor):
+// the codes match the reference evaluated on the same device bit for bit.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -13,6 +14,7 @@ namespace dv365::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
+constexpr float kInv15 = 1.0f / 15.0f;
 
 // torch.amin/amax propagate NaN
 __device__ __forceinline__ float nan_min(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
@@ -20,7 +22,7 @@ __device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b
 
 template <typename scalar_t, bool kHalf>
 __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t d, int64_t row_stride,
-                                uint8_t* __restrict__ out, int64_t out_width) {
+                                uint8_t* __restrict__ out, int64_t out_width, int32_t* flag) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
@@ -36,11 +38,12 @@ __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, in
     mx = nan_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   }
   if (d == 0) mn = mx = 0.f;
+  if (lane == 0 && !(isfinite(mn) && isfinite(mx))) set_error(flag, kNotFinite);
   float scale, bias, inv;
   if constexpr (kHalf) {
     bias = __half2float(__float2half_rn(mn));
     const float rng = __fsub_rn(mx, bias);
-    scale = __half2float(__float2half_rn(rng == 0.f ? 1.f : __fdiv_rn(rng, 15.f)));
+    scale = __half2float(__float2half_rn(rng == 0.f ? 1.f : __fmul_rn(rng, kInv15)));
     inv = __fdiv_rn(1.f, scale);
     if (scale == 0.f || isinf(inv)) {
       scale = 1.f;
@@ -48,7 +51,7 @@ __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, in
     }
   } else {
     bias = mn;
-    scale = __fdiv_rn(__fsub_rn(mx, mn), 15.f);
+    scale = __fmul_rn(__fsub_rn(mx, mn), kInv15);
     inv = scale > 0.f ? __fdiv_rn(1.f, scale) : 0.f;
   }
   uint8_t* o = out + row * out_width;
@@ -105,37 +108,48 @@ unsigned blocks_for(int64_t rows) { return static_cast<unsigned>(ceil_div(rows, 
 
 at::Tensor int4_quantize_cuda(const at::Tensor& x, bool half_scale_bias) {
   constexpr const char* op = "int4_quantize";
-  DV365_CHECK(x.dim() == 2, op, "x must be 2-D [R, D], got shape ", x.sizes());
-  DV365_CHECK(x.size(1) % 2 == 0, op, "x must have an even number of columns, got ", x.size(1));
-  DV365_CHECK(at::isFloatingType(x.scalar_type()), op, "x must be floating point, got ", x.scalar_type());
+  auto rerun = [&] { rerun_on_cpu<at::Tensor(const at::Tensor&, bool)>("dv365::int4_quantize", x.cpu(), half_scale_bias); };
+  check_like_cpu([&] {
+    DV365_CHECK(x.dim() == 2, op, "x must be 2-D [R, D], got shape ", x.sizes());
+    DV365_CHECK(x.size(1) % 2 == 0, op, "x must have an even number of columns D, got ", x.size(1));
+    DV365_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
+                "x must be float32, bfloat16 or float16, got ", x.scalar_type());
+  }, rerun);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.size(0), d = x.size(1);
   const int64_t width = d / 2 + (half_scale_bias ? 4 : 8);
   auto out = at::empty({rows, width}, x.options().dtype(at::kByte));
   if (rows == 0) return out;
   const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
+  auto flag = new_error_flag(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int4_quantize_cuda", [&] {
     if (half_scale_bias) {
       quantize_kernel<scalar_t, true><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-          xc.data_ptr<scalar_t>(), rows, d, xc.stride(0), out.data_ptr<uint8_t>(), width);
+          xc.data_ptr<scalar_t>(), rows, d, xc.stride(0), out.data_ptr<uint8_t>(), width, flag.data_ptr<int32_t>());
     } else {
       quantize_kernel<scalar_t, false><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-          xc.data_ptr<scalar_t>(), rows, d, xc.stride(0), out.data_ptr<uint8_t>(), width);
+          xc.data_ptr<scalar_t>(), rows, d, xc.stride(0), out.data_ptr<uint8_t>(), width, flag.data_ptr<int32_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  check_error_flag(flag, op, rerun);
   return out;
 }
 
 at::Tensor int4_dequantize_cuda(const at::Tensor& packed, bool half_scale_bias, std::optional<at::ScalarType> dtype) {
   constexpr const char* op = "int4_dequantize";
   const int64_t tail = half_scale_bias ? 4 : 8;
-  DV365_CHECK(packed.dim() == 2, op, "packed must be 2-D [R, D/2 + ", tail, "], got shape ", packed.sizes());
-  DV365_CHECK(packed.scalar_type() == at::kByte, op, "packed must be uint8, got ", packed.scalar_type());
-  DV365_CHECK(packed.size(1) >= tail, op, "packed must have at least ", tail, " columns (the scale and bias), got ",
-              packed.size(1));
   const auto out_dtype = dtype.value_or(at::kFloat);
-  DV365_CHECK(at::isFloatingType(out_dtype), op, "dtype must be floating point, got ", out_dtype);
+  check_like_cpu([&] {
+    DV365_CHECK(packed.dim() == 2, op, "packed must be 2-D [R, D/2 + ", tail, "], got shape ", packed.sizes());
+    DV365_CHECK(packed.scalar_type() == at::kByte, op, "packed must be uint8, got ", packed.scalar_type());
+    DV365_CHECK(packed.size(1) >= tail, op, "packed must have D/2 code bytes plus ", tail, " bytes of scale and bias");
+    DV365_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
+                "dtype must be float32, bfloat16 or float16, got ", out_dtype);
+  }, [&] {
+    rerun_on_cpu<at::Tensor(const at::Tensor&, bool, std::optional<at::ScalarType>)>("dv365::int4_dequantize",
+                                                                                     packed.cpu(), half_scale_bias, dtype);
+  });
   const c10::cuda::CUDAGuard guard(packed.device());
   const int64_t rows = packed.size(0), width = packed.size(1);
   auto out = at::empty({rows, 2 * (width - tail)}, packed.options().dtype(out_dtype));

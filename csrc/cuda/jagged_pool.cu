@@ -51,6 +51,7 @@ __global__ void pool_sum_kernel(const scalar_t* __restrict__ table, int64_t num_
           set_error(flag, kIdOutOfRange);
         } else {
           w[u] = weights ? weights[e] : acc_t(1);
+          if (!(w[u] >= acc_t(0) && isfinite(w[u]))) set_error(flag, kWeightsBad);
           x[u] = static_cast<acc_t>(table[id * row_stride + c]);
         }
       }
@@ -89,7 +90,7 @@ __global__ void normalize_kernel(const acc_t* __restrict__ num, const acc_t* __r
 // den[b] = sum of the bag's weights (one warp per bag)
 template <typename acc_t>
 __global__ void bag_weight_sum_kernel(const int64_t* __restrict__ offsets, int64_t m, int64_t n,
-                                      const acc_t* __restrict__ weights, acc_t* __restrict__ den) {
+                                      const acc_t* __restrict__ weights, acc_t* __restrict__ den, int32_t* flag) {
   const int64_t bag = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (bag >= m) return;
@@ -97,7 +98,11 @@ __global__ void bag_weight_sum_kernel(const int64_t* __restrict__ offsets, int64
   const int64_t hi = max(lo, min(n, offsets[bag + 1]));
   acc_t s = 0;
   if (weights) {
-    for (int64_t e = lo + lane; e < hi; e += 32) s += weights[e];
+    for (int64_t e = lo + lane; e < hi; e += 32) {
+      const acc_t w = weights[e];
+      if (!(w >= acc_t(0) && isfinite(w))) set_error(flag, kWeightsBad);
+      s += w;
+    }
   } else {
     s = lane == 0 ? static_cast<acc_t>(hi - lo) : acc_t(0);
   }
@@ -142,25 +147,35 @@ struct Checked {
   at::Tensor ids, offsets, weights;  // weights: acc dtype or undefined
 };
 
-Checked check_inputs(const char* op, const at::Tensor& like, at::ScalarType acc, const at::Tensor& ids,
-                     const at::Tensor& offsets, const std::optional<at::Tensor>& weights) {
-  DV365_CHECK(ids.dim() == 1, op, "ids must be 1-D, got shape ", ids.sizes());
-  DV365_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, op, "ids must be int64 or int32, got ",
-              ids.scalar_type());
-  DV365_CHECK(offsets.dim() == 1 && offsets.numel() >= 1, op, "offsets must be 1-D with at least one element, got shape ",
-              offsets.sizes());
-  DV365_CHECK(offsets.scalar_type() == at::kLong, op, "offsets must be int64, got ", offsets.scalar_type());
-  check_cuda(ids, op, "ids", like);
-  check_cuda(offsets, op, "offsets", like);
+// Metadata checks (the CPU kernel's rules; its messages win through rerun).
+template <typename Rerun>
+Checked check_inputs(const char* op, const at::Tensor& dense, const char* dense_name, at::ScalarType acc,
+                     const at::Tensor& ids, const at::Tensor& offsets, const std::optional<at::Tensor>& weights,
+                     Rerun&& rerun) {
+  const bool has_w = weights.has_value() && weights->defined();
+  check_device(ids, op, "ids", dense, dense_name);
+  check_device(offsets, op, "offsets", dense, dense_name);
+  if (has_w) check_device(*weights, op, "weights", dense, dense_name);
+  check_like_cpu([&] {
+    const auto st = dense.scalar_type();
+    DV365_CHECK(dense.dim() == 2, op, dense_name, " must be 2-D [rows, D], got ", dense.dim(), "-D");
+    DV365_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble, op, dense_name,
+                " must be float32, bfloat16, float16 or float64, got ", st);
+    DV365_CHECK(ids.dim() == 1, op, "ids must be 1-D, got ", ids.dim(), "-D");
+    DV365_CHECK(ids.scalar_type() == at::kLong, op, "ids must be int64, got ", ids.scalar_type());
+    DV365_CHECK(offsets.dim() == 1, op, "offsets must be 1-D, got ", offsets.dim(), "-D");
+    DV365_CHECK(offsets.scalar_type() == at::kLong, op, "offsets must be int64, got ", offsets.scalar_type());
+    DV365_CHECK(offsets.numel() >= 1, op, "offsets must have at least one element (offsets[0] == 0)");
+    if (has_w) {
+      DV365_CHECK(weights->dim() == 1 && weights->size(0) == ids.size(0), op, "weights must have shape [N] = [",
+                  ids.size(0), "], got ", weights->sizes());
+      const auto wt = weights->scalar_type();
+      DV365_CHECK(wt == at::kFloat || wt == at::kDouble || wt == at::kBFloat16 || wt == at::kHalf, op,
+                  "weights must be float32, float64, bfloat16 or float16, got ", wt);
+    }
+  }, rerun);
   Checked c{ids.contiguous(), offsets.contiguous(), at::Tensor()};
-  if (weights.has_value() && weights->defined()) {
-    DV365_CHECK(weights->dim() == 1 && weights->numel() == ids.numel(), op, "weights must be 1-D with one weight per id (",
-                ids.numel(), "), got shape ", weights->sizes());
-    DV365_CHECK(at::isFloatingType(weights->scalar_type()), op, "weights must be floating point, got ",
-                weights->scalar_type());
-    check_cuda(*weights, op, "weights", like);
-    c.weights = weights->to(acc).contiguous();
-  }
+  if (has_w) c.weights = weights->to(acc).contiguous();
   return c;
 }
 
@@ -169,19 +184,21 @@ int grid_threads(int64_t d) { return static_cast<int>(std::min<int64_t>(256, std
 at::Tensor jagged_mean_pool_cuda(const at::Tensor& table, const at::Tensor& ids, const at::Tensor& offsets,
                                  const std::optional<at::Tensor>& weights, bool sparse) {
   constexpr const char* op = "jagged_mean_pool";
-  DV365_CHECK(table.dim() == 2, op, "table must be 2-D [num_rows, D], got shape ", table.sizes());
-  DV365_CHECK(at::isFloatingType(table.scalar_type()), op, "table must be floating point, got ", table.scalar_type());
-  DV365_CHECK(table.is_cuda(), op, "table must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(table.device());
   const auto acc = table.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto in = check_inputs(op, table, acc, ids, offsets, weights);
+  auto rerun = [&] {
+    rerun_on_cpu<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            bool)>("dv365::jagged_mean_pool", table.cpu(), ids.cpu(), offsets.cpu(), to_cpu(weights),
+                                   sparse);
+  };
+  auto in = check_inputs(op, table, "table", acc, ids, offsets, weights, rerun);
   const int64_t m = offsets.numel() - 1, n = ids.numel(), d = table.size(1), r = table.size(0);
   const at::Tensor tab = table.stride(1) == 1 ? table : table.contiguous();
   auto out = at::empty({m, d}, table.options());
   auto flag = new_error_flag(table);
   check_offsets_async(in.offsets, n, flag);
   if (m == 0 || d == 0) {
-    check_error_flag(flag, op);
+    check_error_flag(flag, op, rerun);
     return out;
   }
   auto num = at::zeros({m, d}, table.options().dtype(acc));
@@ -192,13 +209,11 @@ at::Tensor jagged_mean_pool_cuda(const at::Tensor& table, const at::Tensor& ids,
     const dim3 grid(static_cast<unsigned>(ceil_div(n, kChunk)), static_cast<unsigned>(ceil_div(d, threads)));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, table.scalar_type(), "jagged_mean_pool_cuda", [&] {
       using acc_t = typename AccType<scalar_t>::type;
-      AT_DISPATCH_INDEX_TYPES(in.ids.scalar_type(), "jagged_mean_pool_cuda_ids", [&] {
-        pool_sum_kernel<scalar_t, index_t, acc_t><<<grid, threads, 0, stream>>>(
-            tab.data_ptr<scalar_t>(), r, tab.stride(0), d, in.ids.data_ptr<index_t>(), in.offsets.data_ptr<int64_t>(),
-            m, n, in.weights.defined() ? in.weights.data_ptr<acc_t>() : nullptr, num.data_ptr<acc_t>(),
-            den.data_ptr<acc_t>(), flag.data_ptr<int32_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+      pool_sum_kernel<scalar_t, int64_t, acc_t><<<grid, threads, 0, stream>>>(
+          tab.data_ptr<scalar_t>(), r, tab.stride(0), d, in.ids.data_ptr<int64_t>(), in.offsets.data_ptr<int64_t>(), m,
+          n, in.weights.defined() ? in.weights.data_ptr<acc_t>() : nullptr, num.data_ptr<acc_t>(),
+          den.data_ptr<acc_t>(), flag.data_ptr<int32_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, table.scalar_type(), "jagged_mean_pool_norm", [&] {
@@ -208,30 +223,50 @@ at::Tensor jagged_mean_pool_cuda(const at::Tensor& table, const at::Tensor& ids,
                                                                   out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  check_error_flag(flag, op);
+  check_error_flag(flag, op, rerun);
   return out;
 }
 
-template <bool kRows>
-at::Tensor backward_impl(const char* op, const at::Tensor& grad, const at::Tensor& ids, const at::Tensor& offsets,
+template <bool kRows, typename scalar_t, typename acc_t>
+void launch_backward(dim3 grid, int threads, cudaStream_t stream, const at::Tensor& g, int64_t d, const Checked& in,
+                     int64_t num_rows, int64_t m, int64_t n, const acc_t* w, const at::Tensor& den, at::Tensor& out,
+                     const at::Tensor& flag) {
+  using out_t = std::conditional_t<kRows, scalar_t, acc_t>;
+  pool_backward_kernel<kRows, scalar_t, int64_t, acc_t, out_t><<<grid, threads, 0, stream>>>(
+      g.data_ptr<scalar_t>(), d, in.ids.data_ptr<int64_t>(), num_rows, in.offsets.data_ptr<int64_t>(), m, n, w,
+      den.data_ptr<acc_t>(), out.data_ptr<out_t>(), flag.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor backward_impl(bool rows, const char* op, const at::Tensor& grad, const at::Tensor& ids, const at::Tensor& offsets,
                          const std::optional<at::Tensor>& weights, int64_t num_rows) {
-  DV365_CHECK(grad.dim() == 2 && grad.size(0) == offsets.numel() - 1, op,
-              "grad must be 2-D [num_bags, D] with num_bags = offsets.numel() - 1, got shape ", grad.sizes());
-  DV365_CHECK(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
-  DV365_CHECK(grad.is_cuda(), op, "grad must be a CUDA tensor");
-  DV365_CHECK(num_rows >= 0, op, "num_rows must be >= 0, got ", num_rows);
   const c10::cuda::CUDAGuard guard(grad.device());
   const auto acc = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto in = check_inputs(op, grad, acc, ids, offsets, weights);
+  auto rerun = [&] {
+    if (rows) {
+      rerun_on_cpu<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>(
+          "dv365::jagged_mean_pool_backward_rows", grad.cpu(), ids.cpu(), offsets.cpu(), to_cpu(weights));
+    } else {
+      rerun_on_cpu<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                              c10::SymInt)>("dv365::jagged_mean_pool_backward", grad.cpu(), ids.cpu(), offsets.cpu(),
+                                            to_cpu(weights), c10::SymInt(num_rows));
+    }
+  };
+  auto in = check_inputs(op, grad, "grad", acc, ids, offsets, weights, rerun);
+  check_like_cpu([&] {
+    DV365_CHECK(grad.size(0) == offsets.numel() - 1, op, "grad must have one row per bag (", offsets.numel() - 1,
+                "), got ", grad.size(0));
+    DV365_CHECK(num_rows >= 0, op, "num_rows must be non-negative, got ", num_rows);
+  }, rerun);
   const int64_t m = offsets.numel() - 1, n = ids.numel(), d = grad.size(1);
   const at::Tensor g = grad.contiguous();
-  const int64_t out_rows = kRows ? n : num_rows;
+  const int64_t out_rows = rows ? n : num_rows;
   // the dense gradient accumulates with atomics in the accumulation dtype, then is cast once
-  at::Tensor out = kRows ? at::empty({n, d}, grad.options()) : at::zeros({out_rows, d}, grad.options().dtype(acc));
+  at::Tensor out = rows ? at::empty({n, d}, grad.options()) : at::zeros({out_rows, d}, grad.options().dtype(acc));
   if (n == 0 || d == 0 || m == 0) {
     auto flag = new_error_flag(grad);
     check_offsets_async(in.offsets, n, flag);
-    check_error_flag(flag, op);
+    check_error_flag(flag, op, rerun);
     return out.to(grad.scalar_type());
   }
   auto den = at::empty({m}, grad.options().dtype(acc));
@@ -244,28 +279,26 @@ at::Tensor backward_impl(const char* op, const at::Tensor& grad, const at::Tenso
     using acc_t = typename AccType<scalar_t>::type;
     const acc_t* w = in.weights.defined() ? in.weights.data_ptr<acc_t>() : nullptr;
     bag_weight_sum_kernel<acc_t><<<static_cast<unsigned>(ceil_div(m * 32, 256)), 256, 0, stream>>>(
-        in.offsets.data_ptr<int64_t>(), m, n, w, den.data_ptr<acc_t>());
+        in.offsets.data_ptr<int64_t>(), m, n, w, den.data_ptr<acc_t>(), flag.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    AT_DISPATCH_INDEX_TYPES(in.ids.scalar_type(), "jagged_mean_pool_backward_ids", [&] {
-      using out_t = std::conditional_t<kRows, scalar_t, acc_t>;
-      pool_backward_kernel<kRows, scalar_t, index_t, acc_t, out_t><<<grid, threads, 0, stream>>>(
-          g.data_ptr<scalar_t>(), d, in.ids.data_ptr<index_t>(), num_rows, in.offsets.data_ptr<int64_t>(), m, n, w,
-          den.data_ptr<acc_t>(), out.data_ptr<out_t>(), flag.data_ptr<int32_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    if (rows) {
+      launch_backward<true, scalar_t, acc_t>(grid, threads, stream, g, d, in, num_rows, m, n, w, den, out, flag);
+    } else {
+      launch_backward<false, scalar_t, acc_t>(grid, threads, stream, g, d, in, num_rows, m, n, w, den, out, flag);
+    }
   });
-  check_error_flag(flag, op);
+  check_error_flag(flag, op, rerun);
   return out.scalar_type() == grad.scalar_type() ? out : out.to(grad.scalar_type());
 }
 
 at::Tensor jagged_mean_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& ids, const at::Tensor& offsets,
                                           const std::optional<at::Tensor>& weights, int64_t num_rows) {
-  return backward_impl<false>("jagged_mean_pool_backward", grad, ids, offsets, weights, num_rows);
+  return backward_impl(false, "jagged_mean_pool_backward", grad, ids, offsets, weights, num_rows);
 }
 
 at::Tensor jagged_mean_pool_backward_rows_cuda(const at::Tensor& grad, const at::Tensor& ids, const at::Tensor& offsets,
                                                const std::optional<at::Tensor>& weights) {
-  return backward_impl<true>("jagged_mean_pool_backward_rows", grad, ids, offsets, weights,
+  return backward_impl(true, "jagged_mean_pool_backward_rows", grad, ids, offsets, weights,
                              std::numeric_limits<int64_t>::max());
 }
 

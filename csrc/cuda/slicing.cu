@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <functional>
 #include <vector>
 
 #include "cuda/common.cuh"
@@ -188,22 +189,83 @@ __global__ void plan_kernel(const int64_t* __restrict__ pi, int64_t s_count, int
 }
 
 // ---- the membership step shared by the forward and backward kernels ----
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxCatFields = 16;  // an event's categorical values are staged in shared memory up to this many
+
+// The part of a slice's predicate other than its window: slices that differ only in the window (W40K has four
+// windows per filter) share it, so each distinct predicate is evaluated once per event.
+__device__ __forceinline__ bool same_predicate(const SliceProg& a, const SliceProg& b) {
+  bool same = a.flags == b.flags;
+#pragma unroll
+  for (int j = 0; j < prog::kNumCatFilters; ++j) same = same && a.field[j] == b.field[j] && a.mask[j] == b.mask[j];
+  const double* fa = &a.dwell_lo;
+  const double* fb = &b.dwell_lo;
+#pragma unroll
+  for (int j = 0; j < 7; ++j) same = same && __double_as_longlong(fa[j]) == __double_as_longlong(fb[j]);
+  return same;
+}
+
 template <int kWords>
 struct Shared {
   SliceProg prog[kWords * 32];
-  int64_t slice[kWords * 32];      // global slice index of each group slice
-  uint32_t mask[kSub][kWords];     // member slices of each event in the sub-chunk
-  float w[kSub][kWords * 32];      // weight of each (event, slice), 0 when not kept
-  int64_t row[kSub];               // the event's row in the group's table
+  int64_t slice[kWords * 32];       // global slice index of each group slice
+  int32_t unique_of[kWords * 32];   // group slice -> its distinct predicate
+  int32_t rep[kWords * 32];         // distinct predicate -> a group slice that has it
+  int32_t num_unique;
+  uint32_t mask[kSub][kWords];      // member slices of each event in the sub-chunk
+  float w[kSub][kWords * 32];       // weight of each (event, slice), 0 when not kept
+  int64_t row[kSub];                // the event's row in the group's table
   int32_t touched[kWords * 32];
+  float uw[kWarps][kWords * 32];    // per warp: weight of each distinct predicate for the current event
+  uint32_t ubits[kWarps][kWords];   // per warp: which distinct predicates keep the current event
+  int32_t cat[kWarps][kMaxCatFields];
 };
 
+// The slice predicate without the window (dv365_ops/program.py), given the event's staged categorical values.
+__device__ __forceinline__ bool predicate_keep(const SliceProg& p, const Event& ev, const Timeline& tl, int64_t e,
+                                               const int32_t* cat, float& w, int32_t* flag) {
+  w = 1.f;
+#pragma unroll
+  for (int j = 0; j < prog::kNumCatFilters; ++j) {
+    const int64_t field = p.field[j];
+    if (field < 0) continue;
+    if (tl.cat_fields == 0) return false;
+    const int64_t f = min(field, tl.cat_fields - 1);
+    const int64_t v = tl.cat_fields <= kMaxCatFields ? cat[f] : load_cat(tl, f, e);
+    if (v < 0 || v > prog::kMaxCatValue) {
+      set_error(flag, kCatOutOfRange);
+      return false;
+    }
+    if (((p.mask[j] >> v) & 1) == 0) return false;
+  }
+  const int64_t flags = p.flags;
+  if (tl.float_bytes == 0) return (flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) == 0;
+  if (flags & prog::kDwellFilter) {
+    if (!(ev.dwell >= p.dwell_lo && ev.dwell <= p.dwell_hi)) return false;
+  }
+  if (flags & prog::kRatioFilter) {
+    const double r = ev.dwell / (p.beta == 1.0 ? ev.dur : pow(ev.dur, p.beta));  // pow(x, 1) == x exactly
+    if (!(r >= p.ratio_lo && r <= p.ratio_hi)) return false;
+  }
+  if (flags & prog::kWeighted) {
+    const double den = log1p(p.gamma * ev.dur);
+    const double s = log1p(ev.dwell) / den;
+    if (!(den > 0 && s > p.s0)) return false;
+    w = static_cast<float>(s);
+  }
+  return true;
+}
+
+// One warp per event: lanes evaluate the distinct predicates, then every slice combines its predicate's
+// result with its window; a ballot gives the event's membership mask.
 template <int kWords>
 __device__ __forceinline__ void membership(Shared<kWords>& sh, const Timeline& tl, int64_t gcount, int64_t e_begin,
                                            int64_t e_end, int64_t request_ts, const int64_t* __restrict__ ids,
                                            int64_t num_rows, float (&wsum)[kWords], int32_t* flag) {
   const int lane = threadIdx.x % 32;
-  for (int el = threadIdx.x / 32; el < kSub; el += kThreads / 32) {
+  const int warp = threadIdx.x / 32;
+  const int num_unique = sh.num_unique;
+  for (int el = warp; el < kSub; el += kWarps) {
     const int64_t e = e_begin + el;
     bool ok = e < e_end;
     Event ev{};
@@ -215,25 +277,44 @@ __device__ __forceinline__ void membership(Shared<kWords>& sh, const Timeline& t
         ok = false;
       } else {
         ev = load_event(tl, e, request_ts);
+        if (lane < tl.cat_fields && lane < kMaxCatFields) sh.cat[warp][lane] = static_cast<int32_t>(load_cat(tl, lane, e));
       }
     }
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) {
+      const int u = k * 32 + lane;
+      float w = 0.f;
+      bool keep = false;
+      if (ok && u < num_unique) keep = predicate_keep(sh.prog[sh.rep[u]], ev, tl, e, sh.cat[warp], w, flag);
+      const uint32_t bits = __ballot_sync(0xffffffffu, keep);
+      sh.uw[warp][u] = w;
+      if (lane == 0) sh.ubits[warp][k] = bits;
+    }
+    __syncwarp();
 #pragma unroll
     for (int k = 0; k < kWords; ++k) {
       const int s = k * 32 + lane;
       float w = 0.f;
       bool keep = false;
-      if (ok && s < gcount) keep = slice_keep(sh.prog[s], ev, tl, e, w, flag);
+      if (ok && s < gcount) {
+        const int u = sh.unique_of[s];
+        const SliceProg& p = sh.prog[s];
+        keep = ((sh.ubits[warp][u / 32] >> (u % 32)) & 1u) && ev.dt > p.win_lo && ev.dt <= p.win_hi;
+        w = keep ? sh.uw[warp][u] : 0.f;
+      }
       const uint32_t bits = __ballot_sync(0xffffffffu, keep);
-      w = keep ? w : 0.f;
       sh.w[el][s] = w;
       wsum[k] += w;
       if (keep) sh.touched[s] = 1;
       if (lane == 0) sh.mask[el][k] = bits;
     }
     if (lane == 0) sh.row[el] = ok ? id : 0;
+    __syncwarp();
   }
 }
 
+// Loads the group's slices and finds their distinct predicates. Ends with a barrier.
 template <int kWords>
 __device__ __forceinline__ void load_group(Shared<kWords>& sh, const int64_t* __restrict__ plan, int64_t s_count,
                                            int64_t start, int64_t gcount, const int64_t* __restrict__ pi,
@@ -246,6 +327,31 @@ __device__ __forceinline__ void load_group(Shared<kWords>& sh, const int64_t* __
     }
     sh.touched[s] = 0;
   }
+  __syncthreads();
+  for (int s = threadIdx.x; s < gcount; s += kThreads) {
+    int first = s;
+    for (int o = 0; o < s; ++o) {
+      if (same_predicate(sh.prog[o], sh.prog[s])) {
+        first = o;
+        break;
+      }
+    }
+    sh.unique_of[s] = first;  // temporarily: the first slice with this predicate
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int u = 0;
+    for (int s = 0; s < gcount; ++s) {
+      if (sh.unique_of[s] == s) {
+        sh.rep[u] = s;
+        sh.unique_of[s] = u++;
+      } else {
+        sh.unique_of[s] = sh.unique_of[sh.unique_of[s]];
+      }
+    }
+    sh.num_unique = u;
+  }
+  __syncthreads();
 }
 
 // blockIdx.x = (user * chunks + chunk) * col_tiles + col_tile; blockIdx.y = group
@@ -290,8 +396,8 @@ __global__ void __launch_bounds__(kThreads) sliced_pool_kernel(Timeline tl, Tabl
   int64_t lo, hi;
   chunk_range(tl, gr, b, chunk, lo, hi);
   if (lo >= hi) return;
-  load_group(sh, plan, gr.s_count, start, gcount, pi, pf);
   for (int i = threadIdx.x; i < kWords * 32 * kThreads; i += kThreads) acc[i] = 0;
+  load_group(sh, plan, gr.s_count, start, gcount, pi, pf);
   const int64_t col = ct * kThreads + threadIdx.x;
   const bool has_col = col < gr.d;
   const scalar_t* table = static_cast<const scalar_t*>(ts.table[t]);
@@ -404,7 +510,6 @@ __global__ void __launch_bounds__(kThreads) sliced_pool_backward_kernel(
     const int64_t start = gt[gr.num_groups + group];
     __syncthreads();
     load_group(sh, plan, gr.s_count, start, gcount, pi, pf);
-    __syncthreads();
     for (int s = 0; s < kWords * 32; ++s) {
       acc_t v = 0;
       if (s < gcount && has_col) {
@@ -488,6 +593,37 @@ __global__ void slice_timeline_kernel(Timeline tl, TableSet ts, const int64_t* _
   if (!kEmit && lane == 0) lengths[warp] = count;
 }
 
+// ---- validation of the event data on the device (the CPU kernels' data checks) ----
+__global__ void validate_timeline_kernel(Timeline tl, int32_t* flag) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  for (int64_t e = first; e < tl.n; e += stride) {
+    for (int64_t f = 0; f < tl.cat_fields; ++f) {
+      const int64_t v = load_cat(tl, f, e);
+      if (v < 0 || v > prog::kMaxCatValue) set_error(flag, kCatOutOfRange);
+    }
+    if (e > 0 && tl.num_users > 0) {
+      // e and e - 1 belong to one user unless some offsets entry equals e
+      int64_t lo = 0, hi = tl.num_users;
+      while (hi - lo > 1) {
+        const int64_t mid = (lo + hi) / 2;
+        if (tl.offsets[mid] <= e) lo = mid; else hi = mid;
+      }
+      if (tl.offsets[lo] < e && tl.ts[e - 1] > tl.ts[e]) set_error(flag, kTsOrder);
+    }
+  }
+  for (int64_t b = first; b < tl.num_users; b += stride) {
+    int64_t lo, hi;
+    user_range(tl, b, lo, hi);
+    if (hi == lo) continue;
+    const int64_t r = tl.request_ts[b];
+    for (const int64_t t : {tl.ts[lo], tl.ts[hi - 1]}) {
+      const int64_t d = static_cast<int64_t>(static_cast<uint64_t>(r) - static_cast<uint64_t>(t));
+      if (((r ^ t) & (r ^ d)) < 0) set_error(flag, kTsOverflow);
+    }
+  }
+}
+
 // ---- host side ----
 struct Inputs {
   Timeline tl;
@@ -496,43 +632,52 @@ struct Inputs {
   int64_t b, n, s;
 };
 
+using Rerun = std::function<void()>;
+
+// Metadata checks with the CPU kernel's rules (its messages win through rerun), the program's checks on the
+// host (skipped while capturing a graph: they need the program on the host), and the event data checks
+// launched on the device (their bits are read with the op's other errors).
 Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
                       const at::Tensor& cats, const at::Tensor& floats, const at::Tensor& request_ts,
-                      const at::Tensor& prog_i, const at::Tensor& prog_f) {
-  DV365_CHECK(ts.dim() == 1 && ts.scalar_type() == at::kLong, op, "ts must be a 1-D int64 tensor, got ",
-              ts.scalar_type(), " of shape ", ts.sizes());
-  DV365_CHECK(ts.is_cuda(), op, "ts must be a CUDA tensor");
-  const int64_t n = ts.numel();
-  DV365_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.scalar_type() == at::kLong, op,
-              "offsets must be a 1-D int64 tensor with at least one element, got ", offsets.scalar_type(),
-              " of shape ", offsets.sizes());
-  const int64_t b = offsets.numel() - 1;
-  DV365_CHECK(cats.dim() == 2 && cats.size(1) == n, op, "cats must be [F, N] with N = ", n, " events, got shape ",
-              cats.sizes());
-  DV365_CHECK(at::isIntegralType(cats.scalar_type(), false), op, "cats must be an integer tensor, got ",
-              cats.scalar_type());
-  DV365_CHECK(floats.dim() == 2 && floats.size(1) == n && (floats.size(0) == 0 || floats.size(0) >= 2), op,
-              "floats must be [2, N] (video_duration, dwell_time) or [0, N] with N = ", n, ", got shape ",
-              floats.sizes());
-  DV365_CHECK(floats.scalar_type() == at::kFloat || floats.scalar_type() == at::kDouble, op,
-              "floats must be float32 or float64, got ", floats.scalar_type());
-  DV365_CHECK(request_ts.dim() == 1 && request_ts.numel() == b && request_ts.scalar_type() == at::kLong, op,
-              "request_ts must be 1-D int64 with one entry per user (", b, "), got ", request_ts.scalar_type(),
-              " of shape ", request_ts.sizes());
-  DV365_CHECK(prog_i.dim() == 2 && prog_i.size(1) == prog::kNumInt && prog_i.scalar_type() == at::kLong, op,
-              "prog_i must be int64 [S, ", int64_t(prog::kNumInt), "], got ", prog_i.scalar_type(), " of shape ",
-              prog_i.sizes());
-  DV365_CHECK(prog_f.dim() == 2 && prog_f.size(1) == prog::kNumFloat && prog_f.size(0) == prog_i.size(0) &&
-                  prog_f.scalar_type() == at::kDouble,
-              op, "prog_f must be float64 [S, ", int64_t(prog::kNumFloat), "] with S = ", prog_i.size(0), ", got ",
-              prog_f.scalar_type(), " of shape ", prog_f.sizes());
-  DV365_CHECK(!ids.empty(), op, "ids must hold at least one tensor");
-  DV365_CHECK(static_cast<int64_t>(ids.size()) <= kMaxTables, op, "ids may hold at most ", kMaxTables,
-              " tensors on CUDA, got ", ids.size());
-  for (const auto* name_t : {&offsets, &cats, &floats, &request_ts, &prog_i, &prog_f}) {
-    DV365_CHECK(name_t->is_cuda() && name_t->device() == ts.device(), op,
-                "every tensor must be on the device of ts (", ts.device(), ")");
+                      const at::Tensor& prog_i, const at::Tensor& prog_f, const Rerun& rerun, int64_t num_tables,
+                      const at::Tensor& flag) {
+  for (const auto& [t, name] : {std::pair{&offsets, "offsets"}, {&cats, "cats"}, {&floats, "floats"},
+                                {&request_ts, "request_ts"}, {&prog_i, "prog_i"}, {&prog_f, "prog_f"}}) {
+    check_device(*t, op, name, ts, "ts");
   }
+  for (size_t t = 0; t < ids.size(); ++t) check_device(ids[t], op, "ids", ts, "ts");
+  const int64_t n = ts.numel();
+  const int64_t b = offsets.numel() - 1;
+  check_like_cpu([&] {
+    DV365_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong, op, "offsets must be Long 1-D, got ",
+                offsets.scalar_type(), " ", offsets.sizes());
+    DV365_CHECK(ts.dim() == 1 && ts.scalar_type() == at::kLong, op, "ts must be Long 1-D, got ", ts.scalar_type());
+    DV365_CHECK(request_ts.dim() == 1 && request_ts.scalar_type() == at::kLong, op, "request_ts must be Long 1-D");
+    DV365_CHECK(offsets.numel() >= 1, op, "offsets must have B + 1 >= 1 entries");
+    DV365_CHECK(request_ts.numel() == b, op, "request_ts must have shape [B=", b, "], got ", request_ts.sizes());
+    DV365_CHECK(cats.dim() == 2 && cats.size(1) == n, op, "cats must have shape [C, N=", n, "], got ", cats.sizes());
+    DV365_CHECK(at::isIntegralType(cats.scalar_type(), false), op, "cats must be an integer tensor (int8), got ",
+                cats.scalar_type());
+    DV365_CHECK(floats.scalar_type() == at::kFloat, op, "floats must be float32, got ", floats.scalar_type());
+    DV365_CHECK(floats.dim() == 2 && floats.size(1) == n, op, "floats must have shape [F, N=", n, "], got ",
+                floats.sizes());
+    DV365_CHECK(prog_i.dim() == 2 && prog_i.size(1) == prog::kNumInt && prog_i.scalar_type() == at::kLong, op,
+                "prog_i must be an int64 tensor of shape [S, ", int64_t(prog::kNumInt), "], got ",
+                prog_i.scalar_type(), " ", prog_i.sizes());
+    DV365_CHECK(prog_f.dim() == 2 && prog_f.size(0) == prog_i.size(0) && prog_f.size(1) == prog::kNumFloat &&
+                    prog_f.scalar_type() == at::kDouble,
+                op, "prog_f must be a float64 tensor of shape [S=", prog_i.size(0), ", ", int64_t(prog::kNumFloat),
+                "], got ", prog_f.scalar_type(), " ", prog_f.sizes());
+    DV365_CHECK(static_cast<int64_t>(ids.size()) == num_tables, op, "ids must hold one tensor per table (",
+                num_tables, "), got ", ids.size());
+    for (size_t t = 0; t < ids.size(); ++t) {
+      DV365_CHECK(ids[t].scalar_type() == at::kLong && ids[t].dim() == 1 && ids[t].numel() == n, op, "ids[", t,
+                  "] must be a 1-D int64 tensor of N=", n, " events, got ", ids[t].scalar_type(), " ",
+                  ids[t].sizes());
+    }
+    DV365_CHECK(num_tables <= kMaxTables, op, "at most ", kMaxTables, " tables are supported on CUDA, got ",
+                num_tables);
+  }, rerun);
   Inputs in;
   in.b = b;
   in.n = n;
@@ -540,18 +685,26 @@ Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor
   in.offsets = offsets.contiguous();
   in.ts = ts.contiguous();
   in.cats = cats.contiguous();
-  in.floats = floats.size(0) ? floats.contiguous() : floats;
+  in.floats = floats.contiguous();
   in.request_ts = request_ts.contiguous();
   in.prog_i = prog_i.contiguous();
   in.prog_f = prog_f.contiguous();
-  for (size_t t = 0; t < ids.size(); ++t) {
-    const auto& i = ids[t];
-    DV365_CHECK(i.dim() == 1 && i.numel() == n, op, "ids[", t, "] must be 1-D with one id per event (", n,
-                "), got shape ", i.sizes());
-    DV365_CHECK(i.scalar_type() == at::kLong || i.scalar_type() == at::kInt, op, "ids[", t,
-                "] must be int64 or int32, got ", i.scalar_type());
-    DV365_CHECK(i.is_cuda() && i.device() == ts.device(), op, "ids[", t, "] must be on ", ts.device());
-    in.ids.push_back(i.to(at::kLong).contiguous());
+  for (const auto& i : ids) in.ids.push_back(i.contiguous());
+  const int64_t num_floats = floats.size(0);
+  if (!capturing() && in.s > 0) {
+    const at::Tensor pi = in.prog_i.cpu();
+    const int64_t* r = pi.data_ptr<int64_t>();
+    bool ok = true;
+    for (int64_t s = 0; s < in.s && ok; ++s, r += prog::kNumInt) {
+      const int64_t flags = r[prog::kFlags];
+      ok = r[prog::kTable] >= 0 && r[prog::kTable] < num_tables && flags >= 0 &&
+           flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter) && (flags == 0 || num_floats >= 2);
+      for (const int64_t col : {prog::kCatField0, prog::kCatField1, prog::kCatField2}) ok = ok && r[col] < cats.size(0);
+    }
+    if (!ok) {
+      rerun();
+      TORCH_CHECK(false, "dv365::", op, ": invalid slice program");
+    }
   }
   in.tl.offsets = in.offsets.data_ptr<int64_t>();
   in.tl.num_users = b;
@@ -561,8 +714,14 @@ Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor
   in.tl.cats = in.cats.data_ptr();
   in.tl.cat_fields = cats.size(0);
   in.tl.cat_bytes = static_cast<int>(cats.element_size());
-  in.tl.floats = floats.size(0) ? in.floats.data_ptr() : nullptr;
-  in.tl.float_bytes = floats.size(0) ? static_cast<int>(floats.element_size()) : 0;
+  in.tl.floats = num_floats >= 2 ? in.floats.data_ptr() : nullptr;
+  in.tl.float_bytes = num_floats >= 2 ? 4 : 0;
+  check_offsets_async(in.offsets, n, flag);
+  if (n > 0) {
+    validate_timeline_kernel<<<static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 132 * 8)), 256, 0,
+                               current_stream()>>>(in.tl, flag.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return in;
 }
 
@@ -573,19 +732,24 @@ TableSet table_set(const Inputs& in) {
   return s;
 }
 
-std::vector<at::Tensor> check_tables(const char* op, at::TensorList tables, const Inputs& in, TableSet& s) {
-  DV365_CHECK(tables.size() == in.ids.size(), op, "tables and ids must have the same length, got ", tables.size(),
-              " and ", in.ids.size());
+std::vector<at::Tensor> check_tables(const char* op, at::TensorList tables, const Inputs& in, TableSet& s,
+                                     const Rerun& rerun) {
+  for (size_t t = 0; t < tables.size(); ++t) check_device(tables[t], op, "tables", in.ts, "ts");
+  check_like_cpu([&] {
+    const auto dt = tables[0].scalar_type();
+    DV365_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
+                "tables must be float32, bfloat16, float16 or float64, got ", dt);
+    for (size_t t = 0; t < tables.size(); ++t) {
+      DV365_CHECK(tables[t].dim() == 2, op, "tables[", t, "] must be 2-D [rows, D], got ", tables[t].sizes());
+      DV365_CHECK(tables[t].scalar_type() == dt, op, "tables must share one dtype: tables[0] is ", dt, ", tables[", t,
+                  "] is ", tables[t].scalar_type());
+      DV365_CHECK(tables[t].size(1) == tables[0].size(1), op, "tables must share D: tables[0] has ",
+                  tables[0].size(1), ", tables[", t, "] has ", tables[t].size(1));
+    }
+  }, rerun);
   std::vector<at::Tensor> out;
   for (size_t t = 0; t < tables.size(); ++t) {
     const auto& tab = tables[t];
-    DV365_CHECK(tab.dim() == 2, op, "tables[", t, "] must be 2-D [num_rows, D], got shape ", tab.sizes());
-    DV365_CHECK(tab.scalar_type() == tables[0].scalar_type() && at::isFloatingType(tab.scalar_type()), op, "tables[",
-                t, "] must be floating point with the dtype of tables[0] (", tables[0].scalar_type(), "), got ",
-                tab.scalar_type());
-    DV365_CHECK(tab.size(1) == tables[0].size(1), op, "tables[", t, "] must have D = ", tables[0].size(1),
-                " columns like tables[0], got ", tab.size(1));
-    DV365_CHECK(tab.is_cuda() && tab.device() == in.ts.device(), op, "tables[", t, "] must be on ", in.ts.device());
     out.push_back(tab.stride(1) == 1 ? tab : tab.contiguous());
     s.table[t] = out.back().data_ptr();
     s.rows[t] = tab.size(0);
@@ -649,18 +813,25 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
   constexpr const char* op = "sliced_pool";
   DV365_CHECK(!tables.empty(), op, "tables must hold at least one table");
   const c10::cuda::CUDAGuard guard(ts.device());
-  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f);
+  const Rerun rerun = [&] {
+    rerun_on_cpu<std::tuple<at::Tensor, at::Tensor>(at::TensorList, at::TensorList, const at::Tensor&,
+                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>(
+        "dv365::sliced_pool", to_cpu(tables), to_cpu(ids), offsets.cpu(), ts.cpu(), cats.cpu(), floats.cpu(),
+        request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), sparse);
+  };
+  auto flag = new_error_flag(ts);
+  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun,
+                             static_cast<int64_t>(tables.size()), flag);
   TableSet set = table_set(in);
-  auto tabs = check_tables(op, tables, in, set);
+  auto tabs = check_tables(op, tables, in, set, rerun);
   const int64_t d = tables[0].size(1);
   const auto dtype = tables[0].scalar_type();
   const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
   auto pooled = at::empty({in.b, in.s, d}, tables[0].options());
   auto wsum = at::empty({in.b, in.s}, tables[0].options().dtype(at::kFloat));
-  auto flag = new_error_flag(ts);
-  check_offsets_async(in.offsets, in.n, flag);
   if (in.b == 0 || in.s == 0) {
-    check_error_flag(flag, op);
+    check_error_flag(flag, op, rerun);
     return {pooled, wsum};
   }
   auto num = at::zeros({in.b, in.s, d}, tables[0].options().dtype(acc_dtype));
@@ -691,7 +862,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
             wsum.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  check_error_flag(flag, op);
+  check_error_flag(flag, op, rerun);
   return {pooled, wsum};
 }
 
@@ -702,20 +873,43 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
                                       const at::Tensor& prog_i, const at::Tensor& prog_f,
                                       c10::ArrayRef<int64_t> num_rows) {
   const c10::cuda::CUDAGuard guard(ts.device());
-  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f);
-  DV365_CHECK(grad.dim() == 3 && grad.size(0) == in.b && grad.size(1) == in.s, op, "grad must be [B, S, D] = [", in.b,
-              ", ", in.s, ", D], got shape ", grad.sizes());
-  DV365_CHECK(at::isFloatingType(grad.scalar_type()) && grad.is_cuda() && grad.device() == ts.device(), op,
-              "grad must be a floating point tensor on ", ts.device());
-  DV365_CHECK(weight_sum.dim() == 2 && weight_sum.size(0) == in.b && weight_sum.size(1) == in.s &&
-                  weight_sum.scalar_type() == at::kFloat && weight_sum.is_cuda(),
-              op, "weight_sum must be float32 [B, S] = [", in.b, ", ", in.s, "] on the device, got ",
-              weight_sum.scalar_type(), " of shape ", weight_sum.sizes());
-  const int64_t t_count = static_cast<int64_t>(in.ids.size());
-  if (!kRows) {
-    DV365_CHECK(static_cast<int64_t>(num_rows.size()) == t_count, op, "num_rows must have one entry per table (",
-                t_count, "), got ", num_rows.size());
-  }
+  const Rerun rerun = [&] {
+    if (kRows) {
+      rerun_on_cpu<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&)>(
+          "dv365::sliced_pool_backward_rows", grad.cpu(), weight_sum.cpu(), to_cpu(ids), offsets.cpu(), ts.cpu(),
+          cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu());
+    } else {
+      std::vector<c10::SymInt> rows(num_rows.begin(), num_rows.end());
+      rerun_on_cpu<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef)>(
+          "dv365::sliced_pool_backward", grad.cpu(), weight_sum.cpu(), to_cpu(ids), offsets.cpu(), ts.cpu(),
+          cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), rows);
+    }
+  };
+  check_device(grad, op, "grad", ts, "ts");
+  check_device(weight_sum, op, "weight_sum", ts, "ts");
+  auto flag = new_error_flag(ts);
+  const int64_t t_count = static_cast<int64_t>(ids.size());
+  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun, t_count, flag);
+  check_like_cpu([&] {
+    const auto dt = grad.scalar_type();
+    DV365_CHECK((dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble) && grad.dim() == 3 &&
+                    grad.size(0) == in.b && grad.size(1) == in.s,
+                op, "grad must be a floating point tensor of shape [B=", in.b, ", S=", in.s, ", D], got ", dt, " ",
+                grad.sizes());
+    DV365_CHECK(weight_sum.scalar_type() == at::kFloat && weight_sum.dim() == 2 && weight_sum.size(0) == in.b &&
+                    weight_sum.size(1) == in.s,
+                op, "weight_sum must be a float32 tensor of shape [B=", in.b, ", S=", in.s, "], got ",
+                weight_sum.scalar_type(), " ", weight_sum.sizes());
+    if (!kRows) {
+      DV365_CHECK(static_cast<int64_t>(num_rows.size()) == t_count, op, "num_rows must hold one entry per table (",
+                  t_count, "), got ", num_rows.size());
+      for (const int64_t r : num_rows) DV365_CHECK(r >= 0, op, "num_rows must be >= 0, got ", r);
+    }
+  }, rerun);
   TableSet set = table_set(in);
   const int64_t d = grad.size(2);
   const auto dtype = grad.scalar_type();
@@ -725,7 +919,6 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
     if (kRows) {
       outs.push_back(at::empty({in.n, d}, grad.options()));
     } else {
-      DV365_CHECK(num_rows[t] >= 0, op, "num_rows[", t, "] must be >= 0, got ", num_rows[t]);
       outs.push_back(at::zeros({num_rows[t], d}, grad.options().dtype(acc_dtype)));
       set.rows[t] = num_rows[t];
     }
@@ -734,8 +927,6 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
   if (kRows) {
     for (int64_t t = 0; t < t_count; ++t) set.rows[t] = std::numeric_limits<int64_t>::max();
   }
-  auto flag = new_error_flag(ts);
-  check_offsets_async(in.offsets, in.n, flag);
   if (in.b > 0 && in.n > 0 && d > 0) {
     Plan p = make_plan(in, t_count, d, flag);
     const at::Tensor g = grad.contiguous();
@@ -760,7 +951,7 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
   } else if (kRows) {
     for (auto& o : outs) o.zero_();
   }
-  check_error_flag(flag, op);
+  check_error_flag(flag, op, rerun);
   if (!kRows) {
     for (auto& o : outs) {
       if (o.scalar_type() != dtype) o = o.to(dtype);
@@ -796,10 +987,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> slice_timeline_cuda(at::TensorLis
                                                                    const at::Tensor& prog_i, const at::Tensor& prog_f) {
   constexpr const char* op = "slice_timeline";
   const c10::cuda::CUDAGuard guard(ts.device());
-  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f);
-  TableSet set = table_set(in);
+  const Rerun rerun = [&] {
+    rerun_on_cpu<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+        at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&)>("dv365::slice_timeline", to_cpu(ids), offsets.cpu(), ts.cpu(),
+                                               cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu());
+  };
   auto flag = new_error_flag(ts);
-  check_offsets_async(in.offsets, in.n, flag);
+  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun,
+                             static_cast<int64_t>(ids.size()), flag);
+  TableSet set = table_set(in);
   auto lengths = at::zeros({in.s * in.b}, ts.options());
   auto stream = current_stream();
   const int64_t warps = in.s * in.b;
@@ -812,7 +1009,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> slice_timeline_cuda(at::TensorLis
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // the output size depends on the data: one synchronization here (so this op cannot be graph-captured)
-  check_error_flag(flag, op);
+  check_error_flag(flag, op, rerun);
   auto ends = at::cumsum(lengths, 0);
   const int64_t total = warps ? ends.select(0, -1).item<int64_t>() : 0;
   auto values = at::empty({total}, ts.options());

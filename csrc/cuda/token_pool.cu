@@ -9,41 +9,47 @@
 namespace dv365::cuda {
 namespace {
 
-template <typename scalar_t, typename acc_t>
-__global__ void token_pool_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t n, int64_t stride,
-                                  int64_t n_out, scalar_t* __restrict__ out) {
-  const int64_t total = rows * n_out;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / n_out, j = i - r * n_out;
-    const int64_t lo = j * stride, hi = min(n, lo + stride);
-    const scalar_t* p = x + r * n;
+// index_t is uint32_t when every index fits: 64-bit division would cost more than the memory access.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void token_pool_kernel(const scalar_t* __restrict__ x, index_t rows, index_t n, index_t stride,
+                                  index_t n_out, scalar_t* __restrict__ out) {
+  const index_t total = rows * n_out;
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const index_t r = i / n_out, j = i - r * n_out;
+    const index_t lo = j * stride, hi = min(n, lo + stride);
+    const scalar_t* p = x + static_cast<int64_t>(r) * n;
     acc_t s = 0;
-    for (int64_t k = lo; k < hi; ++k) s += static_cast<acc_t>(p[k]);
+    for (index_t k = lo; k < hi; ++k) s += static_cast<acc_t>(p[k]);
     out[i] = static_cast<scalar_t>(s / static_cast<acc_t>(hi - lo));
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void token_pool_backward_kernel(const scalar_t* __restrict__ grad, int64_t rows, int64_t n, int64_t stride,
-                                           int64_t n_out, scalar_t* __restrict__ out) {
-  const int64_t total = rows * n;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / n, k = i - r * n;
-    const int64_t j = k / stride;
-    const int64_t count = min(stride, n - j * stride);
-    out[i] = static_cast<scalar_t>(static_cast<acc_t>(grad[r * n_out + j]) / static_cast<acc_t>(count));
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void token_pool_backward_kernel(const scalar_t* __restrict__ grad, index_t rows, index_t n, index_t stride,
+                                           index_t n_out, scalar_t* __restrict__ out) {
+  const index_t total = rows * n;
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const index_t r = i / n, k = i - r * n;
+    const index_t j = k / stride;
+    const index_t count = min(stride, n - j * stride);
+    out[i] = static_cast<scalar_t>(static_cast<acc_t>(grad[static_cast<int64_t>(r) * n_out + j]) /
+                                   static_cast<acc_t>(count));
   }
 }
+
+bool fits_u32(int64_t v) { return v < (int64_t(1) << 32); }
 
 int64_t grid_for(int64_t total) { return std::max<int64_t>(1, std::min<int64_t>(ceil_div(total, 256), 132 * 64)); }
 
 at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
   constexpr const char* op = "token_pool";
-  DV365_CHECK(x.dim() >= 1, op, "x must have at least one dimension, got a scalar");
-  DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
-  DV365_CHECK(at::isFloatingType(x.scalar_type()), op, "x must be floating point, got ", x.scalar_type());
+  check_like_cpu([&] {
+    DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
+    DV365_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension, got a 0-d tensor");
+    DV365_CHECK(at::isFloatingType(x.scalar_type()), op, "x must be floating point, got ", x.scalar_type());
+  }, [&] { rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t)>("dv365::token_pool", x.cpu(), stride); });
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.size(-1);
   const int64_t n_out = ceil_div(n, stride);
@@ -55,8 +61,13 @@ at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
   const int64_t rows = xc.numel() / n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "token_pool_cuda", [&] {
     using acc_t = typename AccType<scalar_t>::type;
-    token_pool_kernel<scalar_t, acc_t><<<grid_for(rows * n_out), 256, 0, current_stream()>>>(
-        xc.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
+    if (fits_u32(xc.numel() + 256LL * 132 * 64)) {
+      token_pool_kernel<scalar_t, acc_t, uint32_t><<<grid_for(rows * n_out), 256, 0, current_stream()>>>(
+          xc.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
+    } else {
+      token_pool_kernel<scalar_t, acc_t, int64_t><<<grid_for(rows * n_out), 256, 0, current_stream()>>>(
+          xc.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -64,11 +75,17 @@ at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
 
 at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int64_t n) {
   constexpr const char* op = "token_pool_backward";
-  DV365_CHECK(grad.dim() >= 1, op, "grad must have at least one dimension, got a scalar");
-  DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
-  DV365_CHECK(n >= 0 && grad.size(-1) == ceil_div(n, stride), op, "grad's last dimension must be ceil(n / stride) = ",
-              ceil_div(std::max<int64_t>(n, 0), stride), ", got ", grad.size(-1));
-  DV365_CHECK(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
+  check_like_cpu([&] {
+    DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
+    DV365_CHECK(n >= 0, op, "n must be >= 0, got ", n);
+    DV365_CHECK(grad.dim() >= 1, op, "grad must have at least 1 dimension, got a 0-d tensor");
+    DV365_CHECK(grad.size(-1) == ceil_div(n, stride), op, "grad must have ceil(n / stride) = ", ceil_div(n, stride),
+                " entries on its last axis, got ", grad.size(-1));
+    DV365_CHECK(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
+  }, [&] {
+    rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t, c10::SymInt)>("dv365::token_pool_backward", grad.cpu(), stride,
+                                                                       c10::SymInt(n));
+  });
   const c10::cuda::CUDAGuard guard(grad.device());
   const int64_t n_out = grad.size(-1);
   auto sizes = grad.sizes().vec();
@@ -79,8 +96,13 @@ at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int6
   const int64_t rows = out.numel() / n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "token_pool_backward_cuda", [&] {
     using acc_t = typename AccType<scalar_t>::type;
-    token_pool_backward_kernel<scalar_t, acc_t><<<grid_for(rows * n), 256, 0, current_stream()>>>(
-        g.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
+    if (fits_u32(out.numel() + 256LL * 132 * 64)) {
+      token_pool_backward_kernel<scalar_t, acc_t, uint32_t><<<grid_for(rows * n), 256, 0, current_stream()>>>(
+          g.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
+    } else {
+      token_pool_backward_kernel<scalar_t, acc_t, int64_t><<<grid_for(rows * n), 256, 0, current_stream()>>>(
+          g.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
