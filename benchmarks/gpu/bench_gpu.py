@@ -189,6 +189,17 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
             torch.testing.assert_close(pooled.float(), expected[0].float(), atol=tol, rtol=tol)
         ms = bench(lambda: op(*args))
         results[impl] = record("sliced_pool fwd", case, impl, ms, floor, copy_gbs, users_per_s=b / ms * 1e3)
+    if batch == 32 and dtype == torch.float32:
+        # kernel shape sweep (DV365_SP_THREADS / DV365_SP_CHUNK, read per call); the default row is above
+        import os
+
+        for threads, chunk in ((256, 2048), (128, 1024), (256, 4096), (128, 4096)):
+            os.environ["DV365_SP_THREADS"], os.environ["DV365_SP_CHUNK"] = str(threads), str(chunk)
+            ms = bench(lambda: ops.sliced_pool(*args))
+            record("sliced_pool fwd", case, f"dv365 cuda ({threads} thr, {chunk} ev/CTA)", ms, floor, copy_gbs,
+                   users_per_s=b / ms * 1e3, sweep=True)
+        os.environ.pop("DV365_SP_THREADS")
+        os.environ.pop("DV365_SP_CHUNK")
     pooled, wsum = ops.sliced_pool(*args)
     grad = torch.randn_like(pooled)
     rest = args[1:]

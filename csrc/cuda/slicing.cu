@@ -25,7 +25,7 @@ namespace dv365::cuda {
 namespace {
 
 constexpr int kMaxTables = 32;
-constexpr int kThreads = 128;  // = the D tile: one column per thread
+constexpr int kMaxThreads = 256;  // a CTA has 128 or 256 threads = its D tile: one column per thread
 constexpr int kSub = 32;       // events per membership step
 
 struct SliceProg {
@@ -189,7 +189,7 @@ __global__ void plan_kernel(const int64_t* __restrict__ pi, int64_t s_count, int
 }
 
 // ---- the membership step shared by the forward and backward kernels ----
-constexpr int kWarps = kThreads / 32;
+constexpr int kMaxWarps = kMaxThreads / 32;
 constexpr int kMaxCatFields = 16;  // an event's categorical values are staged in shared memory up to this many
 
 // The part of a slice's predicate other than its window: slices that differ only in the window (W40K has four
@@ -216,9 +216,9 @@ struct Shared {
   float w[kSub][kWords * 32];       // weight of each (event, slice), 0 when not kept
   int64_t row[kSub];                // the event's row in the group's table
   int32_t touched[kWords * 32];
-  float uw[kWarps][kWords * 32];    // per warp: weight of each distinct predicate for the current event
-  uint32_t ubits[kWarps][kWords];   // per warp: which distinct predicates keep the current event
-  int32_t cat[kWarps][kMaxCatFields];
+  float uw[kMaxWarps][kWords * 32];    // per warp: weight of each distinct predicate for the current event
+  uint32_t ubits[kMaxWarps][kWords];   // per warp: which distinct predicates keep the current event
+  int32_t cat[kMaxWarps][kMaxCatFields];
 };
 
 // The slice predicate without the window (dv365_ops/program.py), given the event's staged categorical values.
@@ -258,14 +258,14 @@ __device__ __forceinline__ bool predicate_keep(const SliceProg& p, const Event& 
 
 // One warp per event: lanes evaluate the distinct predicates, then every slice combines its predicate's
 // result with its window; a ballot gives the event's membership mask.
-template <int kWords>
+template <int kWords, int kThreads>
 __device__ __forceinline__ void membership(Shared<kWords>& sh, const Timeline& tl, int64_t gcount, int64_t e_begin,
                                            int64_t e_end, int64_t request_ts, const int64_t* __restrict__ ids,
                                            int64_t num_rows, float (&wsum)[kWords], int32_t* flag) {
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   const int num_unique = sh.num_unique;
-  for (int el = warp; el < kSub; el += kWarps) {
+  for (int el = warp; el < kSub; el += kThreads / 32) {
     const int64_t e = e_begin + el;
     bool ok = e < e_end;
     Event ev{};
@@ -315,7 +315,7 @@ __device__ __forceinline__ void membership(Shared<kWords>& sh, const Timeline& t
 }
 
 // Loads the group's slices and finds their distinct predicates. Ends with a barrier.
-template <int kWords>
+template <int kWords, int kThreads>
 __device__ __forceinline__ void load_group(Shared<kWords>& sh, const int64_t* __restrict__ plan, int64_t s_count,
                                            int64_t start, int64_t gcount, const int64_t* __restrict__ pi,
                                            const double* __restrict__ pf) {
@@ -377,7 +377,7 @@ __device__ __forceinline__ void chunk_range(const Timeline& tl, const Grid& gr, 
   hi = min(uhi, lo + step);
 }
 
-template <typename scalar_t, typename acc_t, int kWords>
+template <typename scalar_t, typename acc_t, int kWords, int kThreads>
 __global__ void __launch_bounds__(kThreads) sliced_pool_kernel(Timeline tl, TableSet ts, const int64_t* __restrict__ pi,
                                                                const double* __restrict__ pf,
                                                                const int64_t* __restrict__ plan, Grid gr,
@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kThreads) sliced_pool_kernel(Timeline tl, Tabl
   chunk_range(tl, gr, b, chunk, lo, hi);
   if (lo >= hi) return;
   for (int i = threadIdx.x; i < kWords * 32 * kThreads; i += kThreads) acc[i] = 0;
-  load_group(sh, plan, gr.s_count, start, gcount, pi, pf);
+  load_group<kWords, kThreads>(sh, plan, gr.s_count, start, gcount, pi, pf);
   const int64_t col = ct * kThreads + threadIdx.x;
   const bool has_col = col < gr.d;
   const scalar_t* table = static_cast<const scalar_t*>(ts.table[t]);
@@ -406,7 +406,7 @@ __global__ void __launch_bounds__(kThreads) sliced_pool_kernel(Timeline tl, Tabl
   float wsum[kWords] = {};
   __syncthreads();
   for (int64_t e0 = lo; e0 < hi; e0 += kSub) {
-    membership<kWords>(sh, tl, gcount, e0, hi, request_ts, ts.ids[t], ts.rows[t], wsum, flag);
+    membership<kWords, kThreads>(sh, tl, gcount, e0, hi, request_ts, ts.ids[t], ts.rows[t], wsum, flag);
     __syncthreads();
     acc_t x[kSub];
 #pragma unroll
@@ -468,7 +468,7 @@ __global__ void sliced_pool_finalize_kernel(const acc_t* __restrict__ num, const
 
 // Backward. kRows: grid.y = table, each CTA walks the table's groups and writes rows[e] for every event of its
 // chunk (no atomics). Dense: grid.y = group, atomics into the table's accumulation buffer.
-template <bool kRows, typename scalar_t, typename acc_t, int kWords>
+template <bool kRows, typename scalar_t, typename acc_t, int kWords, int kThreads>
 __global__ void __launch_bounds__(kThreads) sliced_pool_backward_kernel(
     Timeline tl, TableSet ts, const int64_t* __restrict__ pi, const double* __restrict__ pf,
     const int64_t* __restrict__ plan, Grid gr, const scalar_t* __restrict__ grad, const float* __restrict__ weight_sum,
@@ -509,7 +509,7 @@ __global__ void __launch_bounds__(kThreads) sliced_pool_backward_kernel(
     const int64_t gcount = gt[2 * gr.num_groups + group];
     const int64_t start = gt[gr.num_groups + group];
     __syncthreads();
-    load_group(sh, plan, gr.s_count, start, gcount, pi, pf);
+    load_group<kWords, kThreads>(sh, plan, gr.s_count, start, gcount, pi, pf);
     for (int s = 0; s < kWords * 32; ++s) {
       acc_t v = 0;
       if (s < gcount && has_col) {
@@ -521,7 +521,7 @@ __global__ void __launch_bounds__(kThreads) sliced_pool_backward_kernel(
     }
     for (int64_t e0 = lo; e0 < hi; e0 += kSub) {
       __syncthreads();
-      membership<kWords>(sh, tl, gcount, e0, hi, request_ts, ts.ids[t], ts.rows[t], wsum_unused, flag);
+      membership<kWords, kThreads>(sh, tl, gcount, e0, hi, request_ts, ts.ids[t], ts.rows[t], wsum_unused, flag);
       __syncthreads();
       if (!has_col) continue;
       for (int u = 0; u < kSub; ++u) {
@@ -767,10 +767,11 @@ struct Plan {
   at::Tensor plan;
   Grid grid;
   int words;
+  int threads;
 };
 
 // Builds the slice plan on the device (no host synchronization, so the forward can be captured in a graph).
-Plan make_plan(const Inputs& in, int64_t t_count, int64_t d, const at::Tensor& flag) {
+Plan make_plan(const Inputs& in, int64_t t_count, int64_t d, int64_t acc_bytes, const at::Tensor& flag) {
   Plan p;
   const int64_t per_table = ceil_div(std::max<int64_t>(in.s, 1), t_count);
   p.words = static_cast<int>(std::clamp<int64_t>(ceil_div(per_table, 32), 1, 4));
@@ -784,20 +785,33 @@ Plan make_plan(const Inputs& in, int64_t t_count, int64_t d, const at::Tensor& f
   const int64_t target = env_int("DV365_SP_CHUNK", 2048);
   const int64_t avg = in.b ? ceil_div(in.n, in.b) : 0;
   p.grid.chunks = std::max<int64_t>(1, ceil_div(avg, target));
-  p.grid.col_tiles = std::max<int64_t>(1, ceil_div(d, kThreads));
+  // 128 threads (two D tiles for D = 256, so several CTAs per SM overlap membership and gathers) unless
+  // DV365_SP_THREADS=256 (one tile: membership evaluated once per event, fewer CTAs per SM)
+  p.threads = env_int("DV365_SP_THREADS", 128) == 256 && p.words * 32 * 256 * acc_bytes <= 128 * 1024 ? 256 : 128;
+  p.grid.col_tiles = std::max<int64_t>(1, ceil_div(d, p.threads));
   p.grid.num_groups = ng;
   p.grid.s_count = in.s;
   p.grid.d = d;
   return p;
 }
 
-template <int kWords, typename F>
+template <int kThreads, typename F>
 void with_words(int words, F&& f) {
+  using T = std::integral_constant<int, kThreads>;
   switch (words) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    default: f(std::integral_constant<int, 4>{}); break;
+    case 1: f(std::integral_constant<int, 1>{}, T{}); break;
+    case 2: f(std::integral_constant<int, 2>{}, T{}); break;
+    case 3: f(std::integral_constant<int, 3>{}, T{}); break;
+    default: f(std::integral_constant<int, 4>{}, T{}); break;
+  }
+}
+
+template <typename F>
+void with_config(const Plan& p, F&& f) {
+  if (p.threads == 256) {
+    with_words<256>(p.words, f);
+  } else {
+    with_words<128>(p.words, f);
   }
 }
 
@@ -836,14 +850,15 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
   }
   auto num = at::zeros({in.b, in.s, d}, tables[0].options().dtype(acc_dtype));
   auto wacc = at::zeros({in.b, in.s}, tables[0].options().dtype(acc_dtype));
-  Plan p = make_plan(in, static_cast<int64_t>(tables.size()), d, flag);
+  Plan p = make_plan(in, static_cast<int64_t>(tables.size()), d, acc_dtype == at::kDouble ? 8 : 4, flag);
   auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sliced_pool_cuda", [&] {
     using acc_t = typename AccType<scalar_t>::type;
-    with_words<0>(p.words, [&](auto words) {
+    with_config(p, [&](auto words, auto threads) {
       constexpr int kWords = decltype(words)::value;
+      constexpr int kThreads = decltype(threads)::value;
       const size_t smem = sizeof(Shared<kWords>) + sizeof(acc_t) * kWords * 32 * kThreads;
-      auto kernel = sliced_pool_kernel<scalar_t, acc_t, kWords>;
+      auto kernel = sliced_pool_kernel<scalar_t, acc_t, kWords, kThreads>;
       set_smem(kernel, smem);
       const dim3 grid(static_cast<unsigned>(in.b * p.grid.chunks * p.grid.col_tiles),
                       static_cast<unsigned>(p.grid.num_groups));
@@ -928,16 +943,17 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
     for (int64_t t = 0; t < t_count; ++t) set.rows[t] = std::numeric_limits<int64_t>::max();
   }
   if (in.b > 0 && in.n > 0 && d > 0) {
-    Plan p = make_plan(in, t_count, d, flag);
+    Plan p = make_plan(in, t_count, d, acc_dtype == at::kDouble ? 8 : 4, flag);
     const at::Tensor g = grad.contiguous();
     const at::Tensor ws = weight_sum.contiguous();
     auto stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sliced_pool_backward_cuda", [&] {
       using acc_t = typename AccType<scalar_t>::type;
-      with_words<0>(p.words, [&](auto words) {
+      with_config(p, [&](auto words, auto threads) {
         constexpr int kWords = decltype(words)::value;
+        constexpr int kThreads = decltype(threads)::value;
         const size_t smem = sizeof(Shared<kWords>) + sizeof(acc_t) * kWords * 32 * kThreads;
-        auto kernel = sliced_pool_backward_kernel<kRows, scalar_t, acc_t, kWords>;
+        auto kernel = sliced_pool_backward_kernel<kRows, scalar_t, acc_t, kWords, kThreads>;
         set_smem(kernel, smem);
         const dim3 grid(static_cast<unsigned>(in.b * p.grid.chunks * p.grid.col_tiles),
                         static_cast<unsigned>(kRows ? t_count : p.grid.num_groups));
