@@ -1,5 +1,6 @@
 #!/bin/bash
-# The whole GPU check in one command: versions, build, the test suite on CUDA (native and Triton backends),
+# The whole GPU check in one command: versions, build, the test suite on CUDA (native and Triton backends;
+# pytest-xdist workers, so that a crashing test is reported and the rest still run),
 # compute-sanitizer memcheck and racecheck over every CUDA kernel, the benchmark. Logs go to $OUT (or ./gpu-out).
 #   STAGES="build test sanitize bench" TEST_ARGS="tests" bash benchmarks/gpu/run_h200.sh
 set -u
@@ -35,7 +36,7 @@ if [[ " $STAGES " == *" test "* ]]; then
   for backend in ${BACKENDS:-native triton}; do
     start=$(date +%s)
     DV365_BACKEND=$backend timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -p no:cacheprovider -o addopts="" -rfE \
-      --timeout 600 --junitxml="$OUT/junit_$backend.xml" $TEST_ARGS >"$OUT/pytest_$backend.log" 2>&1
+      -n ${PYTEST_WORKERS:-4} --timeout 600 --junitxml="$OUT/junit_$backend.xml" $TEST_ARGS >"$OUT/pytest_$backend.log" 2>&1
     rc=$?
     echo "pytest ($backend backend) rc=$rc in $(( $(date +%s) - start )) s: $(tail -1 "$OUT/pytest_$backend.log")" | tee -a "$OUT/versions.txt"
     grep -E "^(FAILED|ERROR)" "$OUT/pytest_$backend.log" | head -40

@@ -25,7 +25,6 @@ namespace dv365::cuda {
 namespace {
 
 constexpr int kMaxTables = 32;
-constexpr int kMaxThreads = 256;  // a CTA has 128 or 256 threads = its D tile: one column per thread
 constexpr int kSub = 32;       // events per membership step
 
 struct SliceProg {
@@ -189,83 +188,22 @@ __global__ void plan_kernel(const int64_t* __restrict__ pi, int64_t s_count, int
 }
 
 // ---- the membership step shared by the forward and backward kernels ----
-constexpr int kMaxWarps = kMaxThreads / 32;
-constexpr int kMaxCatFields = 16;  // an event's categorical values are staged in shared memory up to this many
-
-// The part of a slice's predicate other than its window: slices that differ only in the window (W40K has four
-// windows per filter) share it, so each distinct predicate is evaluated once per event.
-__device__ __forceinline__ bool same_predicate(const SliceProg& a, const SliceProg& b) {
-  bool same = a.flags == b.flags;
-#pragma unroll
-  for (int j = 0; j < prog::kNumCatFilters; ++j) same = same && a.field[j] == b.field[j] && a.mask[j] == b.mask[j];
-  const double* fa = &a.dwell_lo;
-  const double* fb = &b.dwell_lo;
-#pragma unroll
-  for (int j = 0; j < 7; ++j) same = same && __double_as_longlong(fa[j]) == __double_as_longlong(fb[j]);
-  return same;
-}
-
 template <int kWords>
 struct Shared {
   SliceProg prog[kWords * 32];
-  int64_t slice[kWords * 32];       // global slice index of each group slice
-  int32_t unique_of[kWords * 32];   // group slice -> its distinct predicate
-  int32_t rep[kWords * 32];         // distinct predicate -> a group slice that has it
-  int32_t num_unique;
-  uint32_t mask[kSub][kWords];      // member slices of each event in the sub-chunk
-  float w[kSub][kWords * 32];       // weight of each (event, slice), 0 when not kept
-  int64_t row[kSub];                // the event's row in the group's table
+  int64_t slice[kWords * 32];      // global slice index of each group slice
+  uint32_t mask[kSub][kWords];     // member slices of each event in the sub-chunk
+  float w[kSub][kWords * 32];      // weight of each (event, slice), 0 when not kept
+  int64_t row[kSub];               // the event's row in the group's table
   int32_t touched[kWords * 32];
-  float uw[kMaxWarps][kWords * 32];    // per warp: weight of each distinct predicate for the current event
-  uint32_t ubits[kMaxWarps][kWords];   // per warp: which distinct predicates keep the current event
-  int32_t cat[kMaxWarps][kMaxCatFields];
 };
 
-// The slice predicate without the window (dv365_ops/program.py), given the event's staged categorical values.
-__device__ __forceinline__ bool predicate_keep(const SliceProg& p, const Event& ev, const Timeline& tl, int64_t e,
-                                               const int32_t* cat, float& w, int32_t* flag) {
-  w = 1.f;
-#pragma unroll
-  for (int j = 0; j < prog::kNumCatFilters; ++j) {
-    const int64_t field = p.field[j];
-    if (field < 0) continue;
-    if (tl.cat_fields == 0) return false;
-    const int64_t f = min(field, tl.cat_fields - 1);
-    const int64_t v = tl.cat_fields <= kMaxCatFields ? cat[f] : load_cat(tl, f, e);
-    if (v < 0 || v > prog::kMaxCatValue) {
-      set_error(flag, kCatOutOfRange);
-      return false;
-    }
-    if (((p.mask[j] >> v) & 1) == 0) return false;
-  }
-  const int64_t flags = p.flags;
-  if (tl.float_bytes == 0) return (flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) == 0;
-  if (flags & prog::kDwellFilter) {
-    if (!(ev.dwell >= p.dwell_lo && ev.dwell <= p.dwell_hi)) return false;
-  }
-  if (flags & prog::kRatioFilter) {
-    const double r = ev.dwell / (p.beta == 1.0 ? ev.dur : pow(ev.dur, p.beta));  // pow(x, 1) == x exactly
-    if (!(r >= p.ratio_lo && r <= p.ratio_hi)) return false;
-  }
-  if (flags & prog::kWeighted) {
-    const double den = log1p(p.gamma * ev.dur);
-    const double s = log1p(ev.dwell) / den;
-    if (!(den > 0 && s > p.s0)) return false;
-    w = static_cast<float>(s);
-  }
-  return true;
-}
-
-// One warp per event: lanes evaluate the distinct predicates, then every slice combines its predicate's
-// result with its window; a ballot gives the event's membership mask.
 template <int kWords, int kThreads>
 __device__ __forceinline__ void membership(Shared<kWords>& sh, const Timeline& tl, int64_t gcount, int64_t e_begin,
                                            int64_t e_end, int64_t request_ts, const int64_t* __restrict__ ids,
                                            int64_t num_rows, float (&wsum)[kWords], int32_t* flag) {
   const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  const int num_unique = sh.num_unique;
-  for (int el = warp; el < kSub; el += kThreads / 32) {
+  for (int el = threadIdx.x / 32; el < kSub; el += kThreads / 32) {
     const int64_t e = e_begin + el;
     bool ok = e < e_end;
     Event ev{};
@@ -277,44 +215,26 @@ __device__ __forceinline__ void membership(Shared<kWords>& sh, const Timeline& t
         ok = false;
       } else {
         ev = load_event(tl, e, request_ts);
-        if (lane < tl.cat_fields && lane < kMaxCatFields) sh.cat[warp][lane] = static_cast<int32_t>(load_cat(tl, lane, e));
       }
     }
-    __syncwarp();
-#pragma unroll
-    for (int k = 0; k < kWords; ++k) {
-      const int u = k * 32 + lane;
-      float w = 0.f;
-      bool keep = false;
-      if (ok && u < num_unique) keep = predicate_keep(sh.prog[sh.rep[u]], ev, tl, e, sh.cat[warp], w, flag);
-      const uint32_t bits = __ballot_sync(0xffffffffu, keep);
-      sh.uw[warp][u] = w;
-      if (lane == 0) sh.ubits[warp][k] = bits;
-    }
-    __syncwarp();
 #pragma unroll
     for (int k = 0; k < kWords; ++k) {
       const int s = k * 32 + lane;
       float w = 0.f;
       bool keep = false;
-      if (ok && s < gcount) {
-        const int u = sh.unique_of[s];
-        const SliceProg& p = sh.prog[s];
-        keep = ((sh.ubits[warp][u / 32] >> (u % 32)) & 1u) && ev.dt > p.win_lo && ev.dt <= p.win_hi;
-        w = keep ? sh.uw[warp][u] : 0.f;
-      }
+      if (ok && s < gcount) keep = slice_keep(sh.prog[s], ev, tl, e, w, flag);
       const uint32_t bits = __ballot_sync(0xffffffffu, keep);
+      w = keep ? w : 0.f;
       sh.w[el][s] = w;
       wsum[k] += w;
       if (keep) sh.touched[s] = 1;
       if (lane == 0) sh.mask[el][k] = bits;
     }
     if (lane == 0) sh.row[el] = ok ? id : 0;
-    __syncwarp();
   }
 }
 
-// Loads the group's slices and finds their distinct predicates. Ends with a barrier.
+// Loads the group's slices. Ends with a barrier.
 template <int kWords, int kThreads>
 __device__ __forceinline__ void load_group(Shared<kWords>& sh, const int64_t* __restrict__ plan, int64_t s_count,
                                            int64_t start, int64_t gcount, const int64_t* __restrict__ pi,
@@ -326,30 +246,6 @@ __device__ __forceinline__ void load_group(Shared<kWords>& sh, const int64_t* __
       sh.prog[s] = load_prog(pi, pf, sg);
     }
     sh.touched[s] = 0;
-  }
-  __syncthreads();
-  for (int s = threadIdx.x; s < gcount; s += kThreads) {
-    int first = s;
-    for (int o = 0; o < s; ++o) {
-      if (same_predicate(sh.prog[o], sh.prog[s])) {
-        first = o;
-        break;
-      }
-    }
-    sh.unique_of[s] = first;  // temporarily: the first slice with this predicate
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int u = 0;
-    for (int s = 0; s < gcount; ++s) {
-      if (sh.unique_of[s] == s) {
-        sh.rep[u] = s;
-        sh.unique_of[s] = u++;
-      } else {
-        sh.unique_of[s] = sh.unique_of[sh.unique_of[s]];
-      }
-    }
-    sh.num_unique = u;
   }
   __syncthreads();
 }
