@@ -1,3 +1,140 @@
-"""(to be written)"""
+"""Jagged weighted mean pooling: ``out[m] = Σ_i w_i · table[ids_i] / Σ_i w_i`` over each bag (DESIGN §2).
 
-__all__: list[str] = []
+This is the pooling of the paper's §2 slices (each slice of a user's history pools to one embedding); the
+semantics are :func:`dv365_ops.reference.jagged_mean_pool`. The ops are ``dv365::jagged_mean_pool`` and its
+two backward ops (dense table gradient, or per-event rows for a sparse COO gradient like
+``nn.EmbeddingBag(sparse=True)``); this module adds their fake impls and autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+
+__all__ = ["jagged_mean_pool"]
+
+_FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def jagged_mean_pool(
+    table: torch.Tensor,
+    ids: torch.Tensor,
+    offsets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    *,
+    sparse: bool = False,
+) -> torch.Tensor:
+    """Weighted mean of ``table`` rows per bag.
+
+    Args:
+        table: ``[R, D]`` float32, bfloat16, float16 or float64.
+        ids: ``[N]`` int64 row ids, in ``[0, R)``.
+        offsets: ``[M + 1]`` int64, bag ``m`` is ``ids[offsets[m]:offsets[m + 1]]``.
+        weights: optional ``[N]`` non-negative finite per-event weights (any float dtype; the op
+            accumulates in float32, float64 for a float64 table).
+        sparse: give ``table`` a sparse COO gradient (one row per event, uncoalesced) instead of a
+            dense ``[R, D]`` one.
+
+    Returns:
+        ``[M, D]`` in the table's dtype; an empty bag, or one whose weights sum to 0, pools to zeros.
+    """
+    return _backend.resolve("jagged_mean_pool", table.device)(table, ids, offsets, weights, sparse)
+
+
+def _check(op: str, cond: bool, message: str) -> None:
+    if not cond:
+        raise RuntimeError(f"dv365::{op}: {message}")
+
+
+def _check_jagged(op: str, ids, offsets, weights, dense, dense_name: str) -> None:
+    """The metadata checks of the compiled kernels (csrc/cpu/jagged_pool.cpp), with the same messages."""
+    _check(op, dense.dim() == 2, f"{dense_name} must be 2-D [rows, D], got {dense.dim()}-D")
+    _check(op, dense.dtype in _FLOAT_TYPES,
+           f"{dense_name} must be float32, bfloat16, float16 or float64, got {dense.dtype}")
+    _check(op, ids.dim() == 1, f"ids must be 1-D, got {ids.dim()}-D")
+    _check(op, ids.dtype == torch.int64, f"ids must be int64, got {ids.dtype}")
+    _check(op, offsets.dim() == 1, f"offsets must be 1-D, got {offsets.dim()}-D")
+    _check(op, offsets.dtype == torch.int64, f"offsets must be int64, got {offsets.dtype}")
+    _check(op, offsets.shape[0] >= 1, "offsets must have at least one element (offsets[0] == 0)")
+    _check(op, ids.device == dense.device,
+           f"ids must be on the same device as {dense_name} ({dense.device}), got {ids.device}")
+    _check(op, offsets.device == dense.device,
+           f"offsets must be on the same device as {dense_name} ({dense.device}), got {offsets.device}")
+    if weights is not None:
+        _check(op, weights.dim() == 1 and weights.shape[0] == ids.shape[0],
+               f"weights must have shape [N] = [{ids.shape[0]}] like ids, got {list(weights.shape)}")
+        _check(op, weights.dtype in _FLOAT_TYPES,
+               f"weights must be float32, float64, bfloat16 or float16, got {weights.dtype}")
+        _check(op, weights.device == dense.device,
+               f"weights must be on the same device as {dense_name} ({dense.device}), got {weights.device}")
+
+
+@torch.library.register_fake("dv365::jagged_mean_pool")
+def _fake_jagged_mean_pool(table, ids, offsets, weights=None, sparse=False):
+    _check_jagged("jagged_mean_pool", ids, offsets, weights, table, "table")
+    return table.new_empty(offsets.shape[0] - 1, table.shape[1])
+
+
+@torch.library.register_fake("dv365::jagged_mean_pool_backward")
+def _fake_jagged_mean_pool_backward(grad, ids, offsets, weights, num_rows):
+    op = "jagged_mean_pool_backward"
+    _check_jagged(op, ids, offsets, weights, grad, "grad")
+    torch._check(grad.shape[0] == offsets.shape[0] - 1,
+                 lambda: f"dv365::{op}: grad must have one row per bag ({offsets.shape[0] - 1}), got {grad.shape[0]}")
+    torch._check(num_rows >= 0, lambda: f"dv365::{op}: num_rows must be non-negative, got {num_rows}")
+    return grad.new_empty(num_rows, grad.shape[1])
+
+
+@torch.library.register_fake("dv365::jagged_mean_pool_backward_rows")
+def _fake_jagged_mean_pool_backward_rows(grad, ids, offsets, weights):
+    op = "jagged_mean_pool_backward_rows"
+    _check_jagged(op, ids, offsets, weights, grad, "grad")
+    torch._check(grad.shape[0] == offsets.shape[0] - 1,
+                 lambda: f"dv365::{op}: grad must have one row per bag ({offsets.shape[0] - 1}), got {grad.shape[0]}")
+    return grad.new_empty(ids.shape[0], grad.shape[1])
+
+
+def _setup_context_jagged_mean_pool(ctx, inputs, output):
+    table, ids, offsets, weights, sparse = inputs
+    ctx.sparse = sparse
+    ctx.num_rows = table.shape[0]
+    weights_grad = weights is not None and weights.requires_grad
+    # the table and the output are only needed for the weights' gradient
+    ctx.save_for_backward(ids, offsets, weights, table if weights_grad else None, output if weights_grad else None)
+
+
+def _weights_grad(grad, table, ids, offsets, weights, out):
+    """``d out_m / d w_i = (e_i - out_m) / Σ_bag w``, contracted with ``grad[m]`` (0 for a zero-sum bag)."""
+    acc = torch.float64 if table.dtype == torch.float64 else torch.float32
+    m = offsets.shape[0] - 1
+    bag = torch.repeat_interleave(torch.arange(m, device=ids.device), offsets.diff(), output_size=ids.shape[0])
+    w = weights.to(acc)
+    den = torch.zeros(m, dtype=acc, device=w.device).index_add_(0, bag, w)
+    inv = torch.where(den > 0, 1.0 / den.clamp_min(torch.finfo(acc).tiny), 0.0)
+    diff = table.index_select(0, ids).to(acc) - out.to(acc).index_select(0, bag)
+    return ((grad.to(acc).index_select(0, bag) * diff).sum(1) * inv.index_select(0, bag)).to(weights.dtype)
+
+
+def _backward_jagged_mean_pool(ctx, grad):
+    ids, offsets, weights, table, out = ctx.saved_tensors
+    grad_table = grad_weights = None
+    if ctx.needs_input_grad[0]:
+        if ctx.sparse:
+            rows = _backend.resolve("jagged_mean_pool_backward_rows", grad.device)(grad, ids, offsets, weights)
+            # ids were checked against the table by the forward
+            grad_table = torch.sparse_coo_tensor(
+                ids[None], rows, (ctx.num_rows, grad.shape[1]), check_invariants=False
+            )
+        else:
+            grad_table = _backend.resolve("jagged_mean_pool_backward", grad.device)(
+                grad, ids, offsets, weights, ctx.num_rows
+            )
+    if weights is not None and ctx.needs_input_grad[3]:
+        grad_weights = _weights_grad(grad, table, ids, offsets, weights, out)
+    return grad_table, None, None, grad_weights, None
+
+
+torch.library.register_autograd(
+    "dv365::jagged_mean_pool", _backward_jagged_mean_pool, setup_context=_setup_context_jagged_mean_pool
+)

@@ -88,7 +88,7 @@ def int4_dequantize(
     codes = packed[:, : packed.shape[1] - tail_bytes]
     tail = packed[:, packed.shape[1] - tail_bytes :].contiguous(memory_format=torch.contiguous_format).clone(memory_format=torch.contiguous_format)
     sb = (tail.view(torch.float16) if half_scale_bias else tail.view(torch.float32)).float()
-    q = torch.stack([codes & 0xF, codes >> 4], 2).reshape(packed.shape[0], -1).float()
+    q = torch.stack([codes & 0xF, codes >> 4], 2).reshape(packed.shape[0], 2 * codes.shape[1]).float()
     return (q * sb[:, :1] + sb[:, 1:]).to(dtype or torch.float32)
 
 

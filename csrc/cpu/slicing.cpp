@@ -1,5 +1,737 @@
+// CPU kernels of the multi-slicing ops (paper eq. 2-6; semantics: dv365_ops/reference.py, program layout:
+// dv365_ops/program.py): slice_timeline, the fused sliced_pool and its two backward ops.
+//
+// How the program is evaluated. Slices that differ only in their time window form a group (same table,
+// categorical filters, float filters and weight). Per event, the categorical filters of all groups are a
+// few 64-bit ANDs of precomputed "groups accepting value v of field f" bitsets, and the float predicates
+// run only for groups still alive. Windows are contiguous event ranges of a user's ascending timeline
+// (binary search), so a user's events split into segments that lie wholly inside or outside every
+// window; per segment each group accumulates once and hands its sum to its slices at the segment end.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <type_traits>
+#include <vector>
 
 #include "../dv365.h"
 
-TORCH_LIBRARY_IMPL(dv365, CPU, m) {}
+namespace dv365 {
+namespace {
+
+struct Group {
+  int64_t table = 0;
+  int64_t flags = 0;
+  double dwell_lo = 0, dwell_hi = 0, ratio_lo = 0, ratio_hi = 0, beta = 0, gamma = 0, s0 = 0;
+  int64_t beta_idx = 0, gamma_idx = 0;
+  std::vector<int64_t> slices;
+};
+
+struct Program {
+  int64_t S = 0, G = 0, W = 1;
+  std::vector<int64_t> slice_group, win_lo, win_hi;
+  std::vector<Group> groups;
+  std::vector<int64_t> gtable;
+  std::vector<int64_t> used_tables;  // tables some slice pools, ascending
+  std::vector<int64_t> cat_fields;  // the fields some group filters on
+  std::vector<uint64_t> cat_pass;   // [cat_fields][64 values][W]: groups accepting the value
+  std::vector<uint64_t> float_groups;
+  std::vector<double> betas, gammas;
+  bool has_float_groups = false;
+};
+
+struct Timeline {
+  int64_t B = 0, N = 0, C = 0;
+  const int64_t* offsets = nullptr;
+  const int64_t* ts = nullptr;
+  const int64_t* request_ts = nullptr;
+  const uint8_t* cats = nullptr;  // [C, N]
+  const float* dur = nullptr;     // null without float fields
+  const float* dwell = nullptr;
+  std::vector<const int64_t*> ids;
+  std::vector<at::Tensor> holders;  // keeps contiguous copies alive
+};
+
+template <typename scalar_t>
+struct TableView {
+  std::vector<const scalar_t*> ptr;
+  std::vector<int64_t> row_stride;
+  int64_t D = 0;
+};
+
+struct EvalScratch {
+  std::vector<uint64_t> pass;
+  std::vector<float> weight;
+  std::vector<double> ratio, denom;
+  std::vector<int64_t> ratio_at, denom_at;
+  explicit EvalScratch(const Program& p)
+      : pass(p.W), weight(p.G, 1.0f), ratio(p.betas.size()), denom(p.gammas.size()),
+        ratio_at(p.betas.size(), -1), denom_at(p.gammas.size(), -1) {}
+};
+
+template <typename acc_t>
+struct PoolScratch {
+  std::vector<acc_t> gacc, rowbuf;
+  std::vector<double> gw;
+  std::vector<uint64_t> touched;
+  PoolScratch(const Program& p, int64_t D) : gacc(p.G * D), rowbuf(D), gw(p.G), touched(p.W) {}
+};
+
+// A user's event range [lo, hi) split at every window boundary; segment k = [bounds[k], bounds[k+1]).
+struct Segments {
+  std::vector<int64_t> bounds;
+  std::vector<uint64_t> active;  // [segments][W]: groups with a slice whose window covers the segment
+  std::vector<char> any_active;
+  std::vector<int64_t> gs_off;  // [segments][G + 1] into gs: those slices, by group
+  std::vector<int64_t> gs;
+  std::vector<int64_t> win_a, win_z;
+};
+
+struct Task {
+  int64_t b, lo, hi, slot;  // slot >= 0: a part of a split user, accumulated into partial `slot`
+};
+
+namespace base {
+#include "slicing_kernels.inc"
+}  // namespace base
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DV365_SLICING_AVX2 1
+namespace avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include "slicing_kernels.inc"
+#pragma GCC pop_options
+}  // namespace avx2
+#endif
+
+bool use_avx2() {
+#ifdef DV365_SLICING_AVX2
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Calls avx2::<call> when the CPU has AVX2 and FMA, else base::<call>.
+#ifdef DV365_SLICING_AVX2
+#define DV365_ISA_CALL(...) (use_avx2() ? avx2::__VA_ARGS__ : base::__VA_ARGS__)
+#else
+#define DV365_ISA_CALL(...) base::__VA_ARGS__
+#endif
+
+uint64_t bits_of(double v) {
+  uint64_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
+
+// Checks the program against a timeline with T tables, C categorical and F float rows, and groups it.
+Program compile_program(const char* op, const at::Tensor& prog_i_in, const at::Tensor& prog_f_in, int64_t T, int64_t C,
+                        int64_t F) {
+  DV365_CHECK(prog_i_in.dim() == 2 && prog_i_in.size(1) == prog::kNumInt && prog_i_in.scalar_type() == at::kLong, op,
+              "prog_i must be an int64 tensor of shape [S, ", int64_t(prog::kNumInt), "], got ", prog_i_in.scalar_type(),
+              " ", prog_i_in.sizes());
+  const int64_t S = prog_i_in.size(0);
+  DV365_CHECK(prog_f_in.dim() == 2 && prog_f_in.size(0) == S && prog_f_in.size(1) == prog::kNumFloat &&
+                  prog_f_in.scalar_type() == at::kDouble,
+              op, "prog_f must be a float64 tensor of shape [S=", S, ", ", int64_t(prog::kNumFloat), "], got ",
+              prog_f_in.scalar_type(), " ", prog_f_in.sizes());
+  DV365_CHECK(prog_i_in.device().is_cpu() && prog_f_in.device().is_cpu(), op, "prog_i and prog_f must be CPU tensors");
+  const at::Tensor prog_i = prog_i_in.contiguous(), prog_f = prog_f_in.contiguous();
+  const int64_t* pi = prog_i.data_ptr<int64_t>();
+  const double* pf = prog_f.data_ptr<double>();
+
+  Program p;
+  p.S = S;
+  p.slice_group.resize(S);
+  p.win_lo.resize(S);
+  p.win_hi.resize(S);
+  std::map<std::vector<uint64_t>, std::vector<int64_t>> by_key;  // ordered by table first
+  std::vector<std::vector<std::pair<int64_t, uint64_t>>> masks(S);
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t* r = pi + s * prog::kNumInt;
+    const double* f = pf + s * prog::kNumFloat;
+    DV365_CHECK(r[prog::kTable] >= 0 && r[prog::kTable] < T, op, "prog_i[", s, ", TABLE] = ", r[prog::kTable],
+                " is out of range for ", T, " tables");
+    const int64_t flags = r[prog::kFlags];
+    DV365_CHECK(flags >= 0 && flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter), op, "prog_i[", s,
+                ", FLAGS] = ", flags, " has unknown bits (WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4)");
+    DV365_CHECK(flags == 0 || F >= 2, op, "floats has ", F, " rows but slice ", s,
+                " uses dwell, ratio or weight (needs rows video_duration, dwell_time)");
+    // one combined mask per field: two filters on one field must both accept the value
+    std::map<int64_t, uint64_t> per_field;
+    const int64_t field_cols[3] = {prog::kCatField0, prog::kCatField1, prog::kCatField2};
+    const int64_t mask_cols[3] = {prog::kCatMask0, prog::kCatMask1, prog::kCatMask2};
+    for (int j = 0; j < prog::kNumCatFilters; ++j) {
+      const int64_t field = r[field_cols[j]];
+      if (field < 0) continue;
+      DV365_CHECK(field < C, op, "prog_i[", s, ", CAT_FIELD", j, "] = ", field, " is out of range for cats with ", C,
+                  " rows");
+      auto it = per_field.find(field);
+      const uint64_t m = static_cast<uint64_t>(r[mask_cols[j]]);
+      per_field[field] = it == per_field.end() ? m : (it->second & m);
+    }
+    std::vector<uint64_t> key = {static_cast<uint64_t>(r[prog::kTable]), static_cast<uint64_t>(flags)};
+    for (const auto& [field, m] : per_field) {
+      key.push_back(static_cast<uint64_t>(field));
+      key.push_back(m);
+      masks[s].emplace_back(field, m);
+    }
+    key.push_back(~uint64_t{0});
+    if (flags & prog::kDwellFilter) key.insert(key.end(), {bits_of(f[prog::kDwellLo]), bits_of(f[prog::kDwellHi])});
+    if (flags & prog::kRatioFilter)
+      key.insert(key.end(), {bits_of(f[prog::kRatioLo]), bits_of(f[prog::kRatioHi]), bits_of(f[prog::kBeta])});
+    if (flags & prog::kWeighted) key.insert(key.end(), {bits_of(f[prog::kGamma]), bits_of(f[prog::kS0])});
+    by_key[key].push_back(s);
+    p.win_lo[s] = r[prog::kWinLo];
+    p.win_hi[s] = r[prog::kWinHi];
+  }
+  p.G = static_cast<int64_t>(by_key.size());
+  p.W = std::max<int64_t>(1, (p.G + 63) / 64);
+  p.float_groups.assign(p.W, 0);
+  std::map<uint64_t, int64_t> beta_idx, gamma_idx;
+  std::vector<char> field_used(C, 0);
+  for (const auto& [key, slices] : by_key) {
+    const int64_t g = static_cast<int64_t>(p.groups.size());
+    const int64_t s = slices.front();
+    const double* f = pf + s * prog::kNumFloat;
+    Group q;
+    q.table = pi[s * prog::kNumInt + prog::kTable];
+    q.flags = pi[s * prog::kNumInt + prog::kFlags];
+    q.dwell_lo = f[prog::kDwellLo];
+    q.dwell_hi = f[prog::kDwellHi];
+    q.ratio_lo = f[prog::kRatioLo];
+    q.ratio_hi = f[prog::kRatioHi];
+    q.beta = f[prog::kBeta];
+    q.gamma = f[prog::kGamma];
+    q.s0 = f[prog::kS0];
+    if (q.flags & prog::kRatioFilter) {
+      auto [it, fresh] = beta_idx.emplace(bits_of(q.beta), static_cast<int64_t>(p.betas.size()));
+      if (fresh) p.betas.push_back(q.beta);
+      q.beta_idx = it->second;
+    }
+    if (q.flags & prog::kWeighted) {
+      auto [it, fresh] = gamma_idx.emplace(bits_of(q.gamma), static_cast<int64_t>(p.gammas.size()));
+      if (fresh) p.gammas.push_back(q.gamma);
+      q.gamma_idx = it->second;
+    }
+    if (q.flags) {
+      p.float_groups[g / 64] |= uint64_t{1} << (g % 64);
+      p.has_float_groups = true;
+    }
+    q.slices = slices;
+    for (int64_t sl : slices) {
+      p.slice_group[sl] = g;
+      for (const auto& fm : masks[sl]) field_used[fm.first] = 1;
+    }
+    p.gtable.push_back(q.table);
+    p.groups.push_back(std::move(q));
+  }
+  for (int64_t field = 0; field < C; ++field)
+    if (field_used[field]) p.cat_fields.push_back(field);
+  for (int64_t t : p.gtable)
+    if (p.used_tables.empty() || p.used_tables.back() != t) p.used_tables.push_back(t);
+  p.cat_pass.assign(p.cat_fields.size() * 64 * p.W, 0);
+  for (size_t i = 0; i < p.cat_fields.size(); ++i) {
+    for (int64_t g = 0; g < p.G; ++g) {
+      uint64_t accept = ~uint64_t{0};
+      for (const auto& [field, m] : masks[p.groups[g].slices.front()])
+        if (field == p.cat_fields[i]) accept = m;
+      for (int64_t v = 0; v < 64; ++v)
+        if ((accept >> v) & 1) p.cat_pass[(i * 64 + v) * p.W + g / 64] |= uint64_t{1} << (g % 64);
+    }
+  }
+  return p;
+}
+
+at::Tensor contiguous_cpu(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype, int64_t dim) {
+  DV365_CHECK(t.device().is_cpu(), op, name, " must be a CPU tensor, got ", t.device());
+  DV365_CHECK(t.scalar_type() == dtype, op, name, " must be ", dtype, ", got ", t.scalar_type());
+  DV365_CHECK(t.dim() == dim, op, name, " must be ", dim, "-D, got shape ", t.sizes());
+  return t.contiguous();
+}
+
+// Validates the timeline arguments shared by every slicing op.
+Timeline check_timeline(const char* op, at::TensorList ids, const at::Tensor& offsets_in, const at::Tensor& ts_in,
+                        const at::Tensor& cats_in, const at::Tensor& floats_in, const at::Tensor& request_ts_in) {
+  Timeline tl;
+  const at::Tensor offsets = contiguous_cpu(op, "offsets", offsets_in, at::kLong, 1);
+  const at::Tensor ts = contiguous_cpu(op, "ts", ts_in, at::kLong, 1);
+  const at::Tensor request_ts = contiguous_cpu(op, "request_ts", request_ts_in, at::kLong, 1);
+  DV365_CHECK(offsets.numel() >= 1, op, "offsets must have B + 1 >= 1 entries");
+  tl.B = offsets.numel() - 1;
+  tl.N = ts.numel();
+  DV365_CHECK(request_ts.numel() == tl.B, op, "request_ts must have shape [B=", tl.B, "], got ", request_ts.sizes());
+  tl.offsets = offsets.data_ptr<int64_t>();
+  tl.ts = ts.data_ptr<int64_t>();
+  tl.request_ts = request_ts.data_ptr<int64_t>();
+  DV365_CHECK(tl.offsets[0] == 0 && tl.offsets[tl.B] == tl.N, op, "offsets must start at 0 and end at N=", tl.N,
+              " (ts.numel()), got ", tl.offsets[0], " .. ", tl.offsets[tl.B]);
+  for (int64_t b = 0; b < tl.B; ++b)
+    DV365_CHECK(tl.offsets[b] <= tl.offsets[b + 1], op, "offsets must be non-decreasing (user ", b, ")");
+  for (int64_t b = 0; b < tl.B; ++b) {
+    const int64_t lo = tl.offsets[b], hi = tl.offsets[b + 1];
+    for (int64_t e = lo + 1; e < hi; ++e)
+      DV365_CHECK(tl.ts[e - 1] <= tl.ts[e], op, "ts must be ascending within each user (user ", b, ", event ", e - lo,
+                  ")");
+    int64_t diff;
+    DV365_CHECK(hi == lo || (!__builtin_sub_overflow(tl.request_ts[b], tl.ts[lo], &diff) &&
+                             !__builtin_sub_overflow(tl.request_ts[b], tl.ts[hi - 1], &diff)),
+                op, "request_ts[", b, "] - ts overflows int64 (user ", b, ")");
+  }
+
+  DV365_CHECK(cats_in.device().is_cpu(), op, "cats must be a CPU tensor, got ", cats_in.device());
+  DV365_CHECK(cats_in.dim() == 2 && cats_in.size(1) == tl.N, op, "cats must have shape [C, N=", tl.N, "], got ",
+              cats_in.sizes());
+  DV365_CHECK(at::isIntegralType(cats_in.scalar_type(), /*includeBool=*/false), op,
+              "cats must be an integer tensor (int8), got ", cats_in.scalar_type());
+  tl.C = cats_in.size(0);
+  at::Tensor cats = cats_in.contiguous();
+  AT_DISPATCH_INTEGRAL_TYPES(cats.scalar_type(), "dv365_cats", [&] {
+    const scalar_t* c = cats.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < cats.numel(); ++i)
+      DV365_CHECK(c[i] >= 0 && c[i] <= static_cast<scalar_t>(prog::kMaxCatValue), op, "cats values must lie in [0, ",
+                  int64_t(prog::kMaxCatValue), "], got ", int64_t(c[i]), " (row ", i / std::max<int64_t>(tl.N, 1),
+                  ", event ", i % std::max<int64_t>(tl.N, 1), ")");
+  });
+  if (cats.scalar_type() != at::kByte && cats.scalar_type() != at::kChar) cats = cats.to(at::kByte);
+  tl.cats = static_cast<const uint8_t*>(cats.data_ptr());
+
+  DV365_CHECK(floats_in.device().is_cpu(), op, "floats must be a CPU tensor, got ", floats_in.device());
+  DV365_CHECK(floats_in.scalar_type() == at::kFloat, op, "floats must be float32, got ", floats_in.scalar_type());
+  DV365_CHECK(floats_in.dim() == 2 && floats_in.size(1) == tl.N, op, "floats must have shape [F, N=", tl.N, "], got ",
+              floats_in.sizes());
+  const at::Tensor floats = floats_in.contiguous();
+  if (floats.size(0) >= 2) {
+    tl.dur = floats.data_ptr<float>();
+    tl.dwell = tl.dur + tl.N;
+  }
+
+  for (size_t t = 0; t < ids.size(); ++t) {
+    DV365_CHECK(ids[t].device().is_cpu() && ids[t].scalar_type() == at::kLong && ids[t].dim() == 1 &&
+                    ids[t].numel() == tl.N,
+                op, "ids[", t, "] must be a 1-D int64 CPU tensor of N=", tl.N, " events, got ", ids[t].scalar_type(),
+                " ", ids[t].sizes(), " on ", ids[t].device());
+    at::Tensor c = ids[t].contiguous();
+    tl.ids.push_back(c.data_ptr<int64_t>());
+    tl.holders.push_back(std::move(c));
+  }
+  tl.holders.insert(tl.holders.end(), {offsets, ts, request_ts, cats, floats});
+  return tl;
+}
+
+// Splits long users into parts so that a batch of a few users still fills every thread; parts of a
+// split user accumulate into their own partial buffers (slot), merged afterwards.
+std::vector<Task> make_tasks(const Timeline& tl, bool split, int64_t& num_slots) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t chunk = split ? std::max<int64_t>(4096, (tl.N + 4 * threads - 1) / (4 * threads)) : INT64_MAX;
+  std::vector<Task> tasks;
+  num_slots = 0;
+  for (int64_t b = 0; b < tl.B; ++b) {
+    const int64_t lo = tl.offsets[b], hi = tl.offsets[b + 1];
+    if (hi - lo <= chunk) {
+      tasks.push_back({b, lo, hi, -1});
+      continue;
+    }
+    const int64_t parts = (hi - lo + chunk - 1) / chunk;
+    for (int64_t i = 0; i < parts; ++i)
+      tasks.push_back({b, lo + (hi - lo) * i / parts, lo + (hi - lo) * (i + 1) / parts, num_slots++});
+  }
+  return tasks;
+}
+
+void build_segments(const Program& p, const Timeline& tl, const Task& task, Segments& seg) {
+  const int64_t S = p.S, G = p.G, W = p.W;
+  const int64_t ub = tl.offsets[task.b], ue = tl.offsets[task.b + 1];
+  const __int128 req = tl.request_ts[task.b];
+  seg.win_a.resize(S);
+  seg.win_z.resize(S);
+  seg.bounds.assign({task.lo, task.hi});
+  auto first_at_least = [&](__int128 key) {
+    return std::lower_bound(tl.ts + ub, tl.ts + ue, key, [](int64_t v, __int128 k) { return __int128(v) < k; }) - tl.ts;
+  };
+  for (int64_t s = 0; s < S; ++s) {
+    // lo < req - ts <= hi  <=>  req - hi <= ts < req - lo
+    const int64_t a = std::clamp<int64_t>(first_at_least(req - p.win_hi[s]), task.lo, task.hi);
+    const int64_t z = std::clamp<int64_t>(first_at_least(req - p.win_lo[s]), task.lo, task.hi);
+    seg.win_a[s] = a;
+    seg.win_z[s] = std::max(a, z);
+    seg.bounds.push_back(a);
+    seg.bounds.push_back(seg.win_z[s]);
+  }
+  std::sort(seg.bounds.begin(), seg.bounds.end());
+  seg.bounds.erase(std::unique(seg.bounds.begin(), seg.bounds.end()), seg.bounds.end());
+  const int64_t nseg = static_cast<int64_t>(seg.bounds.size()) - 1;
+  seg.active.assign(std::max<int64_t>(nseg, 0) * W, 0);
+  seg.any_active.assign(std::max<int64_t>(nseg, 0), 0);
+  seg.gs_off.assign(std::max<int64_t>(nseg, 0) * (G + 1), 0);
+  seg.gs.clear();
+  for (int64_t k = 0; k < nseg; ++k) {
+    const int64_t x0 = seg.bounds[k], x1 = seg.bounds[k + 1];
+    int64_t* off = seg.gs_off.data() + k * (G + 1);
+    const int64_t base = static_cast<int64_t>(seg.gs.size());
+    for (int64_t g = 0; g < G; ++g) {
+      off[g] = static_cast<int64_t>(seg.gs.size()) - base;
+      for (int64_t s : p.groups[g].slices) {
+        if (seg.win_a[s] <= x0 && x1 <= seg.win_z[s]) {
+          seg.gs.push_back(s);
+          seg.active[k * W + g / 64] |= uint64_t{1} << (g % 64);
+          seg.any_active[k] = 1;
+        }
+      }
+    }
+    off[G] = static_cast<int64_t>(seg.gs.size()) - base;
+    for (int64_t g = 0; g <= G; ++g) off[g] += base;
+  }
+}
+
+// Runs fn(worker, task_index) over every task, handing tasks out dynamically (users differ in length).
+template <typename F>
+void for_each_task(int64_t num_tasks, const F& fn) {
+  const int64_t workers = std::min<int64_t>(std::max<int64_t>(1, at::get_num_threads()), num_tasks);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t worker = begin; worker < end; ++worker) fn([&] { return next.fetch_add(1); });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> slice_timeline_cpu(at::TensorList ids, const at::Tensor& offsets,
+                                                                  const at::Tensor& ts, const at::Tensor& cats,
+                                                                  const at::Tensor& floats, const at::Tensor& request_ts,
+                                                                  const at::Tensor& prog_i, const at::Tensor& prog_f) {
+  const char* op = "slice_timeline";
+  const Timeline tl = check_timeline(op, ids, offsets, ts, cats, floats, request_ts);
+  const Program p = compile_program(op, prog_i, prog_f, static_cast<int64_t>(ids.size()), tl.C, floats.size(0));
+  const int64_t S = p.S, B = tl.B;
+  int64_t num_slots = 0;
+  const std::vector<Task> tasks = make_tasks(tl, true, num_slots);
+  const int64_t nt = static_cast<int64_t>(tasks.size());
+  std::vector<int64_t> count(nt * S, 0);
+  for_each_task(nt, [&](const auto& next) {
+    EvalScratch x(p);
+    Segments seg;
+    for (int64_t i; (i = next()) < nt;) {
+      build_segments(p, tl, tasks[i], seg);
+      DV365_ISA_CALL(timeline_task<false>(p, tl, seg, x, count.data() + i * S, nullptr, nullptr));
+    }
+  });
+  // KeyedJaggedTensor order: slice-major, then user, then timeline order (tasks are in user, event order)
+  at::Tensor lengths = at::zeros({S * B}, at::TensorOptions().dtype(at::kLong));
+  int64_t* len = lengths.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t i = 0; i < nt; ++i) {
+      const int64_t c = count[i * S + s];
+      count[i * S + s] = total;
+      total += c;
+      len[s * B + tasks[i].b] += c;
+    }
+  }
+  at::Tensor values = at::empty({total}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor weights = at::empty({total}, at::TensorOptions().dtype(at::kFloat));
+  int64_t* v = values.data_ptr<int64_t>();
+  float* w = weights.data_ptr<float>();
+  for_each_task(nt, [&](const auto& next) {
+    EvalScratch x(p);
+    Segments seg;
+    for (int64_t i; (i = next()) < nt;) {
+      build_segments(p, tl, tasks[i], seg);
+      DV365_ISA_CALL(timeline_task<true>(p, tl, seg, x, count.data() + i * S, v, w));
+    }
+  });
+  return {values, weights, lengths};
+}
+
+void check_tables(const char* op, at::TensorList tables, at::TensorList ids) {
+  DV365_CHECK(!tables.empty(), op, "tables must hold at least one table");
+  DV365_CHECK(ids.size() == tables.size(), op, "ids must hold one tensor per table (", tables.size(), "), got ",
+              ids.size());
+  const at::ScalarType dt = tables[0].scalar_type();
+  DV365_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
+              "tables must be float32, bfloat16, float16 or float64, got ", dt);
+  for (size_t t = 0; t < tables.size(); ++t) {
+    DV365_CHECK(tables[t].device().is_cpu(), op, "tables[", t, "] must be a CPU tensor, got ", tables[t].device());
+    DV365_CHECK(tables[t].dim() == 2, op, "tables[", t, "] must be 2-D [rows, D], got ", tables[t].sizes());
+    DV365_CHECK(tables[t].scalar_type() == dt, op, "tables must share one dtype: tables[0] is ", dt, ", tables[", t,
+                "] is ", tables[t].scalar_type());
+    DV365_CHECK(tables[t].size(1) == tables[0].size(1), op, "tables must share D: tables[0] has ", tables[0].size(1),
+                ", tables[", t, "] has ", tables[t].size(1));
+  }
+}
+
+void check_ids_in_range(const char* op, const Timeline& tl, const std::vector<int64_t>& rows) {
+  for (size_t t = 0; t < rows.size(); ++t) {
+    const int64_t* id = tl.ids[t];
+    const int64_t r = rows[t];
+    bool ok = true;
+    for (int64_t e = 0; e < tl.N; ++e) ok &= (id[e] >= 0) & (id[e] < r);
+    if (!ok) {
+      for (int64_t e = 0; e < tl.N; ++e)
+        DV365_CHECK(id[e] >= 0 && id[e] < r, op, "ids[", t, "][", e, "] = ", id[e], " is out of range for a table of ",
+                    r, " rows");
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> sliced_pool_cpu(at::TensorList tables, at::TensorList ids, const at::Tensor& offsets,
+                                                   const at::Tensor& ts, const at::Tensor& cats, const at::Tensor& floats,
+                                                   const at::Tensor& request_ts, const at::Tensor& prog_i,
+                                                   const at::Tensor& prog_f, bool sparse) {
+  const char* op = "sliced_pool";
+  check_tables(op, tables, ids);
+  const Timeline tl = check_timeline(op, ids, offsets, ts, cats, floats, request_ts);
+  const int64_t T = static_cast<int64_t>(tables.size());
+  const Program p = compile_program(op, prog_i, prog_f, T, tl.C, floats.size(0));
+  std::vector<int64_t> rows(T);
+  for (int64_t t = 0; t < T; ++t) rows[t] = tables[t].size(0);
+  check_ids_in_range(op, tl, rows);
+  const int64_t S = p.S, B = tl.B, D = tables[0].size(1);
+  at::Tensor pooled = at::empty({B, S, D}, tables[0].options());
+  at::Tensor wsum_out = at::empty({B, S}, tables[0].options().dtype(at::kFloat));
+  std::vector<at::Tensor> holders;
+  int64_t num_slots = 0;
+  const std::vector<Task> tasks = make_tasks(tl, true, num_slots);
+  const int64_t nt = static_cast<int64_t>(tasks.size());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, pooled.scalar_type(), "dv365_sliced_pool", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    TableView<scalar_t> tv;
+    tv.D = D;
+    for (int64_t t = 0; t < T; ++t) {
+      at::Tensor tab = tables[t].stride(1) == 1 || D <= 1 ? tables[t] : tables[t].contiguous();
+      tv.ptr.push_back(tab.data_ptr<scalar_t>());
+      tv.row_stride.push_back(tab.stride(0));
+      holders.push_back(std::move(tab));
+    }
+    std::vector<acc_t> part_acc(num_slots * S * D);
+    std::vector<double> part_wsum(num_slots * S);
+    scalar_t* out = pooled.data_ptr<scalar_t>();
+    float* wout = wsum_out.data_ptr<float>();
+    auto finish = [&](int64_t b, const acc_t* acc, const double* wsum) {
+      for (int64_t s = 0; s < S; ++s) {
+        const acc_t den = static_cast<acc_t>(wsum[s]);
+        scalar_t* o = out + (b * S + s) * D;
+        const acc_t* a = acc + s * D;
+        if (den > 0) {
+          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(a[d] / den);
+        } else {
+          for (int64_t d = 0; d < D; ++d) o[d] = scalar_t(0);
+        }
+        wout[b * S + s] = static_cast<float>(den);
+      }
+    };
+    for_each_task(nt, [&](const auto& next) {
+      EvalScratch x(p);
+      PoolScratch<acc_t> ps(p, D);
+      Segments seg;
+      std::vector<acc_t> acc(S * D);
+      std::vector<double> wsum(S);
+      for (int64_t i; (i = next()) < nt;) {
+        const Task& task = tasks[i];
+        acc_t* a = task.slot >= 0 ? part_acc.data() + task.slot * S * D : acc.data();
+        double* ws = task.slot >= 0 ? part_wsum.data() + task.slot * S : wsum.data();
+        if (task.slot < 0) {
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          std::fill(wsum.begin(), wsum.end(), 0.0);
+        }
+        build_segments(p, tl, task, seg);
+        DV365_ISA_CALL(pool_task<scalar_t, acc_t>(p, tl, tv, seg, x, ps, a, ws));
+        if (task.slot < 0) finish(task.b, a, ws);
+      }
+    });
+    // merge the parts of split users, in task order
+    std::vector<int64_t> first_part(B, -1), num_parts(B, 0);
+    for (const Task& task : tasks) {
+      if (task.slot < 0) continue;
+      if (first_part[task.b] < 0) first_part[task.b] = task.slot;
+      ++num_parts[task.b];
+    }
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        if (first_part[b] < 0) continue;
+        acc_t* a = part_acc.data() + first_part[b] * S * D;
+        double* ws = part_wsum.data() + first_part[b] * S;
+        for (int64_t j = 1; j < num_parts[b]; ++j) {
+          const acc_t* pa = part_acc.data() + (first_part[b] + j) * S * D;
+          const double* pw = part_wsum.data() + (first_part[b] + j) * S;
+          for (int64_t q = 0; q < S * D; ++q) a[q] += pa[q];
+          for (int64_t s = 0; s < S; ++s) ws[s] += pw[s];
+        }
+        finish(b, a, ws);
+      }
+    });
+  });
+  return {pooled, wsum_out};
+}
+
+struct BackwardInputs {
+  Timeline tl;
+  Program p;
+  at::Tensor grad, wsum;
+};
+
+BackwardInputs check_backward(const char* op, const at::Tensor& grad_in, const at::Tensor& wsum_in, at::TensorList ids,
+                              const at::Tensor& offsets, const at::Tensor& ts, const at::Tensor& cats,
+                              const at::Tensor& floats, const at::Tensor& request_ts, const at::Tensor& prog_i,
+                              const at::Tensor& prog_f) {
+  BackwardInputs in{check_timeline(op, ids, offsets, ts, cats, floats, request_ts), Program{}, {}, {}};
+  in.p = compile_program(op, prog_i, prog_f, static_cast<int64_t>(ids.size()), in.tl.C, floats.size(0));
+  const int64_t B = in.tl.B, S = in.p.S;
+  const at::ScalarType dt = grad_in.scalar_type();
+  DV365_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
+              "grad must be float32, bfloat16, float16 or float64, got ", dt);
+  DV365_CHECK(grad_in.device().is_cpu() && grad_in.dim() == 3 && grad_in.size(0) == B && grad_in.size(1) == S, op,
+              "grad must be a CPU tensor of shape [B=", B, ", S=", S, ", D], got ", grad_in.sizes());
+  DV365_CHECK(wsum_in.device().is_cpu() && wsum_in.scalar_type() == at::kFloat && wsum_in.dim() == 2 &&
+                  wsum_in.size(0) == B && wsum_in.size(1) == S,
+              op, "weight_sum must be a float32 CPU tensor of shape [B=", B, ", S=", S, "], got ", wsum_in.scalar_type(),
+              " ", wsum_in.sizes());
+  in.grad = grad_in.contiguous();
+  in.wsum = wsum_in.contiguous();
+  return in;
+}
+
+// 1 / weight_sum (0 where weight_sum <= 0). For float64 the sums are recomputed in float64, as the
+// forward's weight_sum output is rounded to float32.
+template <typename acc_t>
+std::vector<acc_t> inverse_weight_sums(const Program& p, const Timeline& tl, const at::Tensor& wsum) {
+  const int64_t S = p.S;
+  std::vector<acc_t> inv(wsum.numel());
+  if constexpr (std::is_same_v<acc_t, double>) {
+    std::vector<double> sums(tl.B * S, 0.0);
+    int64_t num_slots = 0;
+    const std::vector<Task> tasks = make_tasks(tl, false, num_slots);
+    const int64_t nt = static_cast<int64_t>(tasks.size());
+    for_each_task(nt, [&](const auto& next) {
+      EvalScratch x(p);
+      Segments seg;
+      for (int64_t i; (i = next()) < nt;) {
+        build_segments(p, tl, tasks[i], seg);
+        DV365_ISA_CALL(wsum_task(p, tl, seg, x, sums.data() + tasks[i].b * S));
+      }
+    });
+    for (size_t i = 0; i < inv.size(); ++i) inv[i] = sums[i] > 0 ? 1.0 / sums[i] : 0.0;
+  } else {
+    const float* w = wsum.data_ptr<float>();
+    for (size_t i = 0; i < inv.size(); ++i) inv[i] = w[i] > 0 ? acc_t(1) / static_cast<acc_t>(w[i]) : acc_t(0);
+  }
+  return inv;
+}
+
+std::vector<at::Tensor> sliced_pool_backward_rows_cpu(const at::Tensor& grad, const at::Tensor& weight_sum,
+                                                      at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
+                                                      const at::Tensor& cats, const at::Tensor& floats,
+                                                      const at::Tensor& request_ts, const at::Tensor& prog_i,
+                                                      const at::Tensor& prog_f) {
+  const char* op = "sliced_pool_backward_rows";
+  const BackwardInputs in =
+      check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f);
+  const Program& p = in.p;
+  const Timeline& tl = in.tl;
+  const int64_t T = static_cast<int64_t>(ids.size()), S = p.S, D = in.grad.size(2);
+  std::vector<at::Tensor> rows;
+  for (int64_t t = 0; t < T; ++t) rows.push_back(at::empty({tl.N, D}, in.grad.options()));
+  int64_t num_slots = 0;
+  const std::vector<Task> tasks = make_tasks(tl, true, num_slots);
+  const int64_t nt = static_cast<int64_t>(tasks.size());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.grad.scalar_type(), "dv365_sliced_pool_bwd_rows", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const std::vector<acc_t> inv = inverse_weight_sums<acc_t>(p, tl, in.wsum);
+    const scalar_t* g = in.grad.data_ptr<scalar_t>();
+    std::vector<scalar_t*> out;
+    for (auto& r : rows) out.push_back(r.data_ptr<scalar_t>());
+    for_each_task(nt, [&](const auto& next) {
+      EvalScratch x(p);
+      Segments seg;
+      std::vector<acc_t> gg(p.G * D), rowbuf(T * D);
+      for (int64_t i; (i = next()) < nt;) {
+        const Task& task = tasks[i];
+        build_segments(p, tl, task, seg);
+        DV365_ISA_CALL(rows_task<scalar_t, acc_t>(p, tl, seg, x, g + task.b * S * D, inv.data() + task.b * S, D, T,
+                       gg.data(), rowbuf.data(), out.data()));
+      }
+    });
+  });
+  return rows;
+}
+
+std::vector<at::Tensor> sliced_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& weight_sum, at::TensorList ids,
+                                                 const at::Tensor& offsets, const at::Tensor& ts, const at::Tensor& cats,
+                                                 const at::Tensor& floats, const at::Tensor& request_ts,
+                                                 const at::Tensor& prog_i, const at::Tensor& prog_f,
+                                                 c10::SymIntArrayRef num_rows_sym) {
+  const char* op = "sliced_pool_backward";
+  const BackwardInputs in =
+      check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f);
+  const Program& p = in.p;
+  const Timeline& tl = in.tl;
+  const int64_t T = static_cast<int64_t>(ids.size()), S = p.S, D = in.grad.size(2);
+  DV365_CHECK(static_cast<int64_t>(num_rows_sym.size()) == T, op, "num_rows must hold one entry per table (", T,
+              "), got ", num_rows_sym.size());
+  std::vector<int64_t> num_rows;
+  for (const auto& r : num_rows_sym) {
+    num_rows.push_back(r.guard_int(__FILE__, __LINE__));
+    DV365_CHECK(num_rows.back() >= 0, op, "num_rows must be >= 0, got ", num_rows.back());
+  }
+  check_ids_in_range(op, tl, num_rows);
+  std::vector<at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.grad.scalar_type(), "dv365_sliced_pool_bwd", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+    const std::vector<acc_t> inv = inverse_weight_sums<acc_t>(p, tl, in.wsum);
+    const scalar_t* g = in.grad.data_ptr<scalar_t>();
+    std::vector<at::Tensor> acc_tensors;
+    std::vector<acc_t*> out;
+    for (int64_t t = 0; t < T; ++t) {
+      acc_tensors.push_back(at::empty({num_rows[t], D}, in.grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value)));
+      out.push_back(acc_tensors.back().data_ptr<acc_t>());
+    }
+    // each worker owns a slice of every table's rows: it zeroes them, then adds the events that hit them
+    const int64_t K = std::max<int64_t>(1, at::get_num_threads());
+    at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+      EvalScratch x(p);
+      Segments seg;
+      std::vector<acc_t> gg(p.G * D);
+      for (int64_t k = begin; k < end; ++k) {
+        std::vector<int64_t> lo(T), hi(T);
+        for (int64_t t = 0; t < T; ++t) {
+          lo[t] = num_rows[t] * k / K;
+          hi[t] = num_rows[t] * (k + 1) / K;
+          std::fill(out[t] + lo[t] * D, out[t] + hi[t] * D, acc_t(0));
+        }
+        for (int64_t b = 0; b < tl.B; ++b) {
+          const Task task{b, tl.offsets[b], tl.offsets[b + 1], -1};
+          build_segments(p, tl, task, seg);
+          DV365_ISA_CALL(dense_task<scalar_t, acc_t>(p, tl, seg, x, g + b * S * D, inv.data() + b * S, D, lo.data(),
+                         hi.data(), gg.data(), out.data()));
+        }
+      }
+    });
+    for (int64_t t = 0; t < T; ++t) grads.push_back(direct ? acc_tensors[t] : acc_tensors[t].to(in.grad.scalar_type()));
+  });
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dv365, CPU, m) {
+  m.impl("slice_timeline", &slice_timeline_cpu);
+  m.impl("sliced_pool", &sliced_pool_cpu);
+  m.impl("sliced_pool_backward", &sliced_pool_backward_cpu);
+  m.impl("sliced_pool_backward_rows", &sliced_pool_backward_rows_cpu);
+}
+
+}  // namespace dv365

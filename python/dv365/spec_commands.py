@@ -1,5 +1,98 @@
-"""(to be written)"""
+"""``dv365 spec show`` and ``dv365 spec validate``: read a slice spec (DESIGN.md 1.2) as a table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .spec import SET_FILTERS, Slice, SliceSpec, SpecError, format_duration, load_default_spec
+from .timeline import KINDS
+
+_SHORT = {"action_types": "action", "media_types": "media", "surfaces": "surface"}
+
+
+def _num(x: float) -> str:
+    return "inf" if x == float("inf") else f"{x:g}"
+
+
+def describe_filters(s: Slice) -> str:
+    """The slice's filters, e.g. ``action∈{like,save} dwell∈[15, inf] ratio(β=0.5)∈[0, 1]``."""
+    parts = []
+    for field, (_, vocab) in SET_FILTERS.items():
+        names = getattr(s, field)
+        if names is not None:
+            parts.append(f"{_SHORT[field]}∈{{{','.join(n for n in vocab if n in names)}}}")
+    if s.dwell is not None:
+        parts.append(f"dwell∈[{_num(s.dwell[0])}, {_num(s.dwell[1])}]")
+    if s.watch_ratio is not None:
+        beta = "" if s.beta == 1.0 else f"(β={s.beta:g})"
+        parts.append(f"ratio{beta}∈[{_num(s.watch_ratio[0])}, {_num(s.watch_ratio[1])}]")
+    return " ".join(parts) or "-"
+
+
+def format_spec(spec: SliceSpec, timeline: str | None = None) -> str:
+    """Aligned table of the slices (index in the spec, name, timeline, id field, table, filters, window
+    ``(gap, T_ub]``, weight), then one line per table."""
+    rows = [("#", "name", "timeline", "id field", "table", "filters", "window", "weight")]
+    for i, s in enumerate(spec.slices):
+        if timeline and s.timeline != timeline:
+            continue
+        weight = "1" if s.weight is None else f"debiased(γ={s.weight.gamma:g}, s0={s.weight.s0:g})"
+        window = f"({format_duration(s.gap) if s.gap else 0}, {format_duration(s.window)}]"
+        rows.append((str(i), s.name, s.timeline, s.id_field, s.table, describe_filters(s), window, weight))
+    lines = _align(rows)
+    counts = {k: len(spec.timeline_slices(k)) for k in KINDS}
+    lines.append("")
+    lines.append(
+        f"{len(spec)} slices ({', '.join(f'{n} {k}' for k, n in counts.items())}), {len(spec.tables)} tables, dim {spec.dim}"
+    )
+    lines.append("")
+    table_rows = [("table", "id field", "rows", "slices", "group")]
+    for t in spec.tables:
+        used = [s for s in spec.slices if s.table == t.name]
+        table_rows.append((t.name, t.id_field, "-" if t.num_rows is None else str(t.num_rows), str(len(used)), t.group or "-"))
+    lines.extend(_align(table_rows))
+    return "\n".join(lines)
+
+
+def _align(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _load(path: str | None) -> SliceSpec:
+    return load_default_spec() if path is None else SliceSpec.from_yaml(path)
+
+
+def _show(args: argparse.Namespace) -> int:
+    try:
+        spec = _load(args.spec)
+    except (SpecError, OSError) as e:
+        print(f"dv365 spec show: {e}", file=sys.stderr)
+        return 1
+    print(format_spec(spec, args.timeline))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        spec = _load(args.file)
+        spec.compile()
+    except (SpecError, OSError) as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{len(spec.timeline_slices(k))} {k}" for k in KINDS)
+    print(f"{args.file}: OK, {len(spec)} slices ({counts}), {len(spec.tables)} tables")
+    return 0
 
 
 def register(sub) -> None:
-    pass
+    parser = sub.add_parser("spec", help="show or validate a slice spec")
+    spec_sub = parser.add_subparsers(dest="spec_command", required=True, metavar="ACTION")
+    show = spec_sub.add_parser("show", help="print a slice spec as a table (default: the packaged default spec)")
+    show.add_argument("--spec", metavar="FILE", help="a YAML slice spec (default: the packaged default spec)")
+    show.add_argument("--timeline", choices=KINDS, help="only the slices of one timeline")
+    show.set_defaults(func=_show)
+    validate = spec_sub.add_parser("validate", help="check a YAML slice spec and compile it")
+    validate.add_argument("file", metavar="FILE")
+    validate.set_defaults(func=_validate)

@@ -88,6 +88,18 @@ class TimelineBatch:
         )
 
     @classmethod
+    def trusted(cls, **fields: torch.Tensor | str) -> TimelineBatch:
+        """A batch built without :meth:`validate`, for producers whose output is valid by construction (e.g. the
+        loader cutting batches from shards checked on write and read), where validation would cost more than the
+        gather itself."""
+        batch = object.__new__(cls)
+        for name in (f.name for f in dataclasses.fields(cls)):
+            object.__setattr__(batch, name, fields.pop(name))
+        if fields:
+            raise TypeError(f"TimelineBatch.trusted: unknown fields {sorted(fields)}")
+        return batch
+
+    @classmethod
     def empty(cls, kind: str, num_users: int = 0) -> TimelineBatch:
         return cls(
             kind=kind,
