@@ -190,15 +190,14 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
         ms = bench(lambda: op(*args))
         results[impl] = record("sliced_pool fwd", case, impl, ms, floor, copy_gbs, users_per_s=b / ms * 1e3)
     if batch == 32 and dtype == torch.float32:
-        # kernel shape sweep (DV365_SP_THREADS / DV365_SP_CHUNK, read per call); the default row is above
+        # events per CTA sweep (DV365_SP_CHUNK, read per call; default 2048: the row above)
         import os
 
-        for threads, chunk in ((256, 2048), (128, 1024), (256, 4096), (128, 4096)):
-            os.environ["DV365_SP_THREADS"], os.environ["DV365_SP_CHUNK"] = str(threads), str(chunk)
+        for chunk in (1024, 4096):
+            os.environ["DV365_SP_CHUNK"] = str(chunk)
             ms = bench(lambda: ops.sliced_pool(*args))
-            record("sliced_pool fwd", case, f"dv365 cuda ({threads} thr, {chunk} ev/CTA)", ms, floor, copy_gbs,
+            record("sliced_pool fwd", case, f"dv365 cuda ({chunk} ev/CTA)", ms, floor, copy_gbs,
                    users_per_s=b / ms * 1e3, sweep=True)
-        os.environ.pop("DV365_SP_THREADS")
         os.environ.pop("DV365_SP_CHUNK")
     pooled, wsum = ops.sliced_pool(*args)
     grad = torch.randn_like(pooled)

@@ -681,9 +681,8 @@ Plan make_plan(const Inputs& in, int64_t t_count, int64_t d, int64_t acc_bytes, 
   const int64_t target = env_int("DV365_SP_CHUNK", 2048);
   const int64_t avg = in.b ? ceil_div(in.n, in.b) : 0;
   p.grid.chunks = std::max<int64_t>(1, ceil_div(avg, target));
-  // 128 threads (two D tiles for D = 256, so several CTAs per SM overlap membership and gathers) unless
-  // DV365_SP_THREADS=256 (one tile: membership evaluated once per event, fewer CTAs per SM)
-  p.threads = env_int("DV365_SP_THREADS", 128) == 256 && p.words * 32 * 256 * acc_bytes <= 128 * 1024 ? 256 : 128;
+  // 128 threads: two D tiles for D = 256, so that three CTAs fit an SM and overlap membership with gathers
+  p.threads = 128;
   p.grid.col_tiles = std::max<int64_t>(1, ceil_div(d, p.threads));
   p.grid.num_groups = ng;
   p.grid.s_count = in.s;
@@ -704,11 +703,7 @@ void with_words(int words, F&& f) {
 
 template <typename F>
 void with_config(const Plan& p, F&& f) {
-  if (p.threads == 256) {
-    with_words<256>(p.words, f);
-  } else {
-    with_words<128>(p.words, f);
-  }
+  with_words<128>(p.words, f);
 }
 
 template <typename K>
