@@ -1,6 +1,6 @@
 #!/bin/bash
 # The whole GPU check in one command: versions, build, the test suite on CUDA (native and Triton backends;
-# pytest-xdist workers, so that a crashing test is reported and the rest still run),
+# one pytest process per test file, so that a crashing test loses only its file's results),
 # compute-sanitizer memcheck and racecheck over every CUDA kernel, the benchmark. Logs go to $OUT (or ./gpu-out).
 #   STAGES="build test sanitize bench" TEST_ARGS="tests" bash benchmarks/gpu/run_h200.sh
 set -u
@@ -33,14 +33,34 @@ if [[ " $STAGES " == *" build "* ]]; then
 fi
 
 if [[ " $STAGES " == *" test "* ]]; then
+  # one pytest process per test file: a test that crashes the process loses only its own file's results
+  files=$(for a in $TEST_ARGS; do if [ -d "$a" ]; then ls "$a"/test_*.py; else echo "$a"; fi; done)
   for backend in ${BACKENDS:-native triton}; do
     start=$(date +%s)
-    DV365_BACKEND=$backend timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -p no:cacheprovider -o addopts="" -rfE \
-      -n ${PYTEST_WORKERS:-4} --timeout 600 --junitxml="$OUT/junit_$backend.xml" $TEST_ARGS >"$OUT/pytest_$backend.log" 2>&1
-    rc=$?
-    echo "pytest ($backend backend) rc=$rc in $(( $(date +%s) - start )) s: $(tail -1 "$OUT/pytest_$backend.log")" | tee -a "$OUT/versions.txt"
-    grep -E "^(FAILED|ERROR)" "$OUT/pytest_$backend.log" | head -40
-    [ $rc -ne 0 ] && status=1
+    rm -f /tmp/dv365_junit_${backend}_*.xml
+    : >"$OUT/pytest_$backend.log"
+    i=0
+    for f in $files; do
+      i=$((i + 1))
+      DV365_BACKEND=$backend timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -p no:cacheprovider -o addopts="" -rfE \
+        ${PYTEST_TIMEOUT_ARGS---timeout 600} --junitxml="/tmp/dv365_junit_${backend}_$i.xml" "$f" >/tmp/dv365_pytest.log 2>&1
+      rc=$?
+      { echo "== $f (rc=$rc)"; cat /tmp/dv365_pytest.log; } >>"$OUT/pytest_$backend.log"
+      echo "pytest $backend $f rc=$rc: $(tail -1 /tmp/dv365_pytest.log)" | tee -a "$OUT/versions.txt"
+      [ $rc -ne 0 ] && status=1
+    done
+    $PY - "$OUT/junit_$backend.xml" /tmp/dv365_junit_${backend}_*.xml <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+root = ET.Element("testsuites")
+for path in sys.argv[2:]:
+    try:
+        tree = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        continue
+    root.extend(tree.iter("testsuite"))
+ET.ElementTree(root).write(sys.argv[1])
+PYEOF
+    echo "pytest ($backend backend) done in $(( $(date +%s) - start )) s" | tee -a "$OUT/versions.txt"
   done
 fi
 

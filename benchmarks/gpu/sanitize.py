@@ -48,9 +48,10 @@ def main() -> None:
         x = torch.randn(3, 7, 21, device=dev).to(dtype)
         ops.token_pool(x, 4)
         ops.token_pool_backward(torch.randn(3, 7, 6, device=dev).to(dtype), 4, 21)
-        for half in (False, True):
-            packed = ops.int4_quantize(torch.randn(9, 34, device=dev).to(dtype), half)
-            ops.int4_dequantize(packed, half, dtype)
+        if dtype != torch.float64:  # the int4 codes take float32, bfloat16 and float16
+            for half in (False, True):
+                packed = ops.int4_quantize(torch.randn(9, 34, device=dev).to(dtype), half)
+                ops.int4_dequantize(packed, half, dtype)
         for s_count, t_count in ((9, 2), (150, 1)):  # 150 slices of one table: several groups
             inputs = random_sliced_inputs([200, 0, 70], s_count, t_count, 130, dtype, dev)
             tables, sids, soff, ts, cats, floats, req, pi, pf = inputs
