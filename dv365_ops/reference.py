@@ -59,21 +59,25 @@ def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tenso
     ``scale = fp16((max - bias) / 15)``, and a zero or infinite-inverse scale becomes 1.
     """
     xf = x.float()
+    # Divisions are tensor by tensor: torch turns a division by a Python scalar on CUDA into a multiply by its
+    # rounded reciprocal, and the format must not depend on the device (fbgemm divides, on every device).
+    fifteen = torch.full((xf.shape[0],), 15.0, device=xf.device)
+    one = torch.ones_like(fifteen)
     mn = xf.amin(1) if xf.shape[1] else xf.new_zeros(xf.shape[0])
     mx = xf.amax(1) if xf.shape[1] else xf.new_zeros(xf.shape[0])
     if half_scale_bias:
         bias = mn.half().float()
         rng = mx - bias
-        scale = torch.where(rng == 0, torch.ones_like(rng), rng / 15).half().float()
-        inv = 1.0 / scale
+        scale = torch.where(rng == 0, one, rng / fifteen).half().float()
+        inv = one / scale
         bad = (scale == 0) | torch.isinf(inv)
         scale = torch.where(bad, torch.ones_like(scale), scale)
         inv = torch.where(bad, torch.ones_like(inv), inv)
         tail = torch.stack([scale.half(), bias.half()], 1).view(torch.uint8)
     else:
         bias = mn
-        scale = (mx - mn) / 15
-        inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+        scale = (mx - mn) / fifteen
+        inv = torch.where(scale > 0, one / scale, torch.zeros_like(scale))
         tail = torch.stack([scale, bias], 1).view(torch.uint8)
     q = torch.round((xf - bias[:, None]) * inv[:, None]).clamp(0, 15).to(torch.uint8)
     codes = q[:, 0::2] | (q[:, 1::2] << 4)

@@ -326,8 +326,16 @@ def test_property_matches_reference(lengths, num_rows, dim, weight_kind, dtype):
     out.backward(grad)
     assert_close(table.grad, _reference_grads(table, ids, offsets, weights, grad)[0])
     rows = torch.ops.dv365.jagged_mean_pool_backward_rows(grad, ids, offsets, weights)
-    sparse = torch.sparse_coo_tensor(ids[None], rows, (num_rows, dim), check_invariants=True).to_dense()
-    assert_close(sparse, table.grad)
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), offsets.diff(), output_size=ids.numel())
+    w = torch.ones(ids.numel(), dtype=torch.float64) if weights is None else weights.double()
+    wsum = torch.zeros(len(lengths), dtype=torch.float64).index_add_(0, seg, w)
+    scale = torch.where(wsum[seg] > 0, w / wsum[seg].clamp_min(1e-300), 0.0)
+    assert_close(rows, (grad.double()[seg] * scale[:, None]).to(dtype))
+    if dtype != torch.bfloat16:
+        # a bf16 sparse gradient coalesces in bf16, a dense one accumulates in fp32: they agree only to
+        # within the rounding of every duplicate row, which no fixed tolerance bounds
+        sparse = torch.sparse_coo_tensor(ids[None], rows, (num_rows, dim), check_invariants=True).to_dense()
+        assert_close(sparse, table.grad)
 
 
 

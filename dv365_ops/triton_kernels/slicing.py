@@ -1,0 +1,561 @@
+"""Triton kernels for the fused sliced pooling (DESIGN §1.2, §2, paper eq. 2–6): ``dv365::sliced_pool_triton``
+and its backward ops ``sliced_pool_backward_triton`` (dense table grads) and
+``sliced_pool_backward_rows_triton`` (per-event rows), same schemas and semantics as the native ops
+(:func:`dv365_ops.reference.sliced_pool`, program layout in :mod:`dv365_ops.program`).
+
+With ``W[s, e]`` the weight of event ``e`` in slice ``s`` (0 when the slice program drops it, the debiased
+score ``log1p(dwell) / log1p(GAMMA * duration)`` for weighted slices, else 1; membership and score evaluated
+in float64, the weight rounded to float32) and ``t(s) = prog_i[s, TABLE]``::
+
+    weight_sum[b, s] = sum_{e in b} W[s, e]
+    pooled[b, s]     = sum_{e in b} W[s, e] * tables[t(s)][ids[t(s)][e]] / weight_sum[b, s]   (0 when empty)
+    rows_t[e]        = sum_{s : t(s) = t} W[s, e] * grad[b, s] / weight_sum[b, s]             (backward_rows)
+    dense_t[i]       = sum_{e : ids[t][e] = i} rows_t[e]                                      (backward)
+
+Forward: one launch per table; one program per (user, run of ``EPP`` events, block of ``BLOCK_S`` of the
+table's slices, block of ``BLOCK_D`` columns). The slices are sorted by (table, flags) on the device, so a
+program's block holds slices of one table only and the float64 dwell / ratio / score code runs only in
+blocks that have such slices. For each chunk of ``BLOCK_E`` events the program loads ids / ts / cats /
+floats once, evaluates the membership tile ``W [BLOCK_S, BLOCK_E]`` in registers (never in memory), skips
+the chunk when no slice keeps any of its events (a chunk outside every window of the block: histories are
+sorted by time, so most chunks older than a 3- or 7-day window skip), else gathers the chunk's rows
+``[BLOCK_E, BLOCK_D]`` once and accumulates ``W @ rows`` with ``tl.dot`` (``input_precision="tf32x3"``:
+three TF32 tensor-core products, fp32-accurate; ``DV365_TRITON_DOT_PRECISION=ieee|tf32`` trades). At the
+end it atomically adds its ``[BLOCK_S, BLOCK_D]`` partial sum into an fp32 ``[B, S, D]`` accumulator (and
+its weight sums into ``[B, S]``); a last elementwise pass divides. float64 tables (gradcheck) use an
+outer-product accumulation instead of ``tl.dot``.
+
+Backward: one launch per table; one program per (user, run of events, block of columns), looping over the
+table's slice blocks (one when the table has at most ``BLOCK_S`` slices) and, inside, over chunks of
+events: each chunk's gradient rows ``W^T @ (grad / weight_sum)`` are stored directly for the rows variant
+(the program owns those rows: no atomics), atomically added into the fp32 dense table gradient at
+``ids[t][e]`` for the dense variant.
+
+Data-dependent checks (offsets, id ranges, categorical values, table indices) and the exact grid size (the
+longest history, the slice count per table) need one device read; under CUDA graph capture they are skipped
+and the grid takes upper bounds (programs with no work exit at once).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import program as P
+from .. import slicing as _family
+from . import _util
+
+if not _util.INTERPRET:
+    from triton.language.extra import libdevice
+
+_PRECISIONS = ("tf32x3", "ieee", "tf32")
+
+
+def _dot_precision() -> str:
+    precision = os.environ.get("DV365_TRITON_DOT_PRECISION", "tf32x3")
+    if precision not in _PRECISIONS:
+        raise ValueError(f"DV365_TRITON_DOT_PRECISION must be one of {_PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def _config(dtype: torch.dtype, slices_per_table: int, d: int, backward: bool = False) -> dict:
+    """Block sizes. GPU: a table's slices in one block (up to 128) and whole rows (up to 256 columns), so
+    the membership tile is evaluated once per event and each row is gathered once: a fp32 accumulator of
+    up to 128 x 256 spread over 16 warps (64 registers a thread); 32 events a chunk (the dot's K); 2048
+    events a program (W40K: ~650 programs per table for 132 SMs, few atomic partial sums).
+    The backward takes at most 128 columns: its dot's ``[BLOCK_S, BLOCK_D]`` operand (``grad / weight_sum``)
+    must fit in shared memory (256 columns asked 256 KB of the H200's 227 KB).
+    ``DV365_TRITON_SLICED_GATE=0`` replaces the per-chunk branch around the gather with a masked gather
+    (rows of events no slice keeps are not fetched) and an unconditional dot: 1.9x slower on the H200 at
+    W40K (55.9 vs 29.7 ms), kept as a knob for tuning.
+    ``DV365_TRITON_SLICED_BLOCK_D`` overrides the column block (a tuning knob for the benchmarks).
+    The interpreter gets tiny blocks so that small tests cross every block boundary."""
+    use_dot = dtype != torch.float64
+    if _util.INTERPRET:
+        return dict(
+            BLOCK_S=8, BLOCK_E=16, BLOCK_D=16, EPP=32, num_warps=4, USE_DOT=use_dot,
+            GATE=os.environ.get("DV365_TRITON_SLICED_GATE", "1") != "0",
+        )
+    if not use_dot:
+        return dict(BLOCK_S=16, BLOCK_E=16, BLOCK_D=16, EPP=2048, num_warps=4, USE_DOT=False, GATE=True)
+    block_s = min(max(triton.next_power_of_2(max(slices_per_table, 1)), 16), 128)
+    block_d = min(max(triton.next_power_of_2(max(d, 1)), 16), int(os.environ.get("DV365_TRITON_SLICED_BLOCK_D", 256)))
+    if backward:
+        block_d = min(block_d, 128)
+    # registers: the forward's accumulator and the backward's grad / weight_sum tile are [BLOCK_S, BLOCK_D]
+    tile = block_s * block_d
+    return dict(
+        BLOCK_S=block_s, BLOCK_E=32, BLOCK_D=block_d, EPP=2048,
+        num_warps=16 if tile >= 32768 else 8 if tile >= 8192 else 4, USE_DOT=True,
+        GATE=os.environ.get("DV365_TRITON_SLICED_GATE", "1") != "0",
+    )
+
+
+@triton.jit
+def _log1p(x, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        # libdevice is not available to the interpreter: Goldberg's log1p, within a few ulps
+        u = 1.0 + x
+        return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+    else:
+        return libdevice.log1p(x)
+
+
+@triton.jit
+def _pow(x, y, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        return tl.where(y == 1.0, x, tl.where(y == 0.0, 1.0, tl.exp(y * tl.log(x))))
+    else:
+        return libdevice.pow(x, y)
+
+
+@triton.jit
+def _slice_params(prog_i, prog_f, order, si, s_ok):
+    """The program rows of the slices at sorted positions ``si``."""
+    s = tl.load(order + si, mask=s_ok, other=0)
+    pi = prog_i + s * 10  # P.NUM_INT
+    pf = prog_f + s * 7  # P.NUM_FLOAT
+    win_lo = tl.load(pi + 7, mask=s_ok, other=0)
+    win_hi = tl.load(pi + 8, mask=s_ok, other=0)
+    flags = tl.load(pi + 9, mask=s_ok, other=0)
+    f0 = tl.load(pi + 1, mask=s_ok, other=-1)
+    m0 = tl.load(pi + 2, mask=s_ok, other=0)
+    f1 = tl.load(pi + 3, mask=s_ok, other=-1)
+    m1 = tl.load(pi + 4, mask=s_ok, other=0)
+    f2 = tl.load(pi + 5, mask=s_ok, other=-1)
+    m2 = tl.load(pi + 6, mask=s_ok, other=0)
+    dlo = tl.load(pf + 0, mask=s_ok, other=0.0)
+    dhi = tl.load(pf + 1, mask=s_ok, other=0.0)
+    rlo = tl.load(pf + 2, mask=s_ok, other=0.0)
+    rhi = tl.load(pf + 3, mask=s_ok, other=0.0)
+    beta = tl.load(pf + 4, mask=s_ok, other=0.0)
+    gamma = tl.load(pf + 5, mask=s_ok, other=0.0)
+    s0 = tl.load(pf + 6, mask=s_ok, other=0.0)
+    return s, win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0
+
+
+@triton.jit
+def _cat_filter(keep, cats, stride_c, e, e_ok, field, mask, used, NUM_CATS: tl.constexpr):
+    """``keep & (field < 0 | (mask >> cats[clamp(field, 0, C - 1), e]) & 1)``, skipped when no slice of the
+    block uses the filter. The 64-bit mask is tested as two 32-bit words (64-bit shifts are emulated)."""
+    if used:
+        f = tl.minimum(tl.maximum(field, 0), NUM_CATS - 1)
+        v = tl.zeros([field.shape[0], e.shape[0]], tl.int32)
+        for c in tl.static_range(NUM_CATS):
+            row = tl.load(cats + c * stride_c + e, mask=e_ok, other=0).to(tl.int32)
+            v = tl.where((f == c)[:, None], row[None, :], v)
+        lo = (mask & 0xFFFFFFFF).to(tl.int32)[:, None]
+        hi = (mask >> 32).to(tl.int32)[:, None]
+        bit = (tl.where(v < 32, lo, hi) >> (v & 31)) & 1
+        keep &= (field < 0)[:, None] | (bit != 0)
+    return keep
+
+
+@triton.jit
+def _uniform(values, used):
+    """(whether ``values`` agree over the ``used`` slices, that common value)."""
+    lo = tl.min(tl.where(used, values, float("inf")))
+    hi = tl.max(tl.where(used, values, float("-inf")))
+    return lo == hi, lo
+
+
+@triton.jit
+def _membership(
+    e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
+    win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
+    block,
+    NUM_CATS: tl.constexpr, HAS_FLOATS: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """``W [BLOCK_S, BLOCK_E]`` (float32, 0 where dropped) and whether any pair is kept (program.py).
+
+    The float64 powers and logarithms depend on the event and on BETA / GAMMA only: when the block's ratio
+    (weighted) slices share one BETA (GAMMA), as compiled specs do, they are computed once per event."""
+    use_f0, use_f1, use_f2, has_dwell, has_ratio, has_weighted, beta_same, beta_one, gamma_same, gamma_one = block
+    dt = req - tl.load(ts + e, mask=e_ok, other=0)
+    keep = (dt[None, :] > win_lo[:, None]) & (dt[None, :] <= win_hi[:, None]) & e_ok[None, :] & s_ok[:, None]
+    if NUM_CATS == 0:
+        keep &= ((f0 < 0) & (f1 < 0) & (f2 < 0))[:, None]
+    else:
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f0, m0, use_f0, NUM_CATS)
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f1, m1, use_f1, NUM_CATS)
+        keep = _cat_filter(keep, cats, stride_c, e, e_ok, f2, m2, use_f2, NUM_CATS)
+    weight = tl.full(keep.shape, 1.0, tl.float32)
+    if HAS_FLOATS:
+        if tl.max(keep.to(tl.int32)) > 0:
+            dur_e = tl.load(floats + e, mask=e_ok, other=0.0).to(tl.float64)
+            dwell_e = tl.load(floats + stride_f + e, mask=e_ok, other=0.0).to(tl.float64)
+            dur = dur_e[None, :]
+            dwell = dwell_e[None, :]
+            if has_dwell:
+                in_dwell = (dwell >= dlo[:, None]) & (dwell <= dhi[:, None])
+                keep &= ((flags & 2) == 0)[:, None] | in_dwell
+            if has_ratio:
+                is_ratio = (flags & 4) != 0
+                if beta_same:
+                    ratio = tl.broadcast_to((dwell_e / _pow(dur_e, beta_one, INTERPRET))[None, :], keep.shape)
+                else:
+                    ratio = dwell / _pow(dur, beta[:, None], INTERPRET)
+                keep &= ~is_ratio[:, None] | ((ratio >= rlo[:, None]) & (ratio <= rhi[:, None]))
+            if has_weighted:
+                weighted = (flags & 1) != 0
+                if gamma_same:
+                    denom_e = _log1p(gamma_one * dur_e, INTERPRET)
+                    denom = tl.broadcast_to(denom_e[None, :], keep.shape)
+                    score = tl.broadcast_to((_log1p(dwell_e, INTERPRET) / denom_e)[None, :], keep.shape)
+                else:
+                    denom = _log1p(gamma[:, None] * dur, INTERPRET)
+                    score = _log1p(dwell, INTERPRET) / denom
+                keep &= ~weighted[:, None] | ((denom > 0) & (score > s0[:, None]))
+                weight = tl.where(weighted[:, None] & keep, score, 1.0).to(tl.float32)
+    else:
+        keep &= ((flags & 7) == 0)[:, None]
+    return tl.where(keep, weight, 0.0), tl.max(keep.to(tl.int32)) > 0
+
+
+@triton.jit
+def _block_summary(f0, f1, f2, flags, beta, gamma, s_ok):
+    """What the block's slices use, reduced once per block rather than per chunk: categorical filters,
+    dwell / ratio / weighted flags, and whether the ratio (weighted) slices share one BETA (GAMMA)."""
+    f = tl.where(s_ok, flags, 0)
+    beta_same, beta_one = _uniform(beta, ((f & 4) != 0) & s_ok)
+    gamma_same, gamma_one = _uniform(gamma, ((f & 1) != 0) & s_ok)
+    return (
+        tl.max(f0) >= 0, tl.max(f1) >= 0, tl.max(f2) >= 0, tl.max(f & 2) > 0, tl.max(f & 4) > 0, tl.max(f & 1) > 0,
+        beta_same, beta_one, gamma_same, gamma_one,
+    )
+
+
+@triton.jit
+def _forward_kernel(
+    table, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, order, table_start, acc_out, wsum_out,
+    t, S, D, SPLIT, EPP, stride_t, stride_c, stride_f,
+    NUM_CATS: tl.constexpr,  # rows of cats (categorical fields), unrolled
+    HAS_FLOATS: tl.constexpr,  # floats has the duration/dwell rows
+    USE_DOT: tl.constexpr,  # tl.dot (fp32/bf16/fp16 tables) or outer products (fp64)
+    PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 tables
+    GATE: tl.constexpr,  # branch around the gather of a chunk no slice keeps (else a masked gather)
+    BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0) // SPLIT
+    lo = tl.load(offsets + b) + (tl.program_id(0) % SPLIT) * EPP
+    hi = tl.minimum(lo + EPP, tl.load(offsets + b + 1))
+    s_lo = tl.load(table_start + t) + tl.program_id(1) * BLOCK_S
+    s_hi = tl.load(table_start + t + 1)
+    if (lo >= hi) | (s_lo >= s_hi):
+        return
+    si = s_lo + tl.arange(0, BLOCK_S)
+    s_ok = si < s_hi
+    s, win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0 = _slice_params(
+        prog_i, prog_f, order, si, s_ok)
+    block = _block_summary(f0, f1, f2, flags, beta, gamma, s_ok)
+    req = tl.load(request_ts + b)
+    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    acc = tl.zeros([BLOCK_S, BLOCK_D], ACC)
+    wacc = tl.zeros([BLOCK_S], ACC)
+    for start in range(lo, hi, BLOCK_E):
+        e = start + tl.arange(0, BLOCK_E)
+        e_ok = e < hi
+        w, any_kept = _membership(
+            e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
+            win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
+            block, NUM_CATS, HAS_FLOATS, INTERPRET)
+        if GATE:
+            if any_kept:
+                idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
+                rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0)
+                wa = w.to(ACC)
+                if USE_DOT:
+                    acc = tl.dot(wa, rows.to(ACC), acc, input_precision=PRECISION)
+                else:
+                    acc += tl.sum(wa[:, :, None] * rows.to(ACC)[None, :, :], axis=1)
+                wacc += tl.sum(wa, axis=1)
+        else:
+            # a zero weight contributes nothing: rows no slice of the block weighs are not fetched
+            needed = tl.max((w != 0).to(tl.int32), axis=0) > 0
+            idx = tl.load(ids + e, mask=needed, other=0).to(tl.int64)
+            rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=needed[:, None] & d_ok[None, :], other=0.0)
+            wa = w.to(ACC)
+            acc = tl.dot(wa, rows.to(ACC), acc, input_precision=PRECISION)
+            wacc += tl.sum(wa, axis=1)
+    out_row = (b * S + s).to(tl.int64)
+    tl.atomic_add(acc_out + out_row[:, None] * D + d[None, :], acc, mask=s_ok[:, None] & d_ok[None, :])
+    if tl.program_id(2) == 0:
+        tl.atomic_add(wsum_out + out_row, wacc, mask=s_ok)
+
+
+@triton.jit
+def _backward_kernel(
+    grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, order, table_start, out,
+    t, S, D, SPLIT, EPP, stride_c, stride_f, stride_o,
+    NUM_CATS: tl.constexpr, HAS_FLOATS: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr, ACC: tl.constexpr,
+    DENSE: tl.constexpr,  # True: atomically add rows into out[ids[e]]; False: store them at out[e]
+    BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0) // SPLIT
+    lo = tl.load(offsets + b) + (tl.program_id(0) % SPLIT) * EPP
+    hi = tl.minimum(lo + EPP, tl.load(offsets + b + 1))
+    if lo >= hi:
+        return
+    t_lo = tl.load(table_start + t)
+    t_hi = tl.load(table_start + t + 1)
+    req = tl.load(request_ts + b)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    # slice blocks outside (one for up to BLOCK_S slices a table), events inside: the block's program rows
+    # and its grad / weight_sum tile are loaded once; the program owns its events' output rows, so a
+    # second slice block adds to them without atomics
+    for s_lo in range(t_lo, t_hi, BLOCK_S):
+        si = s_lo + tl.arange(0, BLOCK_S)
+        s_ok = si < t_hi
+        s, win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0 = _slice_params(
+            prog_i, prog_f, order, si, s_ok)
+        block = _block_summary(f0, f1, f2, flags, beta, gamma, s_ok)
+        gi = (b * S + s).to(tl.int64)
+        ws = tl.load(weight_sum + gi, mask=s_ok, other=0.0).to(ACC)
+        g = tl.load(grad + gi[:, None] * D + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+        g = tl.where(ws[:, None] > 0, g.to(ACC) / ws[:, None], 0.0)
+        first = s_lo == t_lo
+        for start in range(lo, hi, BLOCK_E):
+            e = start + tl.arange(0, BLOCK_E)
+            e_ok = e < hi
+            w, any_kept = _membership(
+                e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
+                win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
+                block, NUM_CATS, HAS_FLOATS, INTERPRET)
+            rows = tl.zeros([BLOCK_E, BLOCK_D], ACC)
+            if any_kept:
+                wa = w.to(ACC)
+                if USE_DOT:
+                    rows = tl.dot(tl.trans(wa), g, rows, input_precision=PRECISION)
+                else:
+                    rows = tl.sum(wa[:, :, None] * g[:, None, :], axis=0)
+            mask = e_ok[:, None] & d_ok[None, :]
+            if DENSE:
+                if any_kept:
+                    idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
+                    tl.atomic_add(out + idx[:, None] * stride_o + d[None, :], rows.to(out.dtype.element_ty), mask=mask)
+            else:
+                dst = out + e.to(tl.int64)[:, None] * stride_o + d[None, :]
+                if first:
+                    tl.store(dst, rows.to(out.dtype.element_ty), mask=mask)
+                else:
+                    prev = tl.load(dst, mask=mask, other=0.0).to(ACC)
+                    tl.store(dst, (prev + rows).to(out.dtype.element_ty), mask=mask)
+
+
+def _check_inputs(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f) -> None:
+    n = ts.numel()
+    _util.check(ts.dim() == 1 and ts.dtype == torch.int64, op, "ts must be a 1-D int64 tensor")
+    _util.check(
+        offsets.dim() == 1 and offsets.dtype in (torch.int32, torch.int64) and offsets.numel() >= 1,
+        op, "offsets must be a 1-D int32/int64 tensor with at least one element",
+    )
+    b = offsets.numel() - 1
+    _util.check(
+        request_ts.dim() == 1 and request_ts.dtype == torch.int64 and request_ts.numel() == b,
+        op, "request_ts must be a 1-D int64 tensor with one entry per user (offsets.numel() - 1)",
+    )
+    _util.check(len(ids) >= 1, op, "ids must hold one tensor per table")
+    for t, i in enumerate(ids):
+        _util.check(
+            i.dim() == 1 and i.dtype in (torch.int32, torch.int64) and i.numel() == n,
+            op, f"ids[{t}] must be a 1-D int32/int64 tensor with one id per event (ts.numel())",
+        )
+    _util.check(
+        cats.dim() == 2 and cats.shape[1] == n and not cats.is_floating_point() and not cats.is_complex(),
+        op, "cats must be a 2-D integer tensor [C, N]",
+    )
+    _util.check(
+        floats.dim() == 2 and floats.shape[1] == n and floats.dtype == torch.float32 and floats.shape[0] in (0, 2),
+        op, "floats must be a float32 tensor [2, N] (duration, dwell) or [0, N]",
+    )
+    _util.check(
+        prog_i.dim() == 2 and prog_i.dtype == torch.int64 and prog_i.shape[1] == P.NUM_INT,
+        op, f"prog_i must be an int64 tensor [S, {P.NUM_INT}]",
+    )
+    _util.check(
+        prog_f.dim() == 2 and prog_f.dtype == torch.float64 and prog_f.shape == (prog_i.shape[0], P.NUM_FLOAT),
+        op, f"prog_f must be a float64 tensor [S, {P.NUM_FLOAT}] (S = prog_i.shape[0])",
+    )
+    for name, x in [("offsets", offsets), ("cats", cats), ("floats", floats), ("request_ts", request_ts)] + [
+        (f"ids[{t}]", i) for t, i in enumerate(ids)
+    ]:
+        _util.check(x.device == ts.device, op, f"{name} must be on the same device as ts")
+    for name, x in (("prog_i", prog_i), ("prog_f", prog_f)):
+        _util.check(x.device in (ts.device, torch.device("cpu")), op, f"{name} must be on the CPU or on ts's device")
+
+
+class _Plan:
+    """What every launch needs: contiguous inputs, the slice order, and grid sizes (exact after the checks'
+    device read, upper bounds under graph capture)."""
+
+    def __init__(self, op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows, dtype):
+        self.dtype = dtype
+        self.ids = [i.contiguous() for i in ids]
+        self.offsets, self.ts, self.request_ts = offsets.contiguous(), ts.contiguous(), request_ts.contiguous()
+        self.cats = cats.contiguous()
+        self.floats = floats.contiguous()
+        # the program may live on the CPU (the compiled CPU kernels want it there)
+        self.prog_i, self.prog_f = prog_i.to(ts.device).contiguous(), prog_f.to(ts.device).contiguous()
+        self.num_tables, self.b, self.s, self.n = len(ids), offsets.numel() - 1, prog_i.shape[0], ts.numel()
+        table = self.prog_i[:, P.TABLE]
+        # slices sorted by (table, flags): a block holds one table, and like filters run together
+        key = table.clamp(0, self.num_tables) * 8 + (self.prog_i[:, P.FLAGS] & 7)
+        self.order = torch.sort(key, stable=True).indices
+        counts = (table[None, :] == torch.arange(self.num_tables, device=table.device)[:, None]).sum(1)
+        self.table_start = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.counts = [self.s] * self.num_tables
+        self.max_len = self.n
+        self.exact = _util.checks_enabled(ts.device)  # counts / max_len read from the device, not bounds
+        if not self.exact:
+            return
+        o = self.offsets
+        flags = self.prog_i[:, P.FLAGS]
+        fields = self.prog_i[:, list(P.CAT_FIELD)]
+        failures = [
+            ((o[0] != 0) | (o[-1] != self.n), f"offsets must start at 0 and end at N={self.n} (ts.numel())"),
+            ((o.diff() < 0).any(), "offsets must be non-decreasing"),
+            (((table < 0) | (table >= self.num_tables)).any(), f"prog_i TABLE entries must lie in [0, {self.num_tables})"),
+            (((flags < 0) | (flags > 7)).any(), "prog_i FLAGS must use only WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4"),
+            ((fields >= self.cats.shape[0]).any(), f"prog_i CAT_FIELD entries must be -1 or lie in [0, {self.cats.shape[0]})"),
+        ]
+        if self.floats.shape[0] == 0:
+            failures.append(((flags != 0).any(), "floats has 0 rows but a slice uses dwell, ratio or weight "
+                             "(needs rows video_duration, dwell_time)"))
+        if self.n > 1:
+            starts = torch.zeros(self.n, dtype=torch.bool, device=ts.device)
+            starts[o[:-1].clamp(max=self.n - 1)] = True
+            failures.append((((self.ts.diff() < 0) & ~starts[1:]).any(), "ts must be ascending within each user"))
+        if self.cats.numel():
+            failures.append((((self.cats < 0) | (self.cats > P.MAX_CAT_VALUE)).any(), "cats values must lie in [0, 63]"))
+        for t, (i, r) in enumerate(zip(self.ids, num_rows)):
+            if i.numel():
+                failures.append((((i < 0) | (i >= r)).any(), f"ids[{t}] must lie in [0, {r})"))
+        sizes = torch.cat([counts, o.diff().max().reshape(1) if self.b else counts.new_zeros(1)])
+        sizes = _util.raise_failed(op, failures, sizes)
+        self.counts, self.max_len = sizes[:-1], sizes[-1]
+
+    def common(self, cfg: dict) -> dict:
+        return dict(
+            NUM_CATS=self.cats.shape[0], HAS_FLOATS=self.floats.shape[0] > 0, USE_DOT=cfg["USE_DOT"],
+            PRECISION=_dot_precision(), INTERPRET=_util.INTERPRET,
+            ACC=tl.float64 if self.dtype == torch.float64 else tl.float32,
+            BLOCK_S=cfg["BLOCK_S"], BLOCK_E=cfg["BLOCK_E"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
+
+    def split(self, cfg: dict) -> int:
+        return max(1, triton.cdiv(self.max_len, cfg["EPP"]))
+
+
+def sliced_pool(
+    tables: list[torch.Tensor], ids: list[torch.Tensor], offsets: torch.Tensor, ts: torch.Tensor,
+    cats: torch.Tensor, floats: torch.Tensor, request_ts: torch.Tensor, prog_i: torch.Tensor,
+    prog_f: torch.Tensor, sparse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    op = "sliced_pool"
+    _check_inputs(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
+    _util.check(len(tables) == len(ids), op, "tables and ids must have the same length (one ids tensor per table)")
+    for t, tab in enumerate(tables):
+        _util.check(tab.dim() == 2 and tab.is_floating_point(), op, f"tables[{t}] must be a 2-D floating tensor")
+        _util.check(
+            tab.dtype == tables[0].dtype and tab.shape[1] == tables[0].shape[1],
+            op, "tables must share one dtype and one row width D",
+        )
+        _util.check(tab.device == ts.device, op, f"tables[{t}] must be on the same device as ts")
+    _util.check_device(op, ts)
+    plan = _Plan(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, [t.shape[0] for t in tables], tables[0].dtype)
+    dtype, d = tables[0].dtype, tables[0].shape[1]
+    acc_dtype = _util.acc_dtype(dtype)
+    acc = torch.zeros(plan.b, plan.s, d, dtype=acc_dtype, device=ts.device)
+    wsum = torch.zeros(plan.b, plan.s, dtype=acc_dtype, device=ts.device)
+    if plan.b and plan.s and plan.n:
+        for t, tab in enumerate(tables):
+            cfg = _config(dtype, plan.counts[t], d)
+            if plan.counts[t] == 0 or d == 0:
+                continue
+            tab = tab if tab.stride(1) == 1 else tab.contiguous()
+            split = plan.split(cfg)
+            grid = (plan.b * split, triton.cdiv(plan.counts[t], cfg["BLOCK_S"]), max(1, triton.cdiv(d, cfg["BLOCK_D"])))
+            _forward_kernel[grid](
+                tab, plan.ids[t], plan.offsets, plan.ts, plan.cats, plan.floats, plan.request_ts, plan.prog_i,
+                plan.prog_f, plan.order, plan.table_start, acc, wsum,
+                t, plan.s, d, split, cfg["EPP"], tab.stride(0), plan.cats.stride(0), plan.floats.stride(0),
+                GATE=cfg["GATE"], **plan.common(cfg),
+            )
+    pooled = torch.where(wsum[..., None] > 0, acc / wsum.clamp_min(torch.finfo(acc_dtype).tiny)[..., None], 0.0)
+    return pooled.to(dtype), wsum.float()
+
+
+def _backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
+    _check_inputs(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
+    b, s = offsets.numel() - 1, prog_i.shape[0]
+    _util.check(
+        grad.dim() == 3 and grad.is_floating_point() and grad.shape[:2] == (b, s),
+        op, "grad must be a floating tensor [B, S, D] (B = offsets.numel() - 1, S = prog_i.shape[0])",
+    )
+    _util.check(
+        weight_sum.dtype == torch.float32 and weight_sum.shape == (b, s), op, "weight_sum must be a float32 tensor [B, S]"
+    )
+    for name, x in (("grad", grad), ("weight_sum", weight_sum)):
+        _util.check(x.device == ts.device, op, f"{name} must be on the same device as ts")
+    _util.check_device(op, ts)
+    dense = num_rows is not None
+    if dense:
+        _util.check(len(num_rows) == len(ids), op, "num_rows must have one entry per table")
+        _util.check(all(r >= 0 for r in num_rows), op, "num_rows must be >= 0")
+    plan = _Plan(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows or [2**63 - 1] * len(ids), grad.dtype)
+    d = grad.shape[2]
+    grad, weight_sum = grad.contiguous(), weight_sum.contiguous()
+    acc_dtype = _util.acc_dtype(grad.dtype)
+    outs = []
+    for t in range(plan.num_tables):
+        if dense:
+            out = torch.zeros(num_rows[t], d, dtype=acc_dtype, device=ts.device)
+        elif plan.exact and plan.counts[t]:
+            out = torch.empty(plan.n, d, dtype=grad.dtype, device=ts.device)  # the kernel writes every row
+        else:
+            out = torch.zeros(plan.n, d, dtype=grad.dtype, device=ts.device)
+        cfg = _config(grad.dtype, plan.counts[t], d, backward=True)
+        if plan.b and plan.n and d:
+            split = plan.split(cfg)
+            _backward_kernel[(plan.b * split, triton.cdiv(d, cfg["BLOCK_D"]))](
+                grad, weight_sum, plan.ids[t], plan.offsets, plan.ts, plan.cats, plan.floats, plan.request_ts,
+                plan.prog_i, plan.prog_f, plan.order, plan.table_start, out,
+                t, s, d, split, cfg["EPP"], plan.cats.stride(0), plan.floats.stride(0), out.stride(0),
+                DENSE=dense, **plan.common(cfg),
+            )
+        outs.append(out.to(grad.dtype))
+    return outs
+
+
+def sliced_pool_backward(
+    grad: torch.Tensor, weight_sum: torch.Tensor, ids: list[torch.Tensor], offsets: torch.Tensor, ts: torch.Tensor,
+    cats: torch.Tensor, floats: torch.Tensor, request_ts: torch.Tensor, prog_i: torch.Tensor, prog_f: torch.Tensor,
+    num_rows: list[int],
+) -> list[torch.Tensor]:
+    return _backward("sliced_pool_backward", grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i,
+                     prog_f, list(num_rows))
+
+
+def sliced_pool_backward_rows(
+    grad: torch.Tensor, weight_sum: torch.Tensor, ids: list[torch.Tensor], offsets: torch.Tensor, ts: torch.Tensor,
+    cats: torch.Tensor, floats: torch.Tensor, request_ts: torch.Tensor, prog_i: torch.Tensor, prog_f: torch.Tensor,
+) -> list[torch.Tensor]:
+    return _backward("sliced_pool_backward_rows", grad, weight_sum, ids, offsets, ts, cats, floats, request_ts,
+                     prog_i, prog_f, None)
+
+
+# fakes and autograd are the family's (dv365_ops/slicing.py), shared with the native ops; its backward
+# resolves the backward ops through ``_backend.resolve``, so backend "triton" runs the backward here too
+for _name in ("sliced_pool", "sliced_pool_backward", "sliced_pool_backward_rows"):
+    _util.define(_name, globals()[_name], getattr(_family, f"_fake_{_name}"))
+torch.library.register_autograd(
+    "dv365::sliced_pool_triton", _family._backward_sliced_pool, setup_context=_family._setup_context_sliced_pool
+)
