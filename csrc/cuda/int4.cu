@@ -1,8 +1,7 @@
 // CUDA kernels of the int4 rowwise codes (semantics and byte layout: dv365_ops/reference.py int4_quantize).
 // One warp per row: the warp reduces the row's min/max with shuffles, then each lane packs column pairs.
-// Arithmetic uses explicit round-to-nearest intrinsics so no multiply-add is fused, and divides by 15 the
-// way the reference does on a CUDA tensor (torch multiplies by the float reciprocal of a scalar divisor):
-// the codes match the reference evaluated on the same device bit for bit.
+// Arithmetic uses explicit round-to-nearest intrinsics so no multiply-add is fused, and the scale is a true
+// division by 15 (as on the CPU, in Triton and in fbgemm): the bytes do not depend on the device.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -14,7 +13,6 @@ namespace dv365::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-constexpr float kInv15 = 1.0f / 15.0f;
 
 // torch.amin/amax propagate NaN
 __device__ __forceinline__ float nan_min(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
@@ -75,7 +73,7 @@ __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, in
   if constexpr (kHalf) {
     bias = __half2float(__float2half_rn(mn));
     const float rng = __fsub_rn(mx, bias);
-    scale = __half2float(__float2half_rn(rng == 0.f ? 1.f : __fmul_rn(rng, kInv15)));
+    scale = __half2float(__float2half_rn(rng == 0.f ? 1.f : __fdiv_rn(rng, 15.f)));
     inv = __fdiv_rn(1.f, scale);
     if (scale == 0.f || isinf(inv)) {
       scale = 1.f;
@@ -83,7 +81,7 @@ __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, in
     }
   } else {
     bias = mn;
-    scale = __fmul_rn(__fsub_rn(mx, mn), kInv15);
+    scale = __fdiv_rn(__fsub_rn(mx, mn), 15.f);
     inv = scale > 0.f ? __fdiv_rn(1.f, scale) : 0.f;
   }
   uint8_t* o = out + row * out_width;
