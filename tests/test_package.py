@@ -29,3 +29,18 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert rows > 0 and saved["codes"].shape[0] == rows and saved["codes"].dtype == torch.uint8
     assert (tmp_path / "data" / "manifest.json").exists()
     assert "int4 export" in capsys.readouterr().out
+
+
+def test_cpu_kernels_are_built_with_openmp():
+    """at::parallel_for is inline OpenMP in torch's headers: an extension built without -fopenmp runs
+    every CPU kernel on one thread, silently."""
+    import shutil
+
+    import pytest
+
+    import dv365_ops
+
+    if sys.platform != "linux" or shutil.which("nm") is None:
+        pytest.skip("needs nm on Linux")
+    symbols = subprocess.run(["nm", "-D", dv365_ops._C.__file__], check=True, capture_output=True, text=True).stdout
+    assert "GOMP_parallel" in symbols

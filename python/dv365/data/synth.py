@@ -64,7 +64,7 @@ class SynthConfig:
     mean_length: float = 40_000
     length_sigma: float = 0.35
     max_length: int = 70_000
-    implicit_fraction: float = 0.8  # with the 35,000 cap: implicit ≈ 29,000, explicit ≈ 11,000 at the default mean
+    implicit_fraction: float = 0.86  # with the 35,000 cap: implicit ≈ 30,000, explicit ≈ 10,000 at the default mean
     max_implicit: int = 35_000
     max_explicit: int = 35_000
     # catalogue

@@ -1,0 +1,82 @@
+"""Runs every CUDA kernel of dv365 once on small inputs, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/gpu/sanitize.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python benchmarks/gpu/sanitize.py
+
+Covers every dtype path of the slicing kernels (they keep per-dtype shared-memory accumulators), the
+multi-group path (a table with more slices than one CTA holds), and inputs the kernels must reject without
+reading out of bounds (ids out of range, bad offsets, cats out of [0, 63]).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests"))
+
+import dv365_ops  # noqa: E402,F401
+from cuda_inputs import random_offsets, random_sliced_inputs  # noqa: E402
+
+ops = torch.ops.dv365
+
+
+def expect_error(fn, *args) -> None:
+    try:
+        fn(*args)
+    except RuntimeError as e:
+        assert "dv365::" in str(e), e
+    else:
+        raise AssertionError("bad input was accepted")
+
+
+def main() -> None:
+    dev = "cuda"
+    count = 0
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        lengths = [37, 0, 300, 5]
+        n = sum(lengths)
+        offsets = random_offsets(lengths, dev)
+        table = torch.randn(50, 40, device=dev).to(dtype)
+        ids = torch.randint(0, 50, (n,), device=dev)
+        w = torch.rand(n, device=dev)
+        out = ops.jagged_mean_pool(table, ids, offsets, w)
+        ops.jagged_mean_pool_backward(torch.randn_like(out), ids, offsets, w, 50)
+        ops.jagged_mean_pool_backward_rows(torch.randn_like(out), ids, offsets, None)
+        x = torch.randn(3, 7, 21, device=dev).to(dtype)
+        ops.token_pool(x, 4)
+        ops.token_pool_backward(torch.randn(3, 7, 6, device=dev).to(dtype), 4, 21)
+        if dtype != torch.float64:  # the int4 codes take float32, bfloat16 and float16
+            for half in (False, True):
+                packed = ops.int4_quantize(torch.randn(9, 34, device=dev).to(dtype), half)
+                ops.int4_dequantize(packed, half, dtype)
+        for s_count, t_count in ((9, 2), (150, 1)):  # 150 slices of one table: several groups
+            inputs = random_sliced_inputs([200, 0, 70], s_count, t_count, 130, dtype, dev)
+            tables, sids, soff, ts, cats, floats, req, pi, pf = inputs
+            pooled, wsum = ops.sliced_pool(*inputs)
+            grad = torch.randn_like(pooled)
+            ops.sliced_pool_backward(grad, wsum, sids, soff, ts, cats, floats, req, pi, pf, [t.shape[0] for t in tables])
+            ops.sliced_pool_backward_rows(grad, wsum, sids, soff, ts, cats, floats, req, pi, pf)
+            ops.slice_timeline(sids, soff, ts, cats, floats, req, pi, pf)
+        count += 1
+    # bad inputs: rejected, never read out of bounds
+    bad_ids = ids.clone()
+    bad_ids[3] = 10**12
+    expect_error(ops.jagged_mean_pool, table, bad_ids, offsets, None)
+    expect_error(ops.jagged_mean_pool_backward, torch.randn(4, 40, device=dev).to(dtype), bad_ids, offsets, None, 50)
+    expect_error(ops.jagged_mean_pool, table, ids, torch.tensor([0, 300, 10, 342], device=dev), None)
+    inputs = list(random_sliced_inputs([200, 0, 70], 9, 2, 16, torch.float32, dev))
+    inputs[1] = [inputs[1][0].clone(), inputs[1][1]]
+    inputs[1][0][7] = -3
+    expect_error(ops.sliced_pool, *inputs)
+    inputs = list(random_sliced_inputs([200, 0, 70], 9, 2, 16, torch.float32, dev))
+    inputs[2] = torch.tensor([0, 400, 100, 270], device=dev)
+    expect_error(ops.sliced_pool, *inputs)
+    torch.cuda.synchronize()
+    print(f"sanitize.py: every CUDA kernel ran ({count} dtypes) and bad inputs were rejected")
+
+
+if __name__ == "__main__":
+    main()

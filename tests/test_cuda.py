@@ -1,0 +1,366 @@
+"""The CUDA kernels against dv365_ops.reference on fresh random data (skipped without a CUDA device).
+
+The family test files run the same ops through the ``device`` fixture; this file adds what only CUDA has:
+graph capture and replay, every kernel's odd shapes and dtypes, data-dependent errors reported through the
+device-side flag, and opcheck / torch.compile on CUDA tensors.
+"""
+
+import pytest
+import torch
+
+import dv365_ops
+from dv365_ops import program as P
+from dv365_ops import reference as ref
+
+from cuda_inputs import random_offsets, random_sliced_inputs
+from tolerances import assert_close
+
+HAS_CUDA = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("dv365::sliced_pool", "CUDA")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and the CUDA build")]
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+ops = torch.ops.dv365
+
+
+def _has_fake(name: str) -> bool:
+    from torch._library.simple_registry import singleton
+
+    return singleton.find(f"dv365::{name}").fake_impl.kernel is not None
+
+
+def _lengths(b: int, hi: int) -> list[int]:
+    lengths = torch.randint(0, hi + 1, (b,)).tolist()
+    if b > 2:
+        lengths[1] = 0  # an empty bag / user
+    return lengths
+
+
+# ---------------------------------------------------------------- jagged mean pooling
+
+
+def _jagged_inputs(lengths, rows, d, dtype, weighted, noncontig=False):
+    dev = "cuda"
+    offsets = random_offsets(lengths, dev)
+    n = sum(lengths)
+    table = torch.randn(rows, d + (3 if noncontig else 0), device=dev).to(dtype)
+    if noncontig:
+        table = table[:, 1 : d + 1]
+    ids = torch.randint(0, rows, (n,), device=dev)
+    weights = torch.rand(n, device=dev) + 0.1 if weighted else None
+    return table, ids, offsets, weights
+
+
+def _jagged_grads(grad, ids, offsets, weights, rows):
+    acc = torch.float64
+    m = offsets.numel() - 1
+    n = ids.numel()
+    seg = torch.repeat_interleave(torch.arange(m, device=ids.device), offsets.diff(), output_size=n)
+    w = torch.ones(n, dtype=acc, device=ids.device) if weights is None else weights.to(acc)
+    den = torch.zeros(m, dtype=acc, device=ids.device).index_add_(0, seg, w)
+    coef = torch.where(den[seg] > 0, w / den[seg].clamp_min(1e-300), 0.0)
+    per_row = coef[:, None] * grad.to(acc)[seg]
+    dense = torch.zeros(rows, grad.shape[1], dtype=acc, device=ids.device).index_add_(0, ids.long(), per_row)
+    return dense.to(grad.dtype), per_row.to(grad.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [1, 5, 123, 256])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_jagged_mean_pool(dtype, d, weighted):
+    b = int(torch.randint(1, 40, ()))
+    table, ids, offsets, weights = _jagged_inputs(_lengths(b, 300), 257, d, dtype, weighted, noncontig=d == 123)
+    out = ops.jagged_mean_pool(table, ids, offsets, weights)
+    assert_close(out, ref.jagged_mean_pool(table, ids, offsets, weights))
+    grad = torch.randn_like(out)
+    dense, rows = _jagged_grads(grad, ids, offsets, weights, table.shape[0])
+    assert_close(ops.jagged_mean_pool_backward(grad, ids, offsets, weights, table.shape[0]), dense)
+    assert_close(ops.jagged_mean_pool_backward_rows(grad, ids, offsets, weights), rows)
+
+
+@pytest.mark.parametrize("lengths", [[70_000, 10, 0, 3], [0], [], [1]])
+def test_jagged_mean_pool_long_and_empty_bags(lengths):
+    table, ids, offsets, weights = _jagged_inputs(lengths, 1000, 64, torch.float32, True)
+    out = ops.jagged_mean_pool(table, ids, offsets, weights)
+    assert out.shape == (len(lengths), 64)
+    assert_close(out, ref.jagged_mean_pool(table, ids, offsets, weights))
+    grad = torch.randn_like(out)
+    dense, rows = _jagged_grads(grad, ids, offsets, weights, 1000)
+    assert_close(ops.jagged_mean_pool_backward(grad, ids, offsets, weights, 1000), dense)
+    assert_close(ops.jagged_mean_pool_backward_rows(grad, ids, offsets, weights), rows)
+
+
+def test_jagged_bad_inputs():
+    table, ids, offsets, weights = _jagged_inputs([5, 7, 3], 20, 8, torch.float32, True)
+    bad = ids.clone()
+    bad[4] = 20
+    # the messages are the CPU kernels' (the CUDA op re-runs them on bad input)
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must be in \[0, 20\)"):
+        ops.jagged_mean_pool(table, bad, offsets, weights)
+    bad[4] = -1
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool_backward: ids must be in \[0, 20\)"):
+        ops.jagged_mean_pool_backward(torch.randn(3, 8, device="cuda"), bad, offsets, weights, 20)
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: offsets must be non-decreasing"):
+        ops.jagged_mean_pool(table, ids, torch.tensor([0, 9, 4, 15], device="cuda"), weights)
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: offsets\[-1\] must equal the number of ids"):
+        ops.jagged_mean_pool(table, ids, torch.tensor([0, 5, 12, 14], device="cuda"), weights)
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: weights must have shape \[N\]"):
+        ops.jagged_mean_pool(table, ids, offsets, weights[:-1])
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: weights must be finite and non-negative"):
+        ops.jagged_mean_pool(table, ids, offsets, -weights)
+    with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must be on the same device as table"):
+        ops.jagged_mean_pool(table, ids.cpu(), offsets, weights)
+
+
+# ---------------------------------------------------------------- token pooling
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,stride", [((3, 5, 200), 2), ((2, 7, 123), 4), ((1, 1), 3), ((4, 0), 2), ((6, 257), 1), ((2, 3, 9), 9)])
+def test_token_pool(dtype, shape, stride):
+    x = torch.randn(*shape, device="cuda").to(dtype)
+    if len(shape) == 3:
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous
+    out = ops.token_pool(x, stride)
+    assert_close(out, ref.token_pool(x, stride))
+    xr = x.detach().double().requires_grad_()
+    expected = ref.token_pool(xr, stride)
+    grad = torch.randn_like(expected)
+    (gx,) = torch.autograd.grad(expected, xr, grad)
+    assert_close(ops.token_pool_backward(grad.to(dtype), stride, shape[-1]), gx.to(dtype))
+
+
+# ---------------------------------------------------------------- int4 codes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("rows,d", [(1, 2), (123, 256), (257, 10), (0, 8), (5, 0), (33, 1026)])
+def test_int4(dtype, half, rows, d):
+    x = (torch.randn(rows, d + 2, device="cuda") * 3).to(dtype)[:, 1 : d + 1]
+    if rows > 3:
+        x[2] = 1.5  # a constant row: zero scale
+    packed = ops.int4_quantize(x, half)
+    assert torch.equal(packed, ref.int4_quantize(x, half))
+    for out_dtype in (None, torch.bfloat16):
+        got = ops.int4_dequantize(packed, half, out_dtype)
+        assert torch.equal(got, ref.int4_dequantize(packed.cpu(), half, out_dtype).cuda())
+    strided = torch.cat([packed, packed], 1)[:, : packed.shape[1]]
+    assert torch.equal(ops.int4_dequantize(strided, half), ref.int4_dequantize(packed, half))
+
+
+# ---------------------------------------------------------------- slicing
+
+
+@pytest.mark.parametrize("with_floats", [True, False])
+@pytest.mark.parametrize("s_count,t_count", [(1, 1), (7, 2), (70, 3), (200, 3), (0, 1)])
+def test_slice_timeline(with_floats, s_count, t_count):
+    lengths = _lengths(int(torch.randint(1, 12, ())), 900)
+    _, ids, offsets, ts, cats, floats, req, pi, pf = random_sliced_inputs(
+        lengths, s_count, t_count, 4, torch.float32, "cuda", with_floats=with_floats)
+    values, weights, lens = ops.slice_timeline(ids, offsets, ts, cats, floats, req, pi, pf)
+    ev, ew, el = ref.slice_timeline(ids, offsets, ts, cats, floats, req, pi, pf)
+    assert torch.equal(lens, el)
+    assert torch.equal(values, ev)
+    assert_close(weights, ew)
+
+
+def _sliced_expected_grads(grad, wsum, tables, ids, offsets, ts, cats, floats, req, pi, pf):
+    keep, weight = ref.slice_membership(offsets, ts, cats, floats, req, pi, pf)
+    n = ts.numel()
+    b = offsets.numel() - 1
+    user = torch.repeat_interleave(torch.arange(b, device=ts.device), offsets.diff(), output_size=n)
+    coef = torch.where(keep, weight.double(), 0.0)  # [S, N]
+    ws = wsum.double().t()[:, user]  # [S, N]
+    coef = torch.where(ws > 0, coef / ws.clamp_min(1e-300), 0.0)
+    g = grad.double()[user]  # [N, S, D]
+    rows, dense = [], []
+    for t, (tab, t_ids) in enumerate(zip(tables, ids)):
+        sel = pi[:, P.TABLE] == t
+        r = torch.einsum("sn,nsd->nd", coef[sel], g[:, sel])
+        rows.append(r.to(grad.dtype))
+        dense.append(torch.zeros(tab.shape[0], tab.shape[1], dtype=torch.float64, device=ts.device)
+                     .index_add_(0, t_ids, r).to(grad.dtype))
+    return dense, rows
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s_count,t_count,d", [(1, 1, 1), (7, 2, 5), (70, 3, 123), (200, 3, 256), (150, 1, 40)])
+def test_sliced_pool(dtype, s_count, t_count, d):
+    lengths = _lengths(int(torch.randint(1, 9, ())), 3000)
+    inputs = random_sliced_inputs(lengths, s_count, t_count, d, dtype, "cuda", with_floats=s_count != 7)
+    tables, ids, offsets, ts, cats, floats, req, pi, pf = inputs
+    pooled, wsum = ops.sliced_pool(*inputs)
+    e_pooled, e_wsum = ref.sliced_pool(*inputs)
+    assert_close(wsum, e_wsum, torch.float32)
+    assert_close(pooled, e_pooled)
+    grad = torch.randn_like(pooled)
+    dense, rows = _sliced_expected_grads(grad, wsum, *inputs)
+    got_dense = ops.sliced_pool_backward(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf, [t.shape[0] for t in tables])
+    got_rows = ops.sliced_pool_backward_rows(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf)
+    for t in range(t_count):
+        assert_close(got_dense[t], dense[t])
+        assert_close(got_rows[t], rows[t])
+
+
+def test_sliced_pool_empty():
+    inputs = random_sliced_inputs([0, 0], 5, 2, 8, torch.float32, "cuda")
+    pooled, wsum = ops.sliced_pool(*inputs)
+    assert pooled.shape == (2, 5, 8) and not pooled.any() and not wsum.any()
+    inputs = random_sliced_inputs([], 5, 2, 8, torch.float32, "cuda")
+    pooled, wsum = ops.sliced_pool(*inputs)
+    assert pooled.shape == (0, 5, 8)
+
+
+def test_sliced_bad_inputs():
+    tables, ids, offsets, ts, cats, floats, req, pi, pf = random_sliced_inputs([30, 40], 9, 2, 8, torch.float32, "cuda")
+    bad_ids = [ids[0].clone(), ids[1]]
+    bad_ids[0][3] = tables[0].shape[0]
+    unsorted = ts.clone()
+    unsorted[1] = unsorted[2] + 10
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: ts must be ascending within each user"):
+        ops.sliced_pool(tables, ids, offsets, unsorted, cats, floats, req, pi, pf)
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: ids\[0\]\[3\] = 50 is out of range"):
+        ops.sliced_pool(tables, bad_ids, offsets, ts, cats, floats, req, pi, pf)
+    bad_pi = pi.clone()
+    bad_pi[:, P.CAT_FIELD[0]] = 0
+    bad_pi[:, P.WIN_LO] = -1
+    bad_pi[:, P.WIN_HI] = P.NO_UPPER_BOUND
+    bad_cats = cats.clone()
+    bad_cats[0, 5] = 64
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: cats values must lie in \[0, 63\]"):
+        ops.sliced_pool(tables, ids, offsets, ts, bad_cats, floats, req, bad_pi, pf)
+    with pytest.raises(RuntimeError, match=r"dv365::slice_timeline: cats values"):
+        ops.slice_timeline(ids, offsets, ts, bad_cats, floats, req, bad_pi, pf)
+    bad_pi = pi.clone()
+    bad_pi[0, P.TABLE] = 2
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_i\[0, TABLE\] = 2 is out of range for 2 tables"):
+        ops.sliced_pool(tables, ids, offsets, ts, cats, floats, req, bad_pi, pf)
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: offsets must start at 0 and end at N"):
+        ops.sliced_pool(tables, ids, torch.tensor([0, 50, 40], device="cuda"), ts, cats, floats, req, pi, pf)
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: grad must be a \w+ tensor of shape"):
+        ops.sliced_pool_backward_rows(torch.zeros(2, 8, 8, device="cuda"), torch.zeros(2, 9, device="cuda"), ids,
+                                      offsets, ts, cats, floats, req, pi, pf)
+
+
+# ---------------------------------------------------------------- graphs, compile, opcheck
+
+
+def _graph_check(fn, make_inputs):
+    """Capture fn on static inputs, refill them with fresh data, replay, compare with an eager call."""
+    static = make_inputs()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn(*static)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*static)
+    fresh = make_inputs()
+    for s, f in zip(static, fresh):
+        if isinstance(s, torch.Tensor):
+            s.copy_(f)
+        elif isinstance(s, list):
+            for a, c in zip(s, f):
+                a.copy_(c)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = fn(*fresh)
+    for o, e in zip(out if isinstance(out, (tuple, list)) else [out], expected if isinstance(expected, (tuple, list)) else [expected]):
+        assert torch.equal(o, e) or torch.allclose(o.float(), e.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_graph_capture_forward_ops():
+    lengths = [40, 0, 300, 7]
+    def jagged_inputs():
+        table = torch.randn(100, 32, device="cuda")
+        offsets = random_offsets(lengths, "cuda")
+        ids = torch.randint(0, 100, (sum(lengths),), device="cuda")
+        return table, ids, offsets, torch.rand(sum(lengths), device="cuda")
+    _graph_check(lambda t, i, o, w: ops.jagged_mean_pool(t, i, o, w), jagged_inputs)
+    _graph_check(lambda x: ops.token_pool(x, 2), lambda: (torch.randn(4, 16, 200, device="cuda"),))
+    _graph_check(lambda x: ops.int4_quantize(x, False), lambda: (torch.randn(64, 256, device="cuda"),))
+    _graph_check(lambda p: ops.int4_dequantize(p, True, None),
+                 lambda: (ops.int4_quantize(torch.randn(64, 256, device="cuda"), True),))
+    fixed = random_sliced_inputs([500, 0, 1200], 30, 3, 64, torch.float32, "cuda")
+    def sliced_inputs():
+        fresh = random_sliced_inputs([500, 0, 1200], 30, 3, 64, torch.float32, "cuda")
+        return ([t.clone() for t in fresh[0]], [i.clone() for i in fresh[1]], *fixed[2:])
+    _graph_check(lambda *a: ops.sliced_pool(*a), sliced_inputs)
+
+
+def test_bad_input_inside_graph_is_not_read_out_of_bounds():
+    table = torch.randn(10, 8, device="cuda")
+    offsets = torch.tensor([0, 3, 6], device="cuda")
+    ids = torch.tensor([0, 1, 2, 3, 4, 5], device="cuda")
+    ops.jagged_mean_pool(table, ids, offsets)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.jagged_mean_pool(table, ids, offsets)
+    ids.copy_(torch.tensor([0, 1, 10**9, 3, -5, 5], device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
+
+
+OPS_WITH_FAKES = ["jagged_mean_pool", "token_pool", "int4_quantize", "int4_dequantize", "sliced_pool"]
+
+
+@pytest.mark.compile
+@pytest.mark.skipif(not all(_has_fake(n) for n in OPS_WITH_FAKES), reason="the families' fake impls are not registered")
+def test_torch_compile_fullgraph_cuda():
+    lengths = [30, 0, 500]
+    table = torch.randn(100, 64, device="cuda")
+    offsets = random_offsets(lengths, "cuda")
+    ids = torch.randint(0, 100, (sum(lengths),), device="cuda")
+    x = torch.randn(2, 64, 200, device="cuda")
+
+    def f(table, ids, offsets, x):
+        pooled = ops.jagged_mean_pool(table, ids, offsets, None)
+        packed = ops.int4_quantize(pooled, False)
+        return ops.int4_dequantize(packed, False, None), ops.token_pool(x, 2)
+
+    compiled = torch.compile(f, fullgraph=True)
+    for a, e in zip(compiled(table, ids, offsets, x), f(table, ids, offsets, x)):
+        assert_close(a, e)
+    inputs = random_sliced_inputs([300, 20], 12, 2, 32, torch.float32, "cuda")
+    got = torch.compile(lambda *a: ops.sliced_pool(*a), fullgraph=True)(*inputs)
+    exp = ops.sliced_pool(*inputs)
+    assert_close(got[0], exp[0])
+
+
+def _cuda_samples():
+    lengths = [13, 0, 40]
+    table, ids, offsets, weights = _jagged_inputs(lengths, 30, 8, torch.float32, True)
+    sliced = random_sliced_inputs([60, 0, 25], 9, 2, 8, torch.float32, "cuda")
+    tables, sids, soff, ts, cats, floats, req, pi, pf = sliced
+    pooled, wsum = ops.sliced_pool(*sliced)
+    grad = torch.randn_like(pooled)
+    return {
+        "jagged_mean_pool": (table, ids, offsets, weights),
+        "jagged_mean_pool_backward": (torch.randn(3, 8, device="cuda"), ids, offsets, weights, 30),
+        "jagged_mean_pool_backward_rows": (torch.randn(3, 8, device="cuda"), ids, offsets, weights),
+        "token_pool": (torch.randn(2, 3, 11, device="cuda"), 2),
+        "token_pool_backward": (torch.randn(2, 3, 6, device="cuda"), 2, 11),
+        "int4_quantize": (torch.randn(5, 16, device="cuda"), True),
+        "int4_dequantize": (ops.int4_quantize(torch.randn(5, 16, device="cuda"), False), False, torch.bfloat16),
+        "slice_timeline": (sids, soff, ts, cats, floats, req, pi, pf),
+        "sliced_pool": sliced,
+        "sliced_pool_backward": (grad, wsum, sids, soff, ts, cats, floats, req, pi, pf, [t.shape[0] for t in tables]),
+        "sliced_pool_backward_rows": (grad, wsum, sids, soff, ts, cats, floats, req, pi, pf),
+    }
+
+
+CUDA_OPS = [
+    "jagged_mean_pool", "jagged_mean_pool_backward", "jagged_mean_pool_backward_rows", "token_pool",
+    "token_pool_backward", "int4_quantize", "int4_dequantize", "slice_timeline", "sliced_pool",
+    "sliced_pool_backward", "sliced_pool_backward_rows"]
+
+
+@pytest.mark.parametrize("name", CUDA_OPS)
+def test_opcheck_cuda(name):
+    if not _has_fake(name):
+        pytest.skip(f"dv365::{name} has no fake impl registered yet")
+    args = _cuda_samples()[name]
+    # the data-dependent op cannot run on fake tensors without a dynamic-size fake; the family test covers it
+    torch.library.opcheck(getattr(ops, name).default, args)
