@@ -36,6 +36,17 @@ def median_time(fn: Callable[[], object], min_time: float = 0.3, max_reps: int =
     return times[len(times) // 2]
 
 
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` runs after a warm-up: on a shared machine the minimum is the stable statistic."""
+    run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def markdown_table(results: Sequence[Result], ours: str = "dv365") -> str:
     """One row per (case, provider); ``vs best peer`` is the best peer's time over this row's time."""
     best_peer: dict[str, float] = {}

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
+import pathlib
+import sys
 from typing import Callable
 
 import pytest
@@ -24,6 +25,9 @@ import torch
 
 import dv365_ops
 from dv365_ops import reference as R
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import best_seconds  # noqa: E402
 
 try:
     import fbgemm_gpu  # noqa: F401
@@ -112,17 +116,6 @@ def check(case: Case, op: str) -> None:
             assert torch.equal(got, expected), f"{name} quantize bytes differ from the reference"
         else:
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=f"{name} dequantize")
-
-
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` runs after a warm-up: on a shared machine the minimum is the stable statistic."""
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def cases(users: int) -> list[Case]:

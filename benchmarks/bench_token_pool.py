@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pathlib
 import itertools
 import sys
-import time
 from typing import Callable
 
 import pytest
@@ -32,6 +32,9 @@ import torch.nn.functional as F
 
 import dv365_ops
 from dv365_ops import reference as R
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import best_seconds  # noqa: E402
 
 TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 1.6e-2)}
 
@@ -108,17 +111,6 @@ def step(fn, x: torch.Tensor, stride: int, backward: bool) -> Callable[[], None]
         fn(xg, stride).backward(grad)
 
     return run
-
-
-def best_seconds(run: Callable[[], None], repeats: int) -> float:
-    """The fastest of ``repeats`` runs after a warm-up: on a shared machine the minimum is the stable statistic."""
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def cases(quick: bool) -> list[Case]:
