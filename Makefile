@@ -32,7 +32,7 @@ demo: build
 	$(VENV)/bin/dv365 demo
 
 bench: build
-	$(VPY) -m pytest -q benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+	$(VPY) -m pytest -q $(wildcard benchmarks/bench_*.py) --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
 # The op tests on a build with AddressSanitizer and UndefinedBehaviorSanitizer (its own build folder).
 test-asan: $(DEPS_STAMP)
