@@ -122,10 +122,11 @@ DV365_ALWAYS_INLINE bool quantize_row(const T* __restrict__ x, int64_t d, bool h
   float scale, bias, inv;
   if (half_scale_bias) {
     // fbgemm's FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf, step for step
-    const c10::Half bias_h(mn);
-    bias = static_cast<float>(bias_h);
+    const uint16_t bias_h = c10::detail::fp16_ieee_from_fp32_value(mn);
+    bias = c10::detail::fp16_ieee_to_fp32_value(bias_h);
     const float range = mx - bias;
-    scale = static_cast<float>(c10::Half(range == 0.0f ? 1.0f : range / 15.0f));
+    scale = c10::detail::fp16_ieee_to_fp32_value(
+        c10::detail::fp16_ieee_from_fp32_value(range == 0.0f ? 1.0f : range / 15.0f));
     if (scale == 0.0f) {
       scale = 1.0f;
     }
@@ -134,7 +135,8 @@ DV365_ALWAYS_INLINE bool quantize_row(const T* __restrict__ x, int64_t d, bool h
       scale = 1.0f;
       inv = 1.0f;
     }
-    const c10::Half sb[2] = {c10::Half(scale), bias_h};
+    // the header's inline conversions: c10::Half's operator float is an out-of-line call, twice per row
+    const uint16_t sb[2] = {c10::detail::fp16_ieee_from_fp32_value(scale), bias_h};
     std::memcpy(out + d / 2, sb, sizeof(sb));
   } else {
     bias = mn;
