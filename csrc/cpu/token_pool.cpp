@@ -234,65 +234,6 @@ at::Tensor token_pool_cpu(const at::Tensor& x, int64_t stride) {
 
 // ---- backward: grad_x[..., t] = grad[..., t / stride] / count(t / stride) ----
 
-template <typename T>
-void spread_token_major(const T* __restrict__ g, T* __restrict__ gx, int64_t l_count, int64_t n, int64_t d,
-                        int64_t stride) {
-  using A = acc_t<T>;
-  const int64_t n_out = num_windows(n, stride);
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, d * stride));
-  at::parallel_for(0, l_count * n_out, grain, [&](int64_t lo, int64_t hi) {
-    std::vector<A> acc(d);
-    A* __restrict__ a = acc.data();
-    for (int64_t w = lo; w < hi; ++w) {
-      const int64_t l = w / n_out, o = w % n_out;
-      const int64_t t0 = o * stride, count = std::min(stride, n - t0);
-      const T* __restrict__ src = g + w * d;
-      T* __restrict__ dst = gx + (l * n + t0) * d;
-      for (int64_t j = 0; j < d; ++j) {
-        a[j] = static_cast<A>(src[j]);
-      }
-      store_mean(a, dst, d, count);
-      for (int64_t k = 1; k < count; ++k) {
-        std::copy(dst, dst + d, dst + k * d);
-      }
-    }
-  });
-}
-
-template <typename T>
-void spread_rows(const T* __restrict__ g, T* __restrict__ gx, int64_t rows, int64_t n, int64_t stride) {
-  using A = acc_t<T>;
-  const int64_t n_out = num_windows(n, stride);
-  const int64_t full = n / stride;
-  const bool pow2 = (stride & (stride - 1)) == 0;
-  const A count = static_cast<A>(stride), inv = A(1) / count;
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, n));
-  at::parallel_for(0, rows, grain, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const T* __restrict__ gr = g + r * n_out;
-      T* __restrict__ xr = gx + r * n;
-      if (stride == 2) {
-        for (int64_t o = 0; o < full; ++o) {
-          const T v = static_cast<T>(static_cast<A>(gr[o]) * A(0.5));
-          xr[2 * o] = v;
-          xr[2 * o + 1] = v;
-        }
-      } else {
-        for (int64_t o = 0; o < full; ++o) {
-          const A g_o = static_cast<A>(gr[o]);
-          const T v = static_cast<T>(pow2 ? g_o * inv : g_o / count);
-          std::fill(xr + o * stride, xr + (o + 1) * stride, v);
-        }
-      }
-      if (full < n_out) {
-        const A c = static_cast<A>(n - full * stride);
-        const T v = static_cast<T>(static_cast<A>(gr[full]) / c);
-        std::fill(xr + full * stride, xr + n, v);
-      }
-    }
-  });
-}
-
 at::Tensor token_pool_backward_cpu(const at::Tensor& grad, int64_t stride, int64_t n) {
   constexpr const char* op = "token_pool_backward";
   DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
