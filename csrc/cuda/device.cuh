@@ -1,0 +1,76 @@
+// Device-side helpers shared by the CUDA kernels (csrc/cuda/*.cu). Nothing here includes ATen: the .cu files
+// hold only kernels and their launchers, which take raw pointers and return a cudaError_t. All argument
+// checking, allocation and error raising lives in the host files (csrc/cuda/*_ops.cpp, compiled by the C++
+// compiler), so no C++ exception is ever thrown from, or unwound through, an nvcc-compiled frame.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/launch.h"
+
+namespace dv365::cuda {
+
+inline __device__ void set_error(int32_t* flag, int32_t bit) { atomicOr(flag, bit); }
+
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+// Conversion to and from the accumulator type (float for every 16/32-bit dtype, double for double).
+template <typename acc_t, typename T>
+__device__ __forceinline__ acc_t to_acc(T v) {
+  return static_cast<acc_t>(to_float(v));
+}
+template <>
+__device__ __forceinline__ double to_acc<double, double>(double v) {
+  return v;
+}
+template <typename T, typename acc_t>
+__device__ __forceinline__ T from_acc(acc_t v) {
+  return static_cast<T>(v);
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half, float>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Calls f(T{}) with the CUDA type of `dtype`.
+template <typename F>
+cudaError_t with_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat: f(float{}); break;
+    case DType::kDouble: f(double{}); break;
+    case DType::kHalf: f(__half{}); break;
+    case DType::kBFloat16: f(__nv_bfloat16{}); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace dv365::cuda

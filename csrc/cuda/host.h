@@ -1,0 +1,121 @@
+// Host-side helpers of the CUDA ops (csrc/cuda/*_ops.cpp, compiled by the C++ compiler, never by nvcc):
+// device and dtype plumbing, launch checks, and the device error flag through which kernels report
+// data-dependent bad input (ids out of range, offsets not monotone, ...).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda/launch.h"
+#include "dv365.h"
+
+namespace dv365::cuda {
+
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// Raises a CUDA launch error (a configuration bug, never bad input) with the op's name.
+inline void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "dv365::", op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+inline DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat;
+    case at::kDouble: return DType::kDouble;
+    case at::kHalf: return DType::kHalf;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "dv365: no CUDA kernel for dtype ", t);
+  }
+}
+
+// A zeroed int32 flag on the op's device (a memset on the current stream; graph-capture safe).
+inline at::Tensor new_error_flag(const at::Tensor& like) { return at::zeros({1}, like.options().dtype(at::kInt)); }
+
+inline bool capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(current_stream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// Runs the op's CPU kernel on CPU copies of the inputs. The CPU kernels hold the one definition of every
+// input check and its message, so on bad input the CUDA op re-runs them to raise exactly the CPU error.
+template <typename Sig, typename... Args>
+void rerun_on_cpu(const char* qualname, Args&&... args) {
+  auto op = c10::Dispatcher::singleton().findSchemaOrThrow(qualname, "").typed<Sig>();
+  op.redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), std::forward<Args>(args)...);
+}
+
+inline std::vector<at::Tensor> to_cpu(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.cpu());
+  return out;
+}
+
+inline std::optional<at::Tensor> to_cpu(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->cpu()) : std::nullopt;
+}
+
+// Runs the metadata checks; when one fails, the CPU kernel's message wins (rerun raises it), else the
+// check's own. Nothing is thrown from inside a handler.
+template <typename Checks, typename Rerun>
+void check_like_cpu(Checks&& checks, Rerun&& rerun) {
+  bool failed = false;
+  try {
+    checks();
+  } catch (const c10::Error&) {
+    failed = true;
+  }
+  if (!failed) return;
+  rerun();
+  checks();
+}
+
+inline std::string error_bits_message(int32_t bits) {
+  std::string what;
+  if (bits & kIdOutOfRange) what += "ids must lie in [0, num_rows) of their table; ";
+  if (bits & kOffsetsBad) what += "offsets must start at 0, be non-decreasing and end at the number of ids; ";
+  if (bits & kCatOutOfRange) what += "cats values must lie in [0, 63]; ";
+  if (bits & kTableOutOfRange) what += "prog_i TABLE column must index the tables list; ";
+  if (bits & kWeightsBad) what += "weights must be finite and non-negative; ";
+  if (bits & kNotFinite) what += "x must be finite; ";
+  if (bits & kTsOrder) what += "ts must be ascending within each user; ";
+  if (bits & kTsOverflow) what += "request_ts - ts overflows int64; ";
+  return what.empty() ? what : what.substr(0, what.size() - 2);
+}
+
+// Reads the flag; on bad input re-runs the CPU kernel for its message (and raises a summary if that passes).
+// While the stream is being captured into a CUDA graph the check is skipped: a graph cannot synchronize, so
+// inside a graph bad input is never read out of bounds (kernels skip the offending element) but is reported
+// nowhere. Outside a graph this costs one device synchronization.
+template <typename Rerun>
+void check_error_flag(const at::Tensor& flag, const char* op, Rerun&& rerun) {
+  if (capturing()) return;
+  const int32_t bits = flag.item<int32_t>();
+  if (bits == 0) return;
+  rerun();
+  TORCH_CHECK(false, "dv365::", op, ": ", error_bits_message(bits), " (checked on the device)");
+}
+
+inline void check_offsets_async(const at::Tensor& offsets, int64_t n, const at::Tensor& flag, const char* op) {
+  check_launch(launch_check_offsets(offsets.data_ptr<int64_t>(), offsets.numel() - 1, n, flag.data_ptr<int32_t>(),
+                                    current_stream()),
+               op);
+}
+
+inline void check_device(const at::Tensor& t, const char* op, const char* name, const at::Tensor& ref,
+                         const char* ref_name) {
+  DV365_CHECK(t.device() == ref.device(), op, name, " must be on the same device as ", ref_name, " (", ref.device(),
+              "), got ", t.device());
+}
+
+}  // namespace dv365::cuda
