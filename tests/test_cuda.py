@@ -202,6 +202,41 @@ def test_sliced_pool(dtype, s_count, t_count, d):
         assert_close(got_rows[t], rows[t])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("item,groups", [(None, None), ("64", None), ("64", "4"), (None, "1")])
+def test_sliced_pool_grouped_windows(dtype, item, groups, monkeypatch):
+    """W40K's structured program (50 predicates x 4 windows: the kernels pool each predicate once per segment)
+    on short timelines, with work items cut small (DV365_SP_ITEM) and a table's groups split over several
+    CTA blocks (DV365_SP_GROUPS), which switches the per-event backward from stores to zeroed atomics."""
+    from dv365_ops import testing
+
+    if item:
+        monkeypatch.setenv("DV365_SP_ITEM", item)
+    if groups:
+        monkeypatch.setenv("DV365_SP_GROUPS", groups)
+    rows = (300, 200, 100)
+    lengths = _lengths(int(torch.randint(1, 6, ())), 2500)
+    tl = testing.random_timeline(lengths, table_rows=rows, cat_cardinality=testing.W40K_CAT_CARDINALITY,
+                                 span_days=10, device="cuda")
+    pi, pf = testing.w40k_program(rows)
+    d = int(torch.randint(1, 70, ()))
+    tables = [torch.randn(r, d, device="cuda").to(dtype) for r in rows]
+    inputs = (tables, tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"],
+              pi.cuda(), pf.cuda())
+    tables, ids, offsets, ts, cats, floats, req, pi, pf = inputs
+    pooled, wsum = ops.sliced_pool(*inputs)
+    e_pooled, e_wsum = ref.sliced_pool(*inputs)
+    assert_close(wsum, e_wsum, torch.float32)
+    assert_close(pooled, e_pooled)
+    grad = torch.randn_like(pooled)
+    dense, exp_rows = _sliced_expected_grads(grad, wsum, *inputs)
+    got_dense = ops.sliced_pool_backward(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf, list(rows))
+    got_rows = ops.sliced_pool_backward_rows(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf)
+    for t in range(len(rows)):
+        assert_close(got_dense[t], dense[t])
+        assert_close(got_rows[t], exp_rows[t])
+
+
 def test_sliced_pool_empty():
     inputs = random_sliced_inputs([0, 0], 5, 2, 8, torch.float32, "cuda")
     pooled, wsum = ops.sliced_pool(*inputs)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 TORCH=$($PY -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 PYINC=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
+CUDA_HOME=${CUDA_HOME:-$(for d in /usr/local/cuda "$(dirname "$(dirname "$(command -v nvcc)")")"; do [ -f "$d/include/cuda_runtime.h" ] && echo "$d" && break; done)}
 STUB=$(mktemp -d)
 trap 'rm -rf "$STUB"' EXIT
 mkdir -p "$STUB/c10/cuda/impl"

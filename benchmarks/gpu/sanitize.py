@@ -10,6 +10,7 @@ reading out of bounds (ids out of range, bad offsets, cats out of [0, 63]).
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -18,6 +19,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests"))
 
 import dv365_ops  # noqa: E402,F401
+from dv365_ops import testing  # noqa: E402
 from cuda_inputs import random_offsets, random_sliced_inputs  # noqa: E402
 
 ops = torch.ops.dv365
@@ -60,6 +62,22 @@ def main() -> None:
             ops.sliced_pool_backward(grad, wsum, sids, soff, ts, cats, floats, req, pi, pf, [t.shape[0] for t in tables])
             ops.sliced_pool_backward_rows(grad, wsum, sids, soff, ts, cats, floats, req, pi, pf)
             ops.slice_timeline(sids, soff, ts, cats, floats, req, pi, pf)
+        # W40K's grouped program (each table one CTA block: the per-event backward stores its rows), with
+        # work items of 64 events, then with one group per block (the zeroed-atomics path)
+        rows = (300, 200, 100)
+        tl = testing.random_timeline([700, 0, 90], table_rows=rows, cat_cardinality=testing.W40K_CAT_CARDINALITY,
+                                     span_days=10, device=dev)
+        pi, pf = (t.to(dev) for t in testing.w40k_program(rows))
+        tables = [torch.randn(r, 40, device=dev).to(dtype) for r in rows]
+        targs = (tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"], pi, pf)
+        for env in ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "1"}):
+            os.environ.update(env)
+            pooled, wsum = ops.sliced_pool(tables, *targs)
+            grad = torch.randn_like(pooled)
+            ops.sliced_pool_backward(grad, wsum, *targs, list(rows))
+            ops.sliced_pool_backward_rows(grad, wsum, *targs)
+            for k in env:
+                os.environ.pop(k)
         count += 1
     # bad inputs: rejected, never read out of bounds
     bad_ids = ids.clone()

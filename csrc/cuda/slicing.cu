@@ -1,84 +1,98 @@
 // CUDA kernels of multi-slicing (semantics: dv365_ops/reference.py slice_membership, slice_timeline,
-// sliced_pool; program layout: dv365_ops/program.py, csrc/dv365.h).
+// sliced_pool; program layout: dv365_ops/program.py, csrc/dv365.h). Host side: csrc/cuda/slicing_ops.cpp.
 //
-// sliced_pool never materializes the slices. A small plan kernel sorts the slices by table and cuts them
-// into groups of at most G slices of one table. One CTA takes (user, group, chunk of the user's events,
-// tile of D columns): per sub-chunk of 32 events a warp per event evaluates the group's slices (one lane
-// per slice, a ballot gives the event's membership mask), then every thread, owning one column, gathers
-// each member event's row once and adds w * row into the accumulators of the slices that keep it, held in
-// shared memory. Four events are folded per accumulator update, so an update costs one shared-memory
-// read-modify-write for up to four events. CTAs of one user add their partial sums with atomics; a last
-// pass divides by the weight sums. The backward passes reuse the membership step and scatter
-// sum_s w_s / weight_sum[b, s] * grad[b, s] into each event's row.
-#include <ATen/Dispatch.h>
-#include <ATen/ops/cumsum.h>
-#include <ATen/ops/sub.h>
-#include <torch/library.h>
+// How sliced_pool avoids evaluating and accumulating every slice for every event:
+// - Groups. Slices that differ only in their time window share one predicate (table, categorical, float
+//   filters, weight): a group. W40K's 200 slices are 50 groups of 4 windows. A table's groups are cut into
+//   blocks of at most block_groups (<= 32) groups; one CTA pools one block, and an event's membership in the
+//   block is one uint32 mask plus one weight per group.
+// - Segments. The distinct window bounds of the program cut request_ts - ts into segments that lie wholly
+//   inside or outside every window. A user's timeline is ascending, so each segment is one contiguous run of
+//   events: a plan kernel binary-searches the bounds and emits work items (user, event range, segment) of
+//   at most item_events events. Within an item every group's slices keep the same events, so the CTA sums
+//   each group once, in shared memory, and adds the sum to the group's slices that cover the segment when
+//   the item ends (global atomics, a few per item rather than per event).
+// - Per event: one id load, the group predicates for the groups active in the segment (one thread per
+//   event), then every thread (owning 4 columns, 8- or 16-byte loads, eight rows in flight) adds the row into
+//   the accumulators of the groups in the union of four events' masks.
+// The plan (groups, blocks, bounds, items) is built on the device, so the op never synchronizes with the host
+// and can be captured in a CUDA graph. The backward passes reuse the plan and the membership step, and
+// scatter sum_g w_g(e) * sum_{s in g covering the segment} grad[b, s] / weight_sum[b, s] into each event's row.
+#include <algorithm>
+#include <cstdint>
 
-#include <cstdlib>
-#include <functional>
-#include <vector>
+#include "cuda/device.cuh"
+#include "cuda/slicing.h"
+#include "dv365_prog.h"  // NOLINT: the one program layout
 
-#include "cuda/common.cuh"
-
-namespace dv365::cuda {
+namespace dv365::cuda::slicing {
 namespace {
 
-constexpr int kMaxTables = 32;
-constexpr int kSub = 32;       // events per membership step
+constexpr int kBatch = 64;   // events per membership step
+constexpr int kRowsInFlight = 8;  // row loads a thread issues before using them
 
-struct SliceProg {
+// ---- the program ----
+struct GroupProg {  // one group's predicate (its leader slice's, without the window)
   int64_t field[prog::kNumCatFilters];
   int64_t mask[prog::kNumCatFilters];
-  int64_t win_lo, win_hi, flags, table;
+  int64_t flags;
   double dwell_lo, dwell_hi, ratio_lo, ratio_hi, beta, gamma, s0;
 };
 
-struct Timeline {
-  const int64_t* offsets;
-  int64_t num_users, n;
-  const int64_t* ts;
-  const int64_t* request_ts;
-  const void* cats;
-  int64_t cat_fields;
-  int cat_bytes;
-  const void* floats;
-  int float_bytes;  // 0: no float fields
-};
-
-struct TableSet {
-  const void* table[kMaxTables];
-  const int64_t* ids[kMaxTables];
-  int64_t rows[kMaxTables];
-  int64_t row_stride[kMaxTables];
-  void* out[kMaxTables];
-  int64_t num_tables;
-};
-
-__device__ __forceinline__ SliceProg load_prog(const int64_t* __restrict__ pi, const double* __restrict__ pf, int64_t s) {
-  SliceProg p;
-  const int64_t* r = pi + s * prog::kNumInt;
-  const double* f = pf + s * prog::kNumFloat;
-  p.field[0] = r[prog::kCatField0];
-  p.mask[0] = r[prog::kCatMask0];
-  p.field[1] = r[prog::kCatField1];
-  p.mask[1] = r[prog::kCatMask1];
-  p.field[2] = r[prog::kCatField2];
-  p.mask[2] = r[prog::kCatMask2];
-  p.win_lo = r[prog::kWinLo];
-  p.win_hi = r[prog::kWinHi];
-  p.flags = r[prog::kFlags];
-  p.table = r[prog::kTable];
-  p.dwell_lo = f[prog::kDwellLo];
-  p.dwell_hi = f[prog::kDwellHi];
-  p.ratio_lo = f[prog::kRatioLo];
-  p.ratio_hi = f[prog::kRatioHi];
-  p.beta = f[prog::kBeta];
-  p.gamma = f[prog::kGamma];
-  p.s0 = f[prog::kS0];
-  return p;
+__device__ __forceinline__ GroupProg load_group(const Program& p, int64_t s) {
+  GroupProg g;
+  const int64_t* r = p.prog_i + s * prog::kNumInt;
+  const double* f = p.prog_f + s * prog::kNumFloat;
+  g.field[0] = r[prog::kCatField0];
+  g.mask[0] = r[prog::kCatMask0];
+  g.field[1] = r[prog::kCatField1];
+  g.mask[1] = r[prog::kCatMask1];
+  g.field[2] = r[prog::kCatField2];
+  g.mask[2] = r[prog::kCatMask2];
+  g.flags = r[prog::kFlags];
+  g.dwell_lo = f[prog::kDwellLo];
+  g.dwell_hi = f[prog::kDwellHi];
+  g.ratio_lo = f[prog::kRatioLo];
+  g.ratio_hi = f[prog::kRatioHi];
+  g.beta = f[prog::kBeta];
+  g.gamma = f[prog::kGamma];
+  g.s0 = f[prog::kS0];
+  return g;
 }
 
+__device__ __forceinline__ bool same_bits(double a, double b) {
+  return __double_as_longlong(a) == __double_as_longlong(b);
+}
+
+// Slices a and b keep the same events up to their windows (fields the flags leave unused are ignored).
+__device__ bool same_group(const Program& p, int64_t a, int64_t b) {
+  const int64_t* ra = p.prog_i + a * prog::kNumInt;
+  const int64_t* rb = p.prog_i + b * prog::kNumInt;
+  if (ra[prog::kTable] != rb[prog::kTable] || ra[prog::kFlags] != rb[prog::kFlags]) return false;
+  const int64_t fields[3] = {prog::kCatField0, prog::kCatField1, prog::kCatField2};
+  const int64_t masks[3] = {prog::kCatMask0, prog::kCatMask1, prog::kCatMask2};
+  for (int j = 0; j < 3; ++j) {
+    const bool on_a = ra[fields[j]] >= 0, on_b = rb[fields[j]] >= 0;
+    if (on_a != on_b) return false;
+    if (on_a && (ra[fields[j]] != rb[fields[j]] || ra[masks[j]] != rb[masks[j]])) return false;
+  }
+  const double* fa = p.prog_f + a * prog::kNumFloat;
+  const double* fb = p.prog_f + b * prog::kNumFloat;
+  const int64_t flags = ra[prog::kFlags];
+  if ((flags & prog::kDwellFilter) &&
+      !(same_bits(fa[prog::kDwellLo], fb[prog::kDwellLo]) && same_bits(fa[prog::kDwellHi], fb[prog::kDwellHi])))
+    return false;
+  if ((flags & (prog::kRatioFilter)) &&
+      !(same_bits(fa[prog::kRatioLo], fb[prog::kRatioLo]) && same_bits(fa[prog::kRatioHi], fb[prog::kRatioHi])))
+    return false;
+  if ((flags & prog::kRatioFilter) && !same_bits(fa[prog::kBeta], fb[prog::kBeta])) return false;
+  if ((flags & prog::kWeighted) &&
+      !(same_bits(fa[prog::kGamma], fb[prog::kGamma]) && same_bits(fa[prog::kS0], fb[prog::kS0])))
+    return false;
+  return true;
+}
+
+// ---- the timeline ----
 __device__ __forceinline__ int64_t load_cat(const Timeline& tl, int64_t field, int64_t e) {
   const int64_t i = field * tl.n + e;
   switch (tl.cat_bytes) {
@@ -89,30 +103,20 @@ __device__ __forceinline__ int64_t load_cat(const Timeline& tl, int64_t field, i
   }
 }
 
-__device__ __forceinline__ double load_float(const Timeline& tl, int64_t field, int64_t e) {
-  const int64_t i = field * tl.n + e;
-  return tl.float_bytes == 4 ? static_cast<double>(static_cast<const float*>(tl.floats)[i])
-                             : static_cast<const double*>(tl.floats)[i];
+// request_ts - ts with int64 wrap-around (overflow is reported by the validation kernel).
+__device__ __forceinline__ int64_t delta(int64_t request_ts, int64_t ts) {
+  return static_cast<int64_t>(static_cast<uint64_t>(request_ts) - static_cast<uint64_t>(ts));
 }
 
-struct Event {
-  int64_t dt;
-  double dur, dwell;
-};
-
-__device__ __forceinline__ Event load_event(const Timeline& tl, int64_t e, int64_t request_ts) {
-  Event ev;
-  ev.dt = static_cast<int64_t>(static_cast<uint64_t>(request_ts) - static_cast<uint64_t>(tl.ts[e]));
-  ev.dur = tl.float_bytes ? load_float(tl, 0, e) : 0.0;
-  ev.dwell = tl.float_bytes ? load_float(tl, 1, e) : 0.0;
-  return ev;
+__device__ __forceinline__ void user_range(const Timeline& tl, int64_t b, int64_t& lo, int64_t& hi) {
+  lo = max(int64_t(0), min(tl.n, tl.offsets[b]));
+  hi = max(lo, min(tl.n, tl.offsets[b + 1]));
 }
 
-// One slice's predicate on one event (dv365_ops/program.py), with its weight.
-__device__ __forceinline__ bool slice_keep(const SliceProg& p, const Event& ev, const Timeline& tl, int64_t e, float& w,
-                                           int32_t* flag) {
+// One predicate (without the window) on event e, with its weight; `dur`/`dwell` are the event's float fields.
+__device__ __forceinline__ bool group_keep(const GroupProg& p, const Timeline& tl, int64_t e, double dur,
+                                           double dwell, float& w, int32_t* flag) {
   w = 1.f;
-  if (!(ev.dt > p.win_lo && ev.dt <= p.win_hi)) return false;
 #pragma unroll
   for (int j = 0; j < prog::kNumCatFilters; ++j) {
     const int64_t field = p.field[j];
@@ -126,346 +130,561 @@ __device__ __forceinline__ bool slice_keep(const SliceProg& p, const Event& ev, 
     if (((p.mask[j] >> v) & 1) == 0) return false;
   }
   const int64_t flags = p.flags;
-  if (tl.float_bytes == 0) return (flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) == 0;
+  if (tl.floats == nullptr) return (flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) == 0;
   if (flags & prog::kDwellFilter) {
-    if (!(ev.dwell >= p.dwell_lo && ev.dwell <= p.dwell_hi)) return false;
+    if (!(dwell >= p.dwell_lo && dwell <= p.dwell_hi)) return false;
   }
   if (flags & prog::kRatioFilter) {
-    const double r = ev.dwell / pow(ev.dur, p.beta);
+    const double r = dwell / pow(dur, p.beta);
     if (!(r >= p.ratio_lo && r <= p.ratio_hi)) return false;
   }
   if (flags & prog::kWeighted) {
-    const double den = log1p(p.gamma * ev.dur);
-    const double s = log1p(ev.dwell) / den;
+    const double den = log1p(p.gamma * dur);
+    const double s = log1p(dwell) / den;
     if (!(den > 0 && s > p.s0)) return false;
     w = static_cast<float>(s);
   }
   return true;
 }
 
-__device__ __forceinline__ void user_range(const Timeline& tl, int64_t b, int64_t& lo, int64_t& hi) {
-  lo = max(int64_t(0), min(tl.n, tl.offsets[b]));
-  hi = max(lo, min(tl.n, tl.offsets[b + 1]));
+// One slice's full predicate (slice_timeline).
+__device__ __forceinline__ bool slice_keep(const Program& p, int64_t s, const Timeline& tl, int64_t e,
+                                           int64_t request_ts, float& w, int32_t* flag) {
+  const int64_t* r = p.prog_i + s * prog::kNumInt;
+  const int64_t dt = delta(request_ts, tl.ts[e]);
+  w = 1.f;
+  if (!(dt > r[prog::kWinLo] && dt <= r[prog::kWinHi])) return false;
+  const double dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
+  const double dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
+  return group_keep(load_group(p, s), tl, e, dur, dwell, w, flag);
 }
 
-// ---- plan: slices sorted by table, cut into groups of at most g slices of one table ----
-// plan layout (int64): perm[S] | group_table[ng] | group_start[ng] | group_count[ng] | table_first[T] | table_groups[T]
-__global__ void plan_kernel(const int64_t* __restrict__ pi, int64_t s_count, int64_t t_count, int64_t g, int64_t ng,
-                            int64_t* __restrict__ plan, int32_t* flag) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  int64_t* perm = plan;
-  int64_t* gt = perm + s_count;
-  int64_t* gs = gt + ng;
-  int64_t* gc = gs + ng;
-  int64_t* tf = gc + ng;
-  int64_t* tg = tf + t_count;
-  for (int64_t i = 0; i < ng; ++i) {
-    gt[i] = 0;
-    gs[i] = 0;
-    gc[i] = 0;
-  }
-  int64_t pos = 0, group = 0;
-  for (int64_t s = 0; s < s_count; ++s) {
-    const int64_t t = pi[s * prog::kNumInt + prog::kTable];
-    if (t < 0 || t >= t_count) set_error(flag, kTableOutOfRange);
-  }
-  for (int64_t t = 0; t < t_count; ++t) {
-    tf[t] = group;
-    tg[t] = 0;
-    for (int64_t s = 0; s < s_count; ++s) {
-      if (pi[s * prog::kNumInt + prog::kTable] != t) continue;
-      if (group >= ng) continue;  // unreachable: ng >= ceil(S / g) + T
-      if (gc[group] == 0) {
-        gt[group] = t;
-        gs[group] = pos;
-        ++tg[t];
-      }
-      perm[pos++] = s;
-      if (++gc[group] == g) ++group;
-    }
-    if (group < ng && gc[group] > 0) ++group;
-  }
-}
+// ---- the plan ----
+// int64 layout: header[32] | slice_block[S] | slice_pos[S] | leader[S] | grank[S] | vals[2S] | first[2S] |
+//               bounds[2S] | covered[2S + 1] | group_leader[S] | block_first[S + T] | block_count[S + T] |
+//               block_table[S + T] | tcount[T] | tbase[T] | bbase[T]   (16 S + 6 T + 33 <= plan_elems)
+enum Header : int64_t { kNumGroups = 0, kNumBlocks = 1, kNumBounds = 2, kNumItems = 3, kHeader = 32 };
 
-// ---- the membership step shared by the forward and backward kernels ----
-template <int kWords>
-struct Shared {
-  SliceProg prog[kWords * 32];
-  int64_t slice[kWords * 32];      // global slice index of each group slice
-  uint32_t mask[kSub][kWords];     // member slices of each event in the sub-chunk
-  float w[kSub][kWords * 32];      // weight of each (event, slice), 0 when not kept
-  int64_t row[kSub];               // the event's row in the group's table
-  int32_t touched[kWords * 32];
+struct PlanView {
+  int64_t* hdr;
+  int64_t *slice_block, *slice_pos, *leader, *grank, *vals, *first, *bounds, *covered, *group_leader;
+  int64_t *block_first, *block_count, *block_table, *tcount, *tbase, *bbase;
+  __host__ __device__ PlanView(int64_t* p, int64_t s, int64_t t) {
+    const int64_t s1 = s > 0 ? s : 1;
+    hdr = p;
+    slice_block = p + kHeader;
+    slice_pos = slice_block + s1;
+    leader = slice_pos + s1;
+    grank = leader + s1;
+    vals = grank + s1;
+    first = vals + 2 * s1;
+    bounds = first + 2 * s1;
+    covered = bounds + 2 * s1;
+    group_leader = covered + 2 * s1 + 1;
+    block_first = group_leader + s1;
+    block_count = block_first + s1 + t;
+    block_table = block_count + s1 + t;
+    tcount = block_table + s1 + t;
+    tbase = tcount + t;
+    bbase = tbase + t;
+  }
 };
 
-template <int kWords, int kThreads>
-__device__ __forceinline__ void membership(Shared<kWords>& sh, const Timeline& tl, int64_t gcount, int64_t e_begin,
-                                           int64_t e_end, int64_t request_ts, const int64_t* __restrict__ ids,
-                                           int64_t num_rows, float (&wsum)[kWords], int32_t* flag) {
-  const int lane = threadIdx.x % 32;
-  for (int el = threadIdx.x / 32; el < kSub; el += kThreads / 32) {
-    const int64_t e = e_begin + el;
-    bool ok = e < e_end;
-    Event ev{};
-    int64_t id = 0;
-    if (ok) {
-      id = ids[e];
-      if (id < 0 || id >= num_rows) {
-        if (lane == 0) set_error(flag, kIdOutOfRange);
-        ok = false;
-      } else {
-        ev = load_event(tl, e, request_ts);
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kWords; ++k) {
-      const int s = k * 32 + lane;
-      float w = 0.f;
-      bool keep = false;
-      if (ok && s < gcount) keep = slice_keep(sh.prog[s], ev, tl, e, w, flag);
-      const uint32_t bits = __ballot_sync(0xffffffffu, keep);
-      w = keep ? w : 0.f;
-      sh.w[el][s] = w;
-      wsum[k] += w;
-      if (keep) sh.touched[s] = 1;
-      if (lane == 0) sh.mask[el][k] = bits;
-    }
-    if (lane == 0) sh.row[el] = ok ? id : 0;
-  }
+// Segment j of K bounds: request_ts - ts in (bounds[j - 1], bounds[j]] (j = 0: <= bounds[0]; j = K: > bounds[K-1]).
+// Slice s covers it iff its window (lo, hi] contains it; segments 0 and K lie outside every window.
+__device__ __forceinline__ bool covers(int64_t lo, int64_t hi, int64_t j, int64_t k, const int64_t* bounds) {
+  return j >= 1 && j < k && lo <= bounds[j - 1] && bounds[j] <= hi;
 }
 
-// Loads the group's slices. Ends with a barrier.
-template <int kWords, int kThreads>
-__device__ __forceinline__ void load_group(Shared<kWords>& sh, const int64_t* __restrict__ plan, int64_t s_count,
-                                           int64_t start, int64_t gcount, const int64_t* __restrict__ pi,
-                                           const double* __restrict__ pf) {
-  for (int s = threadIdx.x; s < kWords * 32; s += kThreads) {
-    if (s < gcount) {
-      const int64_t sg = plan[start + s];
-      sh.slice[s] = sg;
-      sh.prog[s] = load_prog(pi, pf, sg);
-    }
-    sh.touched[s] = 0;
-  }
-  __syncthreads();
-}
+constexpr int kPlanThreads = 256;
 
-// blockIdx.x = (user * chunks + chunk) * col_tiles + col_tile; blockIdx.y = group
-struct Grid {
-  int64_t chunks, col_tiles, num_groups, s_count, d;
-};
-
-__device__ __forceinline__ void decode(const Grid& gr, int64_t& b, int64_t& chunk, int64_t& ct) {
-  const int64_t x = blockIdx.x;
-  ct = x % gr.col_tiles;
-  chunk = (x / gr.col_tiles) % gr.chunks;
-  b = x / (gr.col_tiles * gr.chunks);
-}
-
-__device__ __forceinline__ void chunk_range(const Timeline& tl, const Grid& gr, int64_t b, int64_t chunk, int64_t& lo,
-                                            int64_t& hi) {
-  int64_t ulo, uhi;
-  user_range(tl, b, ulo, uhi);
-  const int64_t len = uhi - ulo;
-  const int64_t per = (len + gr.chunks - 1) / gr.chunks;
-  const int64_t step = ((per + kSub - 1) / kSub) * kSub;
-  lo = min(uhi, ulo + chunk * step);
-  hi = min(uhi, lo + step);
-}
-
-template <typename scalar_t, typename acc_t, int kWords, int kThreads>
-__global__ void __launch_bounds__(kThreads) sliced_pool_kernel(Timeline tl, TableSet ts, const int64_t* __restrict__ pi,
-                                                               const double* __restrict__ pf,
-                                                               const int64_t* __restrict__ plan, Grid gr,
-                                                               acc_t* __restrict__ num, acc_t* __restrict__ wsum_out,
-                                                               int32_t* flag) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto& sh = *reinterpret_cast<Shared<kWords>*>(smem_raw);
-  acc_t* acc = reinterpret_cast<acc_t*>(smem_raw + sizeof(Shared<kWords>));
-  const int64_t group = blockIdx.y;
-  const int64_t* gt = plan + gr.s_count;
-  const int64_t gcount = gt[2 * gr.num_groups + group];
-  if (gcount == 0) return;
-  const int64_t t = gt[group], start = gt[gr.num_groups + group];
-  int64_t b, chunk, ct;
-  decode(gr, b, chunk, ct);
-  int64_t lo, hi;
-  chunk_range(tl, gr, b, chunk, lo, hi);
-  if (lo >= hi) return;
-  for (int i = threadIdx.x; i < kWords * 32 * kThreads; i += kThreads) acc[i] = 0;
-  load_group<kWords, kThreads>(sh, plan, gr.s_count, start, gcount, pi, pf);
-  const int64_t col = ct * kThreads + threadIdx.x;
-  const bool has_col = col < gr.d;
-  const scalar_t* table = static_cast<const scalar_t*>(ts.table[t]);
-  const int64_t stride = ts.row_stride[t];
-  const int64_t request_ts = tl.request_ts[b];
-  float wsum[kWords] = {};
-  __syncthreads();
-  for (int64_t e0 = lo; e0 < hi; e0 += kSub) {
-    membership<kWords, kThreads>(sh, tl, gcount, e0, hi, request_ts, ts.ids[t], ts.rows[t], wsum, flag);
-    __syncthreads();
-    acc_t x[kSub];
-#pragma unroll
-    for (int u = 0; u < kSub; ++u) {
-      uint32_t any = 0;
-#pragma unroll
-      for (int k = 0; k < kWords; ++k) any |= sh.mask[u][k];
-      x[u] = (any && has_col) ? static_cast<acc_t>(table[sh.row[u] * stride + col]) : acc_t(0);
-    }
-#pragma unroll
-    for (int u = 0; u < kSub; u += 4) {
-#pragma unroll
-      for (int k = 0; k < kWords; ++k) {
-        uint32_t bits = sh.mask[u][k] | sh.mask[u + 1][k] | sh.mask[u + 2][k] | sh.mask[u + 3][k];
-        while (bits) {
-          const int s = k * 32 + __ffs(bits) - 1;
-          bits &= bits - 1;
-          acc_t v = static_cast<acc_t>(sh.w[u][s]) * x[u];
-          v += static_cast<acc_t>(sh.w[u + 1][s]) * x[u + 1];
-          v += static_cast<acc_t>(sh.w[u + 2][s]) * x[u + 2];
-          v += static_cast<acc_t>(sh.w[u + 3][s]) * x[u + 3];
-          acc[s * kThreads + threadIdx.x] += v;
+// One CTA. Groups slices, numbers groups per table (in slice order), cuts them into blocks, and sorts the
+// distinct window bounds.
+__global__ void __launch_bounds__(kPlanThreads) plan_kernel(Program p, int64_t t_count, int64_t block_groups,
+                                                            int64_t* plan, int32_t* flag) {
+  const int64_t S = p.s;
+  PlanView v(plan, S, t_count);
+  const int tid = threadIdx.x;
+  // leaders: the first slice of each group; -1 for slices naming no table
+  for (int64_t s = tid; s < S; s += blockDim.x) {
+    const int64_t t = p.prog_i[s * prog::kNumInt + prog::kTable];
+    int64_t lead = -1;
+    if (t < 0 || t >= t_count) {
+      set_error(flag, kTableOutOfRange);
+    } else {
+      lead = s;
+      for (int64_t o = 0; o < s; ++o) {
+        const int64_t to = p.prog_i[o * prog::kNumInt + prog::kTable];
+        if (to == t && same_group(p, o, s)) {
+          lead = o;
+          break;
         }
       }
     }
-    __syncthreads();
+    v.leader[s] = lead;
+    const int64_t lo = p.prog_i[s * prog::kNumInt + prog::kWinLo];
+    const int64_t hi = p.prog_i[s * prog::kNumInt + prog::kWinHi];
+    v.vals[2 * s] = lo;
+    v.vals[2 * s + 1] = hi;
   }
-  const int lane = threadIdx.x % 32;
-  if (ct == 0) {
-#pragma unroll
-    for (int k = 0; k < kWords; ++k) {
-      const int s = k * 32 + lane;
-      if (s < gcount && wsum[k] != 0.f) atomicAdd(wsum_out + b * gr.s_count + sh.slice[s], static_cast<acc_t>(wsum[k]));
+  __syncthreads();
+  // distinct bounds, ascending: first[i] marks the first occurrence of each value, whose rank among the
+  // marked values is its position
+  const int64_t m = 2 * S;
+  for (int64_t i = tid; i < m; i += blockDim.x) {
+    const int64_t x = v.vals[i];
+    bool first = true;
+    for (int64_t j = 0; j < i && first; ++j) first = v.vals[j] != x;
+    v.first[i] = first;
+  }
+  __syncthreads();
+  __shared__ unsigned long long num_bounds;
+  if (tid == 0) num_bounds = 0;
+  __syncthreads();
+  for (int64_t i = tid; i < m; i += blockDim.x) {
+    if (!v.first[i]) continue;
+    const int64_t x = v.vals[i];
+    int64_t rank = 0;
+    for (int64_t j = 0; j < m; ++j) rank += v.first[j] && v.vals[j] < x;
+    v.bounds[rank] = x;
+    atomicAdd(&num_bounds, 1ull);
+  }
+  if (tid == 0) {
+    // group ranks per table in slice order, then blocks of at most block_groups groups per table
+    for (int64_t t = 0; t < t_count; ++t) v.tcount[t] = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      if (v.leader[s] == s) {
+        const int64_t t = p.prog_i[s * prog::kNumInt + prog::kTable];
+        v.grank[s] = v.tcount[t]++;
+      }
+    }
+    int64_t groups = 0, blocks = 0;
+    for (int64_t t = 0; t < t_count; ++t) {
+      v.tbase[t] = groups;
+      v.bbase[t] = blocks;
+      for (int64_t first = 0; first < v.tcount[t]; first += block_groups) {
+        v.block_first[blocks] = groups + first;
+        v.block_count[blocks] = min(block_groups, v.tcount[t] - first);
+        v.block_table[blocks] = t;
+        ++blocks;
+      }
+      groups += v.tcount[t];
+    }
+    v.hdr[kNumGroups] = groups;
+    v.hdr[kNumBlocks] = blocks;
+    v.hdr[kNumItems] = 0;
+  }
+  __syncthreads();
+  const int64_t k = static_cast<int64_t>(num_bounds);
+  if (tid == 0) v.hdr[kNumBounds] = k;
+  // the segments some slice's window covers
+  for (int64_t j = tid; j <= k; j += blockDim.x) {
+    bool any = false;
+    for (int64_t s = 0; s < S && !any; ++s) {
+      if (v.leader[s] < 0) continue;
+      const int64_t* r = p.prog_i + s * prog::kNumInt;
+      any = covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds);
+    }
+    v.covered[j] = any;
+  }
+  for (int64_t s = tid; s < S; s += blockDim.x) {
+    const int64_t lead = v.leader[s];
+    if (lead < 0) {
+      v.slice_block[s] = -1;
+      v.slice_pos[s] = 0;
+      continue;
+    }
+    const int64_t t = p.prog_i[lead * prog::kNumInt + prog::kTable];
+    const int64_t r = v.grank[lead];
+    v.slice_block[s] = v.bbase[t] + r / block_groups;
+    v.slice_pos[s] = r % block_groups;
+    if (lead == s) v.group_leader[v.tbase[t] + r] = s;
+  }
+}
+
+// First event e in [lo, hi) with request_ts - ts[e] <= x (the timeline is ascending, so these form a suffix).
+__device__ int64_t first_within(const Timeline& tl, int64_t lo, int64_t hi, int64_t request_ts, int64_t x) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (delta(request_ts, tl.ts[mid]) <= x) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+// One CTA per user: every segment's event range (one thread per segment), cut into items. With
+// all_segments, segments no slice covers get items too (the per-event backward writes their zero rows).
+__global__ void items_kernel(Timeline tl, Program p, int64_t t_count, int64_t* plan, int64_t* items,
+                             int64_t items_cap, int64_t item_events, bool all_segments) {
+  PlanView v(plan, p.s, t_count);
+  const int64_t b = blockIdx.x;
+  const int64_t k = v.hdr[kNumBounds];
+  int64_t lo, hi;
+  user_range(tl, b, lo, hi);
+  if (lo >= hi) return;
+  const int64_t request_ts = tl.request_ts[b];
+  for (int64_t j = threadIdx.x; j <= k; j += blockDim.x) {
+    if (!all_segments && !v.covered[j]) continue;
+    const int64_t end = j == 0 ? hi : first_within(tl, lo, hi, request_ts, v.bounds[j - 1]);
+    int64_t start = j == k ? lo : first_within(tl, lo, hi, request_ts, v.bounds[j]);
+    start = min(start, end);  // unsorted timestamps (reported by the validation kernel) stay in range
+    if (start >= end) continue;
+    const int64_t count = ceil_div(end - start, item_events);
+    const int64_t slot =
+        static_cast<int64_t>(atomicAdd(reinterpret_cast<unsigned long long*>(v.hdr + kNumItems),
+                                       static_cast<unsigned long long>(count)));
+    for (int64_t c = 0; c < count && slot + c < items_cap; ++c) {
+      int64_t* it = items + 4 * (slot + c);
+      it[0] = b;
+      it[1] = start + c * item_events;
+      it[2] = min(end, start + (c + 1) * item_events);
+      it[3] = j;
     }
   }
-  if (!has_col) return;
-  for (int s = 0; s < gcount; ++s) {
-    if (sh.touched[s]) atomicAdd(num + (b * gr.s_count + sh.slice[s]) * gr.d + col, acc[s * kThreads + threadIdx.x]);
+}
+
+// ---- vector row access: V consecutive columns per thread ----
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+template <typename scalar_t, typename acc_t, int V>
+__device__ __forceinline__ void load_row(const scalar_t* __restrict__ p, acc_t (&x)[V]) {
+  const Vec<scalar_t, V> r = *reinterpret_cast<const Vec<scalar_t, V>*>(p);
+#pragma unroll
+  for (int i = 0; i < V; ++i) x[i] = to_acc<acc_t>(r.v[i]);
+}
+
+// ---- the membership step shared by the forward and backward kernels ----
+template <typename acc_t>
+struct Smem {
+  GroupProg* group;  // [block_groups]
+  float* w;          // [kBatch][block_groups]: the weight of each (event, group), 0 when not kept
+  uint32_t* mask;    // [kBatch]
+  int64_t* row;      // [kBatch]
+  acc_t* wsum;       // [block_groups]
+  acc_t* acc;        // [block_groups][tile]
+};
+
+template <typename acc_t>
+__host__ __device__ size_t smem_bytes(int block_groups, int tile) {
+  size_t b = 0;
+  b += sizeof(acc_t) * block_groups * tile;
+  b += sizeof(GroupProg) * block_groups;
+  b += sizeof(int64_t) * kBatch;
+  b += sizeof(acc_t) * block_groups;
+  b += sizeof(float) * kBatch * block_groups;
+  b += sizeof(uint32_t) * kBatch;
+  return b;
+}
+
+template <typename acc_t>
+__device__ Smem<acc_t> carve(unsigned char* raw, int block_groups, int tile) {
+  Smem<acc_t> s;
+  s.acc = reinterpret_cast<acc_t*>(raw);
+  raw += sizeof(acc_t) * block_groups * tile;
+  s.group = reinterpret_cast<GroupProg*>(raw);
+  raw += sizeof(GroupProg) * block_groups;
+  s.row = reinterpret_cast<int64_t*>(raw);
+  raw += sizeof(int64_t) * kBatch;
+  s.wsum = reinterpret_cast<acc_t*>(raw);
+  raw += sizeof(acc_t) * block_groups;
+  s.w = reinterpret_cast<float*>(raw);
+  raw += sizeof(float) * kBatch * block_groups;
+  s.mask = reinterpret_cast<uint32_t*>(raw);
+  return s;
+}
+
+// Evaluates the active groups on events [e0, e0 + kBatch) ∩ [.., e1): masks, weights, rows. Ends before a
+// barrier (the caller's).
+template <typename acc_t>
+__device__ __forceinline__ void membership(const Smem<acc_t>& sh, const Timeline& tl, int ng, int bg,
+                                           uint32_t active, int64_t e0, int64_t e1, const int64_t* __restrict__ ids,
+                                           int64_t num_rows, int32_t* flag) {
+  for (int el = threadIdx.x; el < kBatch; el += blockDim.x) {
+    const int64_t e = e0 + el;
+    float* w = sh.w + el * bg;
+    uint32_t mask = 0;
+    int64_t id = 0;
+    if (e < e1) {
+      id = ids[e];
+      if (id < 0 || id >= num_rows) {
+        set_error(flag, kIdOutOfRange);
+        id = 0;
+      } else {
+        const double dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
+        const double dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
+        for (int g = 0; g < ng; ++g) {
+          float wg = 0.f;
+          if ((active >> g) & 1u) {
+            if (group_keep(sh.group[g], tl, e, dur, dwell, wg, flag)) {
+              mask |= 1u << g;
+            } else {
+              wg = 0.f;
+            }
+          }
+          w[g] = wg;
+        }
+      }
+    }
+    if (mask == 0) {
+      for (int g = 0; g < ng; ++g) w[g] = 0.f;
+    }
+    sh.mask[el] = mask;
+    sh.row[el] = id;
+  }
+}
+
+struct Launch {
+  int64_t d, tile, col_tiles, max_blocks, items_cap;
+  int bg;
+};
+
+// The block's groups into shared memory (ng of them); returns ng, or 0 when this CTA's block does not exist.
+template <typename acc_t>
+__device__ __forceinline__ int load_block(const Smem<acc_t>& sh, const Program& p, const PlanView& v, int64_t blk,
+                                          int64_t& table) {
+  if (blk >= v.hdr[kNumBlocks]) return 0;
+  const int ng = static_cast<int>(v.block_count[blk]);
+  const int64_t first = v.block_first[blk];
+  table = v.block_table[blk];
+  for (int g = threadIdx.x; g < ng; g += blockDim.x) sh.group[g] = load_group(p, v.group_leader[first + g]);
+  return ng;
+}
+
+// The groups of block blk with a slice covering segment j.
+__device__ __forceinline__ uint32_t active_groups(const Program& p, const PlanView& v, int64_t blk, int64_t j,
+                                                  int64_t k) {
+  uint32_t active = 0;
+  for (int64_t s = 0; s < p.s; ++s) {
+    if (v.slice_block[s] != blk) continue;
+    const int64_t* r = p.prog_i + s * prog::kNumInt;
+    if (covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds)) active |= 1u << v.slice_pos[s];
+  }
+  return active;
+}
+
+// ---- forward ----
+// grid: x strides over the items, y = block, z = column tile. blockDim = tile / V.
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(64) pool_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
+                                                   const int64_t* __restrict__ items, Launch L, acc_t* __restrict__ num,
+                                                   acc_t* __restrict__ wacc, int32_t* flag) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const Smem<acc_t> sh = carve<acc_t>(smem_raw, L.bg, static_cast<int>(L.tile));
+  const PlanView v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables);
+  const int64_t blk = blockIdx.y;
+  int64_t t = 0;
+  const int ng = load_block(sh, p, v, blk, t);
+  if (ng == 0) return;
+  const int64_t k = v.hdr[kNumBounds];
+  const int64_t n_items = min(v.hdr[kNumItems], L.items_cap);
+  const int64_t col = blockIdx.z * L.tile + static_cast<int64_t>(threadIdx.x) * V;
+  const bool has_col = col < L.d;
+  const scalar_t* table = static_cast<const scalar_t*>(tabs.table[t]);
+  const int64_t stride = tabs.row_stride[t];
+  const int64_t* ids = tabs.ids[t];
+  acc_t* my_acc = sh.acc + threadIdx.x * V;
+  for (int64_t it = blockIdx.x; it < n_items; it += gridDim.x) {
+    const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
+    const uint32_t active = active_groups(p, v, blk, j, k);
+    if (active == 0) continue;
+    __syncthreads();  // the previous item's flush has read the accumulators
+    for (int i = threadIdx.x; i < ng * L.tile; i += blockDim.x) sh.acc[i] = acc_t(0);
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) sh.wsum[g] = acc_t(0);
+    uint32_t touched = 0;  // the groups that kept an event of the item (every thread with a column knows)
+    for (int64_t e0 = e_begin; e0 < e_end; e0 += kBatch) {
+      __syncthreads();
+      membership<acc_t>(sh, tl, ng, L.bg, active, e0, e_end, ids, tabs.rows[t], flag);
+      __syncthreads();
+      if (!has_col) continue;
+      const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
+      for (int u0 = 0; u0 < nb; u0 += kRowsInFlight) {
+        acc_t x[kRowsInFlight][V];
+#pragma unroll
+        for (int u = 0; u < kRowsInFlight; ++u) {
+          if (u0 + u < nb && sh.mask[u0 + u]) {
+            load_row<scalar_t, acc_t, V>(table + sh.row[u0 + u] * stride + col, x[u]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < V; ++i) x[u][i] = acc_t(0);
+          }
+        }
+#pragma unroll
+        for (int h = 0; h < kRowsInFlight; h += 4) {
+          uint32_t bits = 0;
+#pragma unroll
+          for (int u = 0; u < 4; ++u) bits |= (u0 + h + u < nb) ? sh.mask[u0 + h + u] : 0u;
+          touched |= bits;
+          while (bits) {
+            const int g = __ffs(bits) - 1;
+            bits &= bits - 1;
+            auto* dst = reinterpret_cast<Vec<acc_t, V>*>(my_acc + g * L.tile);
+            Vec<acc_t, V> a = *dst;
+            acc_t wsum = 0;
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              // w is 0 for events past nb (membership zeroed them) and for events g does not keep
+              const acc_t w = static_cast<acc_t>(sh.w[(u0 + h + u) * L.bg + g]);
+              wsum += w;
+#pragma unroll
+              for (int i = 0; i < V; ++i) a.v[i] += w * x[h + u][i];
+            }
+            *dst = a;
+            if (threadIdx.x == 0) sh.wsum[g] += wsum;  // one writer: no atomics
+          }
+        }
+      }
+    }
+    // flush: every slice of the block covering segment j gets its group's sums (each thread its own columns;
+    // thread 0, which always has a column, the weight sums)
+    for (int64_t s = 0; s < p.s; ++s) {
+      if (v.slice_block[s] != blk) continue;
+      const int g = static_cast<int>(v.slice_pos[s]);
+      if (!((touched >> g) & 1u)) continue;
+      const int64_t* r = p.prog_i + s * prog::kNumInt;
+      if (!covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds)) continue;
+      if (blockIdx.z == 0 && threadIdx.x == 0) atomicAdd(wacc + b * p.s + s, sh.wsum[g]);
+      if (has_col) {
+        acc_t* dst = num + (b * p.s + s) * L.d + col;
+        const acc_t* src = my_acc + g * L.tile;
+#pragma unroll
+        for (int i = 0; i < V; ++i) atomicAdd(dst + i, src[i]);
+      }
+    }
   }
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void sliced_pool_finalize_kernel(const acc_t* __restrict__ num, const acc_t* __restrict__ wsum, int64_t bs,
-                                            int64_t d, scalar_t* __restrict__ out, float* __restrict__ wsum_out) {
+__global__ void finalize_kernel(const acc_t* __restrict__ num, const acc_t* __restrict__ wsum, int64_t bs, int64_t d,
+                                scalar_t* __restrict__ out, float* __restrict__ wsum_out) {
   const int64_t total = bs * d;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / d;
-    const acc_t s = wsum[r];
-    out[i] = static_cast<scalar_t>(s > 0 ? num[i] / s : acc_t(0));
-    if (i % d == 0) wsum_out[r] = static_cast<float>(s);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  for (int64_t i = first; i < total; i += step) {
+    const acc_t s = wsum[i / d];
+    out[i] = from_acc<scalar_t, acc_t>(s > 0 ? num[i] / s : acc_t(0));
   }
-  if (d == 0) {
-    for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < bs;
-         r += static_cast<int64_t>(gridDim.x) * blockDim.x)
-      wsum_out[r] = static_cast<float>(wsum[r]);
+  for (int64_t r = first; r < bs; r += step) wsum_out[r] = static_cast<float>(wsum[r]);
+}
+
+// ---- backward ----
+// kRows: tabs.out[t] is [n, D] (scalar_t), written per event (stored, or added when zeroed_rows);
+// else tabs.out[t] is a dense [rows, D] accumulator (acc_t), added into atomically.
+template <bool kRows, typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(64) backward_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
+                                                       const int64_t* __restrict__ items, Launch L,
+                                                       const scalar_t* __restrict__ grad,
+                                                       const float* __restrict__ weight_sum, int32_t* flag) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const Smem<acc_t> sh = carve<acc_t>(smem_raw, L.bg, static_cast<int>(L.tile));
+  const PlanView v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables);
+  const int64_t blk = blockIdx.y;
+  int64_t t = 0;
+  const int ng = load_block(sh, p, v, blk, t);
+  if (ng == 0) return;
+  const int64_t k = v.hdr[kNumBounds];
+  const int64_t n_items = min(v.hdr[kNumItems], L.items_cap);
+  const int64_t col = blockIdx.z * L.tile + static_cast<int64_t>(threadIdx.x) * V;
+  const bool has_col = col < L.d;
+  const int64_t* ids = tabs.ids[t];
+  // a table pooled by one block has its rows stored (every event of the timeline lies in one item); the rows
+  // of a table with several blocks were zeroed by zero_rows_kernel and are added into
+  const bool store = kRows && ceil_div(v.tcount[t], L.bg) == 1;
+  acc_t* gvec = sh.acc + threadIdx.x * V;  // [g][tile]: sum over the group's covering slices of grad / wsum
+  for (int64_t it = blockIdx.x; it < n_items; it += gridDim.x) {
+    const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
+    const uint32_t active = active_groups(p, v, blk, j, k);
+    if (active == 0 && !store) continue;
+    __syncthreads();  // the previous item is done with gvec
+    if (has_col) {
+      for (int g = 0; g < ng; ++g) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) gvec[g * L.tile + i] = acc_t(0);
+      }
+      for (int64_t s = 0; s < p.s; ++s) {
+        if (v.slice_block[s] != blk) continue;
+        const int64_t* r = p.prog_i + s * prog::kNumInt;
+        if (!covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds)) continue;
+        const float ws = weight_sum[b * p.s + s];
+        if (!(ws > 0)) continue;
+        const int g = static_cast<int>(v.slice_pos[s]);
+        const scalar_t* gr = grad + (b * p.s + s) * L.d + col;
+#pragma unroll
+        for (int i = 0; i < V; ++i) gvec[g * L.tile + i] += to_acc<acc_t>(gr[i]) / static_cast<acc_t>(ws);
+      }
+    }
+    for (int64_t e0 = e_begin; e0 < e_end; e0 += kBatch) {
+      __syncthreads();
+      membership<acc_t>(sh, tl, ng, L.bg, active, e0, e_end, ids, tabs.rows[t], flag);
+      __syncthreads();
+      if (!has_col) continue;
+      const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
+      for (int u = 0; u < nb; ++u) {
+        uint32_t bits = sh.mask[u];
+        if (!bits && !store) continue;
+        acc_t a[V];
+#pragma unroll
+        for (int i = 0; i < V; ++i) a[i] = acc_t(0);
+        while (bits) {
+          const int g = __ffs(bits) - 1;
+          bits &= bits - 1;
+          const acc_t w = static_cast<acc_t>(sh.w[u * L.bg + g]);
+#pragma unroll
+          for (int i = 0; i < V; ++i) a[i] += w * gvec[g * L.tile + i];
+        }
+        if constexpr (kRows) {
+          scalar_t* dst = static_cast<scalar_t*>(tabs.out[t]) + (e0 + u) * L.d + col;
+          if (store) {
+            Vec<scalar_t, V> o;
+#pragma unroll
+            for (int i = 0; i < V; ++i) o.v[i] = from_acc<scalar_t, acc_t>(a[i]);
+            *reinterpret_cast<Vec<scalar_t, V>*>(dst) = o;
+          } else {
+#pragma unroll
+            for (int i = 0; i < V; ++i) atomicAdd(dst + i, from_acc<scalar_t, acc_t>(a[i]));
+          }
+        } else {
+          acc_t* dst = static_cast<acc_t*>(tabs.out[t]) + sh.row[u] * L.d + col;
+#pragma unroll
+          for (int i = 0; i < V; ++i) atomicAdd(dst + i, a[i]);
+        }
+      }
+    }
   }
 }
 
-// Backward. kRows: grid.y = table, each CTA walks the table's groups and writes rows[e] for every event of its
-// chunk (no atomics). Dense: grid.y = group, atomics into the table's accumulation buffer.
-template <bool kRows, typename scalar_t, typename acc_t, int kWords, int kThreads>
-__global__ void __launch_bounds__(kThreads) sliced_pool_backward_kernel(
-    Timeline tl, TableSet ts, const int64_t* __restrict__ pi, const double* __restrict__ pf,
-    const int64_t* __restrict__ plan, Grid gr, const scalar_t* __restrict__ grad, const float* __restrict__ weight_sum,
-    int32_t* flag) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto& sh = *reinterpret_cast<Shared<kWords>*>(smem_raw);
-  acc_t* gs = reinterpret_cast<acc_t*>(smem_raw + sizeof(Shared<kWords>));
-  const int64_t* gt = plan + gr.s_count;
-  const int64_t* tf = gt + 3 * gr.num_groups;
-  int64_t b, chunk, ct;
-  decode(gr, b, chunk, ct);
-  int64_t lo, hi;
-  chunk_range(tl, gr, b, chunk, lo, hi);
-  if (lo >= hi) return;
-  const int64_t col = ct * kThreads + threadIdx.x;
-  const bool has_col = col < gr.d;
-  const int64_t request_ts = tl.request_ts[b];
-  int64_t t, g_first, g_count;
-  if constexpr (kRows) {
-    t = blockIdx.y;
-    g_first = tf[t];
-    g_count = tf[ts.num_tables + t];
-  } else {
-    g_first = blockIdx.y;
-    g_count = gt[2 * gr.num_groups + g_first] > 0 ? 1 : 0;
-    t = gt[g_first];
-  }
-  scalar_t* rows_out = static_cast<scalar_t*>(ts.out[t]);
-  acc_t* dense_out = static_cast<acc_t*>(ts.out[t]);
-  if (kRows && g_count == 0) {
-    if (has_col)
-      for (int64_t e = lo; e < hi; ++e) rows_out[e * gr.d + col] = scalar_t(0);
-    return;
-  }
-  float wsum_unused[kWords] = {};
-  for (int64_t gi = 0; gi < g_count; ++gi) {
-    const int64_t group = g_first + gi;
-    const int64_t gcount = gt[2 * gr.num_groups + group];
-    const int64_t start = gt[gr.num_groups + group];
-    __syncthreads();
-    load_group<kWords, kThreads>(sh, plan, gr.s_count, start, gcount, pi, pf);
-    for (int s = 0; s < kWords * 32; ++s) {
-      acc_t v = 0;
-      if (s < gcount && has_col) {
-        const int64_t r = b * gr.s_count + sh.slice[s];
-        const float ws = weight_sum[r];
-        if (ws > 0) v = static_cast<acc_t>(grad[r * gr.d + col]) / static_cast<acc_t>(ws);
-      }
-      gs[s * kThreads + threadIdx.x] = v;
-    }
-    for (int64_t e0 = lo; e0 < hi; e0 += kSub) {
-      __syncthreads();
-      membership<kWords, kThreads>(sh, tl, gcount, e0, hi, request_ts, ts.ids[t], ts.rows[t], wsum_unused, flag);
-      __syncthreads();
-      if (!has_col) continue;
-      for (int u = 0; u < kSub; ++u) {
-        const int64_t e = e0 + u;
-        if (e >= hi) break;
-        acc_t v = 0;
-        bool any = false;
-#pragma unroll
-        for (int k = 0; k < kWords; ++k) {
-          uint32_t bits = sh.mask[u][k];
-          any |= bits != 0;
-          while (bits) {
-            const int s = k * 32 + __ffs(bits) - 1;
-            bits &= bits - 1;
-            v += static_cast<acc_t>(sh.w[u][s]) * gs[s * kThreads + threadIdx.x];
-          }
-        }
-        if constexpr (kRows) {
-          const int64_t i = e * gr.d + col;
-          rows_out[i] = static_cast<scalar_t>(gi == 0 ? v : static_cast<acc_t>(rows_out[i]) + v);
-        } else {
-          if (any) atomicAdd(dense_out + sh.row[u] * gr.d + col, v);
-        }
-      }
-    }
-  }
+// Zeroes the per-event rows of the tables that do not have exactly one block (grid.y = table).
+template <typename scalar_t>
+__global__ void zero_rows_kernel(Tables tabs, const int64_t* plan_raw, int64_t s_count, int64_t bg, int64_t total) {
+  const PlanView v(const_cast<int64_t*>(plan_raw), s_count, tabs.num_tables);
+  const int64_t t = blockIdx.y;
+  if (ceil_div(v.tcount[t], bg) == 1) return;
+  scalar_t* out = static_cast<scalar_t*>(tabs.out[t]);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = from_acc<scalar_t, typename AccType<scalar_t>::type>(0);
 }
 
 // ---- slice_timeline: one warp per (slice, user), a count pass then an emit pass ----
 template <bool kEmit>
-__global__ void slice_timeline_kernel(Timeline tl, TableSet ts, const int64_t* __restrict__ pi,
-                                      const double* __restrict__ pf, int64_t s_count, int64_t* __restrict__ lengths,
+__global__ void slice_timeline_kernel(Timeline tl, Tables tabs, Program p, int64_t* __restrict__ lengths,
                                       const int64_t* __restrict__ starts, int64_t total, int64_t* __restrict__ values,
                                       float* __restrict__ weights, int32_t* flag) {
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const int64_t bcount = tl.num_users;
-  if (warp >= s_count * bcount) return;
+  if (warp >= p.s * bcount) return;
   const int64_t s = warp / bcount, b = warp % bcount;
-  const SliceProg p = load_prog(pi, pf, s);
-  if (p.table < 0 || p.table >= ts.num_tables) {
+  const int64_t table = p.prog_i[s * prog::kNumInt + prog::kTable];
+  if (table < 0 || table >= tabs.num_tables) {
     if (lane == 0) {
       set_error(flag, kTableOutOfRange);
       if (!kEmit) lengths[warp] = 0;
     }
     return;
   }
-  const int64_t* ids = ts.ids[p.table];
+  const int64_t* ids = tabs.ids[table];
   const int64_t request_ts = tl.request_ts[b];
   int64_t lo, hi;
   user_range(tl, b, lo, hi);
@@ -475,7 +694,7 @@ __global__ void slice_timeline_kernel(Timeline tl, TableSet ts, const int64_t* _
     const int64_t e = base + lane;
     float w = 0.f;
     bool keep = false;
-    if (e < hi) keep = slice_keep(p, load_event(tl, e, request_ts), tl, e, w, flag);
+    if (e < hi) keep = slice_keep(p, s, tl, e, request_ts, w, flag);
     const uint32_t bits = __ballot_sync(0xffffffffu, keep);
     if (kEmit && keep) {
       const int64_t pos = base_pos + count + __popc(bits & ((1u << lane) - 1u));
@@ -489,7 +708,7 @@ __global__ void slice_timeline_kernel(Timeline tl, TableSet ts, const int64_t* _
   if (!kEmit && lane == 0) lengths[warp] = count;
 }
 
-// ---- validation of the event data on the device (the CPU kernels' data checks) ----
+// ---- validation of the event data (the CPU kernels' data checks) ----
 __global__ void validate_timeline_kernel(Timeline tl, int32_t* flag) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -514,431 +733,194 @@ __global__ void validate_timeline_kernel(Timeline tl, int32_t* flag) {
     if (hi == lo) continue;
     const int64_t r = tl.request_ts[b];
     for (const int64_t t : {tl.ts[lo], tl.ts[hi - 1]}) {
-      const int64_t d = static_cast<int64_t>(static_cast<uint64_t>(r) - static_cast<uint64_t>(t));
+      const int64_t d = delta(r, t);
       if (((r ^ t) & (r ^ d)) < 0) set_error(flag, kTsOverflow);
     }
   }
 }
 
-// ---- host side ----
-struct Inputs {
-  Timeline tl;
-  at::Tensor offsets, ts, cats, floats, request_ts, prog_i, prog_f;
-  std::vector<at::Tensor> ids;
-  int64_t b, n, s;
-};
+// ---- launch helpers ----
+// Columns per thread: 16-byte loads for float/double, 8-byte for the 16-bit types, when every table allows.
+template <typename scalar_t>
+constexpr int vec_width() {
+  return sizeof(scalar_t) == 8 ? 2 : 4;
+}
 
-using Rerun = std::function<void()>;
-
-// Metadata checks with the CPU kernel's rules (its messages win through rerun), the program's checks on the
-// host (skipped while capturing a graph: they need the program on the host), and the event data checks
-// launched on the device (their bits are read with the op's other errors).
-Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
-                      const at::Tensor& cats, const at::Tensor& floats, const at::Tensor& request_ts,
-                      const at::Tensor& prog_i, const at::Tensor& prog_f, const Rerun& rerun, int64_t num_tables,
-                      const at::Tensor& flag) {
-  for (const auto& [t, name] : {std::pair{&offsets, "offsets"}, {&cats, "cats"}, {&floats, "floats"},
-                                {&request_ts, "request_ts"}, {&prog_i, "prog_i"}, {&prog_f, "prog_f"}}) {
-    check_device(*t, op, name, ts, "ts");
+template <int V>
+bool vector_ok(const Tables& tabs, int64_t d, size_t elem, bool forward) {
+  if (d % V != 0) return false;
+  if (!forward) return true;
+  for (int64_t t = 0; t < tabs.num_tables; ++t) {
+    if (tabs.row_stride[t] % V != 0 || reinterpret_cast<uintptr_t>(tabs.table[t]) % (V * elem) != 0) return false;
   }
-  for (size_t t = 0; t < ids.size(); ++t) check_device(ids[t], op, "ids", ts, "ts");
-  const int64_t n = ts.numel();
-  const int64_t b = offsets.numel() - 1;
-  check_like_cpu([&] {
-    DV365_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong, op, "offsets must be Long 1-D, got ",
-                offsets.scalar_type(), " ", offsets.sizes());
-    DV365_CHECK(ts.dim() == 1 && ts.scalar_type() == at::kLong, op, "ts must be Long 1-D, got ", ts.scalar_type());
-    DV365_CHECK(request_ts.dim() == 1 && request_ts.scalar_type() == at::kLong, op, "request_ts must be Long 1-D");
-    DV365_CHECK(offsets.numel() >= 1, op, "offsets must have B + 1 >= 1 entries");
-    DV365_CHECK(request_ts.numel() == b, op, "request_ts must have shape [B=", b, "], got ", request_ts.sizes());
-    DV365_CHECK(cats.dim() == 2 && cats.size(1) == n, op, "cats must have shape [C, N=", n, "], got ", cats.sizes());
-    DV365_CHECK(at::isIntegralType(cats.scalar_type(), false), op, "cats must be an integer tensor (int8), got ",
-                cats.scalar_type());
-    DV365_CHECK(floats.scalar_type() == at::kFloat, op, "floats must be float32, got ", floats.scalar_type());
-    DV365_CHECK(floats.dim() == 2 && floats.size(1) == n, op, "floats must have shape [F, N=", n, "], got ",
-                floats.sizes());
-    DV365_CHECK(prog_i.dim() == 2 && prog_i.size(1) == prog::kNumInt && prog_i.scalar_type() == at::kLong, op,
-                "prog_i must be an int64 tensor of shape [S, ", int64_t(prog::kNumInt), "], got ",
-                prog_i.scalar_type(), " ", prog_i.sizes());
-    DV365_CHECK(prog_f.dim() == 2 && prog_f.size(0) == prog_i.size(0) && prog_f.size(1) == prog::kNumFloat &&
-                    prog_f.scalar_type() == at::kDouble,
-                op, "prog_f must be a float64 tensor of shape [S=", prog_i.size(0), ", ", int64_t(prog::kNumFloat),
-                "], got ", prog_f.scalar_type(), " ", prog_f.sizes());
-    DV365_CHECK(static_cast<int64_t>(ids.size()) == num_tables, op, "ids must hold one tensor per table (",
-                num_tables, "), got ", ids.size());
-    for (size_t t = 0; t < ids.size(); ++t) {
-      DV365_CHECK(ids[t].scalar_type() == at::kLong && ids[t].dim() == 1 && ids[t].numel() == n, op, "ids[", t,
-                  "] must be a 1-D int64 tensor of N=", n, " events, got ", ids[t].scalar_type(), " ",
-                  ids[t].sizes());
-    }
-    DV365_CHECK(num_tables <= kMaxTables, op, "at most ", kMaxTables, " tables are supported on CUDA, got ",
-                num_tables);
-  }, rerun);
-  Inputs in;
-  in.b = b;
-  in.n = n;
-  in.s = prog_i.size(0);
-  in.offsets = offsets.contiguous();
-  in.ts = ts.contiguous();
-  in.cats = cats.contiguous();
-  in.floats = floats.contiguous();
-  in.request_ts = request_ts.contiguous();
-  in.prog_i = prog_i.contiguous();
-  in.prog_f = prog_f.contiguous();
-  for (const auto& i : ids) in.ids.push_back(i.contiguous());
-  const int64_t num_floats = floats.size(0);
-  if (!capturing() && in.s > 0) {
-    const at::Tensor pi = in.prog_i.cpu();
-    const int64_t* r = pi.data_ptr<int64_t>();
-    bool ok = true;
-    for (int64_t s = 0; s < in.s && ok; ++s, r += prog::kNumInt) {
-      const int64_t flags = r[prog::kFlags];
-      ok = r[prog::kTable] >= 0 && r[prog::kTable] < num_tables && flags >= 0 &&
-           flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter) && (flags == 0 || num_floats >= 2);
-      for (const int64_t col : {prog::kCatField0, prog::kCatField1, prog::kCatField2}) ok = ok && r[col] < cats.size(0);
-    }
-    if (!ok) {
-      rerun();
-      TORCH_CHECK(false, "dv365::", op, ": invalid slice program");
-    }
-  }
-  in.tl.offsets = in.offsets.data_ptr<int64_t>();
-  in.tl.num_users = b;
-  in.tl.n = n;
-  in.tl.ts = in.ts.data_ptr<int64_t>();
-  in.tl.request_ts = in.request_ts.data_ptr<int64_t>();
-  in.tl.cats = in.cats.data_ptr();
-  in.tl.cat_fields = cats.size(0);
-  in.tl.cat_bytes = static_cast<int>(cats.element_size());
-  in.tl.floats = num_floats >= 2 ? in.floats.data_ptr() : nullptr;
-  in.tl.float_bytes = num_floats >= 2 ? 4 : 0;
-  check_offsets_async(in.offsets, n, flag);
-  if (n > 0) {
-    validate_timeline_kernel<<<static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 132 * 8)), 256, 0,
-                               current_stream()>>>(in.tl, flag.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  return in;
+  return true;
 }
 
-TableSet table_set(const Inputs& in) {
-  TableSet s{};
-  s.num_tables = static_cast<int64_t>(in.ids.size());
-  for (int64_t t = 0; t < s.num_tables; ++t) s.ids[t] = in.ids[t].data_ptr<int64_t>();
-  return s;
+int sm_count() {
+  int dev = 0, sms = 132;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return sms;
 }
 
-std::vector<at::Tensor> check_tables(const char* op, at::TensorList tables, const Inputs& in, TableSet& s,
-                                     const Rerun& rerun) {
-  for (size_t t = 0; t < tables.size(); ++t) check_device(tables[t], op, "tables", in.ts, "ts");
-  check_like_cpu([&] {
-    const auto dt = tables[0].scalar_type();
-    DV365_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
-                "tables must be float32, bfloat16, float16 or float64, got ", dt);
-    for (size_t t = 0; t < tables.size(); ++t) {
-      DV365_CHECK(tables[t].dim() == 2, op, "tables[", t, "] must be 2-D [rows, D], got ", tables[t].sizes());
-      DV365_CHECK(tables[t].scalar_type() == dt, op, "tables must share one dtype: tables[0] is ", dt, ", tables[", t,
-                  "] is ", tables[t].scalar_type());
-      DV365_CHECK(tables[t].size(1) == tables[0].size(1), op, "tables must share D: tables[0] has ",
-                  tables[0].size(1), ", tables[", t, "] has ", tables[t].size(1));
-    }
-  }, rerun);
-  std::vector<at::Tensor> out;
-  for (size_t t = 0; t < tables.size(); ++t) {
-    const auto& tab = tables[t];
-    out.push_back(tab.stride(1) == 1 ? tab : tab.contiguous());
-    s.table[t] = out.back().data_ptr();
-    s.rows[t] = tab.size(0);
-    s.row_stride[t] = out.back().stride(0);
-  }
-  return out;
-}
-
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v ? std::atoi(v) : fallback;
-}
-
-struct Plan {
-  at::Tensor plan;
-  Grid grid;
-  int words;
-  int threads;
-};
-
-// Builds the slice plan on the device (no host synchronization, so the forward can be captured in a graph).
-Plan make_plan(const Inputs& in, int64_t t_count, int64_t d, int64_t acc_bytes, const at::Tensor& flag) {
-  Plan p;
-  const int64_t per_table = ceil_div(std::max<int64_t>(in.s, 1), t_count);
-  p.words = static_cast<int>(std::clamp<int64_t>(ceil_div(per_table, 32), 1, 4));
-  const int64_t g = p.words * 32;
-  const int64_t ng = ceil_div(in.s, g) + t_count;
-  p.plan = at::empty({in.s + 3 * ng + 2 * t_count}, in.ts.options());
-  plan_kernel<<<1, 32, 0, current_stream()>>>(in.prog_i.data_ptr<int64_t>(), in.s, t_count, g, ng,
-                                              p.plan.data_ptr<int64_t>(), flag.data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // chunks per user: about kTarget events per CTA on average
-  const int64_t target = env_int("DV365_SP_CHUNK", 2048);
-  const int64_t avg = in.b ? ceil_div(in.n, in.b) : 0;
-  p.grid.chunks = std::max<int64_t>(1, ceil_div(avg, target));
-  // 128 threads: two D tiles for D = 256, so that three CTAs fit an SM and overlap membership with gathers
-  p.threads = 128;
-  p.grid.col_tiles = std::max<int64_t>(1, ceil_div(d, p.threads));
-  p.grid.num_groups = ng;
-  p.grid.s_count = in.s;
-  p.grid.d = d;
-  return p;
-}
-
-template <int kThreads, typename F>
-void with_words(int words, F&& f) {
-  using T = std::integral_constant<int, kThreads>;
-  switch (words) {
-    case 1: f(std::integral_constant<int, 1>{}, T{}); break;
-    case 2: f(std::integral_constant<int, 2>{}, T{}); break;
-    case 3: f(std::integral_constant<int, 3>{}, T{}); break;
-    default: f(std::integral_constant<int, 4>{}, T{}); break;
-  }
-}
-
-template <typename F>
-void with_config(const Plan& p, F&& f) {
-  with_words<128>(p.words, f);
+cudaError_t build_plan(const Timeline& tl, const Program& prog, int64_t t_count, int block_groups, Scratch sc,
+                       bool all_segments, int32_t* flag, cudaStream_t stream, int64_t& items_cap) {
+  items_cap = max_items(prog.s, tl.num_users, tl.n, sc.item_events);
+  plan_kernel<<<1, kPlanThreads, 0, stream>>>(prog, t_count, block_groups, sc.plan, flag);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || tl.num_users == 0) return err;
+  items_kernel<<<static_cast<unsigned>(tl.num_users), 64, 0, stream>>>(tl, prog, t_count, sc.plan, sc.items,
+                                                                        items_cap, sc.item_events, all_segments);
+  return cudaGetLastError();
 }
 
 template <typename K>
-void set_smem(K kernel, size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+cudaError_t configure(K kernel, size_t smem, int threads, int64_t items_cap, int64_t& grid_x) {
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  int per_sm = 1;
+  const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  if (err != cudaSuccess) return err;
+  // enough CTAs to fill the GPU for any one block; the rest of a block's items are strided over them
+  grid_x = std::max<int64_t>(1, std::min<int64_t>(items_cap, static_cast<int64_t>(std::max(per_sm, 1)) * sm_count()));
+  return cudaSuccess;
 }
 
-std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::TensorList ids, const at::Tensor& offsets,
-                                                    const at::Tensor& ts, const at::Tensor& cats,
-                                                    const at::Tensor& floats, const at::Tensor& request_ts,
-                                                    const at::Tensor& prog_i, const at::Tensor& prog_f, bool sparse) {
-  constexpr const char* op = "sliced_pool";
-  DV365_CHECK(!tables.empty(), op, "tables must hold at least one table");
-  const c10::cuda::CUDAGuard guard(ts.device());
-  const Rerun rerun = [&] {
-    rerun_on_cpu<std::tuple<at::Tensor, at::Tensor>(at::TensorList, at::TensorList, const at::Tensor&,
-                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>(
-        "dv365::sliced_pool", to_cpu(tables), to_cpu(ids), offsets.cpu(), ts.cpu(), cats.cpu(), floats.cpu(),
-        request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), sparse);
-  };
-  auto flag = new_error_flag(ts);
-  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun,
-                             static_cast<int64_t>(tables.size()), flag);
-  TableSet set = table_set(in);
-  auto tabs = check_tables(op, tables, in, set, rerun);
-  const int64_t d = tables[0].size(1);
-  const auto dtype = tables[0].scalar_type();
-  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  auto pooled = at::empty({in.b, in.s, d}, tables[0].options());
-  auto wsum = at::empty({in.b, in.s}, tables[0].options().dtype(at::kFloat));
-  if (in.b == 0 || in.s == 0) {
-    check_error_flag(flag, op, rerun);
-    return {pooled, wsum};
-  }
-  auto num = at::zeros({in.b, in.s, d}, tables[0].options().dtype(acc_dtype));
-  auto wacc = at::zeros({in.b, in.s}, tables[0].options().dtype(acc_dtype));
-  Plan p = make_plan(in, static_cast<int64_t>(tables.size()), d, acc_dtype == at::kDouble ? 8 : 4, flag);
-  auto stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sliced_pool_cuda", [&] {
-    using acc_t = typename AccType<scalar_t>::type;
-    with_config(p, [&](auto words, auto threads) {
-      constexpr int kWords = decltype(words)::value;
-      constexpr int kThreads = decltype(threads)::value;
-      const size_t smem = sizeof(Shared<kWords>) + sizeof(acc_t) * kWords * 32 * kThreads;
-      auto kernel = sliced_pool_kernel<scalar_t, acc_t, kWords, kThreads>;
-      set_smem(kernel, smem);
-      const dim3 grid(static_cast<unsigned>(in.b * p.grid.chunks * p.grid.col_tiles),
-                      static_cast<unsigned>(p.grid.num_groups));
-      if (in.n > 0 && d > 0) {
-        kernel<<<grid, kThreads, smem, stream>>>(in.tl, set, in.prog_i.data_ptr<int64_t>(),
-                                                 in.prog_f.data_ptr<double>(), p.plan.data_ptr<int64_t>(), p.grid,
-                                                 num.data_ptr<acc_t>(), wacc.data_ptr<acc_t>(),
-                                                 flag.data_ptr<int32_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
-    const int64_t total = std::max<int64_t>(in.b * in.s * d, in.b * in.s);
-    sliced_pool_finalize_kernel<scalar_t, acc_t>
-        <<<static_cast<unsigned>(std::min<int64_t>(ceil_div(total, 256), 132 * 32)), 256, 0, stream>>>(
-            num.data_ptr<acc_t>(), wacc.data_ptr<acc_t>(), in.b * in.s, d, pooled.data_ptr<scalar_t>(),
-            wsum.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  check_error_flag(flag, op, rerun);
-  return {pooled, wsum};
+template <typename scalar_t, int V>
+Launch make_launch(int64_t d, int bg, int64_t s, int64_t t, int64_t items_cap) {
+  Launch L;
+  L.d = d;
+  const int64_t threads = std::clamp<int64_t>(ceil_div(ceil_div(d, V), 32) * 32, 32, 64);
+  L.tile = threads * V;
+  L.col_tiles = ceil_div(d, L.tile);
+  L.bg = bg;
+  L.max_blocks = ceil_div(s, bg) + t;
+  L.items_cap = items_cap;
+  return L;
 }
 
-template <bool kRows>
-std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, const at::Tensor& weight_sum,
-                                      at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
-                                      const at::Tensor& cats, const at::Tensor& floats, const at::Tensor& request_ts,
-                                      const at::Tensor& prog_i, const at::Tensor& prog_f,
-                                      c10::ArrayRef<int64_t> num_rows) {
-  const c10::cuda::CUDAGuard guard(ts.device());
-  const Rerun rerun = [&] {
-    if (kRows) {
-      rerun_on_cpu<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
-                                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, const at::Tensor&)>(
-          "dv365::sliced_pool_backward_rows", grad.cpu(), weight_sum.cpu(), to_cpu(ids), offsets.cpu(), ts.cpu(),
-          cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu());
-    } else {
-      std::vector<c10::SymInt> rows(num_rows.begin(), num_rows.end());
-      rerun_on_cpu<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
-                                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef)>(
-          "dv365::sliced_pool_backward", grad.cpu(), weight_sum.cpu(), to_cpu(ids), offsets.cpu(), ts.cpu(),
-          cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), rows);
-    }
-  };
-  check_device(grad, op, "grad", ts, "ts");
-  check_device(weight_sum, op, "weight_sum", ts, "ts");
-  auto flag = new_error_flag(ts);
-  const int64_t t_count = static_cast<int64_t>(ids.size());
-  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun, t_count, flag);
-  check_like_cpu([&] {
-    const auto dt = grad.scalar_type();
-    DV365_CHECK((dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble) && grad.dim() == 3 &&
-                    grad.size(0) == in.b && grad.size(1) == in.s,
-                op, "grad must be a floating point tensor of shape [B=", in.b, ", S=", in.s, ", D], got ", dt, " ",
-                grad.sizes());
-    DV365_CHECK(weight_sum.scalar_type() == at::kFloat && weight_sum.dim() == 2 && weight_sum.size(0) == in.b &&
-                    weight_sum.size(1) == in.s,
-                op, "weight_sum must be a float32 tensor of shape [B=", in.b, ", S=", in.s, "], got ",
-                weight_sum.scalar_type(), " ", weight_sum.sizes());
-    if (!kRows) {
-      DV365_CHECK(static_cast<int64_t>(num_rows.size()) == t_count, op, "num_rows must hold one entry per table (",
-                  t_count, "), got ", num_rows.size());
-      for (const int64_t r : num_rows) DV365_CHECK(r >= 0, op, "num_rows must be >= 0, got ", r);
-    }
-  }, rerun);
-  TableSet set = table_set(in);
-  const int64_t d = grad.size(2);
-  const auto dtype = grad.scalar_type();
-  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  std::vector<at::Tensor> outs;
-  for (int64_t t = 0; t < t_count; ++t) {
-    if (kRows) {
-      outs.push_back(at::empty({in.n, d}, grad.options()));
-    } else {
-      outs.push_back(at::zeros({num_rows[t], d}, grad.options().dtype(acc_dtype)));
-      set.rows[t] = num_rows[t];
-    }
-    set.out[t] = outs.back().data_ptr();
-  }
-  if (kRows) {
-    for (int64_t t = 0; t < t_count; ++t) set.rows[t] = std::numeric_limits<int64_t>::max();
-  }
-  if (in.b > 0 && in.n > 0 && d > 0) {
-    Plan p = make_plan(in, t_count, d, acc_dtype == at::kDouble ? 8 : 4, flag);
-    const at::Tensor g = grad.contiguous();
-    const at::Tensor ws = weight_sum.contiguous();
-    auto stream = current_stream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sliced_pool_backward_cuda", [&] {
-      using acc_t = typename AccType<scalar_t>::type;
-      with_config(p, [&](auto words, auto threads) {
-        constexpr int kWords = decltype(words)::value;
-        constexpr int kThreads = decltype(threads)::value;
-        const size_t smem = sizeof(Shared<kWords>) + sizeof(acc_t) * kWords * 32 * kThreads;
-        auto kernel = sliced_pool_backward_kernel<kRows, scalar_t, acc_t, kWords, kThreads>;
-        set_smem(kernel, smem);
-        const dim3 grid(static_cast<unsigned>(in.b * p.grid.chunks * p.grid.col_tiles),
-                        static_cast<unsigned>(kRows ? t_count : p.grid.num_groups));
-        kernel<<<grid, kThreads, smem, stream>>>(in.tl, set, in.prog_i.data_ptr<int64_t>(),
-                                                 in.prog_f.data_ptr<double>(), p.plan.data_ptr<int64_t>(), p.grid,
-                                                 g.data_ptr<scalar_t>(), ws.data_ptr<float>(),
-                                                 flag.data_ptr<int32_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
-  } else if (kRows) {
-    for (auto& o : outs) o.zero_();
-  }
-  check_error_flag(flag, op, rerun);
-  if (!kRows) {
-    for (auto& o : outs) {
-      if (o.scalar_type() != dtype) o = o.to(dtype);
-    }
-  }
-  return outs;
+template <typename scalar_t, int V>
+cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, int bg, Scratch sc,
+                       void* num, void* wacc, int32_t* flag, cudaStream_t stream, int64_t items_cap) {
+  using acc_t = typename AccType<scalar_t>::type;
+  const Launch L = make_launch<scalar_t, V>(d, bg, prog.s, tabs.num_tables, items_cap);
+  const int threads = static_cast<int>(L.tile / V);
+  const size_t smem = smem_bytes<acc_t>(bg, static_cast<int>(L.tile));
+  auto kernel = pool_kernel<scalar_t, acc_t, V>;
+  int64_t gx = 1;
+  cudaError_t err = configure(kernel, smem, threads, items_cap, gx);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
+  kernel<<<grid, threads, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<acc_t*>(num),
+                                          static_cast<acc_t*>(wacc), flag);
+  return cudaGetLastError();
 }
 
-std::vector<at::Tensor> sliced_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& weight_sum,
-                                                  at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
-                                                  const at::Tensor& cats, const at::Tensor& floats,
-                                                  const at::Tensor& request_ts, const at::Tensor& prog_i,
-                                                  const at::Tensor& prog_f, c10::SymIntArrayRef num_rows) {
-  std::vector<int64_t> rows;
-  for (const auto& r : num_rows) rows.push_back(r.expect_int());
-  return backward_impl<false>("sliced_pool_backward", grad, weight_sum, ids, offsets, ts, cats, floats, request_ts,
-                              prog_i, prog_f, rows);
-}
-
-std::vector<at::Tensor> sliced_pool_backward_rows_cuda(const at::Tensor& grad, const at::Tensor& weight_sum,
-                                                       at::TensorList ids, const at::Tensor& offsets,
-                                                       const at::Tensor& ts, const at::Tensor& cats,
-                                                       const at::Tensor& floats, const at::Tensor& request_ts,
-                                                       const at::Tensor& prog_i, const at::Tensor& prog_f) {
-  return backward_impl<true>("sliced_pool_backward_rows", grad, weight_sum, ids, offsets, ts, cats, floats,
-                             request_ts, prog_i, prog_f, {});
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> slice_timeline_cuda(at::TensorList ids, const at::Tensor& offsets,
-                                                                   const at::Tensor& ts, const at::Tensor& cats,
-                                                                   const at::Tensor& floats,
-                                                                   const at::Tensor& request_ts,
-                                                                   const at::Tensor& prog_i, const at::Tensor& prog_f) {
-  constexpr const char* op = "slice_timeline";
-  const c10::cuda::CUDAGuard guard(ts.device());
-  const Rerun rerun = [&] {
-    rerun_on_cpu<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-        at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        const at::Tensor&, const at::Tensor&)>("dv365::slice_timeline", to_cpu(ids), offsets.cpu(), ts.cpu(),
-                                               cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu());
-  };
-  auto flag = new_error_flag(ts);
-  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun,
-                             static_cast<int64_t>(ids.size()), flag);
-  TableSet set = table_set(in);
-  auto lengths = at::zeros({in.s * in.b}, ts.options());
-  auto stream = current_stream();
-  const int64_t warps = in.s * in.b;
-  const unsigned blocks = static_cast<unsigned>(ceil_div(warps * 32, 256));
-  if (warps > 0) {
-    slice_timeline_kernel<false><<<blocks, 256, 0, stream>>>(in.tl, set, in.prog_i.data_ptr<int64_t>(),
-                                                             in.prog_f.data_ptr<double>(), in.s,
-                                                             lengths.data_ptr<int64_t>(), nullptr, 0, nullptr,
-                                                             nullptr, flag.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+template <bool kRows, typename scalar_t, int V>
+cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, int bg, Scratch sc,
+                           const void* grad, const float* weight_sum, int32_t* flag, cudaStream_t stream,
+                           int64_t items_cap) {
+  using acc_t = typename AccType<scalar_t>::type;
+  const Launch L = make_launch<scalar_t, V>(d, bg, prog.s, tabs.num_tables, items_cap);
+  const int threads = static_cast<int>(L.tile / V);
+  const size_t smem = smem_bytes<acc_t>(bg, static_cast<int>(L.tile));
+  auto kernel = backward_kernel<kRows, scalar_t, acc_t, V>;
+  int64_t gx = 1;
+  cudaError_t err = configure(kernel, smem, threads, items_cap, gx);
+  if (err != cudaSuccess) return err;
+  if constexpr (kRows) {
+    const int64_t total = tl.n * d;
+    const dim3 zgrid(static_cast<unsigned>(std::min<int64_t>(ceil_div(total, 256), 132 * 8)),
+                     static_cast<unsigned>(tabs.num_tables));
+    zero_rows_kernel<scalar_t><<<zgrid, 256, 0, stream>>>(tabs, sc.plan, prog.s, bg, total);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
   }
-  // the output size depends on the data: one synchronization here (so this op cannot be graph-captured)
-  check_error_flag(flag, op, rerun);
-  auto ends = at::cumsum(lengths, 0);
-  const int64_t total = warps ? ends.select(0, -1).item<int64_t>() : 0;
-  auto values = at::empty({total}, ts.options());
-  auto weights = at::empty({total}, ts.options().dtype(at::kFloat));
-  if (total > 0) {
-    auto starts = at::sub(ends, lengths);
-    slice_timeline_kernel<true><<<blocks, 256, 0, stream>>>(in.tl, set, in.prog_i.data_ptr<int64_t>(),
-                                                            in.prog_f.data_ptr<double>(), in.s, nullptr,
-                                                            starts.data_ptr<int64_t>(), total,
-                                                            values.data_ptr<int64_t>(), weights.data_ptr<float>(),
-                                                            flag.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  return {values, weights, lengths};
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
+  kernel<<<grid, threads, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<const scalar_t*>(grad),
+                                          weight_sum, flag);
+  return cudaGetLastError();
 }
 
 }  // namespace
-}  // namespace dv365::cuda
 
-TORCH_LIBRARY_IMPL(dv365, CUDA, m) {
-  m.impl("slice_timeline", &dv365::cuda::slice_timeline_cuda);
-  m.impl("sliced_pool", &dv365::cuda::sliced_pool_cuda);
-  m.impl("sliced_pool_backward", &dv365::cuda::sliced_pool_backward_cuda);
-  m.impl("sliced_pool_backward_rows", &dv365::cuda::sliced_pool_backward_rows_cuda);
+cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, DType dtype,
+                               int block_groups, Scratch sc, void* num, void* wacc, void* pooled, float* wsum,
+                               int32_t* flag, cudaStream_t stream) {
+  const int bg = std::clamp(block_groups, 1, kMaxBlockGroups);
+  return with_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = typename AccType<scalar_t>::type;
+    constexpr int V = vec_width<scalar_t>();
+    if (tl.n > 0 && d > 0 && prog.s > 0) {
+      int64_t cap = 0;
+      if (build_plan(tl, prog, tabs.num_tables, bg, sc, false, flag, stream, cap) != cudaSuccess) return;
+      if (vector_ok<V>(tabs, d, sizeof(scalar_t), true)) {
+        if (pool_typed<scalar_t, V>(tl, tabs, prog, d, bg, sc, num, wacc, flag, stream, cap) != cudaSuccess) return;
+      } else {
+        if (pool_typed<scalar_t, 1>(tl, tabs, prog, d, bg, sc, num, wacc, flag, stream, cap) != cudaSuccess) return;
+      }
+    }
+    const int64_t bs = tl.num_users * prog.s;
+    const int64_t total = std::max<int64_t>(bs * d, bs);
+    if (total == 0) return;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(total, 256), 132 * 32));
+    finalize_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(static_cast<const acc_t*>(num),
+                                                                 static_cast<const acc_t*>(wacc), bs, d,
+                                                                 static_cast<scalar_t*>(pooled), wsum);
+  });
 }
+
+cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tables& tabs, const Program& prog,
+                                        int64_t d, DType dtype, int block_groups, Scratch sc, const void* grad,
+                                        const float* weight_sum, int32_t* flag, cudaStream_t stream) {
+  const int bg = std::clamp(block_groups, 1, kMaxBlockGroups);
+  if (tl.n == 0 || d == 0 || prog.s == 0 || tl.num_users == 0) return cudaSuccess;
+  return with_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr int V = vec_width<scalar_t>();
+    int64_t cap = 0;
+    // the per-event rows visit every event (a table with one block stores every row, zeros included)
+    if (build_plan(tl, prog, tabs.num_tables, bg, sc, rows, flag, stream, cap) != cudaSuccess) return;
+    const bool vec = vector_ok<V>(tabs, d, sizeof(scalar_t), false);
+    if (rows) {
+      vec ? backward_typed<true, scalar_t, V>(tl, tabs, prog, d, bg, sc, grad, weight_sum, flag, stream, cap)
+          : backward_typed<true, scalar_t, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, flag, stream, cap);
+    } else {
+      vec ? backward_typed<false, scalar_t, V>(tl, tabs, prog, d, bg, sc, grad, weight_sum, flag, stream, cap)
+          : backward_typed<false, scalar_t, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, flag, stream, cap);
+    }
+  });
+}
+
+cudaError_t launch_slice_timeline_count(const Timeline& tl, const Tables& tabs, const Program& prog,
+                                        int64_t* lengths, int32_t* flag, cudaStream_t stream) {
+  const int64_t warps = prog.s * tl.num_users;
+  if (warps == 0) return cudaSuccess;
+  slice_timeline_kernel<false><<<static_cast<unsigned>(ceil_div(warps * 32, 256)), 256, 0, stream>>>(
+      tl, tabs, prog, lengths, nullptr, 0, nullptr, nullptr, flag);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_slice_timeline_emit(const Timeline& tl, const Tables& tabs, const Program& prog,
+                                       const int64_t* starts, int64_t total, int64_t* values, float* weights,
+                                       int32_t* flag, cudaStream_t stream) {
+  const int64_t warps = prog.s * tl.num_users;
+  if (warps == 0 || total == 0) return cudaSuccess;
+  slice_timeline_kernel<true><<<static_cast<unsigned>(ceil_div(warps * 32, 256)), 256, 0, stream>>>(
+      tl, tabs, prog, nullptr, starts, total, values, weights, flag);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_validate_timeline(const Timeline& tl, int32_t* flag, cudaStream_t stream) {
+  if (tl.n == 0 && tl.num_users == 0) return cudaSuccess;
+  const int64_t work = std::max(tl.n, tl.num_users);
+  validate_timeline_kernel<<<static_cast<unsigned>(std::min<int64_t>(ceil_div(work, 256), 132 * 8)), 256, 0,
+                             stream>>>(tl, flag);
+  return cudaGetLastError();
+}
+
+}  // namespace dv365::cuda::slicing

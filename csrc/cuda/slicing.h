@@ -1,0 +1,76 @@
+// Launchers of the multi-slicing CUDA kernels (csrc/cuda/slicing.cu), called from csrc/cuda/slicing_ops.cpp.
+#pragma once
+
+#include <algorithm>
+
+#include "cuda/launch.h"
+
+namespace dv365::cuda::slicing {
+
+constexpr int kMaxTables = 32;
+constexpr int kMaxBlockGroups = 32;  // groups one CTA pools (a bit each in an event's uint32 mask)
+
+// The timeline tensors (contiguous, validated on the host for shapes and dtypes).
+struct Timeline {
+  const int64_t* offsets;
+  int64_t num_users, n;
+  const int64_t* ts;
+  const int64_t* request_ts;
+  const void* cats;  // [cat_fields, n], integer of cat_bytes bytes
+  int64_t cat_fields;
+  int cat_bytes;
+  const float* floats;  // [2, n] duration, dwell; null when the timeline has no float fields
+};
+
+struct Tables {
+  const void* table[kMaxTables];   // [rows, D] with row_stride, unit column stride (forward)
+  const int64_t* ids[kMaxTables];  // [n]
+  int64_t rows[kMaxTables];        // ids must lie in [0, rows)
+  int64_t row_stride[kMaxTables];
+  void* out[kMaxTables];  // backward outputs: dense [rows, D] (acc dtype) or per event [n, D] (grad dtype)
+  int64_t num_tables;
+};
+
+struct Program {
+  const int64_t* prog_i;  // [S, 10]
+  const double* prog_f;   // [S, 7]
+  int64_t s;
+};
+
+// Scratch the host allocates (int64 elements) for the device-side plan and work list.
+// A work item is (user, first event, end event, segment): at most item_events events of one user whose
+// request_ts - ts lies in one segment between consecutive distinct window bounds of the program.
+inline int64_t plan_elems(int64_t s, int64_t t) { return 64 + 16 * std::max<int64_t>(s, 1) + 8 * t; }
+inline int64_t max_items(int64_t s, int64_t b, int64_t n, int64_t item_events) {
+  return ceil_div(n, item_events) + b * (2 * s + 1) + 1;
+}
+
+struct Scratch {
+  int64_t* plan;   // plan_elems(s, t) elements
+  int64_t* items;  // 4 * max_items(s, b, n, item_events) elements
+  int64_t item_events;
+};
+
+// pooled [B, S, D] (dtype) and weight_sum [B, S] float32 from num/wacc accumulators (acc dtype, zeroed).
+// block_groups: groups per CTA, in [1, kMaxBlockGroups] (the host's count of distinct groups per table).
+cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, DType dtype,
+                               int block_groups, Scratch scratch, void* num, void* wacc, void* pooled, float* wsum,
+                               int32_t* flag, cudaStream_t stream);
+
+// Backward: grad [B, S, D] (dtype, contiguous), weight_sum [B, S]. rows: tabs.out[t] is [n, D] in dtype
+// (uninitialized: every row is written); else tabs.out[t] is a zeroed dense [rows, D] in the acc dtype.
+cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tables& tabs, const Program& prog,
+                                        int64_t d, DType dtype, int block_groups, Scratch scratch, const void* grad,
+                                        const float* weight_sum, int32_t* flag, cudaStream_t stream);
+
+// slice_timeline: count pass (lengths [S * B]) then, with starts = exclusive cumsum, the emit pass.
+cudaError_t launch_slice_timeline_count(const Timeline& tl, const Tables& tabs, const Program& prog,
+                                        int64_t* lengths, int32_t* flag, cudaStream_t stream);
+cudaError_t launch_slice_timeline_emit(const Timeline& tl, const Tables& tabs, const Program& prog,
+                                       const int64_t* starts, int64_t total, int64_t* values, float* weights,
+                                       int32_t* flag, cudaStream_t stream);
+
+// The event data checks: cats in [0, 63], ts ascending per user, request_ts - ts without overflow.
+cudaError_t launch_validate_timeline(const Timeline& tl, int32_t* flag, cudaStream_t stream);
+
+}  // namespace dv365::cuda::slicing

@@ -1,0 +1,387 @@
+// Host side of the multi-slicing CUDA ops (kernels: csrc/cuda/slicing.cu): argument checks with the CPU
+// kernels' messages, allocation, the launches, and the device error flag.
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sub.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include "cuda/host.h"
+#include "cuda/slicing.h"
+
+namespace dv365::cuda {
+namespace {
+
+using slicing::kMaxTables;
+
+struct Inputs {
+  slicing::Timeline tl{};
+  slicing::Program prog{};
+  at::Tensor offsets, ts, cats, floats, request_ts, prog_i, prog_f;
+  std::vector<at::Tensor> ids;
+  int64_t b = 0, n = 0, s = 0;
+  int block_groups = slicing::kMaxBlockGroups;
+};
+
+using Rerun = std::function<void()>;
+
+// Groups per CTA: the most groups (slices equal but for their window) one table has, from a host copy of the
+// program; the device plan makes the same cut. While a graph is captured the program cannot be read, and the
+// largest block is used.
+int block_groups_of(const at::Tensor& pi_cpu, const at::Tensor& pf_cpu, int64_t num_tables) {
+  const int64_t s_count = pi_cpu.size(0);
+  const int64_t* pi = pi_cpu.data_ptr<int64_t>();
+  const double* pf = pf_cpu.data_ptr<double>();
+  std::vector<std::set<std::vector<int64_t>>> keys(num_tables);
+  for (int64_t s = 0; s < s_count; ++s) {
+    const int64_t* r = pi + s * prog::kNumInt;
+    const int64_t t = r[prog::kTable];
+    if (t < 0 || t >= num_tables) continue;
+    std::vector<int64_t> key(r, r + prog::kNumInt);
+    key[prog::kWinLo] = key[prog::kWinHi] = 0;
+    for (int j = 0; j < 3; ++j) {
+      if (key[prog::kCatField0 + 2 * j] < 0) key[prog::kCatField0 + 2 * j + 1] = 0;
+    }
+    for (int64_t c = 0; c < prog::kNumFloat; ++c) {
+      int64_t bits;
+      std::memcpy(&bits, pf + s * prog::kNumFloat + c, sizeof bits);
+      key.push_back(bits);
+    }
+    keys[t].insert(std::move(key));
+  }
+  size_t most = 1;
+  for (const auto& k : keys) most = std::max(most, k.size());
+  return static_cast<int>(std::min<size_t>(most, slicing::kMaxBlockGroups));
+}
+
+// Metadata checks with the CPU kernel's rules (its messages win through rerun), the program's checks on the
+// host (skipped while capturing a graph: they need the program on the host), and the event data checks
+// launched on the device (their bits are read with the op's other errors).
+Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
+                      const at::Tensor& cats, const at::Tensor& floats, const at::Tensor& request_ts,
+                      const at::Tensor& prog_i, const at::Tensor& prog_f, const Rerun& rerun, int64_t num_tables,
+                      const at::Tensor& flag) {
+  for (const auto& [t, name] : {std::pair{&offsets, "offsets"}, {&cats, "cats"}, {&floats, "floats"},
+                                {&request_ts, "request_ts"}, {&prog_i, "prog_i"}, {&prog_f, "prog_f"}}) {
+    check_device(*t, op, name, ts, "ts");
+  }
+  for (size_t t = 0; t < ids.size(); ++t) check_device(ids[t], op, "ids", ts, "ts");
+  const int64_t n = ts.numel();
+  const int64_t b = offsets.numel() - 1;
+  check_like_cpu([&] {
+    DV365_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong, op, "offsets must be Long 1-D, got ",
+                offsets.scalar_type(), " ", offsets.sizes());
+    DV365_CHECK(ts.dim() == 1 && ts.scalar_type() == at::kLong, op, "ts must be Long 1-D, got ", ts.scalar_type());
+    DV365_CHECK(request_ts.dim() == 1 && request_ts.scalar_type() == at::kLong, op, "request_ts must be Long 1-D");
+    DV365_CHECK(offsets.numel() >= 1, op, "offsets must have B + 1 >= 1 entries");
+    DV365_CHECK(request_ts.numel() == b, op, "request_ts must have shape [B=", b, "], got ", request_ts.sizes());
+    DV365_CHECK(cats.dim() == 2 && cats.size(1) == n, op, "cats must have shape [C, N=", n, "], got ", cats.sizes());
+    DV365_CHECK(at::isIntegralType(cats.scalar_type(), false), op, "cats must be an integer tensor (int8), got ",
+                cats.scalar_type());
+    DV365_CHECK(floats.scalar_type() == at::kFloat, op, "floats must be float32, got ", floats.scalar_type());
+    DV365_CHECK(floats.dim() == 2 && floats.size(1) == n, op, "floats must have shape [F, N=", n, "], got ",
+                floats.sizes());
+    DV365_CHECK(prog_i.dim() == 2 && prog_i.size(1) == prog::kNumInt && prog_i.scalar_type() == at::kLong, op,
+                "prog_i must be an int64 tensor of shape [S, ", int64_t(prog::kNumInt), "], got ",
+                prog_i.scalar_type(), " ", prog_i.sizes());
+    DV365_CHECK(prog_f.dim() == 2 && prog_f.size(0) == prog_i.size(0) && prog_f.size(1) == prog::kNumFloat &&
+                    prog_f.scalar_type() == at::kDouble,
+                op, "prog_f must be a float64 tensor of shape [S=", prog_i.size(0), ", ", int64_t(prog::kNumFloat),
+                "], got ", prog_f.scalar_type(), " ", prog_f.sizes());
+    DV365_CHECK(static_cast<int64_t>(ids.size()) == num_tables, op, "ids must hold one tensor per table (",
+                num_tables, "), got ", ids.size());
+    for (size_t t = 0; t < ids.size(); ++t) {
+      DV365_CHECK(ids[t].scalar_type() == at::kLong && ids[t].dim() == 1 && ids[t].numel() == n, op, "ids[", t,
+                  "] must be a 1-D int64 tensor of N=", n, " events, got ", ids[t].scalar_type(), " ",
+                  ids[t].sizes());
+    }
+    DV365_CHECK(num_tables <= kMaxTables, op, "at most ", kMaxTables, " tables are supported on CUDA, got ",
+                num_tables);
+  }, rerun);
+  Inputs in;
+  in.b = b;
+  in.n = n;
+  in.s = prog_i.size(0);
+  in.offsets = offsets.contiguous();
+  in.ts = ts.contiguous();
+  in.cats = cats.contiguous();
+  in.floats = floats.contiguous();
+  in.request_ts = request_ts.contiguous();
+  in.prog_i = prog_i.contiguous();
+  in.prog_f = prog_f.contiguous();
+  for (const auto& i : ids) in.ids.push_back(i.contiguous());
+  const int64_t num_floats = floats.size(0);
+  if (!capturing() && in.s > 0) {
+    const at::Tensor pi = in.prog_i.cpu();
+    const int64_t* r = pi.data_ptr<int64_t>();
+    bool ok = true;
+    for (int64_t s = 0; s < in.s && ok; ++s, r += prog::kNumInt) {
+      const int64_t flags = r[prog::kFlags];
+      ok = r[prog::kTable] >= 0 && r[prog::kTable] < num_tables && flags >= 0 &&
+           flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter) && (flags == 0 || num_floats >= 2);
+      for (const int64_t col : {prog::kCatField0, prog::kCatField1, prog::kCatField2}) ok = ok && r[col] < cats.size(0);
+    }
+    if (!ok) {
+      rerun();
+      TORCH_CHECK(false, "dv365::", op, ": invalid slice program");
+    }
+    in.block_groups = block_groups_of(pi, in.prog_f.cpu(), num_tables);
+  }
+  if (const char* env = std::getenv("DV365_SP_GROUPS")) in.block_groups = std::clamp(std::atoi(env), 1, 32);
+  in.tl.offsets = in.offsets.data_ptr<int64_t>();
+  in.tl.num_users = b;
+  in.tl.n = n;
+  in.tl.ts = in.ts.data_ptr<int64_t>();
+  in.tl.request_ts = in.request_ts.data_ptr<int64_t>();
+  in.tl.cats = in.cats.data_ptr();
+  in.tl.cat_fields = cats.size(0);
+  in.tl.cat_bytes = static_cast<int>(cats.element_size());
+  in.tl.floats = num_floats >= 2 ? in.floats.data_ptr<float>() : nullptr;
+  in.prog.prog_i = in.prog_i.data_ptr<int64_t>();
+  in.prog.prog_f = in.prog_f.data_ptr<double>();
+  in.prog.s = in.s;
+  check_offsets_async(in.offsets, n, flag, op);
+  check_launch(slicing::launch_validate_timeline(in.tl, flag.data_ptr<int32_t>(), current_stream()), op);
+  return in;
+}
+
+slicing::Tables table_set(const Inputs& in) {
+  slicing::Tables s{};
+  s.num_tables = static_cast<int64_t>(in.ids.size());
+  for (int64_t t = 0; t < s.num_tables; ++t) s.ids[t] = in.ids[t].data_ptr<int64_t>();
+  return s;
+}
+
+std::vector<at::Tensor> check_tables(const char* op, at::TensorList tables, const Inputs& in, slicing::Tables& s,
+                                     const Rerun& rerun) {
+  for (size_t t = 0; t < tables.size(); ++t) check_device(tables[t], op, "tables", in.ts, "ts");
+  check_like_cpu([&] {
+    const auto dt = tables[0].scalar_type();
+    DV365_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
+                "tables must be float32, bfloat16, float16 or float64, got ", dt);
+    for (size_t t = 0; t < tables.size(); ++t) {
+      DV365_CHECK(tables[t].dim() == 2, op, "tables[", t, "] must be 2-D [rows, D], got ", tables[t].sizes());
+      DV365_CHECK(tables[t].scalar_type() == dt, op, "tables must share one dtype: tables[0] is ", dt, ", tables[", t,
+                  "] is ", tables[t].scalar_type());
+      DV365_CHECK(tables[t].size(1) == tables[0].size(1), op, "tables must share D: tables[0] has ",
+                  tables[0].size(1), ", tables[", t, "] has ", tables[t].size(1));
+    }
+  }, rerun);
+  std::vector<at::Tensor> out;
+  for (size_t t = 0; t < tables.size(); ++t) {
+    const auto& tab = tables[t];
+    out.push_back(tab.stride(1) == 1 ? tab : tab.contiguous());
+    s.table[t] = out.back().data_ptr();
+    s.rows[t] = tab.size(0);
+    s.row_stride[t] = out.back().stride(0);
+  }
+  return out;
+}
+
+// The device plan's scratch (int64, uninitialized: the plan kernel writes what it reads).
+struct ScratchHolder {
+  at::Tensor plan, items;
+  slicing::Scratch sc{};
+};
+
+ScratchHolder make_scratch(const Inputs& in, int64_t t_count) {
+  ScratchHolder h;
+  const char* env = std::getenv("DV365_SP_ITEM");
+  h.sc.item_events = std::max<int64_t>(64, env ? std::atoll(env) : 2048);
+  h.plan = at::empty({slicing::plan_elems(in.s, t_count)}, in.ts.options());
+  h.items = at::empty({4 * slicing::max_items(in.s, in.b, in.n, h.sc.item_events)}, in.ts.options());
+  h.sc.plan = h.plan.data_ptr<int64_t>();
+  h.sc.items = h.items.data_ptr<int64_t>();
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::TensorList ids, const at::Tensor& offsets,
+                                                    const at::Tensor& ts, const at::Tensor& cats,
+                                                    const at::Tensor& floats, const at::Tensor& request_ts,
+                                                    const at::Tensor& prog_i, const at::Tensor& prog_f, bool sparse) {
+  constexpr const char* op = "sliced_pool";
+  DV365_CHECK(!tables.empty(), op, "tables must hold at least one table");
+  const c10::cuda::CUDAGuard guard(ts.device());
+  const Rerun rerun = [&] {
+    rerun_on_cpu<std::tuple<at::Tensor, at::Tensor>(at::TensorList, at::TensorList, const at::Tensor&,
+                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>(
+        "dv365::sliced_pool", to_cpu(tables), to_cpu(ids), offsets.cpu(), ts.cpu(), cats.cpu(), floats.cpu(),
+        request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), sparse);
+  };
+  auto flag = new_error_flag(ts);
+  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun,
+                             static_cast<int64_t>(tables.size()), flag);
+  slicing::Tables set = table_set(in);
+  const auto tabs = check_tables(op, tables, in, set, rerun);
+  const int64_t d = tables[0].size(1);
+  const auto dtype = tables[0].scalar_type();
+  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  auto pooled = at::empty({in.b, in.s, d}, tables[0].options());
+  auto wsum = at::empty({in.b, in.s}, tables[0].options().dtype(at::kFloat));
+  if (in.b > 0 && in.s > 0) {
+    auto num = at::zeros({in.b, in.s, d}, tables[0].options().dtype(acc_dtype));
+    auto wacc = at::zeros({in.b, in.s}, tables[0].options().dtype(acc_dtype));
+    ScratchHolder scratch = make_scratch(in, static_cast<int64_t>(tables.size()));
+    check_launch(slicing::launch_sliced_pool(in.tl, set, in.prog, d, dtype_of(dtype), in.block_groups, scratch.sc,
+                                             num.data_ptr(), wacc.data_ptr(), pooled.data_ptr(),
+                                             wsum.data_ptr<float>(), flag.data_ptr<int32_t>(), current_stream()),
+                 op);
+  }
+  check_error_flag(flag, op, rerun);
+  return {pooled, wsum};
+}
+
+template <bool kRows>
+std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, const at::Tensor& weight_sum,
+                                      at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
+                                      const at::Tensor& cats, const at::Tensor& floats, const at::Tensor& request_ts,
+                                      const at::Tensor& prog_i, const at::Tensor& prog_f,
+                                      c10::ArrayRef<int64_t> num_rows) {
+  const c10::cuda::CUDAGuard guard(ts.device());
+  const Rerun rerun = [&] {
+    if (kRows) {
+      rerun_on_cpu<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&)>(
+          "dv365::sliced_pool_backward_rows", grad.cpu(), weight_sum.cpu(), to_cpu(ids), offsets.cpu(), ts.cpu(),
+          cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu());
+    } else {
+      std::vector<c10::SymInt> rows(num_rows.begin(), num_rows.end());
+      rerun_on_cpu<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef)>(
+          "dv365::sliced_pool_backward", grad.cpu(), weight_sum.cpu(), to_cpu(ids), offsets.cpu(), ts.cpu(),
+          cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), rows);
+    }
+  };
+  check_device(grad, op, "grad", ts, "ts");
+  check_device(weight_sum, op, "weight_sum", ts, "ts");
+  auto flag = new_error_flag(ts);
+  const int64_t t_count = static_cast<int64_t>(ids.size());
+  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun, t_count, flag);
+  check_like_cpu([&] {
+    const auto dt = grad.scalar_type();
+    DV365_CHECK((dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble) && grad.dim() == 3 &&
+                    grad.size(0) == in.b && grad.size(1) == in.s,
+                op, "grad must be a floating point tensor of shape [B=", in.b, ", S=", in.s, ", D], got ", dt, " ",
+                grad.sizes());
+    DV365_CHECK(weight_sum.scalar_type() == at::kFloat && weight_sum.dim() == 2 && weight_sum.size(0) == in.b &&
+                    weight_sum.size(1) == in.s,
+                op, "weight_sum must be a float32 tensor of shape [B=", in.b, ", S=", in.s, "], got ",
+                weight_sum.scalar_type(), " ", weight_sum.sizes());
+    if (!kRows) {
+      DV365_CHECK(static_cast<int64_t>(num_rows.size()) == t_count, op, "num_rows must hold one entry per table (",
+                  t_count, "), got ", num_rows.size());
+      for (const int64_t r : num_rows) DV365_CHECK(r >= 0, op, "num_rows must be >= 0, got ", r);
+    }
+  }, rerun);
+  slicing::Tables set = table_set(in);
+  const int64_t d = grad.size(2);
+  const auto dtype = grad.scalar_type();
+  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const bool work = in.b > 0 && in.n > 0 && d > 0 && in.s > 0;
+  std::vector<at::Tensor> outs;
+  for (int64_t t = 0; t < t_count; ++t) {
+    if (kRows) {
+      // the kernels write every row (zeros included) when they run
+      outs.push_back(work ? at::empty({in.n, d}, grad.options()) : at::zeros({in.n, d}, grad.options()));
+      set.rows[t] = std::numeric_limits<int64_t>::max();
+    } else {
+      outs.push_back(at::zeros({num_rows[t], d}, grad.options().dtype(acc_dtype)));
+      set.rows[t] = num_rows[t];
+    }
+    set.out[t] = outs.back().data_ptr();
+  }
+  if (work) {
+    const at::Tensor g = grad.contiguous();
+    const at::Tensor ws = weight_sum.contiguous();
+    ScratchHolder scratch = make_scratch(in, t_count);
+    check_launch(slicing::launch_sliced_pool_backward(kRows, in.tl, set, in.prog, d, dtype_of(dtype),
+                                                      in.block_groups, scratch.sc, g.data_ptr(), ws.data_ptr<float>(),
+                                                      flag.data_ptr<int32_t>(), current_stream()),
+                 op);
+  }
+  check_error_flag(flag, op, rerun);
+  if (!kRows) {
+    for (auto& o : outs) {
+      if (o.scalar_type() != dtype) o = o.to(dtype);
+    }
+  }
+  return outs;
+}
+
+std::vector<at::Tensor> sliced_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& weight_sum,
+                                                  at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
+                                                  const at::Tensor& cats, const at::Tensor& floats,
+                                                  const at::Tensor& request_ts, const at::Tensor& prog_i,
+                                                  const at::Tensor& prog_f, c10::SymIntArrayRef num_rows) {
+  std::vector<int64_t> rows;
+  for (const auto& r : num_rows) rows.push_back(r.expect_int());
+  return backward_impl<false>("sliced_pool_backward", grad, weight_sum, ids, offsets, ts, cats, floats, request_ts,
+                              prog_i, prog_f, rows);
+}
+
+std::vector<at::Tensor> sliced_pool_backward_rows_cuda(const at::Tensor& grad, const at::Tensor& weight_sum,
+                                                       at::TensorList ids, const at::Tensor& offsets,
+                                                       const at::Tensor& ts, const at::Tensor& cats,
+                                                       const at::Tensor& floats, const at::Tensor& request_ts,
+                                                       const at::Tensor& prog_i, const at::Tensor& prog_f) {
+  return backward_impl<true>("sliced_pool_backward_rows", grad, weight_sum, ids, offsets, ts, cats, floats,
+                             request_ts, prog_i, prog_f, {});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> slice_timeline_cuda(at::TensorList ids, const at::Tensor& offsets,
+                                                                   const at::Tensor& ts, const at::Tensor& cats,
+                                                                   const at::Tensor& floats,
+                                                                   const at::Tensor& request_ts,
+                                                                   const at::Tensor& prog_i, const at::Tensor& prog_f) {
+  constexpr const char* op = "slice_timeline";
+  const c10::cuda::CUDAGuard guard(ts.device());
+  const Rerun rerun = [&] {
+    rerun_on_cpu<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+        at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&)>("dv365::slice_timeline", to_cpu(ids), offsets.cpu(), ts.cpu(),
+                                               cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu());
+  };
+  auto flag = new_error_flag(ts);
+  Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun,
+                             static_cast<int64_t>(ids.size()), flag);
+  slicing::Tables set = table_set(in);
+  auto lengths = at::zeros({in.s * in.b}, ts.options());
+  check_launch(slicing::launch_slice_timeline_count(in.tl, set, in.prog, lengths.data_ptr<int64_t>(),
+                                                    flag.data_ptr<int32_t>(), current_stream()),
+               op);
+  // the output size depends on the data: one synchronization here (so this op cannot be graph-captured)
+  check_error_flag(flag, op, rerun);
+  auto ends = at::cumsum(lengths, 0);
+  const int64_t total = lengths.numel() ? ends.select(0, -1).item<int64_t>() : 0;
+  auto values = at::empty({total}, ts.options());
+  auto weights = at::empty({total}, ts.options().dtype(at::kFloat));
+  if (total > 0) {
+    auto starts = at::sub(ends, lengths);
+    check_launch(slicing::launch_slice_timeline_emit(in.tl, set, in.prog, starts.data_ptr<int64_t>(), total,
+                                                     values.data_ptr<int64_t>(), weights.data_ptr<float>(),
+                                                     flag.data_ptr<int32_t>(), current_stream()),
+                 op);
+  }
+  return {values, weights, lengths};
+}
+
+}  // namespace
+}  // namespace dv365::cuda
+
+TORCH_LIBRARY_IMPL(dv365, CUDA, m) {
+  m.impl("slice_timeline", &dv365::cuda::slice_timeline_cuda);
+  m.impl("sliced_pool", &dv365::cuda::sliced_pool_cuda);
+  m.impl("sliced_pool_backward", &dv365::cuda::sliced_pool_backward_cuda);
+  m.impl("sliced_pool_backward_rows", &dv365::cuda::sliced_pool_backward_rows_cuda);
+}

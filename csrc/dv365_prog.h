@@ -1,0 +1,42 @@
+// The slice program's column layout, shared by the CPU kernels, the CUDA kernels (which include no ATen)
+// and their host code. dv365_ops/program.py documents it; tests/test_slicing.py checks the two agree.
+#pragma once
+
+#include <cstdint>
+
+namespace dv365 {
+
+namespace prog {
+enum Int : int64_t {
+  kTable = 0,
+  kCatField0 = 1,
+  kCatMask0 = 2,
+  kCatField1 = 3,
+  kCatMask1 = 4,
+  kCatField2 = 5,
+  kCatMask2 = 6,
+  kWinLo = 7,
+  kWinHi = 8,
+  kFlags = 9,
+  kNumInt = 10,
+};
+enum Float : int64_t {
+  kDwellLo = 0,
+  kDwellHi = 1,
+  kRatioLo = 2,
+  kRatioHi = 3,
+  kBeta = 4,
+  kGamma = 5,
+  kS0 = 6,
+  kNumFloat = 7,
+};
+enum Flag : int64_t {
+  kWeighted = 1,
+  kDwellFilter = 2,
+  kRatioFilter = 4,
+};
+constexpr int64_t kNumCatFilters = 3;
+constexpr int64_t kMaxCatValue = 63;
+}  // namespace prog
+
+}  // namespace dv365
