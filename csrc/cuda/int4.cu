@@ -133,9 +133,8 @@ __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __rest
                                                                   int64_t row_stride, int lanes,
                                                                   uint8_t* __restrict__ out, int64_t out_width,
                                                                   int32_t* flag) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t row = t / lanes;
-  const int lane = static_cast<int>(t % lanes);
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
+  const int lane = threadIdx.x & (lanes - 1);  // lanes is a power of two
   const bool live = row < rows;
   const T* p = x + row * row_stride;
   float v[K][8];
@@ -241,9 +240,8 @@ template <typename T, bool kHalf, int K>
 __global__ void __launch_bounds__(kThreads) dequantize_regs_kernel(const uint8_t* __restrict__ packed, int64_t rows,
                                                                     int64_t chunks, int64_t row_stride, int lanes,
                                                                     T* __restrict__ out) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t row = t / lanes;
-  const int lane = static_cast<int>(t % lanes);
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
+  const int lane = threadIdx.x & (lanes - 1);  // lanes is a power of two
   if (row >= rows) return;
   const uint8_t* p = packed + row * row_stride;
   uint32_t c[K];

@@ -273,8 +273,8 @@ cudaError_t launch_jagged_mean_pool_backward(bool rows, const void* grad, DType 
       pool_backward_kernel<true, T, acc_t, T><<<grid, threads, 0, stream>>>(gp, d, ids, num_rows, offsets, m, n, wp, dp,
                                                                            static_cast<T*>(out), flag);
     } else {
-      pool_backward_kernel<false, T, acc_t, acc_t><<<grid, threads, 0, stream>>>(gp, d, ids, num_rows, offsets, m, n,
-                                                                                 wp, dp, static_cast<acc_t*>(out), flag);
+      pool_backward_kernel<false, T, acc_t, acc_t><<<grid, threads, 0, stream>>>(
+          gp, d, ids, num_rows, offsets, m, n, wp, dp, static_cast<acc_t*>(out), flag);
     }
   });
 }

@@ -199,7 +199,9 @@ __global__ void __launch_bounds__(kThreads) token_pool_backward_kernel(const T* 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The 32-bit kernels index up to total + one grid of unrolled steps past it.
-bool fits_u32(int64_t total) { return total + int64_t(kScalarUnroll) * kThreads * kSms * kBlocksPerSm < (int64_t(1) << 32); }
+bool fits_u32(int64_t total) {
+  return total + int64_t(kScalarUnroll) * kThreads * kSms * kBlocksPerSm < (int64_t(1) << 32);
+}
 
 // Calls f(std::integral_constant<int, S>) for the strides with a vector kernel; false for the others.
 template <typename F>
