@@ -64,7 +64,7 @@ def _jagged_grads(grad, ids, offsets, weights, rows):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", [1, 5, 123, 256])
+@pytest.mark.parametrize("d", [1, 5, 8, 24, 123, 256, 1028])  # 16-byte loads when d % (16 / size) == 0
 @pytest.mark.parametrize("weighted", [False, True])
 def test_jagged_mean_pool(dtype, d, weighted):
     b = int(torch.randint(1, 40, ()))

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) token_pool_vec_kernel(const T* __res
   constexpr int V = Vec<T>::V, U = units_for<S>();
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
-  const acc_t inv_div = acc_t(S);
+  const acc_t div = acc_t(S);
   for (int64_t u0 = tid; u0 < units; u0 += U * step) {
     Vec<T> in[U][S];
 #pragma unroll
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kThreads) token_pool_vec_kernel(const T* __res
         acc_t sum = 0;
 #pragma unroll
         for (int k = 0; k < S; ++k) sum += to_acc<acc_t>(in[a][(j * S + k) / V].v[(j * S + k) % V]);
-        o.v[j] = from_acc<T>(sum / inv_div);
+        o.v[j] = from_acc<T>(sum / div);
       }
       store_vec(out + u * V, o);
     }
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) token_pool_vec_kernel(const T* __res
     acc_t sum = 0;
 #pragma unroll
     for (int k = 0; k < S; ++k) sum += to_acc<acc_t>(x[j * S + k]);
-    out[j] = from_acc<T>(sum / inv_div);
+    out[j] = from_acc<T>(sum / div);
   }
 }
 
