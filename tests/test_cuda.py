@@ -64,7 +64,7 @@ def _jagged_grads(grad, ids, offsets, weights, rows):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", [1, 5, 123, 256])
+@pytest.mark.parametrize("d", [1, 5, 8, 24, 123, 256, 1028])  # 16-byte loads when d % (16 / size) == 0
 @pytest.mark.parametrize("weighted", [False, True])
 def test_jagged_mean_pool(dtype, d, weighted):
     b = int(torch.randint(1, 40, ()))
@@ -129,6 +129,50 @@ def test_token_pool(dtype, shape, stride):
     assert_close(ops.token_pool_backward(grad.to(dtype), stride, shape[-1]), gx.to(dtype))
 
 
+def _token_pool_case(x, stride):
+    out = ops.token_pool(x, stride)
+    assert_close(out, ref.token_pool(x, stride))
+    grad = torch.randn_like(out)
+    n = x.shape[-1]
+    counts = (n - torch.arange(out.shape[-1], device="cuda") * stride).clamp(max=stride)
+    expected = (grad.double() / counts).repeat_interleave(stride, -1)[..., :n].to(x.dtype)
+    assert_close(ops.token_pool_backward(grad, stride, n), expected)
+
+
+# The 16-byte path takes full windows (n % stride == 0) of strides 1, 2, 3, 4, 8 on 16-byte aligned buffers, in
+# runs of 16 bytes of output plus a scalar tail; everything else takes the scalar kernel.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,stride", [
+    ((3, 21), 3), ((5, 64), 8), ((2, 12), 4), ((7, 14), 7), ((3, 10), 2), ((1, 6), 2), ((1, 2), 2), ((9, 5), 1),
+    ((5, 33), 3), ((4, 40), 5), ((300, 256, 200), 2),
+])
+def test_token_pool_vector_and_scalar_paths(dtype, shape, stride):
+    _token_pool_case(torch.randn(*shape, device="cuda").to(dtype), stride)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2, 3, 4, 7])
+def test_token_pool_misaligned_views(dtype, stride):
+    base = torch.randn(4, 8 * stride * 5 + 1, device="cuda").to(dtype)
+    _token_pool_case(base[:, 1:], stride)  # non-contiguous: pooled from an aligned copy
+    _token_pool_case(base[0, 1:], stride)  # contiguous, one element past a 16-byte boundary: scalar kernel
+    _token_pool_case(base.view(-1)[8 // base.element_size() :][: 4 * 8 * stride], stride)  # 8-byte aligned only
+
+
+def test_token_pool_bad_inputs():
+    x = torch.randn(2, 6, device="cuda")
+    with pytest.raises(RuntimeError, match=r"dv365::token_pool: stride must be >= 1"):
+        ops.token_pool(x, 0)
+    with pytest.raises(RuntimeError, match=r"dv365::token_pool: x must have at least 1 dimension"):
+        ops.token_pool(torch.tensor(1.0, device="cuda"), 2)
+    with pytest.raises(RuntimeError, match=r"dv365::token_pool: x must be float32, float64, bfloat16 or float16"):
+        ops.token_pool(torch.ones(2, 6, dtype=torch.int32, device="cuda"), 2)
+    with pytest.raises(RuntimeError, match=r"dv365::token_pool_backward: stride must be >= 1"):
+        ops.token_pool_backward(x, 0, 6)
+    with pytest.raises(RuntimeError, match=r"dv365::token_pool_backward: grad must have ceil\(n / stride\) = 3"):
+        ops.token_pool_backward(x, 2, 6)
+
+
 # ---------------------------------------------------------------- int4 codes
 
 
@@ -146,6 +190,42 @@ def test_int4(dtype, half, rows, d):
         assert torch.equal(got, ref.int4_dequantize(packed.cpu(), half, out_dtype).cuda())
     strided = torch.cat([packed, packed], 1)[:, : packed.shape[1]]
     assert torch.equal(ops.int4_dequantize(strided, half), ref.int4_dequantize(packed, half))
+
+
+# Contiguous rows with D % 8 == 0 and D <= 2048 are held in registers, L lanes per row (several rows per warp
+# when short); other D, unaligned rows and longer rows take the warp-per-row loop kernels.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("d", [8, 16, 24, 40, 64, 128, 256, 264, 512, 1000, 2048, 2056, 6, 250, 1026])
+def test_int4_register_and_loop_paths(dtype, half, d):
+    rows = 1000 if d <= 256 else 77
+    x = (torch.randn(rows, d, device="cuda") * 3).to(dtype)
+    x[3] = -0.25  # a constant row: zero scale
+    x[4, ::2] = 2.0  # two distinct values
+    packed = ops.int4_quantize(x, half)
+    assert torch.equal(packed, ref.int4_quantize(x, half))
+    for out_dtype in (None, torch.bfloat16, torch.float16):
+        assert torch.equal(ops.int4_dequantize(packed, half, out_dtype), ref.int4_dequantize(packed, half, out_dtype))
+    offset = torch.cat([x, x], 1)[:, d:]  # rows whose start is 16-byte aligned only when d * size % 16 == 0
+    assert torch.equal(ops.int4_quantize(offset, half), packed)
+
+
+def test_int4_bad_inputs():
+    bad = torch.randn(40, 256, device="cuda")
+    bad[17, 3] = float("nan")
+    with pytest.raises(RuntimeError, match=r"dv365::int4_quantize: x must be finite"):
+        ops.int4_quantize(bad, False)
+    bad[17, 3] = float("inf")
+    with pytest.raises(RuntimeError, match=r"dv365::int4_quantize: x must be finite"):
+        ops.int4_quantize(bad[:, :250], True)
+    with pytest.raises(RuntimeError, match=r"dv365::int4_quantize: x must have an even number of columns D"):
+        ops.int4_quantize(torch.randn(4, 5, device="cuda"), False)
+    with pytest.raises(RuntimeError, match=r"dv365::int4_quantize: x must be float32, bfloat16 or float16"):
+        ops.int4_quantize(torch.randn(4, 8, device="cuda", dtype=torch.float64), False)
+    with pytest.raises(RuntimeError, match=r"dv365::int4_dequantize: packed must be uint8"):
+        ops.int4_dequantize(torch.zeros(4, 12, device="cuda"), False, None)
+    with pytest.raises(RuntimeError, match=r"dv365::int4_dequantize: packed must have D/2 code bytes plus 8"):
+        ops.int4_dequantize(torch.zeros(4, 7, dtype=torch.uint8, device="cuda"), False, None)
 
 
 # ---------------------------------------------------------------- slicing

@@ -1,34 +1,67 @@
 // CUDA kernels of the int4 rowwise codes (semantics and byte layout: dv365_ops/reference.py int4_quantize).
-// One warp per row: the warp reduces the row's min/max with shuffles, then each lane packs column pairs.
+//
 // Arithmetic uses explicit round-to-nearest intrinsics so no multiply-add is fused, and the scale is a true
 // division by 15 (as on the CPU, in Triton and in fbgemm): the bytes do not depend on the device.
-#include <ATen/Dispatch.h>
-#include <torch/library.h>
+//
+// Both directions stream: per row, one read of the input and one write of the output. A row is split into
+// chunks of 8 columns (4 code bytes) and owned by L lanes of a warp (L a power of two <= 32, several rows per
+// warp when rows are short), each lane holding K chunks in registers, so the quantizer reads the row once,
+// reduces min/max with shuffles over the L lanes and encodes from registers. K is picked so a lane moves at
+// least 32 bytes of the wide side (2 x 16-byte loads of float32, or 2 of 16-bit types): 2048 resident
+// threads x 32 bytes is 64 KB in flight per SM, about twice what ~4 TB/s x ~1 us of latency needs. Rows not
+// a multiple of 8 columns, unaligned rows, or rows too long for registers (> 2048 columns) take the loop
+// kernels: a warp per row, scalar (or vector) loads, the row read twice.
+#include <algorithm>
 
-#include <cuda_fp16.h>
-
-#include "cuda/common.cuh"
+#include "cuda/device.cuh"
+#include "cuda/int4.h"
 
 namespace dv365::cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / 32;
+constexpr int kMaxChunksPerLane = 8;
 
 // torch.amin/amax propagate NaN
-__device__ __forceinline__ float nan_min(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
-__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
+__device__ __forceinline__ float nan_min(float a, float b) {
+  return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
+}
+__device__ __forceinline__ float nan_max(float a, float b) {
+  return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+}
 
 // Eight consecutive elements as floats, with 16-byte loads (the caller checks the alignment).
-template <typename scalar_t>
-__device__ __forceinline__ void load8(const scalar_t* p, float (&v)[8]) {
-  if constexpr (sizeof(scalar_t) == 4) {
-    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
+  if constexpr (sizeof(T) == 4) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p) + 1);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
   } else {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const scalar_t* h = reinterpret_cast<const scalar_t*>(&raw);
+    union {
+      uint4 raw;
+      T h[8];
+    } u;
+    u.raw = __ldg(reinterpret_cast<const uint4*>(p));
 #pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = static_cast<float>(h[i]);
+    for (int i = 0; i < 8; ++i) v[i] = to_float(u.h[i]);
+  }
+}
+
+// Eight floats stored as T with 16-byte stores (the caller checks the alignment).
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
+  if constexpr (sizeof(T) == 4) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    union {
+      uint4 raw;
+      T h[8];
+    } u;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) u.h[i] = from_acc<T>(v[i]);
+    *reinterpret_cast<uint4*>(p) = u.raw;
   }
 }
 
@@ -37,14 +70,126 @@ __device__ __forceinline__ uint32_t code(float v, float bias, float inv) {
   return static_cast<uint32_t>(fminf(fmaxf(rintf(__fmul_rn(__fsub_rn(v, bias), inv)), 0.f), 15.f));
 }
 
-// kVec: D % 8 == 0 and 16-byte aligned rows, so each lane reads 8 columns at once and writes 4 code bytes.
-template <typename scalar_t, bool kHalf, bool kVec>
-__global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t d, int64_t row_stride,
-                                uint8_t* __restrict__ out, int64_t out_width, int32_t* flag) {
+__device__ __forceinline__ float dequant(uint32_t q, float scale, float bias) {
+  return __fadd_rn(__fmul_rn(static_cast<float>(q), scale), bias);
+}
+
+struct ScaleBias {
+  float scale, bias, inv;
+};
+
+// The row's scale, bias and inverse scale from its min and max (exactly the reference's formulas).
+template <bool kHalf>
+__device__ __forceinline__ ScaleBias scale_bias(float mn, float mx) {
+  ScaleBias s;
+  if constexpr (kHalf) {
+    s.bias = __half2float(__float2half_rn(mn));
+    const float rng = __fsub_rn(mx, s.bias);
+    s.scale = __half2float(__float2half_rn(rng == 0.f ? 1.f : __fdiv_rn(rng, 15.f)));
+    s.inv = __fdiv_rn(1.f, s.scale);
+    if (s.scale == 0.f || isinf(s.inv)) {
+      s.scale = 1.f;
+      s.inv = 1.f;
+    }
+  } else {
+    s.bias = mn;
+    s.scale = __fdiv_rn(__fsub_rn(mx, mn), 15.f);
+    s.inv = s.scale > 0.f ? __fdiv_rn(1.f, s.scale) : 0.f;
+  }
+  return s;
+}
+
+template <bool kHalf>
+__device__ __forceinline__ void store_tail(uint8_t* t, const ScaleBias& s) {
+  if constexpr (kHalf) {
+    const __half hs = __float2half_rn(s.scale), hb = __float2half_rn(s.bias);
+    memcpy(t, &hs, 2);
+    memcpy(t + 2, &hb, 2);
+  } else {
+    memcpy(t, &s.scale, 4);
+    memcpy(t + 4, &s.bias, 4);
+  }
+}
+
+template <bool kHalf>
+__device__ __forceinline__ void load_tail(const uint8_t* t, float& scale, float& bias) {
+  if constexpr (kHalf) {
+    __half hs, hb;
+    memcpy(&hs, t, 2);
+    memcpy(&hb, t + 2, 2);
+    scale = __half2float(hs);
+    bias = __half2float(hb);
+  } else {
+    memcpy(&scale, t, 4);
+    memcpy(&bias, t + 4, 4);
+  }
+}
+
+// Row r is owned by lanes [L * (r % (32 / L)), ...) of its warp; lane l holds chunks l, l + L, ..., so each
+// load instruction of the L lanes covers one contiguous span of the row. Every lane runs the shuffles (rows
+// past the end included), so the full-warp mask is exact.
+template <typename T, bool kHalf, int K>
+__global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __restrict__ x, int64_t rows, int64_t chunks,
+                                                                  int64_t row_stride, int lanes,
+                                                                  uint8_t* __restrict__ out, int64_t out_width,
+                                                                  int32_t* flag) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
+  const int lane = threadIdx.x & (lanes - 1);  // lanes is a power of two
+  const bool live = row < rows;
+  const T* p = x + row * row_stride;
+  float v[K][8];
+  float mn = INFINITY, mx = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t c = lane + static_cast<int64_t>(k) * lanes;
+    if (live && c < chunks) {
+      load8(p + 8 * c, v[k]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[k][i] = 0.f;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (live && lane + static_cast<int64_t>(k) * lanes < chunks) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        mn = nan_min(mn, v[k][i]);
+        mx = nan_max(mx, v[k][i]);
+      }
+    }
+  }
+  for (int o = lanes / 2; o > 0; o /= 2) {
+    mn = nan_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    mx = nan_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  }
+  if (!live) return;
+  if (lane == 0 && !(isfinite(mn) && isfinite(mx))) set_error(flag, kNotFinite);
+  const ScaleBias s = scale_bias<kHalf>(mn, mx);
+  uint8_t* o = out + row * out_width;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t c = lane + static_cast<int64_t>(k) * lanes;
+    if (c < chunks) {
+      uint32_t word = 0;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) word |= code(v[k][i], s.bias, s.inv) << (4 * i);
+      reinterpret_cast<uint32_t*>(o)[c] = word;
+    }
+  }
+  if (lane == 0) store_tail<kHalf>(o + 4 * chunks, s);
+}
+
+// A warp per row, the row read twice (min/max, then encode; the second read mostly hits L1/L2).
+// kVec: d % 8 == 0 and 16-byte aligned rows, so each lane reads 8 columns at once and writes 4 code bytes.
+template <typename T, bool kHalf, bool kVec>
+__global__ void __launch_bounds__(kThreads) quantize_loop_kernel(const T* __restrict__ x, int64_t rows, int64_t d,
+                                                                  int64_t row_stride, uint8_t* __restrict__ out,
+                                                                  int64_t out_width, int32_t* flag) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const scalar_t* p = x + row * row_stride;
+  if (row >= rows) return;  // whole warps leave together: a warp is one row
+  const T* p = x + row * row_stride;
   float mn = INFINITY, mx = -INFINITY;
   if constexpr (kVec) {
     for (int64_t g = lane; g < d / 8; g += 32) {
@@ -58,7 +203,7 @@ __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, in
     }
   } else {
     for (int64_t j = lane; j < d; j += 32) {
-      const float v = static_cast<float>(p[j]);
+      const float v = to_float(p[j]);
       mn = nan_min(mn, v);
       mx = nan_max(mx, v);
     }
@@ -69,171 +214,170 @@ __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, in
   }
   if (d == 0) mn = mx = 0.f;
   if (lane == 0 && !(isfinite(mn) && isfinite(mx))) set_error(flag, kNotFinite);
-  float scale, bias, inv;
-  if constexpr (kHalf) {
-    bias = __half2float(__float2half_rn(mn));
-    const float rng = __fsub_rn(mx, bias);
-    scale = __half2float(__float2half_rn(rng == 0.f ? 1.f : __fdiv_rn(rng, 15.f)));
-    inv = __fdiv_rn(1.f, scale);
-    if (scale == 0.f || isinf(inv)) {
-      scale = 1.f;
-      inv = 1.f;
-    }
-  } else {
-    bias = mn;
-    scale = __fdiv_rn(__fsub_rn(mx, mn), 15.f);
-    inv = scale > 0.f ? __fdiv_rn(1.f, scale) : 0.f;
-  }
+  const ScaleBias s = scale_bias<kHalf>(mn, mx);
   uint8_t* o = out + row * out_width;
   if constexpr (kVec) {
     for (int64_t g = lane; g < d / 8; g += 32) {
       float v[8];
-      load8(p + 8 * g, v);  // the row was just read: these hit the cache
+      load8(p + 8 * g, v);
       uint32_t word = 0;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) word |= code(v[i], bias, inv) << (4 * i);
+      for (int i = 0; i < 8; ++i) word |= code(v[i], s.bias, s.inv) << (4 * i);
       reinterpret_cast<uint32_t*>(o)[g] = word;
     }
   } else {
     for (int64_t j = lane; j < d / 2; j += 32) {
-      o[j] = static_cast<uint8_t>(code(static_cast<float>(p[2 * j]), bias, inv) |
-                                  (code(static_cast<float>(p[2 * j + 1]), bias, inv) << 4));
+      o[j] = static_cast<uint8_t>(code(to_float(p[2 * j]), s.bias, s.inv) |
+                                  (code(to_float(p[2 * j + 1]), s.bias, s.inv) << 4));
     }
   }
-  if (lane == 0) {
-    uint8_t* t = o + d / 2;
-    if constexpr (kHalf) {
-      const __half hs = __float2half_rn(scale), hb = __float2half_rn(bias);
-      memcpy(t, &hs, 2);
-      memcpy(t + 2, &hb, 2);
-    } else {
-      memcpy(t, &scale, 4);
-      memcpy(t + 4, &bias, 4);
+  if (lane == 0) store_tail<kHalf>(o + d / 2, s);
+}
+
+// Same ownership as quantize_regs_kernel: lane l of a row's L lanes expands its K chunks of 4 code bytes
+// into 8 outputs each (one or two 16-byte stores).
+template <typename T, bool kHalf, int K>
+__global__ void __launch_bounds__(kThreads) dequantize_regs_kernel(const uint8_t* __restrict__ packed, int64_t rows,
+                                                                    int64_t chunks, int64_t row_stride, int lanes,
+                                                                    T* __restrict__ out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
+  const int lane = threadIdx.x & (lanes - 1);  // lanes is a power of two
+  if (row >= rows) return;
+  const uint8_t* p = packed + row * row_stride;
+  uint32_t c[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t g = lane + static_cast<int64_t>(k) * lanes;
+    c[k] = g < chunks ? __ldg(reinterpret_cast<const uint32_t*>(p) + g) : 0u;
+  }
+  float scale, bias;
+  load_tail<kHalf>(p + 4 * chunks, scale, bias);
+  T* o = out + row * 8 * chunks;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t g = lane + static_cast<int64_t>(k) * lanes;
+    if (g < chunks) {
+      float v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = dequant((c[k] >> (4 * i)) & 0xF, scale, bias);
+      store8(o + 8 * g, v);
     }
   }
 }
 
-template <typename out_t, bool kHalf, bool kVec>
-__global__ void dequantize_kernel(const uint8_t* __restrict__ packed, int64_t rows, int64_t width, int64_t row_stride,
-                                  out_t* __restrict__ out) {
+template <typename T, bool kHalf>
+__global__ void __launch_bounds__(kThreads) dequantize_loop_kernel(const uint8_t* __restrict__ packed, int64_t rows,
+                                                                    int64_t code_bytes, int64_t row_stride,
+                                                                    T* __restrict__ out) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
-  constexpr int kTail = kHalf ? 4 : 8;
-  const int64_t code_bytes = width - kTail;
   const uint8_t* p = packed + row * row_stride;
   float scale, bias;
-  if constexpr (kHalf) {
-    __half hs, hb;
-    memcpy(&hs, p + code_bytes, 2);
-    memcpy(&hb, p + code_bytes + 2, 2);
-    scale = __half2float(hs);
-    bias = __half2float(hb);
-  } else {
-    memcpy(&scale, p + code_bytes, 4);
-    memcpy(&bias, p + code_bytes + 4, 4);
-  }
-  out_t* o = out + row * 2 * code_bytes;
-  if constexpr (kVec) {
-    // 4 code bytes -> 8 outputs per lane, 16-byte stores for float32
-    for (int64_t g = lane; g < code_bytes / 4; g += 32) {
-      const uint32_t c = reinterpret_cast<const uint32_t*>(p)[g];
-      alignas(16) out_t v[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-        v[i] = static_cast<out_t>(__fadd_rn(__fmul_rn(static_cast<float>((c >> (4 * i)) & 0xF), scale), bias));
-      if constexpr (sizeof(out_t) == 4) {
-        reinterpret_cast<float4*>(o + 8 * g)[0] = make_float4(v[0], v[1], v[2], v[3]);
-        reinterpret_cast<float4*>(o + 8 * g)[1] = make_float4(v[4], v[5], v[6], v[7]);
-      } else {
-        *reinterpret_cast<uint4*>(o + 8 * g) = *reinterpret_cast<const uint4*>(v);
-      }
-    }
-  } else {
-    for (int64_t j = lane; j < code_bytes; j += 32) {
-      const uint32_t c = p[j];
-      o[2 * j] = static_cast<out_t>(__fadd_rn(__fmul_rn(static_cast<float>(c & 0xF), scale), bias));
-      o[2 * j + 1] = static_cast<out_t>(__fadd_rn(__fmul_rn(static_cast<float>(c >> 4), scale), bias));
-    }
+  load_tail<kHalf>(p + code_bytes, scale, bias);
+  T* o = out + row * 2 * code_bytes;
+  for (int64_t j = lane; j < code_bytes; j += 32) {
+    const uint32_t c = p[j];
+    o[2 * j] = from_acc<T>(dequant(c & 0xF, scale, bias));
+    o[2 * j + 1] = from_acc<T>(dequant(c >> 4, scale, bias));
   }
 }
 
-unsigned blocks_for(int64_t rows) { return static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)); }
+struct Shape {
+  int k;      // chunks per lane held in registers; 0: the loop kernel
+  int lanes;  // lanes per row
+};
 
-at::Tensor int4_quantize_cuda(const at::Tensor& x, bool half_scale_bias) {
-  constexpr const char* op = "int4_quantize";
-  auto rerun = [&] { rerun_on_cpu<at::Tensor(const at::Tensor&, bool)>("dv365::int4_quantize", x.cpu(), half_scale_bias); };
-  check_like_cpu([&] {
-    DV365_CHECK(x.dim() == 2, op, "x must be 2-D [R, D], got shape ", x.sizes());
-    DV365_CHECK(x.size(1) % 2 == 0, op, "x must have an even number of columns D, got ", x.size(1));
-    DV365_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
-                "x must be float32, bfloat16 or float16, got ", x.scalar_type());
-  }, rerun);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t rows = x.size(0), d = x.size(1);
-  const int64_t width = d / 2 + (half_scale_bias ? 4 : 8);
-  auto out = at::empty({rows, width}, x.options().dtype(at::kByte));
-  if (rows == 0) return out;
-  const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
-  auto flag = new_error_flag(x);
-  const bool vec = d % 8 == 0 && (xc.stride(0) * xc.element_size()) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int4_quantize_cuda", [&] {
-    auto launch = [&](auto kernel) {
-      kernel<<<blocks_for(rows), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-          xc.data_ptr<scalar_t>(), rows, d, xc.stride(0), out.data_ptr<uint8_t>(), width, flag.data_ptr<int32_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (half_scale_bias) {
-      vec ? launch(quantize_kernel<scalar_t, true, true>) : launch(quantize_kernel<scalar_t, true, false>);
-    } else {
-      vec ? launch(quantize_kernel<scalar_t, false, true>) : launch(quantize_kernel<scalar_t, false, false>);
-    }
-  });
-  check_error_flag(flag, op, rerun);
-  return out;
+// K: the fewest chunks per lane that move >= 32 bytes of the wide side and fit the row in one warp.
+Shape shape_for(int64_t chunks, int64_t elem_size) {
+  int k = elem_size == 4 ? 1 : 2;
+  while (int64_t(k) * 32 < chunks) k *= 2;
+  if (k > kMaxChunksPerLane) return {0, 32};
+  int lanes = 1;
+  while (int64_t(lanes) * k < chunks) lanes *= 2;
+  return {k, lanes};
 }
 
-at::Tensor int4_dequantize_cuda(const at::Tensor& packed, bool half_scale_bias, std::optional<at::ScalarType> dtype) {
-  constexpr const char* op = "int4_dequantize";
-  const int64_t tail = half_scale_bias ? 4 : 8;
-  const auto out_dtype = dtype.value_or(at::kFloat);
-  check_like_cpu([&] {
-    DV365_CHECK(packed.dim() == 2, op, "packed must be 2-D [R, D/2 + ", tail, "], got shape ", packed.sizes());
-    DV365_CHECK(packed.scalar_type() == at::kByte, op, "packed must be uint8, got ", packed.scalar_type());
-    DV365_CHECK(packed.size(1) >= tail, op, "packed must have D/2 code bytes plus ", tail, " bytes of scale and bias");
-    DV365_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
-                "dtype must be float32, bfloat16 or float16, got ", out_dtype);
-  }, [&] {
-    rerun_on_cpu<at::Tensor(const at::Tensor&, bool, std::optional<at::ScalarType>)>("dv365::int4_dequantize",
-                                                                                     packed.cpu(), half_scale_bias, dtype);
-  });
-  const c10::cuda::CUDAGuard guard(packed.device());
-  const int64_t rows = packed.size(0), width = packed.size(1);
-  auto out = at::empty({rows, 2 * (width - tail)}, packed.options().dtype(out_dtype));
-  if (rows == 0) return out;
-  const at::Tensor pc = packed.stride(1) == 1 ? packed : packed.contiguous();
-  const int64_t code_bytes = width - tail;
-  const bool vec = code_bytes % 4 == 0 && pc.stride(0) % 4 == 0 && reinterpret_cast<uintptr_t>(pc.data_ptr()) % 4 == 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "int4_dequantize_cuda", [&] {
-    auto launch = [&](auto kernel) {
-      kernel<<<blocks_for(rows), 32 * kWarpsPerBlock, 0, current_stream()>>>(pc.data_ptr<uint8_t>(), rows, width,
-                                                                            pc.stride(0), out.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (half_scale_bias) {
-      vec ? launch(dequantize_kernel<scalar_t, true, true>) : launch(dequantize_kernel<scalar_t, true, false>);
-    } else {
-      vec ? launch(dequantize_kernel<scalar_t, false, true>) : launch(dequantize_kernel<scalar_t, false, false>);
-    }
-  });
-  return out;
+unsigned blocks_for(int64_t rows, int lanes) { return static_cast<unsigned>(ceil_div(rows * lanes, kThreads)); }
+
+template <typename F>
+void with_chunks_per_lane(int k, F&& f) {
+  switch (k) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
 }
+
+template <typename F>
+void with_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// Calls f(T{}) for the three code dtypes (float64 has no int4 kernel).
+template <typename F>
+cudaError_t with_code_dtype(DType dtype, F&& f) {
+  if (dtype == DType::kDouble) return cudaErrorInvalidValue;
+  return with_dtype(dtype, [&](auto tag) {
+    if constexpr (!std::is_same_v<decltype(tag), double>) f(tag);
+  });
+}
+
+bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 }  // namespace
-}  // namespace dv365::cuda
 
-TORCH_LIBRARY_IMPL(dv365, CUDA, m) {
-  m.impl("int4_quantize", &dv365::cuda::int4_quantize_cuda);
-  m.impl("int4_dequantize", &dv365::cuda::int4_dequantize_cuda);
+cudaError_t launch_int4_quantize(const void* x, DType dtype, int64_t rows, int64_t d, int64_t row_stride,
+                                 bool half_scale_bias, uint8_t* out, int64_t out_width, int32_t* flag,
+                                 cudaStream_t stream) {
+  return with_code_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = static_cast<const T*>(x);
+    const bool vec = d % 8 == 0 && (row_stride * int64_t(sizeof(T))) % 16 == 0 && aligned(x, 16);
+    const Shape shape = vec && d > 0 ? shape_for(d / 8, sizeof(T)) : Shape{0, 32};
+    with_bool(half_scale_bias, [&](auto half) {
+      constexpr bool kHalf = decltype(half)::value;
+      if (shape.k > 0) {
+        with_chunks_per_lane(shape.k, [&](auto k) {
+          quantize_regs_kernel<T, kHalf, decltype(k)::value><<<blocks_for(rows, shape.lanes), kThreads, 0, stream>>>(
+              xp, rows, d / 8, row_stride, shape.lanes, out, out_width, flag);
+        });
+      } else {
+        with_bool(vec, [&](auto v) {
+          quantize_loop_kernel<T, kHalf, decltype(v)::value><<<blocks_for(rows, 32), kThreads, 0, stream>>>(
+              xp, rows, d, row_stride, out, out_width, flag);
+        });
+      }
+    });
+  });
 }
+
+cudaError_t launch_int4_dequantize(const uint8_t* packed, int64_t rows, int64_t width, int64_t row_stride,
+                                   bool half_scale_bias, void* out, DType dtype, cudaStream_t stream) {
+  const int64_t code_bytes = width - (half_scale_bias ? 4 : 8);
+  return with_code_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* op = static_cast<T*>(out);
+    const bool vec = code_bytes % 4 == 0 && row_stride % 4 == 0 && aligned(packed, 4) && aligned(out, 16);
+    const Shape shape = vec && code_bytes > 0 ? shape_for(code_bytes / 4, sizeof(T)) : Shape{0, 32};
+    with_bool(half_scale_bias, [&](auto half) {
+      constexpr bool kHalf = decltype(half)::value;
+      if (shape.k > 0) {
+        with_chunks_per_lane(shape.k, [&](auto k) {
+          dequantize_regs_kernel<T, kHalf, decltype(k)::value><<<blocks_for(rows, shape.lanes), kThreads, 0, stream>>>(
+              packed, rows, code_bytes / 4, row_stride, shape.lanes, op);
+        });
+      } else {
+        dequantize_loop_kernel<T, kHalf><<<blocks_for(rows, 32), kThreads, 0, stream>>>(packed, rows, code_bytes,
+                                                                                        row_stride, op);
+      }
+    });
+  });
+}
+
+}  // namespace dv365::cuda

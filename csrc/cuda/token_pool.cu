@@ -1,145 +1,275 @@
 // CUDA kernels of token-axis strided mean pooling (semantics: dv365_ops/reference.py token_pool).
-// Memory-bound: one thread per output element; neighbouring threads read neighbouring windows, so each
-// warp's loads cover one contiguous span and the caches merge them into full sectors.
-#include <ATen/Dispatch.h>
-#include <torch/library.h>
+//
+// Pure streaming: the kernels must run at copy bandwidth. When every window is full (n % stride == 0) the
+// windows tile the flattened input, so the op is one flat map: output run u (16 bytes, V elements) is the
+// pooled image of input bytes [16 * S * u, 16 * S * (u + 1)), i.e. S aligned 16-byte vectors. A thread
+// takes kUnits such runs per step and issues all their loads before the first add (Little's law: ~4 TB/s
+// times ~1 us of latency is ~4 MB in flight, ~30 KB per SM; 2048 resident threads x kUnits * S * 16 bytes
+// is 64 KB per SM at S = 2). Other shapes, strides and unaligned pointers take the scalar kernel: one thread
+// per output, neighbouring threads on neighbouring windows, so each warp still reads one contiguous span.
+#include <algorithm>
 
-#include "cuda/common.cuh"
+#include "cuda/device.cuh"
+#include "cuda/token_pool.h"
 
 namespace dv365::cuda {
 namespace {
 
-constexpr int kUnroll = 4;  // outputs per thread per step, their loads issued together
+constexpr int kThreads = 256;
+constexpr int kBlocksPerSm = 2048 / kThreads;  // full occupancy of an H100/H200 SM
+constexpr int kSms = 132;
+constexpr int kScalarUnroll = 4;  // outputs per thread per step in the scalar kernels, their loads issued together
+
+// Units per thread per step: enough 16-byte loads in flight (>= 4) without spilling.
+template <int S>
+constexpr int units_for() {
+  return S >= 4 ? 1 : 4 / S;
+}
+
+// V elements of T in one 16-byte vector.
+template <typename T>
+struct Vec {
+  static constexpr int V = 16 / sizeof(T);
+  union {
+    uint4 raw;
+    T v[V];
+  };
+};
+
+template <typename T>
+__device__ __forceinline__ Vec<T> load_vec(const T* p) {
+  Vec<T> r;
+  r.raw = __ldg(reinterpret_cast<const uint4*>(p));
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_vec(T* p, const Vec<T>& v) {
+  *reinterpret_cast<uint4*>(p) = v.raw;
+}
+
+unsigned grid_for(int64_t work, int64_t per_block) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(work, per_block), kSms * kBlocksPerSm)));
+}
+
+// Full windows of S elements over a flat input of total_out * S elements; `units` whole 16-byte output runs,
+// then `tail` < V scalar outputs.
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads) token_pool_vec_kernel(const T* __restrict__ x, int64_t units, int64_t tail,
+                                                                   T* __restrict__ out) {
+  using acc_t = typename AccType<T>::type;
+  constexpr int V = Vec<T>::V, U = units_for<S>();
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  const acc_t div = acc_t(S);
+  for (int64_t u0 = tid; u0 < units; u0 += U * step) {
+    Vec<T> in[U][S];
+#pragma unroll
+    for (int a = 0; a < U; ++a) {
+      const int64_t u = u0 + a * step;
+      if (u < units) {
+#pragma unroll
+        for (int s = 0; s < S; ++s) in[a][s] = load_vec(x + (u * S + s) * V);
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < U; ++a) {
+      const int64_t u = u0 + a * step;
+      if (u >= units) break;
+      Vec<T> o;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        // output j of the run reads flat inputs j*S .. j*S+S-1 of the S vectors
+        acc_t sum = 0;
+#pragma unroll
+        for (int k = 0; k < S; ++k) sum += to_acc<acc_t>(in[a][(j * S + k) / V].v[(j * S + k) % V]);
+        o.v[j] = from_acc<T>(sum / div);
+      }
+      store_vec(out + u * V, o);
+    }
+  }
+  if (tid < tail) {
+    const int64_t j = units * V + tid;
+    acc_t sum = 0;
+#pragma unroll
+    for (int k = 0; k < S; ++k) sum += to_acc<acc_t>(x[j * S + k]);
+    out[j] = from_acc<T>(sum / div);
+  }
+}
+
+// Backward of full windows: every input position k gets grad[k / S] / S. Thread reads one 16-byte run of
+// grad (V windows) and writes its S * V outputs as S 16-byte vectors.
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads) token_pool_backward_vec_kernel(const T* __restrict__ grad, int64_t units,
+                                                                            int64_t tail, T* __restrict__ out) {
+  using acc_t = typename AccType<T>::type;
+  constexpr int V = Vec<T>::V, U = 4;  // 4 grad loads in flight; the stores need no latency hiding
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  const acc_t div = acc_t(S);
+  for (int64_t u0 = tid; u0 < units; u0 += U * step) {
+    Vec<T> g[U];
+#pragma unroll
+    for (int a = 0; a < U; ++a) {
+      const int64_t u = u0 + a * step;
+      if (u < units) g[a] = load_vec(grad + u * V);
+    }
+#pragma unroll
+    for (int a = 0; a < U; ++a) {
+      const int64_t u = u0 + a * step;
+      if (u >= units) break;
+      T val[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) val[j] = from_acc<T>(to_acc<acc_t>(g[a].v[j]) / div);
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        Vec<T> o;
+#pragma unroll
+        for (int i = 0; i < V; ++i) o.v[i] = val[(s * V + i) / S];
+        store_vec(out + (u * S + s) * V, o);
+      }
+    }
+  }
+  if (tid < tail) {
+    const int64_t j = units * V + tid;
+    const T v = from_acc<T>(to_acc<acc_t>(grad[j]) / div);
+    for (int k = 0; k < S; ++k) out[j * S + k] = v;
+  }
+}
 
 // index_t is uint32_t when every index fits: 64-bit division would cost more than the memory access.
-template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void token_pool_kernel(const scalar_t* __restrict__ x, index_t rows, index_t n, index_t stride,
-                                  index_t n_out, scalar_t* __restrict__ out) {
+template <typename T, typename index_t>
+__global__ void __launch_bounds__(kThreads) token_pool_kernel(const T* __restrict__ x, index_t rows, index_t n,
+                                                               index_t stride, index_t n_out, T* __restrict__ out) {
+  using acc_t = typename AccType<T>::type;
   const index_t total = rows * n_out;
-  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
-  for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i0 < total; i0 += kUnroll * step) {
-    acc_t sum[kUnroll];
-    index_t count[kUnroll];
+  const index_t step = static_cast<index_t>(gridDim.x) * kThreads;
+  for (index_t i0 = blockIdx.x * static_cast<index_t>(kThreads) + threadIdx.x; i0 < total; i0 += kScalarUnroll * step) {
+    acc_t sum[kScalarUnroll];
+    index_t count[kScalarUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kScalarUnroll; ++u) {
       const index_t i = i0 + u * step;
       sum[u] = 0;
       count[u] = 1;
       if (i < total) {
         const index_t r = i / n_out, j = i - r * n_out;
         const index_t lo = j * stride, hi = min(n, lo + stride);
-        const scalar_t* p = x + static_cast<int64_t>(r) * n;
-        for (index_t k = lo; k < hi; ++k) sum[u] += static_cast<acc_t>(p[k]);
+        const T* p = x + static_cast<int64_t>(r) * n;
+        for (index_t k = lo; k < hi; ++k) sum[u] += to_acc<acc_t>(p[k]);
         count[u] = hi - lo;
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kScalarUnroll; ++u) {
       const index_t i = i0 + u * step;
-      if (i < total) out[i] = static_cast<scalar_t>(sum[u] / static_cast<acc_t>(count[u]));
+      if (i < total) out[i] = from_acc<T>(sum[u] / static_cast<acc_t>(count[u]));
     }
   }
 }
 
-template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void token_pool_backward_kernel(const scalar_t* __restrict__ grad, index_t rows, index_t n, index_t stride,
-                                           index_t n_out, scalar_t* __restrict__ out) {
+template <typename T, typename index_t>
+__global__ void __launch_bounds__(kThreads) token_pool_backward_kernel(const T* __restrict__ grad, index_t rows,
+                                                                        index_t n, index_t stride, index_t n_out,
+                                                                        T* __restrict__ out) {
+  using acc_t = typename AccType<T>::type;
   const index_t total = rows * n;
-  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
-  for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i0 < total; i0 += kUnroll * step) {
-    acc_t v[kUnroll];
+  const index_t step = static_cast<index_t>(gridDim.x) * kThreads;
+  for (index_t i0 = blockIdx.x * static_cast<index_t>(kThreads) + threadIdx.x; i0 < total; i0 += kScalarUnroll * step) {
+    acc_t v[kScalarUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kScalarUnroll; ++u) {
       const index_t i = i0 + u * step;
       v[u] = 0;
       if (i < total) {
         const index_t r = i / n, k = i - r * n;
         const index_t j = k / stride;
         const index_t count = min(stride, n - j * stride);
-        v[u] = static_cast<acc_t>(grad[static_cast<int64_t>(r) * n_out + j]) / static_cast<acc_t>(count);
+        v[u] = to_acc<acc_t>(grad[static_cast<int64_t>(r) * n_out + j]) / static_cast<acc_t>(count);
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kScalarUnroll; ++u) {
       const index_t i = i0 + u * step;
-      if (i < total) out[i] = static_cast<scalar_t>(v[u]);
+      if (i < total) out[i] = from_acc<T>(v[u]);
     }
   }
 }
 
-bool fits_u32(int64_t v) { return v < (int64_t(1) << 32); }
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-int64_t grid_for(int64_t total) { return std::max<int64_t>(1, std::min<int64_t>(ceil_div(total, 256 * kUnroll), 132 * 64)); }
-
-at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
-  constexpr const char* op = "token_pool";
-  check_like_cpu([&] {
-    DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
-    DV365_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension, got a 0-d tensor");
-    DV365_CHECK(at::isFloatingType(x.scalar_type()), op, "x must be floating point, got ", x.scalar_type());
-  }, [&] { rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t)>("dv365::token_pool", x.cpu(), stride); });
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t n = x.size(-1);
-  const int64_t n_out = ceil_div(n, stride);
-  auto sizes = x.sizes().vec();
-  sizes.back() = n_out;
-  auto out = at::empty(sizes, x.options());
-  if (out.numel() == 0) return out;
-  const at::Tensor xc = x.contiguous();
-  const int64_t rows = xc.numel() / n;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "token_pool_cuda", [&] {
-    using acc_t = typename AccType<scalar_t>::type;
-    if (fits_u32(xc.numel() + int64_t(kUnroll) * 256 * 132 * 64)) {
-      token_pool_kernel<scalar_t, acc_t, uint32_t><<<grid_for(rows * n_out), 256, 0, current_stream()>>>(
-          xc.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
-    } else {
-      token_pool_kernel<scalar_t, acc_t, int64_t><<<grid_for(rows * n_out), 256, 0, current_stream()>>>(
-          xc.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
+// The 32-bit kernels index up to total + one grid of unrolled steps past it.
+bool fits_u32(int64_t total) {
+  return total + int64_t(kScalarUnroll) * kThreads * kSms * kBlocksPerSm < (int64_t(1) << 32);
 }
 
-at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int64_t n) {
-  constexpr const char* op = "token_pool_backward";
-  check_like_cpu([&] {
-    DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
-    DV365_CHECK(n >= 0, op, "n must be >= 0, got ", n);
-    DV365_CHECK(grad.dim() >= 1, op, "grad must have at least 1 dimension, got a 0-d tensor");
-    DV365_CHECK(grad.size(-1) == ceil_div(n, stride), op, "grad must have ceil(n / stride) = ", ceil_div(n, stride),
-                " entries on its last axis, got ", grad.size(-1));
-    DV365_CHECK(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
-  }, [&] {
-    rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t, c10::SymInt)>("dv365::token_pool_backward", grad.cpu(), stride,
-                                                                       c10::SymInt(n));
-  });
-  const c10::cuda::CUDAGuard guard(grad.device());
-  const int64_t n_out = grad.size(-1);
-  auto sizes = grad.sizes().vec();
-  sizes.back() = n;
-  auto out = at::empty(sizes, grad.options());
-  if (out.numel() == 0) return out;
-  const at::Tensor g = grad.contiguous();
-  const int64_t rows = out.numel() / n;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "token_pool_backward_cuda", [&] {
-    using acc_t = typename AccType<scalar_t>::type;
-    if (fits_u32(out.numel() + int64_t(kUnroll) * 256 * 132 * 64)) {
-      token_pool_backward_kernel<scalar_t, acc_t, uint32_t><<<grid_for(rows * n), 256, 0, current_stream()>>>(
-          g.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
-    } else {
-      token_pool_backward_kernel<scalar_t, acc_t, int64_t><<<grid_for(rows * n), 256, 0, current_stream()>>>(
-          g.data_ptr<scalar_t>(), rows, n, stride, n_out, out.data_ptr<scalar_t>());
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
+// Calls f(std::integral_constant<int, S>) for the strides with a vector kernel; false for the others.
+template <typename F>
+bool with_vec_stride(int64_t stride, F&& f) {
+  switch (stride) {
+    case 1: f(std::integral_constant<int, 1>{}); return true;
+    case 2: f(std::integral_constant<int, 2>{}); return true;
+    case 3: f(std::integral_constant<int, 3>{}); return true;
+    case 4: f(std::integral_constant<int, 4>{}); return true;
+    case 8: f(std::integral_constant<int, 8>{}); return true;
+    default: return false;
+  }
 }
 
 }  // namespace
-}  // namespace dv365::cuda
 
-TORCH_LIBRARY_IMPL(dv365, CUDA, m) {
-  m.impl("token_pool", &dv365::cuda::token_pool_cuda);
-  m.impl("token_pool_backward", &dv365::cuda::token_pool_backward_cuda);
+cudaError_t launch_token_pool(const void* x, int64_t rows, int64_t n, int64_t stride, void* out, DType dtype,
+                              cudaStream_t stream) {
+  const int64_t n_out = ceil_div(n, stride);
+  const int64_t total_out = rows * n_out;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = static_cast<const T*>(x);
+    T* op = static_cast<T*>(out);
+    constexpr int V = Vec<T>::V;
+    const bool vec = n % stride == 0 && aligned16(x) && aligned16(out);
+    if (vec && with_vec_stride(stride, [&](auto s) {
+          constexpr int S = decltype(s)::value;
+          const int64_t units = total_out / V, tail = total_out % V;
+          token_pool_vec_kernel<T, S><<<grid_for(std::max(units, tail), int64_t(kThreads) * units_for<S>()), kThreads,
+                                        0, stream>>>(xp, units, tail, op);
+        })) {
+      return;
+    }
+    const unsigned grid = grid_for(total_out, int64_t(kThreads) * kScalarUnroll);
+    if (fits_u32(rows * n)) {
+      token_pool_kernel<T, uint32_t><<<grid, kThreads, 0, stream>>>(xp, rows, n, stride, n_out, op);
+    } else {
+      token_pool_kernel<T, int64_t><<<grid, kThreads, 0, stream>>>(xp, rows, n, stride, n_out, op);
+    }
+  });
 }
+
+cudaError_t launch_token_pool_backward(const void* grad, int64_t rows, int64_t n, int64_t stride, void* out,
+                                       DType dtype, cudaStream_t stream) {
+  const int64_t n_out = ceil_div(n, stride);
+  const int64_t total_out = rows * n_out;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* gp = static_cast<const T*>(grad);
+    T* op = static_cast<T*>(out);
+    constexpr int V = Vec<T>::V;
+    const bool vec = n % stride == 0 && aligned16(grad) && aligned16(out);
+    if (vec && with_vec_stride(stride, [&](auto s) {
+          constexpr int S = decltype(s)::value;
+          const int64_t units = total_out / V, tail = total_out % V;
+          token_pool_backward_vec_kernel<T, S><<<grid_for(std::max(units, tail), int64_t(kThreads) * 4), kThreads, 0,
+                                                 stream>>>(gp, units, tail, op);
+        })) {
+      return;
+    }
+    const unsigned grid = grid_for(rows * n, int64_t(kThreads) * kScalarUnroll);
+    if (fits_u32(rows * n)) {
+      token_pool_backward_kernel<T, uint32_t><<<grid, kThreads, 0, stream>>>(gp, rows, n, stride, n_out, op);
+    } else {
+      token_pool_backward_kernel<T, int64_t><<<grid, kThreads, 0, stream>>>(gp, rows, n, stride, n_out, op);
+    }
+  });
+}
+
+}  // namespace dv365::cuda

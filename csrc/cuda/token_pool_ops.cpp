@@ -1,0 +1,66 @@
+// CUDA host side of token-axis strided mean pooling (kernels: csrc/cuda/token_pool.cu): checks with the CPU
+// kernel's messages, allocation, and the launches on the current stream.
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "cuda/host.h"
+#include "cuda/token_pool.h"
+
+namespace dv365::cuda {
+namespace {
+
+at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
+  constexpr const char* op = "token_pool";
+  check_like_cpu([&] {
+    DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
+    DV365_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension, got a 0-d tensor");
+    DV365_CHECK(at::isFloatingType(x.scalar_type()), op, "x must be floating point, got ", x.scalar_type());
+  }, [&] { rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t)>("dv365::token_pool", x.cpu(), stride); });
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.size(-1);
+  const int64_t n_out = ceil_div(n, stride);
+  auto sizes = x.sizes().vec();
+  sizes.back() = n_out;
+  auto out = at::empty(sizes, x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor xc = x.contiguous();
+  const int64_t rows = xc.numel() / n;
+  check_launch(launch_token_pool(xc.const_data_ptr(), rows, n, stride, out.mutable_data_ptr(),
+                                 dtype_of(x.scalar_type()), current_stream()),
+               op);
+  return out;
+}
+
+at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int64_t n) {
+  constexpr const char* op = "token_pool_backward";
+  check_like_cpu([&] {
+    DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
+    DV365_CHECK(n >= 0, op, "n must be >= 0, got ", n);
+    DV365_CHECK(grad.dim() >= 1, op, "grad must have at least 1 dimension, got a 0-d tensor");
+    DV365_CHECK(grad.size(-1) == ceil_div(n, stride), op, "grad must have ceil(n / stride) = ", ceil_div(n, stride),
+                " entries on its last axis, got ", grad.size(-1));
+    DV365_CHECK(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
+  }, [&] {
+    rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t, c10::SymInt)>("dv365::token_pool_backward", grad.cpu(), stride,
+                                                                       c10::SymInt(n));
+  });
+  const c10::cuda::CUDAGuard guard(grad.device());
+  auto sizes = grad.sizes().vec();
+  sizes.back() = n;
+  auto out = at::empty(sizes, grad.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor g = grad.contiguous();
+  const int64_t rows = out.numel() / n;
+  check_launch(launch_token_pool_backward(g.const_data_ptr(), rows, n, stride, out.mutable_data_ptr(),
+                                          dtype_of(grad.scalar_type()), current_stream()),
+               op);
+  return out;
+}
+
+}  // namespace
+}  // namespace dv365::cuda
+
+TORCH_LIBRARY_IMPL(dv365, CUDA, m) {
+  m.impl("token_pool", &dv365::cuda::token_pool_cuda);
+  m.impl("token_pool_backward", &dv365::cuda::token_pool_backward_cuda);
+}
