@@ -142,9 +142,9 @@ def sliced_kjt(
     Feed it to an ``EmbeddingBagCollection`` built from :func:`embedding_bag_configs`; with mean pooling it
     equals :class:`MultiSlicePooling` on the unweighted slices.
     """
+    batches, _ = _check_inputs("sliced_kjt", spec, explicit, implicit, request_ts)
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    batches, _ = _check_inputs("sliced_kjt", spec, explicit, implicit, request_ts)
     parts, positions = [], []
     for kind, prog in spec.compile().items():
         if not prog.num_slices:
