@@ -2,7 +2,8 @@
 # The whole GPU check in one command: versions, build, the test suite on CUDA (native and Triton backends;
 # one pytest process per test file, so that a crashing test loses only its file's results),
 # compute-sanitizer memcheck and racecheck over every CUDA kernel, the benchmark. Logs go to $OUT (or ./gpu-out).
-#   STAGES="build test sanitize bench" TEST_ARGS="tests" bash benchmarks/gpu/run_h200.sh
+#   STAGES="build test sanitize bench" TEST_ARGS="tests" [BACKENDS="native triton"] [PYTEST_K=expr] \
+#     bash benchmarks/gpu/run_h200.sh
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -43,7 +44,7 @@ if [[ " $STAGES " == *" test "* ]]; then
     for f in $files; do
       i=$((i + 1))
       DV365_BACKEND=$backend timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -p no:cacheprovider -o addopts="" -rfE \
-        ${PYTEST_TIMEOUT_ARGS---timeout 600} --junitxml="/tmp/dv365_junit_${backend}_$i.xml" "$f" >/tmp/dv365_pytest.log 2>&1
+        ${PYTEST_TIMEOUT_ARGS---timeout 600} ${PYTEST_K:+-k "$PYTEST_K"} --junitxml="/tmp/dv365_junit_${backend}_$i.xml" "$f" >/tmp/dv365_pytest.log 2>&1
       rc=$?
       { echo "== $f (rc=$rc)"; cat /tmp/dv365_pytest.log; } >>"$OUT/pytest_$backend.log"
       echo "pytest $backend $f rc=$rc: $(tail -1 /tmp/dv365_pytest.log)" | tee -a "$OUT/versions.txt"
