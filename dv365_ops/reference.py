@@ -131,7 +131,10 @@ def slice_membership(
     f = prog_f.double()
     in_dwell = (dwell >= f[:, P.DWELL_LO, None]) & (dwell <= f[:, P.DWELL_HI, None])
     keep &= ((flags & P.DWELL_FILTER) == 0) | in_dwell
-    ratio = dwell / dur.pow(f[:, P.BETA, None])
+    # beta = 1 and beta = 0.5 (the common ones) are exact on every device (CUDA's pow is not correctly rounded);
+    # |sqrt| because pow(-0, 0.5) = +0
+    beta = f[:, P.BETA, None]
+    ratio = dwell / torch.where(beta == 1.0, dur, torch.where(beta == 0.5, dur.sqrt().abs(), dur.pow(beta)))
     in_ratio = (ratio >= f[:, P.RATIO_LO, None]) & (ratio <= f[:, P.RATIO_HI, None])
     keep &= ((flags & P.RATIO_FILTER) == 0) | in_ratio
     denom = torch.log1p(f[:, P.GAMMA, None] * dur)
@@ -161,7 +164,7 @@ def slice_timeline(
     b = offsets.numel() - 1
     user = torch.repeat_interleave(torch.arange(b, device=ts.device), offsets.diff(), output_size=n)
     ids_by_slice = (
-        torch.stack(list(ids))[prog_i[:, P.TABLE]] if s_count else torch.empty(0, n, dtype=torch.int64)
+        torch.stack(list(ids))[prog_i[:, P.TABLE]] if s_count else torch.empty(0, n, dtype=torch.int64, device=ts.device)
     )
     values = ids_by_slice[keep]
     weights = weight[keep]

@@ -70,7 +70,7 @@ def main() -> None:
         pi, pf = (t.to(dev) for t in testing.w40k_program(rows))
         tables = [torch.randn(r, 40, device=dev).to(dtype) for r in rows]
         targs = (tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"], pi, pf)
-        for env in ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "1"}):
+        for env in ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "32"}, {"DV365_SP_GROUPS": "1"}):
             os.environ.update(env)
             pooled, wsum = ops.sliced_pool(tables, *targs)
             grad = torch.randn_like(pooled)

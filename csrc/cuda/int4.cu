@@ -102,9 +102,13 @@ __device__ __forceinline__ ScaleBias scale_bias(float mn, float mx) {
 template <bool kHalf>
 __device__ __forceinline__ void store_tail(uint8_t* t, const ScaleBias& s) {
   if constexpr (kHalf) {
-    const __half hs = __float2half_rn(s.scale), hb = __float2half_rn(s.bias);
-    memcpy(t, &hs, 2);
-    memcpy(t + 2, &hb, 2);
+    // explicit little-endian bytes (the row's tail need not be 2-byte aligned)
+    const unsigned short hs = __half_as_ushort(__float2half_rn(s.scale));
+    const unsigned short hb = __half_as_ushort(__float2half_rn(s.bias));
+    t[0] = static_cast<uint8_t>(hs & 0xFF);
+    t[1] = static_cast<uint8_t>(hs >> 8);
+    t[2] = static_cast<uint8_t>(hb & 0xFF);
+    t[3] = static_cast<uint8_t>(hb >> 8);
   } else {
     memcpy(t, &s.scale, 4);
     memcpy(t + 4, &s.bias, 4);
@@ -114,11 +118,8 @@ __device__ __forceinline__ void store_tail(uint8_t* t, const ScaleBias& s) {
 template <bool kHalf>
 __device__ __forceinline__ void load_tail(const uint8_t* t, float& scale, float& bias) {
   if constexpr (kHalf) {
-    __half hs, hb;
-    memcpy(&hs, t, 2);
-    memcpy(&hb, t + 2, 2);
-    scale = __half2float(hs);
-    bias = __half2float(hb);
+    scale = __half2float(__ushort_as_half(static_cast<unsigned short>(t[0] | (t[1] << 8))));
+    bias = __half2float(__ushort_as_half(static_cast<unsigned short>(t[2] | (t[3] << 8))));
   } else {
     memcpy(&scale, t, 4);
     memcpy(&bias, t + 4, 4);

@@ -113,6 +113,12 @@ __device__ __forceinline__ void user_range(const Timeline& tl, int64_t b, int64_
   hi = max(lo, min(tl.n, tl.offsets[b + 1]));
 }
 
+// dur ** beta as the reference computes it: exact for beta = 1 and (correctly rounded sqrt) beta = 0.5, the
+// common cases; pow otherwise.
+__device__ __forceinline__ double beta_pow(double dur, double beta) {
+  return beta == 1.0 ? dur : (beta == 0.5 ? fabs(sqrt(dur)) : pow(dur, beta));  // pow(-0, 0.5) = +0
+}
+
 // One predicate (without the window) on event e, with its weight; `dur`/`dwell` are the event's float fields.
 __device__ __forceinline__ bool group_keep(const GroupProg& p, const Timeline& tl, int64_t e, double dur,
                                            double dwell, float& w, int32_t* flag) {
@@ -135,7 +141,7 @@ __device__ __forceinline__ bool group_keep(const GroupProg& p, const Timeline& t
     if (!(dwell >= p.dwell_lo && dwell <= p.dwell_hi)) return false;
   }
   if (flags & prog::kRatioFilter) {
-    const double r = dwell / pow(dur, p.beta);
+    const double r = dwell / beta_pow(dur, p.beta);
     if (!(r >= p.ratio_lo && r <= p.ratio_hi)) return false;
   }
   if (flags & prog::kWeighted) {
@@ -575,7 +581,8 @@ template <bool kRows, typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(64) backward_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
                                                        const int64_t* __restrict__ items, Launch L,
                                                        const scalar_t* __restrict__ grad,
-                                                       const float* __restrict__ weight_sum, int32_t* flag) {
+                                                       const void* __restrict__ weight_sum, bool ws_double,
+                                                       int32_t* flag) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const Smem<acc_t> sh = carve<acc_t>(smem_raw, L.bg, static_cast<int>(L.tile));
   const PlanView v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables);
@@ -606,7 +613,8 @@ __global__ void __launch_bounds__(64) backward_kernel(Timeline tl, Tables tabs, 
         if (v.slice_block[s] != blk) continue;
         const int64_t* r = p.prog_i + s * prog::kNumInt;
         if (!covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds)) continue;
-        const float ws = weight_sum[b * p.s + s];
+        const acc_t ws = ws_double ? static_cast<acc_t>(static_cast<const double*>(weight_sum)[b * p.s + s])
+                                   : static_cast<acc_t>(static_cast<const float*>(weight_sum)[b * p.s + s]);
         if (!(ws > 0)) continue;
         const int g = static_cast<int>(v.slice_pos[s]);
         const scalar_t* gr = grad + (b * p.s + s) * L.d + col;
@@ -821,8 +829,8 @@ cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& pr
 
 template <bool kRows, typename scalar_t, int V>
 cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, int bg, Scratch sc,
-                           const void* grad, const float* weight_sum, int32_t* flag, cudaStream_t stream,
-                           int64_t items_cap) {
+                           const void* grad, const void* weight_sum, bool ws_double, int32_t* flag,
+                           cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
   const Launch L = make_launch<scalar_t, V>(d, bg, prog.s, tabs.num_tables, items_cap);
   const int threads = static_cast<int>(L.tile / V);
@@ -841,7 +849,7 @@ cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program
   }
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
   kernel<<<grid, threads, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<const scalar_t*>(grad),
-                                          weight_sum, flag);
+                                          weight_sum, ws_double, flag);
   return cudaGetLastError();
 }
 
@@ -876,7 +884,7 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
 
 cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tables& tabs, const Program& prog,
                                         int64_t d, DType dtype, int block_groups, Scratch sc, const void* grad,
-                                        const float* weight_sum, int32_t* flag, cudaStream_t stream) {
+                                        const void* weight_sum, bool ws_double, int32_t* flag, cudaStream_t stream) {
   const int bg = std::clamp(block_groups, 1, kMaxBlockGroups);
   if (tl.n == 0 || d == 0 || prog.s == 0 || tl.num_users == 0) return cudaSuccess;
   return with_dtype(dtype, [&](auto tag) {
@@ -887,11 +895,11 @@ cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tab
     if (build_plan(tl, prog, tabs.num_tables, bg, sc, rows, flag, stream, cap) != cudaSuccess) return;
     const bool vec = vector_ok<V>(tabs, d, sizeof(scalar_t), false);
     if (rows) {
-      vec ? backward_typed<true, scalar_t, V>(tl, tabs, prog, d, bg, sc, grad, weight_sum, flag, stream, cap)
-          : backward_typed<true, scalar_t, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, flag, stream, cap);
+      vec ? backward_typed<true, scalar_t, V>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap)
+          : backward_typed<true, scalar_t, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap);
     } else {
-      vec ? backward_typed<false, scalar_t, V>(tl, tabs, prog, d, bg, sc, grad, weight_sum, flag, stream, cap)
-          : backward_typed<false, scalar_t, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, flag, stream, cap);
+      vec ? backward_typed<false, scalar_t, V>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap)
+          : backward_typed<false, scalar_t, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap);
     }
   });
 }

@@ -57,11 +57,11 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
                                int block_groups, Scratch scratch, void* num, void* wacc, void* pooled, float* wsum,
                                int32_t* flag, cudaStream_t stream);
 
-// Backward: grad [B, S, D] (dtype, contiguous), weight_sum [B, S]. rows: tabs.out[t] is [n, D] in dtype
+// Backward: grad [B, S, D] (dtype, contiguous), weight_sum [B, S] (float32, or float64 when ws_double). rows: tabs.out[t] is [n, D] in dtype
 // (uninitialized: every row is written); else tabs.out[t] is a zeroed dense [rows, D] in the acc dtype.
 cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tables& tabs, const Program& prog,
                                         int64_t d, DType dtype, int block_groups, Scratch scratch, const void* grad,
-                                        const float* weight_sum, int32_t* flag, cudaStream_t stream);
+                                        const void* weight_sum, bool ws_double, int32_t* flag, cudaStream_t stream);
 
 // slice_timeline: count pass (lengths [S * B]) then, with starts = exclusive cumsum, the emit pass.
 cudaError_t launch_slice_timeline_count(const Timeline& tl, const Tables& tabs, const Program& prog,

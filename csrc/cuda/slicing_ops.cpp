@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <set>
 #include <tuple>
 #include <vector>
@@ -22,20 +23,26 @@ namespace {
 
 using slicing::kMaxTables;
 
+// Groups per CTA block and events per work item. Smaller blocks mean less shared memory per CTA and more CTAs
+// per SM, at the price of gathering a table's rows once per block: on the H200, W40K's forward took 3.27 ms with
+// one block per table (21 groups) and 2.74 ms with 11 groups per block (benchmarks/results/h200_*.md).
+constexpr size_t kDefaultBlockGroups = 11;
+constexpr int64_t kDefaultItemEvents = 1024;
+
 struct Inputs {
   slicing::Timeline tl{};
   slicing::Program prog{};
   at::Tensor offsets, ts, cats, floats, request_ts, prog_i, prog_f;
   std::vector<at::Tensor> ids;
   int64_t b = 0, n = 0, s = 0;
-  int block_groups = slicing::kMaxBlockGroups;
+  int block_groups = static_cast<int>(kDefaultBlockGroups);
 };
 
 using Rerun = std::function<void()>;
 
-// Groups per CTA: the most groups (slices equal but for their window) one table has, from a host copy of the
-// program; the device plan makes the same cut. While a graph is captured the program cannot be read, and the
-// largest block is used.
+// Groups per CTA: the most groups (slices equal but for their window) one table has, at most
+// kDefaultBlockGroups, from a host copy of the program; the device plan cuts blocks of this size. While a graph is
+// captured the program cannot be read and the default is used.
 int block_groups_of(const at::Tensor& pi_cpu, const at::Tensor& pf_cpu, int64_t num_tables) {
   const int64_t s_count = pi_cpu.size(0);
   const int64_t* pi = pi_cpu.data_ptr<int64_t>();
@@ -59,7 +66,7 @@ int block_groups_of(const at::Tensor& pi_cpu, const at::Tensor& pf_cpu, int64_t 
   }
   size_t most = 1;
   for (const auto& k : keys) most = std::max(most, k.size());
-  return static_cast<int>(std::min<size_t>(most, slicing::kMaxBlockGroups));
+  return static_cast<int>(std::min<size_t>(most, kDefaultBlockGroups));
 }
 
 // Metadata checks with the CPU kernel's rules (its messages win through rerun), the program's checks on the
@@ -195,7 +202,7 @@ struct ScratchHolder {
 ScratchHolder make_scratch(const Inputs& in, int64_t t_count) {
   ScratchHolder h;
   const char* env = std::getenv("DV365_SP_ITEM");
-  h.sc.item_events = std::max<int64_t>(64, env ? std::atoll(env) : 2048);
+  h.sc.item_events = std::max<int64_t>(64, env ? std::atoll(env) : kDefaultItemEvents);
   h.plan = at::empty({slicing::plan_elems(in.s, t_count)}, in.ts.options());
   h.items = at::empty({4 * slicing::max_items(in.s, in.b, in.n, h.sc.item_events)}, in.ts.options());
   h.sc.plan = h.plan.data_ptr<int64_t>();
@@ -303,11 +310,32 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
   }
   if (work) {
     const at::Tensor g = grad.contiguous();
-    const at::Tensor ws = weight_sum.contiguous();
+    at::Tensor ws = weight_sum.contiguous();
     ScratchHolder scratch = make_scratch(in, t_count);
+    const bool ws_double = dtype == at::kDouble;
+    if (ws_double) {
+      // float64 recomputes the weight sums in float64 (as the CPU kernel does): the forward's weight_sum output
+      // is rounded to float32. The forward kernel runs on a one-column zero table that every id maps to.
+      const auto opts = grad.options();
+      at::Tensor zero = at::zeros({1, 1}, opts);
+      slicing::Tables sums = set;
+      for (int64_t t = 0; t < t_count; ++t) {
+        sums.table[t] = zero.data_ptr();
+        sums.row_stride[t] = 0;
+        sums.rows[t] = std::numeric_limits<int64_t>::max();
+      }
+      at::Tensor num = at::zeros({in.b, in.s, 1}, opts);
+      ws = at::zeros({in.b, in.s}, opts);
+      at::Tensor pooled = at::empty({in.b, in.s, 1}, opts);
+      at::Tensor ws32 = at::empty({in.b, in.s}, opts.dtype(at::kFloat));
+      check_launch(slicing::launch_sliced_pool(in.tl, sums, in.prog, 1, DType::kDouble, in.block_groups, scratch.sc,
+                                               num.data_ptr(), ws.data_ptr(), pooled.data_ptr(),
+                                               ws32.data_ptr<float>(), flag.data_ptr<int32_t>(), current_stream()),
+                   op);
+    }
     check_launch(slicing::launch_sliced_pool_backward(kRows, in.tl, set, in.prog, d, dtype_of(dtype),
-                                                      in.block_groups, scratch.sc, g.data_ptr(), ws.data_ptr<float>(),
-                                                      flag.data_ptr<int32_t>(), current_stream()),
+                                                      in.block_groups, scratch.sc, g.data_ptr(), ws.data_ptr(),
+                                                      ws_double, flag.data_ptr<int32_t>(), current_stream()),
                  op);
   }
   check_error_flag(flag, op, rerun);

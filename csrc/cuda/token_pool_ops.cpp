@@ -3,11 +3,30 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <utility>
+#include <vector>
+
 #include "cuda/host.h"
 #include "cuda/token_pool.h"
 
 namespace dv365::cuda {
 namespace {
+
+// The CPU kernel's layout rule (csrc/cpu/token_pool.cpp, and the fake impl): a token-major input (its last two
+// axes a transposed contiguous buffer) gives a token-major output. The kernels write a contiguous result;
+// such inputs get it copied into that layout.
+bool token_major(const at::Tensor& t) {
+  return t.dim() >= 2 && !t.is_contiguous() && t.transpose(-1, -2).is_contiguous();
+}
+
+at::Tensor in_layout_of(const at::Tensor& like, const at::Tensor& result) {
+  if (!token_major(like)) return result;
+  std::vector<int64_t> sizes(result.sizes().begin(), result.sizes().end());
+  std::swap(sizes[sizes.size() - 1], sizes[sizes.size() - 2]);
+  at::Tensor out = at::empty(sizes, result.options()).transpose(-1, -2);
+  out.copy_(result);
+  return out;
+}
 
 at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
   constexpr const char* op = "token_pool";
@@ -22,13 +41,13 @@ at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
   auto sizes = x.sizes().vec();
   sizes.back() = n_out;
   auto out = at::empty(sizes, x.options());
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return in_layout_of(x, out);
   const at::Tensor xc = x.contiguous();
   const int64_t rows = xc.numel() / n;
   check_launch(launch_token_pool(xc.const_data_ptr(), rows, n, stride, out.mutable_data_ptr(),
                                  dtype_of(x.scalar_type()), current_stream()),
                op);
-  return out;
+  return in_layout_of(x, out);
 }
 
 at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int64_t n) {
@@ -48,13 +67,13 @@ at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int6
   auto sizes = grad.sizes().vec();
   sizes.back() = n;
   auto out = at::empty(sizes, grad.options());
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return in_layout_of(grad, out);
   const at::Tensor g = grad.contiguous();
   const int64_t rows = out.numel() / n;
   check_launch(launch_token_pool_backward(g.const_data_ptr(), rows, n, stride, out.mutable_data_ptr(),
                                           dtype_of(grad.scalar_type()), current_stream()),
                op);
-  return out;
+  return in_layout_of(grad, out);
 }
 
 }  // namespace

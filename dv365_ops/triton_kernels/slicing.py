@@ -106,10 +106,11 @@ def _log1p(x, INTERPRET: tl.constexpr):
 
 @triton.jit
 def _pow(x, y, INTERPRET: tl.constexpr):
+    # beta = 1 and 0.5 exactly as the reference (pow(-0, 0.5) = +0, hence the abs)
     if INTERPRET:
-        return tl.where(y == 1.0, x, tl.where(y == 0.0, 1.0, tl.exp(y * tl.log(x))))
+        return tl.where(y == 1.0, x, tl.where(y == 0.5, tl.abs(tl.sqrt(x)), tl.where(y == 0.0, 1.0, tl.exp(y * tl.log(x)))))
     else:
-        return libdevice.pow(x, y)
+        return tl.where(y == 1.0, x, tl.where(y == 0.5, tl.abs(libdevice.sqrt(x)), libdevice.pow(x, y)))
 
 
 @triton.jit
