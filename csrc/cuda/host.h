@@ -24,7 +24,7 @@ inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream();
 
 // Raises a CUDA launch error (a configuration bug, never bad input) with the op's name.
 inline void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, "dv365::", op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+  if (err != cudaSuccess) DV365_RAISE("dv365::", op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
 
 inline DType dtype_of(at::ScalarType t) {
@@ -33,7 +33,7 @@ inline DType dtype_of(at::ScalarType t) {
     case at::kDouble: return DType::kDouble;
     case at::kHalf: return DType::kHalf;
     case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "dv365: no CUDA kernel for dtype ", t);
+    default: DV365_RAISE("dv365: no CUDA kernel for dtype ", t);
   }
 }
 
@@ -103,7 +103,7 @@ void check_error_flag(const at::Tensor& flag, const char* op, Rerun&& rerun) {
   const int32_t bits = flag.item<int32_t>();
   if (bits == 0) return;
   rerun();
-  TORCH_CHECK(false, "dv365::", op, ": ", error_bits_message(bits), " (checked on the device)");
+  DV365_RAISE("dv365::", op, ": ", error_bits_message(bits), " (checked on the device)");
 }
 
 inline void check_offsets_async(const at::Tensor& offsets, int64_t n, const at::Tensor& flag, const char* op) {

@@ -138,7 +138,7 @@ Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor
     }
     if (!ok) {
       rerun();
-      TORCH_CHECK(false, "dv365::", op, ": invalid slice program");
+      DV365_RAISE("dv365::", op, ": invalid slice program");
     }
     in.block_groups = block_groups_of(pi, in.prog_f.cpu(), num_tables);
   }
