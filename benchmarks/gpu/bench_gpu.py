@@ -189,7 +189,7 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
             torch.testing.assert_close(pooled.float(), expected[0].float(), atol=tol, rtol=tol)
         else:  # too large for the reference: the two implementations must agree
             expected = (pooled, wsum)
-        torch.testing.assert_close(wsum, expected[1], atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(wsum, expected[1], atol=1e-3, rtol=1e-4)  # float32 sums of ~10^4 weights
         ms = bench(lambda: op(*args))
         results[impl] = record("sliced_pool fwd", case, impl, ms, floor, copy_gbs, users_per_s=b / ms * 1e3)
     if batch == 32 and dtype == torch.float32:

@@ -43,7 +43,8 @@ using Rerun = std::function<void()>;
 // Groups per CTA: the most groups (slices equal but for their window) one table has, at most
 // kDefaultBlockGroups, from a host copy of the program; the device plan cuts blocks of this size. While a graph is
 // captured the program cannot be read and the default is used.
-int block_groups_of(const at::Tensor& pi_cpu, const at::Tensor& pf_cpu, int64_t num_tables) {
+int block_groups_of(const at::Tensor& pi_cpu, const at::Tensor& pf_cpu, int64_t num_tables,
+                    size_t cap = kDefaultBlockGroups) {
   const int64_t s_count = pi_cpu.size(0);
   const int64_t* pi = pi_cpu.data_ptr<int64_t>();
   const double* pf = pf_cpu.data_ptr<double>();
@@ -66,7 +67,7 @@ int block_groups_of(const at::Tensor& pi_cpu, const at::Tensor& pf_cpu, int64_t 
   }
   size_t most = 1;
   for (const auto& k : keys) most = std::max(most, k.size());
-  return static_cast<int>(std::min<size_t>(most, kDefaultBlockGroups));
+  return static_cast<int>(std::min<size_t>(most, cap));
 }
 
 // Metadata checks with the CPU kernel's rules (its messages win through rerun), the program's checks on the
@@ -292,6 +293,10 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
     }
   }, rerun);
   slicing::Tables set = table_set(in);
+  // One block per table where the program allows (each event's row is then stored, not added into zeroed rows):
+  // on the H200 the W40K backward took 6.5 ms (dense) / 3.6 ms (rows) this way, 9.9 / 11.3 ms with 11-group blocks.
+  if (!capturing() && in.s > 0 && !std::getenv("DV365_SP_GROUPS"))
+    in.block_groups = block_groups_of(in.prog_i.cpu(), in.prog_f.cpu(), t_count, slicing::kMaxBlockGroups);
   const int64_t d = grad.size(2);
   const auto dtype = grad.scalar_type();
   const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
