@@ -264,7 +264,9 @@ def _sliced_expected_grads(grad, wsum, tables, ids, offsets, ts, cats, floats, r
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("s_count,t_count,d", [(1, 1, 1), (7, 2, 5), (70, 3, 123), (200, 3, 256), (150, 1, 40)])
+# d = 136 and 264: a lane's second 16-byte chunk outside D, and a second 256-column tile
+@pytest.mark.parametrize("s_count,t_count,d", [(1, 1, 1), (7, 2, 5), (70, 3, 123), (200, 3, 256), (150, 1, 40),
+                                               (20, 2, 136), (30, 2, 264)])
 def test_sliced_pool(dtype, s_count, t_count, d):
     lengths = _lengths(int(torch.randint(1, 9, ())), 3000)
     inputs = random_sliced_inputs(lengths, s_count, t_count, d, dtype, "cuda", with_floats=s_count != 7)

@@ -194,11 +194,12 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
         results[impl] = record("sliced_pool fwd", case, impl, ms, floor, copy_gbs, users_per_s=b / ms * 1e3)
     if batch == 32 and dtype == torch.float32:
         # work-item size and groups per CTA block (DV365_SP_ITEM / DV365_SP_GROUPS, read per call; the row
-        # above uses the defaults, 1024 events and at most 11 groups per block)
+        # above uses the defaults, 1024 events and at most 8 groups per block)
         import os
 
-        for var, value in (("DV365_SP_ITEM", 512), ("DV365_SP_ITEM", 2048), ("DV365_SP_GROUPS", 6),
-                           ("DV365_SP_GROUPS", 8), ("DV365_SP_GROUPS", 16), ("DV365_SP_GROUPS", 21)):
+        for var, value in (("DV365_SP_ITEM", 512), ("DV365_SP_ITEM", 2048), ("DV365_SP_GROUPS", 4),
+                           ("DV365_SP_GROUPS", 6), ("DV365_SP_GROUPS", 11), ("DV365_SP_GROUPS", 16),
+                           ("DV365_SP_GROUPS", 21)):
             os.environ[var] = str(value)
             ms = bench(lambda: ops.sliced_pool(*args))
             record("sliced_pool fwd", case, f"dv365 cuda ({var}={value})", ms, floor, copy_gbs,
@@ -216,6 +217,17 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
         bwd_floor = nbytes(grad) + len(tables) * n * d * 4 + sum(r * d * esz for r in rows)
         record("sliced_pool bwd dense", case, impl, ms, bwd_floor, copy_gbs,
                bwd_over_fwd=ms / results.get(impl, results["dv365 cuda"])["ms"])
+        if impl == "dv365 cuda" and batch == 32 and dtype == torch.float32:
+            # the backward's default is one block per table; 11-group blocks for comparison
+            import os
+
+            os.environ["DV365_SP_GROUPS"] = "11"
+            for variant, fn in (("dense", lambda: op(grad, wsum, *rest, rows)),
+                                ("rows", lambda: ops.sliced_pool_backward_rows(grad, wsum, *rest))):
+                ms = bench(fn)
+                record(f"sliced_pool bwd {variant}", case, "dv365 cuda (DV365_SP_GROUPS=11)", ms, bwd_floor, copy_gbs,
+                       bwd_over_fwd=ms / results["dv365 cuda"]["ms"], sweep=True)
+            os.environ.pop("DV365_SP_GROUPS")
     for impl, name in (("dv365 cuda", "sliced_pool_backward_rows"), ("dv365 triton", "sliced_pool_backward_rows_triton")):
         op = getattr(ops, name, None)
         if op is None:
@@ -372,22 +384,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="W40K only (fp32 and bf16), no other ops")
+    parser.add_argument("--ops", default="sliced,jagged,token,int4", help="comma-separated subset to run")
     args = parser.parse_args()
+    todo = set(args.ops.split(","))
+    if args.quick:
+        todo &= {"sliced"}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = versions()
     print(info, flush=True)
     copy_gbs = copy_bandwidth()
     print(f"copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
-    for dtype in (torch.float32, torch.bfloat16):
-        bench_sliced_pool(copy_gbs, dtype, 32, with_peers=True)
-    bench_sliced_pool(copy_gbs, torch.float32, 4, with_peers=False)
-    if not args.quick:
+    if "sliced" in todo:
+        for dtype in (torch.float32, torch.bfloat16):
+            bench_sliced_pool(copy_gbs, dtype, 32, with_peers=True)
+        bench_sliced_pool(copy_gbs, torch.float32, 4, with_peers=False)
+    if "jagged" in todo:
         for bag in (10, 1000, 70_000):
             bench_jagged(copy_gbs, bag, torch.float32)
         bench_jagged(copy_gbs, 1000, torch.bfloat16)
+    if "token" in todo:
         for dtype in (torch.float32, torch.bfloat16):
             bench_token_pool(copy_gbs, dtype)
+    if "int4" in todo:
         for half in (False, True):
             bench_int4(copy_gbs, half)
     md = table_md(copy_gbs)

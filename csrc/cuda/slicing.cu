@@ -12,9 +12,13 @@
 //   at most item_events events. Within an item every group's slices keep the same events, so the CTA sums
 //   each group once, in shared memory, and adds the sum to the group's slices that cover the segment when
 //   the item ends (global atomics, a few per item rather than per event).
-// - Per event: one id load, the group predicates for the groups active in the segment (one thread per
-//   event), then every thread (owning 4 columns, 8- or 16-byte loads, eight rows in flight) adds the row into
-//   the accumulators of the groups in the union of four events' masks.
+// - Per event: one id load, the event's fields read once and the predicates of the groups active in the
+//   segment (one lane per event), then the warp (a CTA is one warp; each lane owns two 16-byte chunks of a
+//   fp32 row, eight rows in flight) adds the row into the accumulators of the groups in the union of four
+//   events' masks. On the H200 the W40K forward was bound by instruction issue (ncu: 70% of issue slots, IPC
+//   2.9, DRAM 46%) at 64-thread CTAs with 4 columns a lane: a warp that owns the whole 1 KB row pays the
+//   per-event and per-group overhead once per 8 columns, and the predicates skip reloads and repeated
+//   double-precision transcendentals.
 // The plan (groups, blocks, bounds, items) is built on the device, so the op never synchronizes with the host
 // and can be captured in a CUDA graph. The backward passes reuse the plan and the membership step, and
 // scatter sum_g w_g(e) * sum_{s in g covering the segment} grad[b, s] / weight_sum[b, s] into each event's row.
@@ -119,16 +123,51 @@ __device__ __forceinline__ double beta_pow(double dur, double beta) {
   return beta == 1.0 ? dur : (beta == 0.5 ? fabs(sqrt(dur)) : pow(dur, beta));  // pow(-0, 0.5) = +0
 }
 
-// One predicate (without the window) on event e, with its weight; `dur`/`dwell` are the event's float fields.
-__device__ __forceinline__ bool group_keep(const GroupProg& p, const Timeline& tl, int64_t e, double dur,
-                                           double dwell, float& w, int32_t* flag) {
+constexpr int kPackedCats = 8;  // categorical fields held in one uint64 per event, a byte each
+
+// One event's fields, read once for all the groups evaluated on it: the first kPackedCats categorical values
+// a byte each (0xFF for a value outside [0, 63], reported when a group reads it), the float fields, and the
+// last dur ** beta and log1p(gamma * dur) computed (groups mostly share beta and gamma), so a group costs a few
+// integer ops rather than three loads and double-precision transcendentals.
+struct Event {
+  int64_t e;
+  uint64_t cats;
+  double dur, dwell;
+  double pow_beta, pow_val, den_gamma, den_val, log_dwell;
+};
+
+// fields: when given, only the (at most kNumCatFilters) fields one predicate reads are loaded.
+__device__ __forceinline__ Event load_event(const Timeline& tl, int64_t e, const int64_t* fields = nullptr) {
+  Event ev;
+  ev.e = e;
+  ev.cats = 0;
+  const int64_t packed = min(tl.cat_fields, int64_t(kPackedCats));
+  const int64_t count = fields ? prog::kNumCatFilters : packed;
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t f = fields ? min(fields[j], tl.cat_fields - 1) : j;
+    if (f < 0 || f >= packed) continue;
+    const int64_t v = load_cat(tl, f, e);
+    const uint64_t byte = (v < 0 || v > prog::kMaxCatValue) ? 0xFFu : static_cast<uint64_t>(v);
+    ev.cats |= byte << (8 * f);
+  }
+  ev.dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
+  ev.dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
+  ev.pow_beta = ev.den_gamma = ev.log_dwell = __longlong_as_double(0x7ff8000000000000ll);  // NaN: nothing cached
+  ev.pow_val = ev.den_val = 0.0;
+  return ev;
+}
+
+// One predicate (without the window) on an event, with its weight.
+__device__ __forceinline__ bool group_keep(const GroupProg& p, const Timeline& tl, Event& ev, float& w,
+                                           int32_t* flag) {
   w = 1.f;
 #pragma unroll
   for (int j = 0; j < prog::kNumCatFilters; ++j) {
     const int64_t field = p.field[j];
     if (field < 0) continue;
     if (tl.cat_fields == 0) return false;
-    const int64_t v = load_cat(tl, min(field, tl.cat_fields - 1), e);
+    const int64_t f = min(field, tl.cat_fields - 1);
+    const int64_t v = f < kPackedCats ? static_cast<int64_t>((ev.cats >> (8 * f)) & 0xFFu) : load_cat(tl, f, ev.e);
     if (v < 0 || v > prog::kMaxCatValue) {
       set_error(flag, kCatOutOfRange);
       return false;
@@ -138,15 +177,24 @@ __device__ __forceinline__ bool group_keep(const GroupProg& p, const Timeline& t
   const int64_t flags = p.flags;
   if (tl.floats == nullptr) return (flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) == 0;
   if (flags & prog::kDwellFilter) {
-    if (!(dwell >= p.dwell_lo && dwell <= p.dwell_hi)) return false;
+    if (!(ev.dwell >= p.dwell_lo && ev.dwell <= p.dwell_hi)) return false;
   }
   if (flags & prog::kRatioFilter) {
-    const double r = dwell / beta_pow(dur, p.beta);
+    if (!same_bits(p.beta, ev.pow_beta)) {
+      ev.pow_beta = p.beta;
+      ev.pow_val = beta_pow(ev.dur, p.beta);
+    }
+    const double r = ev.dwell / ev.pow_val;
     if (!(r >= p.ratio_lo && r <= p.ratio_hi)) return false;
   }
   if (flags & prog::kWeighted) {
-    const double den = log1p(p.gamma * dur);
-    const double s = log1p(dwell) / den;
+    if (!same_bits(p.gamma, ev.den_gamma)) {
+      ev.den_gamma = p.gamma;
+      ev.den_val = log1p(p.gamma * ev.dur);
+    }
+    if (ev.log_dwell != ev.log_dwell) ev.log_dwell = log1p(ev.dwell);
+    const double den = ev.den_val;
+    const double s = ev.log_dwell / den;
     if (!(den > 0 && s > p.s0)) return false;
     w = static_cast<float>(s);
   }
@@ -160,9 +208,9 @@ __device__ __forceinline__ bool slice_keep(const Program& p, int64_t s, const Ti
   const int64_t dt = delta(request_ts, tl.ts[e]);
   w = 1.f;
   if (!(dt > r[prog::kWinLo] && dt <= r[prog::kWinHi])) return false;
-  const double dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
-  const double dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
-  return group_keep(load_group(p, s), tl, e, dur, dwell, w, flag);
+  const GroupProg g = load_group(p, s);
+  Event ev = load_event(tl, e, g.field);
+  return group_keep(g, tl, ev, w, flag);
 }
 
 // ---- the plan ----
@@ -348,24 +396,33 @@ __global__ void items_kernel(Timeline tl, Program p, int64_t t_count, int64_t* p
   }
 }
 
-// ---- vector row access: V consecutive columns per thread ----
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Vec {
-  T v[V];
+// ---- the CTA's columns ----
+// A CTA is one warp. Lane l owns H chunks of C consecutive columns (C * sizeof(T) = 16 bytes, one vector
+// load): chunk h covers columns h * 32 C + l C + [0, C) of the CTA's tile of 32 H C columns. Each load or
+// shared-memory access instruction of the warp thus covers one contiguous span (a row's 1 KB in fp32 is
+// H = 2 instructions of 512 bytes), and the per-event overhead (mask test, row address, loop control, the
+// weight load) is paid once per H * C columns.
+template <typename T, int C>
+struct alignas(sizeof(T) * C < 16 ? sizeof(T) * C : 16) Chunk {
+  T v[C];
 };
 
-template <typename scalar_t, typename acc_t, int V>
-__device__ __forceinline__ void load_row(const scalar_t* __restrict__ p, acc_t (&x)[V]) {
-  const Vec<scalar_t, V> r = *reinterpret_cast<const Vec<scalar_t, V>*>(p);
-#pragma unroll
-  for (int i = 0; i < V; ++i) x[i] = to_acc<acc_t>(r.v[i]);
-}
+constexpr int kWarp = 32;
+
+template <int C, int H>
+struct Cols {
+  static constexpr int kTile = kWarp * H * C;
+  int64_t base;  // the tile's first column
+  int lane;
+  __device__ __forceinline__ int64_t col(int h) const { return base + h * kWarp * C + lane * C; }
+  __device__ __forceinline__ int off(int h) const { return h * kWarp * C + lane * C; }  // within the tile
+};
 
 // ---- the membership step shared by the forward and backward kernels ----
 template <typename acc_t>
 struct Smem {
   GroupProg* group;  // [block_groups]
-  float* w;          // [kBatch][block_groups]: the weight of each (event, group), 0 when not kept
+  float* w;          // [block_groups][kBatch]: the weight of each (group, event), 0 when not kept
   uint32_t* mask;    // [kBatch]
   int64_t* row;      // [kBatch]
   acc_t* wsum;       // [block_groups]
@@ -384,6 +441,8 @@ __host__ __device__ size_t smem_bytes(int block_groups, int tile) {
   return b;
 }
 
+// acc, group, row and w have sizes that are multiples of 16 bytes, so the vector accesses to acc and w are
+// aligned.
 template <typename acc_t>
 __device__ Smem<acc_t> carve(unsigned char* raw, int block_groups, int tile) {
   Smem<acc_t> s;
@@ -393,10 +452,10 @@ __device__ Smem<acc_t> carve(unsigned char* raw, int block_groups, int tile) {
   raw += sizeof(GroupProg) * block_groups;
   s.row = reinterpret_cast<int64_t*>(raw);
   raw += sizeof(int64_t) * kBatch;
-  s.wsum = reinterpret_cast<acc_t*>(raw);
-  raw += sizeof(acc_t) * block_groups;
   s.w = reinterpret_cast<float*>(raw);
   raw += sizeof(float) * kBatch * block_groups;
+  s.wsum = reinterpret_cast<acc_t*>(raw);
+  raw += sizeof(acc_t) * block_groups;
   s.mask = reinterpret_cast<uint32_t*>(raw);
   return s;
 }
@@ -404,12 +463,11 @@ __device__ Smem<acc_t> carve(unsigned char* raw, int block_groups, int tile) {
 // Evaluates the active groups on events [e0, e0 + kBatch) ∩ [.., e1): masks, weights, rows. Ends before a
 // barrier (the caller's).
 template <typename acc_t>
-__device__ __forceinline__ void membership(const Smem<acc_t>& sh, const Timeline& tl, int ng, int bg,
-                                           uint32_t active, int64_t e0, int64_t e1, const int64_t* __restrict__ ids,
-                                           int64_t num_rows, int32_t* flag) {
+__device__ __forceinline__ void membership(const Smem<acc_t>& sh, const Timeline& tl, int ng, uint32_t active,
+                                           int64_t e0, int64_t e1, const int64_t* __restrict__ ids, int64_t num_rows,
+                                           int32_t* flag) {
   for (int el = threadIdx.x; el < kBatch; el += blockDim.x) {
     const int64_t e = e0 + el;
-    float* w = sh.w + el * bg;
     uint32_t mask = 0;
     int64_t id = 0;
     if (e < e1) {
@@ -418,23 +476,20 @@ __device__ __forceinline__ void membership(const Smem<acc_t>& sh, const Timeline
         set_error(flag, kIdOutOfRange);
         id = 0;
       } else {
-        const double dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
-        const double dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
+        Event ev = load_event(tl, e);
         for (int g = 0; g < ng; ++g) {
           float wg = 0.f;
-          if ((active >> g) & 1u) {
-            if (group_keep(sh.group[g], tl, e, dur, dwell, wg, flag)) {
-              mask |= 1u << g;
-            } else {
-              wg = 0.f;
-            }
+          if (((active >> g) & 1u) && group_keep(sh.group[g], tl, ev, wg, flag)) {
+            mask |= 1u << g;
+          } else {
+            wg = 0.f;
           }
-          w[g] = wg;
+          sh.w[g * kBatch + el] = wg;
         }
       }
     }
     if (mask == 0) {
-      for (int g = 0; g < ng; ++g) w[g] = 0.f;
+      for (int g = 0; g < ng; ++g) sh.w[g * kBatch + el] = 0.f;
     }
     sh.mask[el] = mask;
     sh.row[el] = id;
@@ -442,122 +497,187 @@ __device__ __forceinline__ void membership(const Smem<acc_t>& sh, const Timeline
 }
 
 struct Launch {
-  int64_t d, tile, col_tiles, max_blocks, items_cap;
+  int64_t d, col_tiles, max_blocks, items_cap;
   int bg;
 };
 
-// The block's groups into shared memory (ng of them); returns ng, or 0 when this CTA's block does not exist.
-template <typename acc_t>
-__device__ __forceinline__ int load_block(const Smem<acc_t>& sh, const Program& p, const PlanView& v, int64_t blk,
-                                          int64_t& table) {
-  if (blk >= v.hdr[kNumBlocks]) return 0;
-  const int ng = static_cast<int>(v.block_count[blk]);
-  const int64_t first = v.block_first[blk];
-  table = v.block_table[blk];
-  for (int g = threadIdx.x; g < ng; g += blockDim.x) sh.group[g] = load_group(p, v.group_leader[first + g]);
-  return ng;
+// What every pooling CTA starts with: its block's groups in shared memory, the plan, its columns.
+template <typename acc_t, int C, int H>
+struct Cta {
+  Smem<acc_t> sh;
+  PlanView v;
+  int64_t blk, table, k, n_items;
+  int ng;  // 0: this CTA's block does not exist
+  Cols<C, H> cols;
+  bool valid[H];  // chunk h lies within the D columns (D % C == 0)
+
+  __device__ Cta(unsigned char* raw, const Program& p, const Tables& tabs, const int64_t* plan_raw, const Launch& L)
+      : sh(carve<acc_t>(raw, L.bg, Cols<C, H>::kTile)),
+        v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables),
+        blk(blockIdx.y),
+        table(0),
+        k(v.hdr[kNumBounds]),
+        n_items(min(v.hdr[kNumItems], L.items_cap)),
+        ng(0) {
+    cols.base = static_cast<int64_t>(blockIdx.z) * Cols<C, H>::kTile;
+    cols.lane = threadIdx.x;
+#pragma unroll
+    for (int h = 0; h < H; ++h) valid[h] = cols.col(h) < L.d;
+    if (blk >= v.hdr[kNumBlocks]) return;
+    ng = static_cast<int>(v.block_count[blk]);
+    const int64_t first = v.block_first[blk];
+    table = v.block_table[blk];
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) sh.group[g] = load_group(p, v.group_leader[first + g]);
+  }
+
+  // Calls f(s, g) for every slice s of this block whose window covers segment j (g: its group's position),
+  // in slice order, on every lane (the lanes test 32 slices at once).
+  template <typename F>
+  __device__ __forceinline__ void for_covering(const Program& p, int64_t j, F&& f) const {
+    for (int64_t s0 = 0; s0 < p.s; s0 += kWarp) {
+      const int64_t s = s0 + cols.lane;
+      bool hit = false;
+      if (s < p.s && v.slice_block[s] == blk) {
+        const int64_t* r = p.prog_i + s * prog::kNumInt;
+        hit = covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds);
+      }
+      for (uint32_t bits = __ballot_sync(0xffffffffu, hit); bits; bits &= bits - 1) {
+        const int64_t sl = s0 + __ffs(bits) - 1;
+        f(sl, static_cast<int>(v.slice_pos[sl]));
+      }
+    }
+  }
+
+  // The groups of this block with a slice covering segment j.
+  __device__ __forceinline__ uint32_t active_groups(const Program& p, int64_t j) const {
+    uint32_t active = 0;
+    for_covering(p, j, [&](int64_t, int g) { active |= 1u << g; });
+    return active;
+  }
+};
+
+template <typename T, int C>
+__device__ __forceinline__ Chunk<T, C> load_chunk(const T* p) {
+  return *reinterpret_cast<const Chunk<T, C>*>(p);
 }
 
-// The groups of block blk with a slice covering segment j.
-__device__ __forceinline__ uint32_t active_groups(const Program& p, const PlanView& v, int64_t blk, int64_t j,
-                                                  int64_t k) {
-  uint32_t active = 0;
-  for (int64_t s = 0; s < p.s; ++s) {
-    if (v.slice_block[s] != blk) continue;
-    const int64_t* r = p.prog_i + s * prog::kNumInt;
-    if (covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds)) active |= 1u << v.slice_pos[s];
+// dst[0..C) += a[0..C) with the widest atomics the type has (sm_90: float2/float4 vectors).
+template <typename T, typename acc_t, int C>
+__device__ __forceinline__ void atomic_add_chunk(T* dst, const acc_t (&a)[C]) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same_v<T, float> && C % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < C; i += 4) {
+      atomicAdd(reinterpret_cast<float4*>(dst + i), make_float4(a[i], a[i + 1], a[i + 2], a[i + 3]));
+    }
+    return;
   }
-  return active;
+#endif
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && C % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < C; i += 2) {
+      atomicAdd(reinterpret_cast<__nv_bfloat162*>(dst + i), __floats2bfloat162_rn(a[i], a[i + 1]));
+    }
+  } else if constexpr (std::is_same_v<T, __half> && C % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < C; i += 2) atomicAdd(reinterpret_cast<__half2*>(dst + i), __floats2half2_rn(a[i], a[i + 1]));
+  } else {
+#pragma unroll
+    for (int i = 0; i < C; ++i) atomicAdd(dst + i, from_acc<T, acc_t>(a[i]));
+  }
 }
 
 // ---- forward ----
-// grid: x strides over the items, y = block, z = column tile. blockDim = tile / V.
-template <typename scalar_t, typename acc_t, int V>
-__global__ void __launch_bounds__(64) pool_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
-                                                   const int64_t* __restrict__ items, Launch L, acc_t* __restrict__ num,
-                                                   acc_t* __restrict__ wacc, int32_t* flag) {
+// grid: x strides over the items, y = block, z = column tile; one warp per CTA.
+template <typename scalar_t, typename acc_t, int C, int H>
+__global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
+                                                      const int64_t* __restrict__ items, Launch L,
+                                                      acc_t* __restrict__ num, acc_t* __restrict__ wacc,
+                                                      int32_t* flag) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const Smem<acc_t> sh = carve<acc_t>(smem_raw, L.bg, static_cast<int>(L.tile));
-  const PlanView v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables);
-  const int64_t blk = blockIdx.y;
-  int64_t t = 0;
-  const int ng = load_block(sh, p, v, blk, t);
+  const Cta<acc_t, C, H> cta(smem_raw, p, tabs, plan_raw, L);
+  const Smem<acc_t>& sh = cta.sh;
+  const int ng = cta.ng;
   if (ng == 0) return;
-  const int64_t k = v.hdr[kNumBounds];
-  const int64_t n_items = min(v.hdr[kNumItems], L.items_cap);
-  const int64_t col = blockIdx.z * L.tile + static_cast<int64_t>(threadIdx.x) * V;
-  const bool has_col = col < L.d;
-  const scalar_t* table = static_cast<const scalar_t*>(tabs.table[t]);
-  const int64_t stride = tabs.row_stride[t];
-  const int64_t* ids = tabs.ids[t];
-  acc_t* my_acc = sh.acc + threadIdx.x * V;
-  for (int64_t it = blockIdx.x; it < n_items; it += gridDim.x) {
+  constexpr int kTile = Cols<C, H>::kTile;
+  const scalar_t* table = static_cast<const scalar_t*>(tabs.table[cta.table]);
+  const int64_t stride = tabs.row_stride[cta.table];
+  const int64_t* ids = tabs.ids[cta.table];
+  const int lane = threadIdx.x;
+  for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
-    const uint32_t active = active_groups(p, v, blk, j, k);
+    const uint32_t active = cta.active_groups(p, j);
     if (active == 0) continue;
     __syncthreads();  // the previous item's flush has read the accumulators
-    for (int i = threadIdx.x; i < ng * L.tile; i += blockDim.x) sh.acc[i] = acc_t(0);
-    for (int g = threadIdx.x; g < ng; g += blockDim.x) sh.wsum[g] = acc_t(0);
-    uint32_t touched = 0;  // the groups that kept an event of the item (every thread with a column knows)
+    for (int i = lane; i < ng * kTile; i += kWarp) sh.acc[i] = acc_t(0);
+    for (int g = lane; g < ng; g += kWarp) sh.wsum[g] = acc_t(0);
+    uint32_t touched = 0;  // the groups that kept an event of the item
     for (int64_t e0 = e_begin; e0 < e_end; e0 += kBatch) {
       __syncthreads();
-      membership<acc_t>(sh, tl, ng, L.bg, active, e0, e_end, ids, tabs.rows[t], flag);
+      membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[cta.table], flag);
       __syncthreads();
-      if (!has_col) continue;
       const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
       for (int u0 = 0; u0 < nb; u0 += kRowsInFlight) {
-        acc_t x[kRowsInFlight][V];
+        Chunk<scalar_t, C> x[kRowsInFlight][H];
 #pragma unroll
         for (int u = 0; u < kRowsInFlight; ++u) {
-          if (u0 + u < nb && sh.mask[u0 + u]) {
-            load_row<scalar_t, acc_t, V>(table + sh.row[u0 + u] * stride + col, x[u]);
-          } else {
+          const bool live = u0 + u < nb && sh.mask[u0 + u] != 0;
+          const scalar_t* row = table + sh.row[u0 + u] * stride;
 #pragma unroll
-            for (int i = 0; i < V; ++i) x[u][i] = acc_t(0);
+          for (int h = 0; h < H; ++h) {
+            if (live && cta.valid[h]) {
+              x[u][h] = load_chunk<scalar_t, C>(row + cta.cols.col(h));
+            } else {
+#pragma unroll
+              for (int i = 0; i < C; ++i) x[u][h].v[i] = from_acc<scalar_t, float>(0.f);
+            }
           }
         }
+        // the groups of four events at once: one weight vector load and one read-modify-write of the group's
+        // accumulators per group any of the four keeps (events past nb have mask 0 and weight 0)
 #pragma unroll
-        for (int h = 0; h < kRowsInFlight; h += 4) {
+        for (int q = 0; q < kRowsInFlight; q += 4) {
           uint32_t bits = 0;
 #pragma unroll
-          for (int u = 0; u < 4; ++u) bits |= (u0 + h + u < nb) ? sh.mask[u0 + h + u] : 0u;
+          for (int u = 0; u < 4; ++u) bits |= sh.mask[u0 + q + u];
           touched |= bits;
           while (bits) {
             const int g = __ffs(bits) - 1;
             bits &= bits - 1;
-            auto* dst = reinterpret_cast<Vec<acc_t, V>*>(my_acc + g * L.tile);
-            Vec<acc_t, V> a = *dst;
-            acc_t wsum = 0;
+            const float4 w4 = *reinterpret_cast<const float4*>(sh.w + g * kBatch + u0 + q);
+            const acc_t w[4] = {acc_t(w4.x), acc_t(w4.y), acc_t(w4.z), acc_t(w4.w)};
 #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              // w is 0 for events past nb (membership zeroed them) and for events g does not keep
-              const acc_t w = static_cast<acc_t>(sh.w[(u0 + h + u) * L.bg + g]);
-              wsum += w;
+            for (int h = 0; h < H; ++h) {
+              auto* dst = reinterpret_cast<Chunk<acc_t, C>*>(sh.acc + g * kTile + cta.cols.off(h));
+              Chunk<acc_t, C> a = *dst;
 #pragma unroll
-              for (int i = 0; i < V; ++i) a.v[i] += w * x[h + u][i];
+              for (int u = 0; u < 4; ++u) {
+#pragma unroll
+                for (int i = 0; i < C; ++i) a.v[i] += w[u] * to_acc<acc_t>(x[q + u][h].v[i]);
+              }
+              *dst = a;
             }
-            *dst = a;
-            if (threadIdx.x == 0) sh.wsum[g] += wsum;  // one writer: no atomics
+            if (lane == 0) sh.wsum[g] += (w[0] + w[1]) + (w[2] + w[3]);  // one writer: no atomics
           }
         }
       }
     }
-    // flush: every slice of the block covering segment j gets its group's sums (each thread its own columns;
-    // thread 0, which always has a column, the weight sums)
-    for (int64_t s = 0; s < p.s; ++s) {
-      if (v.slice_block[s] != blk) continue;
-      const int g = static_cast<int>(v.slice_pos[s]);
-      if (!((touched >> g) & 1u)) continue;
-      const int64_t* r = p.prog_i + s * prog::kNumInt;
-      if (!covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds)) continue;
-      if (blockIdx.z == 0 && threadIdx.x == 0) atomicAdd(wacc + b * p.s + s, sh.wsum[g]);
-      if (has_col) {
-        acc_t* dst = num + (b * p.s + s) * L.d + col;
-        const acc_t* src = my_acc + g * L.tile;
+    // flush: every slice of the block covering segment j gets its group's sums (each lane its own columns,
+    // lane 0 the weight sums)
+    __syncwarp();
+    cta.for_covering(p, j, [&](int64_t s, int g) {
+      if (!((touched >> g) & 1u)) return;
+      if (blockIdx.z == 0 && lane == 0) atomicAdd(wacc + b * p.s + s, sh.wsum[g]);
 #pragma unroll
-        for (int i = 0; i < V; ++i) atomicAdd(dst + i, src[i]);
+      for (int h = 0; h < H; ++h) {
+        if (!cta.valid[h]) continue;
+        acc_t a[C];
+        const acc_t* src = sh.acc + g * kTile + cta.cols.off(h);
+#pragma unroll
+        for (int i = 0; i < C; ++i) a[i] = src[i];
+        atomic_add_chunk<acc_t, acc_t, C>(num + (b * p.s + s) * L.d + cta.cols.col(h), a);
       }
-    }
+    });
   }
 }
 
@@ -577,85 +697,89 @@ __global__ void finalize_kernel(const acc_t* __restrict__ num, const acc_t* __re
 // ---- backward ----
 // kRows: tabs.out[t] is [n, D] (scalar_t), written per event (stored, or added when zeroed_rows);
 // else tabs.out[t] is a dense [rows, D] accumulator (acc_t), added into atomically.
-template <bool kRows, typename scalar_t, typename acc_t, int V>
-__global__ void __launch_bounds__(64) backward_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
-                                                       const int64_t* __restrict__ items, Launch L,
-                                                       const scalar_t* __restrict__ grad,
-                                                       const void* __restrict__ weight_sum, bool ws_double,
-                                                       int32_t* flag) {
+template <bool kRows, typename scalar_t, typename acc_t, int C, int H>
+__global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
+                                                          const int64_t* __restrict__ items, Launch L,
+                                                          const scalar_t* __restrict__ grad,
+                                                          const void* __restrict__ weight_sum, bool ws_double,
+                                                          int32_t* flag) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const Smem<acc_t> sh = carve<acc_t>(smem_raw, L.bg, static_cast<int>(L.tile));
-  const PlanView v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables);
-  const int64_t blk = blockIdx.y;
-  int64_t t = 0;
-  const int ng = load_block(sh, p, v, blk, t);
+  const Cta<acc_t, C, H> cta(smem_raw, p, tabs, plan_raw, L);
+  const Smem<acc_t>& sh = cta.sh;
+  const int ng = cta.ng;
   if (ng == 0) return;
-  const int64_t k = v.hdr[kNumBounds];
-  const int64_t n_items = min(v.hdr[kNumItems], L.items_cap);
-  const int64_t col = blockIdx.z * L.tile + static_cast<int64_t>(threadIdx.x) * V;
-  const bool has_col = col < L.d;
+  constexpr int kTile = Cols<C, H>::kTile;
+  const int64_t t = cta.table;
   const int64_t* ids = tabs.ids[t];
   // a table pooled by one block has its rows stored (every event of the timeline lies in one item); the rows
   // of a table with several blocks were zeroed by zero_rows_kernel and are added into
-  const bool store = kRows && ceil_div(v.tcount[t], L.bg) == 1;
-  acc_t* gvec = sh.acc + threadIdx.x * V;  // [g][tile]: sum over the group's covering slices of grad / wsum
-  for (int64_t it = blockIdx.x; it < n_items; it += gridDim.x) {
+  const bool store = kRows && ceil_div(cta.v.tcount[t], L.bg) == 1;
+  acc_t* gvec = sh.acc;  // [g][tile]: sum over the group's covering slices of grad / weight_sum
+  for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
-    const uint32_t active = active_groups(p, v, blk, j, k);
+    const uint32_t active = cta.active_groups(p, j);
     if (active == 0 && !store) continue;
     __syncthreads();  // the previous item is done with gvec
-    if (has_col) {
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
       for (int g = 0; g < ng; ++g) {
 #pragma unroll
-        for (int i = 0; i < V; ++i) gvec[g * L.tile + i] = acc_t(0);
-      }
-      for (int64_t s = 0; s < p.s; ++s) {
-        if (v.slice_block[s] != blk) continue;
-        const int64_t* r = p.prog_i + s * prog::kNumInt;
-        if (!covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds)) continue;
-        const acc_t ws = ws_double ? static_cast<acc_t>(static_cast<const double*>(weight_sum)[b * p.s + s])
-                                   : static_cast<acc_t>(static_cast<const float*>(weight_sum)[b * p.s + s]);
-        if (!(ws > 0)) continue;
-        const int g = static_cast<int>(v.slice_pos[s]);
-        const scalar_t* gr = grad + (b * p.s + s) * L.d + col;
-#pragma unroll
-        for (int i = 0; i < V; ++i) gvec[g * L.tile + i] += to_acc<acc_t>(gr[i]) / static_cast<acc_t>(ws);
+        for (int i = 0; i < C; ++i) gvec[g * kTile + cta.cols.off(h) + i] = acc_t(0);
       }
     }
+    cta.for_covering(p, j, [&](int64_t s, int g) {
+      const acc_t ws = ws_double ? static_cast<acc_t>(static_cast<const double*>(weight_sum)[b * p.s + s])
+                                 : static_cast<acc_t>(static_cast<const float*>(weight_sum)[b * p.s + s]);
+      if (!(ws > 0)) return;
+#pragma unroll
+      for (int h = 0; h < H; ++h) {
+        if (!cta.valid[h]) continue;
+        const Chunk<scalar_t, C> gr = load_chunk<scalar_t, C>(grad + (b * p.s + s) * L.d + cta.cols.col(h));
+#pragma unroll
+        for (int i = 0; i < C; ++i) gvec[g * kTile + cta.cols.off(h) + i] += to_acc<acc_t>(gr.v[i]) / ws;
+      }
+    });
     for (int64_t e0 = e_begin; e0 < e_end; e0 += kBatch) {
       __syncthreads();
-      membership<acc_t>(sh, tl, ng, L.bg, active, e0, e_end, ids, tabs.rows[t], flag);
+      membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[t], flag);
       __syncthreads();
-      if (!has_col) continue;
       const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
       for (int u = 0; u < nb; ++u) {
         uint32_t bits = sh.mask[u];
         if (!bits && !store) continue;
-        acc_t a[V];
+        acc_t a[H][C];
 #pragma unroll
-        for (int i = 0; i < V; ++i) a[i] = acc_t(0);
+        for (int h = 0; h < H; ++h) {
+#pragma unroll
+          for (int i = 0; i < C; ++i) a[h][i] = acc_t(0);
+        }
         while (bits) {
           const int g = __ffs(bits) - 1;
           bits &= bits - 1;
-          const acc_t w = static_cast<acc_t>(sh.w[u * L.bg + g]);
+          const acc_t w = static_cast<acc_t>(sh.w[g * kBatch + u]);
 #pragma unroll
-          for (int i = 0; i < V; ++i) a[i] += w * gvec[g * L.tile + i];
-        }
-        if constexpr (kRows) {
-          scalar_t* dst = static_cast<scalar_t*>(tabs.out[t]) + (e0 + u) * L.d + col;
-          if (store) {
-            Vec<scalar_t, V> o;
+          for (int h = 0; h < H; ++h) {
+            const Chunk<acc_t, C> gv = *reinterpret_cast<const Chunk<acc_t, C>*>(gvec + g * kTile + cta.cols.off(h));
 #pragma unroll
-            for (int i = 0; i < V; ++i) o.v[i] = from_acc<scalar_t, acc_t>(a[i]);
-            *reinterpret_cast<Vec<scalar_t, V>*>(dst) = o;
-          } else {
-#pragma unroll
-            for (int i = 0; i < V; ++i) atomicAdd(dst + i, from_acc<scalar_t, acc_t>(a[i]));
+            for (int i = 0; i < C; ++i) a[h][i] += w * gv.v[i];
           }
-        } else {
-          acc_t* dst = static_cast<acc_t*>(tabs.out[t]) + sh.row[u] * L.d + col;
+        }
 #pragma unroll
-          for (int i = 0; i < V; ++i) atomicAdd(dst + i, a[i]);
+        for (int h = 0; h < H; ++h) {
+          if (!cta.valid[h]) continue;
+          if constexpr (kRows) {
+            scalar_t* dst = static_cast<scalar_t*>(tabs.out[t]) + (e0 + u) * L.d + cta.cols.col(h);
+            if (store) {
+              Chunk<scalar_t, C> o;
+#pragma unroll
+              for (int i = 0; i < C; ++i) o.v[i] = from_acc<scalar_t, acc_t>(a[h][i]);
+              *reinterpret_cast<Chunk<scalar_t, C>*>(dst) = o;
+            } else {
+              atomic_add_chunk<scalar_t, acc_t, C>(dst, a[h]);
+            }
+          } else {
+            atomic_add_chunk<acc_t, acc_t, C>(static_cast<acc_t*>(tabs.out[t]) + sh.row[u] * L.d + cta.cols.col(h), a[h]);
+          }
         }
       }
     }
@@ -748,20 +872,28 @@ __global__ void validate_timeline_kernel(Timeline tl, int32_t* flag) {
 }
 
 // ---- launch helpers ----
-// Columns per thread: 16-byte loads for float/double, 8-byte for the 16-bit types, when every table allows.
+// Columns per 16-byte chunk, and chunks per lane (two for 4- and 8-byte types: a 1 KB fp32 row is one warp's
+// two loads), when every pointer and row stride allows; else one column per lane.
 template <typename scalar_t>
-constexpr int vec_width() {
-  return sizeof(scalar_t) == 8 ? 2 : 4;
+constexpr int chunk_cols() {
+  return static_cast<int>(16 / sizeof(scalar_t));
+}
+template <typename scalar_t>
+constexpr int chunks_per_lane() {
+  return sizeof(scalar_t) >= 4 ? 2 : 1;
 }
 
-template <int V>
-bool vector_ok(const Tables& tabs, int64_t d, size_t elem, bool forward) {
-  if (d % V != 0) return false;
-  if (!forward) return true;
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// tables: the forward's inputs (pointers and row strides); outs: the backward's grad and outputs.
+template <int C>
+bool vector_ok(const Tables& tabs, int64_t d, size_t elem, bool forward, const void* grad) {
+  if (d % C != 0) return false;
   for (int64_t t = 0; t < tabs.num_tables; ++t) {
-    if (tabs.row_stride[t] % V != 0 || reinterpret_cast<uintptr_t>(tabs.table[t]) % (V * elem) != 0) return false;
+    if (forward && (tabs.row_stride[t] % C != 0 || !aligned16(tabs.table[t]))) return false;
+    if (!forward && !aligned16(tabs.out[t])) return false;
   }
-  return true;
+  return forward || aligned16(grad);
 }
 
 int sm_count() {
@@ -797,47 +929,45 @@ cudaError_t configure(K kernel, size_t smem, int threads, int64_t items_cap, int
   return cudaSuccess;
 }
 
-template <typename scalar_t, int V>
+template <int kTile>
 Launch make_launch(int64_t d, int bg, int64_t s, int64_t t, int64_t items_cap) {
   Launch L;
   L.d = d;
-  const int64_t threads = std::clamp<int64_t>(ceil_div(ceil_div(d, V), 32) * 32, 32, 64);
-  L.tile = threads * V;
-  L.col_tiles = ceil_div(d, L.tile);
+  L.col_tiles = ceil_div(d, kTile);
   L.bg = bg;
   L.max_blocks = ceil_div(s, bg) + t;
   L.items_cap = items_cap;
   return L;
 }
 
-template <typename scalar_t, int V>
+template <typename scalar_t, int C, int H>
 cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, int bg, Scratch sc,
                        void* num, void* wacc, int32_t* flag, cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
-  const Launch L = make_launch<scalar_t, V>(d, bg, prog.s, tabs.num_tables, items_cap);
-  const int threads = static_cast<int>(L.tile / V);
-  const size_t smem = smem_bytes<acc_t>(bg, static_cast<int>(L.tile));
-  auto kernel = pool_kernel<scalar_t, acc_t, V>;
+  constexpr int kTile = Cols<C, H>::kTile;
+  const Launch L = make_launch<kTile>(d, bg, prog.s, tabs.num_tables, items_cap);
+  const size_t smem = smem_bytes<acc_t>(bg, kTile);
+  auto kernel = pool_kernel<scalar_t, acc_t, C, H>;
   int64_t gx = 1;
-  cudaError_t err = configure(kernel, smem, threads, items_cap, gx);
+  cudaError_t err = configure(kernel, smem, kWarp, items_cap, gx);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
-  kernel<<<grid, threads, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<acc_t*>(num),
-                                          static_cast<acc_t*>(wacc), flag);
+  kernel<<<grid, kWarp, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<acc_t*>(num),
+                                        static_cast<acc_t*>(wacc), flag);
   return cudaGetLastError();
 }
 
-template <bool kRows, typename scalar_t, int V>
+template <bool kRows, typename scalar_t, int C, int H>
 cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, int bg, Scratch sc,
                            const void* grad, const void* weight_sum, bool ws_double, int32_t* flag,
                            cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
-  const Launch L = make_launch<scalar_t, V>(d, bg, prog.s, tabs.num_tables, items_cap);
-  const int threads = static_cast<int>(L.tile / V);
-  const size_t smem = smem_bytes<acc_t>(bg, static_cast<int>(L.tile));
-  auto kernel = backward_kernel<kRows, scalar_t, acc_t, V>;
+  constexpr int kTile = Cols<C, H>::kTile;
+  const Launch L = make_launch<kTile>(d, bg, prog.s, tabs.num_tables, items_cap);
+  const size_t smem = smem_bytes<acc_t>(bg, kTile);
+  auto kernel = backward_kernel<kRows, scalar_t, acc_t, C, H>;
   int64_t gx = 1;
-  cudaError_t err = configure(kernel, smem, threads, items_cap, gx);
+  cudaError_t err = configure(kernel, smem, kWarp, items_cap, gx);
   if (err != cudaSuccess) return err;
   if constexpr (kRows) {
     const int64_t total = tl.n * d;
@@ -848,8 +978,8 @@ cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program
     if (err != cudaSuccess) return err;
   }
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
-  kernel<<<grid, threads, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<const scalar_t*>(grad),
-                                          weight_sum, ws_double, flag);
+  kernel<<<grid, kWarp, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<const scalar_t*>(grad),
+                                        weight_sum, ws_double, flag);
   return cudaGetLastError();
 }
 
@@ -862,15 +992,15 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
   return with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     using acc_t = typename AccType<scalar_t>::type;
-    constexpr int V = vec_width<scalar_t>();
+    constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
     if (tl.n > 0 && d > 0 && prog.s > 0) {
       int64_t cap = 0;
       if (build_plan(tl, prog, tabs.num_tables, bg, sc, false, flag, stream, cap) != cudaSuccess) return;
-      if (vector_ok<V>(tabs, d, sizeof(scalar_t), true)) {
-        if (pool_typed<scalar_t, V>(tl, tabs, prog, d, bg, sc, num, wacc, flag, stream, cap) != cudaSuccess) return;
-      } else {
-        if (pool_typed<scalar_t, 1>(tl, tabs, prog, d, bg, sc, num, wacc, flag, stream, cap) != cudaSuccess) return;
-      }
+      const cudaError_t err =
+          vector_ok<C>(tabs, d, sizeof(scalar_t), true, nullptr)
+              ? pool_typed<scalar_t, C, H>(tl, tabs, prog, d, bg, sc, num, wacc, flag, stream, cap)
+              : pool_typed<scalar_t, 1, 1>(tl, tabs, prog, d, bg, sc, num, wacc, flag, stream, cap);
+      if (err != cudaSuccess) return;
     }
     const int64_t bs = tl.num_users * prog.s;
     const int64_t total = std::max<int64_t>(bs * d, bs);
@@ -889,17 +1019,17 @@ cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tab
   if (tl.n == 0 || d == 0 || prog.s == 0 || tl.num_users == 0) return cudaSuccess;
   return with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    constexpr int V = vec_width<scalar_t>();
+    constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
     int64_t cap = 0;
     // the per-event rows visit every event (a table with one block stores every row, zeros included)
     if (build_plan(tl, prog, tabs.num_tables, bg, sc, rows, flag, stream, cap) != cudaSuccess) return;
-    const bool vec = vector_ok<V>(tabs, d, sizeof(scalar_t), false);
+    const bool vec = vector_ok<C>(tabs, d, sizeof(scalar_t), false, grad);
     if (rows) {
-      vec ? backward_typed<true, scalar_t, V>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap)
-          : backward_typed<true, scalar_t, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap);
+      vec ? backward_typed<true, scalar_t, C, H>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap)
+          : backward_typed<true, scalar_t, 1, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap);
     } else {
-      vec ? backward_typed<false, scalar_t, V>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap)
-          : backward_typed<false, scalar_t, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap);
+      vec ? backward_typed<false, scalar_t, C, H>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap)
+          : backward_typed<false, scalar_t, 1, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap);
     }
   });
 }

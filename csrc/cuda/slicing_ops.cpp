@@ -25,8 +25,9 @@ using slicing::kMaxTables;
 
 // Groups per CTA block and events per work item. Smaller blocks mean less shared memory per CTA and more CTAs
 // per SM, at the price of gathering a table's rows once per block: on the H200, W40K's forward took 3.27 ms with
-// one block per table (21 groups) and 2.74 ms with 11 groups per block (benchmarks/results/h200_*.md).
-constexpr size_t kDefaultBlockGroups = 11;
+// one block per table (21 groups), 2.51 ms with 11 and 2.35 ms with 8 groups per block (64-thread CTAs;
+// benchmarks/results/h200_*.md).
+constexpr size_t kDefaultBlockGroups = 8;
 constexpr int64_t kDefaultItemEvents = 1024;
 
 struct Inputs {
