@@ -102,13 +102,14 @@ __device__ __forceinline__ ScaleBias scale_bias(float mn, float mx) {
 template <bool kHalf>
 __device__ __forceinline__ void store_tail(uint8_t* t, const ScaleBias& s) {
   if constexpr (kHalf) {
-    // explicit little-endian bytes (the row's tail need not be 2-byte aligned)
-    const unsigned short hs = __half_as_ushort(__float2half_rn(s.scale));
-    const unsigned short hb = __half_as_ushort(__float2half_rn(s.bias));
-    t[0] = static_cast<uint8_t>(hs & 0xFF);
-    t[1] = static_cast<uint8_t>(hs >> 8);
-    t[2] = static_cast<uint8_t>(hb & 0xFF);
-    t[3] = static_cast<uint8_t>(hb >> 8);
+    // Explicit little-endian bytes (the row's tail need not be 2-byte aligned), each shifted out of one 32-bit
+    // word. Bytes stored straight from the 16-bit registers of two fp16 conversions (st.global.u8 of a
+    // cvt.rn.f16.f32 result) came out wrong on the H200 (low bytes 0 or 1; suspected ptxas miscompile).
+    const __half2 sb = __floats2half2_rn(s.scale, s.bias);  // scale in the low half: bytes 0-1
+    uint32_t word;
+    memcpy(&word, &sb, 4);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) t[i] = static_cast<uint8_t>(word >> (8 * i));
   } else {
     memcpy(t, &s.scale, 4);
     memcpy(t + 4, &s.bias, 4);
