@@ -23,12 +23,22 @@ constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
 constexpr int kMaxChunksPerLane = 8;
 
-// torch.amin/amax propagate NaN
-__device__ __forceinline__ float nan_min(float a, float b) {
-  return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
+// Min, max and a non-finite check of one element, three instructions: fminf/fmaxf drop a NaN (torch.amin/amax
+// would propagate it, but a non-finite row only has to raise: its bytes are never returned), so the check is
+// kept apart in `bad`, which stays 0 while every v is finite (0 * v = +-0) and becomes NaN at the first NaN or
+// inf (0 * inf = NaN). A sum of the v would flag a finite row whose sum overflows.
+__device__ __forceinline__ void min_max(float v, float& mn, float& mx, float& bad) {
+  mn = fminf(mn, v);
+  mx = fmaxf(mx, v);
+  bad = __fmaf_rn(v, 0.f, bad);
 }
-__device__ __forceinline__ float nan_max(float a, float b) {
-  return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+
+// min and max over the `lanes` lanes of a row (a power of two, every lane of the warp taking part)
+__device__ __forceinline__ void reduce_min_max(float& mn, float& mx, int lanes) {
+  for (int o = lanes / 2; o > 0; o /= 2) {
+    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  }
 }
 
 // Eight consecutive elements as floats, with 16-byte loads (the caller checks the alignment).
@@ -65,9 +75,11 @@ __device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
   }
 }
 
+// clamp(round_half_even(x), 0, 15) in two instructions: cvt.rni.u32.f32 rounds half to even and clamps to
+// [0, 2^32 - 1] (any negative x, -0.5 < x < 0 included, gives 0; NaN gives 0, as torch's NaN clamps to NaN and
+// casts to 0 as uint8), then one integer min.
 __device__ __forceinline__ uint32_t code(float v, float bias, float inv) {
-  // clamp(0, 15) of NaN stays NaN in torch and casts to 0 as uint8; fminf/fmaxf give 0 too
-  return static_cast<uint32_t>(fminf(fmaxf(rintf(__fmul_rn(__fsub_rn(v, bias), inv)), 0.f), 15.f));
+  return min(__float2uint_rn(__fmul_rn(__fsub_rn(v, bias), inv)), 15u);
 }
 
 __device__ __forceinline__ float dequant(uint32_t q, float scale, float bias) {
@@ -140,7 +152,7 @@ __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __rest
   const bool live = row < rows;
   const T* p = x + row * row_stride;
   float v[K][8];
-  float mn = INFINITY, mx = -INFINITY;
+  float mn = INFINITY, mx = -INFINITY, bad = 0.f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t c = lane + static_cast<int64_t>(k) * lanes;
@@ -155,18 +167,12 @@ __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __rest
   for (int k = 0; k < K; ++k) {
     if (live && lane + static_cast<int64_t>(k) * lanes < chunks) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        mn = nan_min(mn, v[k][i]);
-        mx = nan_max(mx, v[k][i]);
-      }
+      for (int i = 0; i < 8; ++i) min_max(v[k][i], mn, mx, bad);
     }
   }
-  for (int o = lanes / 2; o > 0; o /= 2) {
-    mn = nan_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-    mx = nan_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  }
+  reduce_min_max(mn, mx, lanes);
   if (!live) return;
-  if (lane == 0 && !(isfinite(mn) && isfinite(mx))) set_error(flag, kNotFinite);
+  if (bad != 0.f) set_error(flag, kNotFinite);
   const ScaleBias s = scale_bias<kHalf>(mn, mx);
   uint8_t* o = out + row * out_width;
 #pragma unroll
@@ -192,30 +198,20 @@ __global__ void __launch_bounds__(kThreads) quantize_loop_kernel(const T* __rest
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together: a warp is one row
   const T* p = x + row * row_stride;
-  float mn = INFINITY, mx = -INFINITY;
+  float mn = INFINITY, mx = -INFINITY, bad = 0.f;
   if constexpr (kVec) {
     for (int64_t g = lane; g < d / 8; g += 32) {
       float v[8];
       load8(p + 8 * g, v);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        mn = nan_min(mn, v[i]);
-        mx = nan_max(mx, v[i]);
-      }
+      for (int i = 0; i < 8; ++i) min_max(v[i], mn, mx, bad);
     }
   } else {
-    for (int64_t j = lane; j < d; j += 32) {
-      const float v = to_float(p[j]);
-      mn = nan_min(mn, v);
-      mx = nan_max(mx, v);
-    }
+    for (int64_t j = lane; j < d; j += 32) min_max(to_float(p[j]), mn, mx, bad);
   }
-  for (int o = 16; o > 0; o /= 2) {
-    mn = nan_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-    mx = nan_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  }
+  reduce_min_max(mn, mx, 32);
   if (d == 0) mn = mx = 0.f;
-  if (lane == 0 && !(isfinite(mn) && isfinite(mx))) set_error(flag, kNotFinite);
+  if (bad != 0.f) set_error(flag, kNotFinite);
   const ScaleBias s = scale_bias<kHalf>(mn, mx);
   uint8_t* o = out + row * out_width;
   if constexpr (kVec) {
