@@ -8,9 +8,11 @@
 // warp when rows are short), each lane holding K chunks in registers, so the quantizer reads the row once,
 // reduces min/max with shuffles over the L lanes and encodes from registers. K is picked so a lane moves at
 // least 32 bytes of the wide side (2 x 16-byte loads of float32, or 2 of 16-bit types): 2048 resident
-// threads x 32 bytes is 64 KB in flight per SM, about twice what ~4 TB/s x ~1 us of latency needs. Rows not
-// a multiple of 8 columns, unaligned rows, or rows too long for registers (> 2048 columns) take the loop
-// kernels: a warp per row, scalar (or vector) loads, the row read twice.
+// threads x 32 bytes is 64 KB in flight per SM, about twice what ~4 TB/s x ~1 us of latency needs. The
+// dequantizer's chunks are instead the codes of one 16-byte store (4 columns of float32, 8 of 16-bit types), so
+// each of its store instructions covers one contiguous span of a row. Rows not a multiple of 8 columns,
+// unaligned rows, or rows too long for registers (> 2048 columns) take the loop kernels: a warp per row,
+// scalar (or vector) loads, the row read twice.
 #include <algorithm>
 
 #include "cuda/device.cuh"
@@ -21,7 +23,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
-constexpr int kMaxChunksPerLane = 8;
+constexpr int kMaxRegCols = 2048;  // longer rows take the loop kernels
 
 // Min, max and a non-finite check of one element, three instructions: fminf/fmaxf drop a NaN (torch.amin/amax
 // would propagate it, but a non-finite row only has to raise: its bytes are never returned), so the check is
@@ -58,21 +60,21 @@ __device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
   }
 }
 
-// Eight floats stored as T with 16-byte stores (the caller checks the alignment).
+// Outputs of T in one 16-byte store.
 template <typename T>
-__device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
-  if constexpr (sizeof(T) == 4) {
-    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-  } else {
-    union {
-      uint4 raw;
-      T h[8];
-    } u;
+constexpr int kStoreCols = 16 / sizeof(T);
+
+// kStoreCols<T> floats stored as T with one 16-byte store (the caller checks the alignment). Through a uint4 for
+// every T: a float4 assignment here compiled to four 4-byte stores.
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const float (&v)[kStoreCols<T>]) {
+  union {
+    uint4 raw;
+    T h[kStoreCols<T>];
+  } u;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) u.h[i] = from_acc<T>(v[i]);
-    *reinterpret_cast<uint4*>(p) = u.raw;
-  }
+  for (int i = 0; i < kStoreCols<T>; ++i) u.h[i] = from_acc<T>(v[i]);
+  *reinterpret_cast<uint4*>(p) = u.raw;
 }
 
 // clamp(round_half_even(x), 0, 15) in two instructions: cvt.rni.u32.f32 rounds half to even and clamps to
@@ -232,33 +234,37 @@ __global__ void __launch_bounds__(kThreads) quantize_loop_kernel(const T* __rest
   if (lane == 0) store_tail<kHalf>(o + d / 2, s);
 }
 
-// Same ownership as quantize_regs_kernel: lane l of a row's L lanes expands its K chunks of 4 code bytes
-// into 8 outputs each (one or two 16-byte stores).
+// Same ownership as quantize_regs_kernel, but a chunk is the codes of one 16-byte store: N = kStoreCols<T>
+// outputs (4 of float32 from 2 code bytes, 8 of 16-bit types from 4), so each store instruction of the L lanes
+// covers one contiguous span (float32 chunks of 8 outputs made every store instruction write every other
+// 16-byte slot). A lane issues its K code loads and the tail's before the first store.
 template <typename T, bool kHalf, int K>
 __global__ void __launch_bounds__(kThreads) dequantize_regs_kernel(const uint8_t* __restrict__ packed, int64_t rows,
                                                                     int64_t chunks, int64_t row_stride, int lanes,
                                                                     T* __restrict__ out) {
+  constexpr int N = kStoreCols<T>;
+  using code_t = std::conditional_t<N == 4, unsigned short, unsigned int>;  // N / 2 code bytes
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
   const int lane = threadIdx.x & (lanes - 1);  // lanes is a power of two
   if (row >= rows) return;
   const uint8_t* p = packed + row * row_stride;
-  uint32_t c[K];
+  code_t c[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t g = lane + static_cast<int64_t>(k) * lanes;
-    c[k] = g < chunks ? __ldg(reinterpret_cast<const uint32_t*>(p) + g) : 0u;
+    c[k] = g < chunks ? __ldg(reinterpret_cast<const code_t*>(p) + g) : code_t(0);
   }
   float scale, bias;
-  load_tail<kHalf>(p + 4 * chunks, scale, bias);
-  T* o = out + row * 8 * chunks;
+  load_tail<kHalf>(p + N / 2 * chunks, scale, bias);
+  T* o = out + row * N * chunks;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t g = lane + static_cast<int64_t>(k) * lanes;
     if (g < chunks) {
-      float v[8];
+      float v[N];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = dequant((c[k] >> (4 * i)) & 0xF, scale, bias);
-      store8(o + 8 * g, v);
+      for (int i = 0; i < N; ++i) v[i] = dequant((c[k] >> (4 * i)) & 0xF, scale, bias);
+      store16(o + N * g, v);
     }
   }
 }
@@ -286,11 +292,15 @@ struct Shape {
   int lanes;  // lanes per row
 };
 
-// K: the fewest chunks per lane that move >= 32 bytes of the wide side and fit the row in one warp.
-Shape shape_for(int64_t chunks, int64_t elem_size) {
-  int k = elem_size == 4 ? 1 : 2;
+// The most chunks per lane of `cols` columns each: rows of up to kMaxRegCols columns in one warp's registers.
+constexpr int max_chunks_per_lane(int cols) { return kMaxRegCols / (32 * cols); }
+
+// K: the fewest chunks per lane (of `cols` columns of `elem_size` bytes each) that move >= 32 bytes of the wide
+// side and fit the row in one warp.
+Shape shape_for(int64_t chunks, int cols, int64_t elem_size) {
+  int k = static_cast<int>(std::max<int64_t>(1, 32 / (cols * elem_size)));
   while (int64_t(k) * 32 < chunks) k *= 2;
-  if (k > kMaxChunksPerLane) return {0, 32};
+  if (k > max_chunks_per_lane(cols)) return {0, 32};
   int lanes = 1;
   while (int64_t(lanes) * k < chunks) lanes *= 2;
   return {k, lanes};
@@ -298,14 +308,13 @@ Shape shape_for(int64_t chunks, int64_t elem_size) {
 
 unsigned blocks_for(int64_t rows, int lanes) { return static_cast<unsigned>(ceil_div(rows * lanes, kThreads)); }
 
-template <typename F>
+// Calls f(std::integral_constant<int, k>) for k a power of two <= kMaxK.
+template <int kMaxK, typename F>
 void with_chunks_per_lane(int k, F&& f) {
-  switch (k) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
+  if constexpr (kMaxK > 1) {
+    if (k < kMaxK) return with_chunks_per_lane<kMaxK / 2>(k, f);
   }
+  f(std::integral_constant<int, kMaxK>{});
 }
 
 template <typename F>
@@ -337,11 +346,11 @@ cudaError_t launch_int4_quantize(const void* x, DType dtype, int64_t rows, int64
     using T = decltype(tag);
     const T* xp = static_cast<const T*>(x);
     const bool vec = d % 8 == 0 && (row_stride * int64_t(sizeof(T))) % 16 == 0 && aligned(x, 16);
-    const Shape shape = vec && d > 0 ? shape_for(d / 8, sizeof(T)) : Shape{0, 32};
+    const Shape shape = vec && d > 0 ? shape_for(d / 8, 8, sizeof(T)) : Shape{0, 32};
     with_bool(half_scale_bias, [&](auto half) {
       constexpr bool kHalf = decltype(half)::value;
       if (shape.k > 0) {
-        with_chunks_per_lane(shape.k, [&](auto k) {
+        with_chunks_per_lane<max_chunks_per_lane(8)>(shape.k, [&](auto k) {
           quantize_regs_kernel<T, kHalf, decltype(k)::value><<<blocks_for(rows, shape.lanes), kThreads, 0, stream>>>(
               xp, rows, d / 8, row_stride, shape.lanes, out, out_width, flag);
         });
@@ -361,14 +370,16 @@ cudaError_t launch_int4_dequantize(const uint8_t* packed, int64_t rows, int64_t 
   return with_code_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     T* op = static_cast<T*>(out);
+    constexpr int N = kStoreCols<T>;
+    // rows of whole 4-byte code words (the quantizer's register rows), split into chunks of N / 2 bytes
     const bool vec = code_bytes % 4 == 0 && row_stride % 4 == 0 && aligned(packed, 4) && aligned(out, 16);
-    const Shape shape = vec && code_bytes > 0 ? shape_for(code_bytes / 4, sizeof(T)) : Shape{0, 32};
+    const Shape shape = vec && code_bytes > 0 ? shape_for(code_bytes / (N / 2), N, sizeof(T)) : Shape{0, 32};
     with_bool(half_scale_bias, [&](auto half) {
       constexpr bool kHalf = decltype(half)::value;
       if (shape.k > 0) {
-        with_chunks_per_lane(shape.k, [&](auto k) {
+        with_chunks_per_lane<max_chunks_per_lane(N)>(shape.k, [&](auto k) {
           dequantize_regs_kernel<T, kHalf, decltype(k)::value><<<blocks_for(rows, shape.lanes), kThreads, 0, stream>>>(
-              packed, rows, code_bytes / 4, row_stride, shape.lanes, op);
+              packed, rows, code_bytes / (N / 2), row_stride, shape.lanes, op);
         });
       } else {
         dequantize_loop_kernel<T, kHalf><<<blocks_for(rows, 32), kThreads, 0, stream>>>(packed, rows, code_bytes,
