@@ -8,9 +8,11 @@
 // warp when rows are short), each lane holding K chunks in registers, so the quantizer reads the row once,
 // reduces min/max with shuffles over the L lanes and encodes from registers. K is picked so a lane moves at
 // least 32 bytes of the wide side (2 x 16-byte loads of float32, or 2 of 16-bit types): 2048 resident
-// threads x 32 bytes is 64 KB in flight per SM, about twice what ~4 TB/s x ~1 us of latency needs. Rows not
-// a multiple of 8 columns, unaligned rows, or rows too long for registers (> 2048 columns) take the loop
-// kernels: a warp per row, scalar (or vector) loads, the row read twice.
+// threads x 32 bytes is 64 KB in flight per SM, about twice what ~4 TB/s x ~1 us of latency needs. The
+// dequantizer's chunks are instead the codes of one 16-byte store (4 columns of float32, 8 of 16-bit types), so
+// each of its store instructions covers one contiguous span of a row. Rows not a multiple of 8 columns,
+// unaligned rows, or rows too long for registers (> 2048 columns) take the loop kernels: a warp per row,
+// scalar (or vector) loads, the row read twice.
 #include <algorithm>
 
 #include "cuda/device.cuh"
@@ -21,14 +23,24 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
-constexpr int kMaxChunksPerLane = 8;
+constexpr int kMaxRegCols = 2048;  // longer rows take the loop kernels
 
-// torch.amin/amax propagate NaN
-__device__ __forceinline__ float nan_min(float a, float b) {
-  return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
+// Min, max and a non-finite check of one element, three instructions: fminf/fmaxf drop a NaN (torch.amin/amax
+// would propagate it, but a non-finite row only has to raise: its bytes are never returned), so the check is
+// kept apart in `bad`, which stays 0 while every v is finite (0 * v = +-0) and becomes NaN at the first NaN or
+// inf (0 * inf = NaN). A sum of the v would flag a finite row whose sum overflows.
+__device__ __forceinline__ void min_max(float v, float& mn, float& mx, float& bad) {
+  mn = fminf(mn, v);
+  mx = fmaxf(mx, v);
+  bad = __fmaf_rn(v, 0.f, bad);
 }
-__device__ __forceinline__ float nan_max(float a, float b) {
-  return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+
+// min and max over the `lanes` lanes of a row (a power of two, every lane of the warp taking part)
+__device__ __forceinline__ void reduce_min_max(float& mn, float& mx, int lanes) {
+  for (int o = lanes / 2; o > 0; o /= 2) {
+    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  }
 }
 
 // Eight consecutive elements as floats, with 16-byte loads (the caller checks the alignment).
@@ -48,26 +60,28 @@ __device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
   }
 }
 
-// Eight floats stored as T with 16-byte stores (the caller checks the alignment).
+// Outputs of T in one 16-byte store.
 template <typename T>
-__device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
-  if constexpr (sizeof(T) == 4) {
-    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-  } else {
-    union {
-      uint4 raw;
-      T h[8];
-    } u;
+constexpr int kStoreCols = 16 / sizeof(T);
+
+// kStoreCols<T> floats stored as T with one 16-byte store (the caller checks the alignment). Through a uint4 for
+// every T: a float4 assignment here compiled to four 4-byte stores.
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const float (&v)[kStoreCols<T>]) {
+  union {
+    uint4 raw;
+    T h[kStoreCols<T>];
+  } u;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) u.h[i] = from_acc<T>(v[i]);
-    *reinterpret_cast<uint4*>(p) = u.raw;
-  }
+  for (int i = 0; i < kStoreCols<T>; ++i) u.h[i] = from_acc<T>(v[i]);
+  *reinterpret_cast<uint4*>(p) = u.raw;
 }
 
+// clamp(round_half_even(x), 0, 15) in two instructions: cvt.rni.u32.f32 rounds half to even and clamps to
+// [0, 2^32 - 1] (any negative x, -0.5 < x < 0 included, gives 0; NaN gives 0, as torch's NaN clamps to NaN and
+// casts to 0 as uint8), then one integer min.
 __device__ __forceinline__ uint32_t code(float v, float bias, float inv) {
-  // clamp(0, 15) of NaN stays NaN in torch and casts to 0 as uint8; fminf/fmaxf give 0 too
-  return static_cast<uint32_t>(fminf(fmaxf(rintf(__fmul_rn(__fsub_rn(v, bias), inv)), 0.f), 15.f));
+  return min(__float2uint_rn(__fmul_rn(__fsub_rn(v, bias), inv)), 15u);
 }
 
 __device__ __forceinline__ float dequant(uint32_t q, float scale, float bias) {
@@ -102,13 +116,14 @@ __device__ __forceinline__ ScaleBias scale_bias(float mn, float mx) {
 template <bool kHalf>
 __device__ __forceinline__ void store_tail(uint8_t* t, const ScaleBias& s) {
   if constexpr (kHalf) {
-    // explicit little-endian bytes (the row's tail need not be 2-byte aligned)
-    const unsigned short hs = __half_as_ushort(__float2half_rn(s.scale));
-    const unsigned short hb = __half_as_ushort(__float2half_rn(s.bias));
-    t[0] = static_cast<uint8_t>(hs & 0xFF);
-    t[1] = static_cast<uint8_t>(hs >> 8);
-    t[2] = static_cast<uint8_t>(hb & 0xFF);
-    t[3] = static_cast<uint8_t>(hb >> 8);
+    // Explicit little-endian bytes (the row's tail need not be 2-byte aligned), each shifted out of one 32-bit
+    // word. Bytes stored straight from the 16-bit registers of two fp16 conversions (st.global.u8 of a
+    // cvt.rn.f16.f32 result) came out wrong on the H200 (low bytes 0 or 1; suspected ptxas miscompile).
+    const __half2 sb = __floats2half2_rn(s.scale, s.bias);  // scale in the low half: bytes 0-1
+    uint32_t word;
+    memcpy(&word, &sb, 4);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) t[i] = static_cast<uint8_t>(word >> (8 * i));
   } else {
     memcpy(t, &s.scale, 4);
     memcpy(t + 4, &s.bias, 4);
@@ -139,7 +154,7 @@ __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __rest
   const bool live = row < rows;
   const T* p = x + row * row_stride;
   float v[K][8];
-  float mn = INFINITY, mx = -INFINITY;
+  float mn = INFINITY, mx = -INFINITY, bad = 0.f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t c = lane + static_cast<int64_t>(k) * lanes;
@@ -154,18 +169,12 @@ __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __rest
   for (int k = 0; k < K; ++k) {
     if (live && lane + static_cast<int64_t>(k) * lanes < chunks) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        mn = nan_min(mn, v[k][i]);
-        mx = nan_max(mx, v[k][i]);
-      }
+      for (int i = 0; i < 8; ++i) min_max(v[k][i], mn, mx, bad);
     }
   }
-  for (int o = lanes / 2; o > 0; o /= 2) {
-    mn = nan_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-    mx = nan_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  }
+  reduce_min_max(mn, mx, lanes);
   if (!live) return;
-  if (lane == 0 && !(isfinite(mn) && isfinite(mx))) set_error(flag, kNotFinite);
+  if (bad != 0.f) set_error(flag, kNotFinite);
   const ScaleBias s = scale_bias<kHalf>(mn, mx);
   uint8_t* o = out + row * out_width;
 #pragma unroll
@@ -191,30 +200,20 @@ __global__ void __launch_bounds__(kThreads) quantize_loop_kernel(const T* __rest
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together: a warp is one row
   const T* p = x + row * row_stride;
-  float mn = INFINITY, mx = -INFINITY;
+  float mn = INFINITY, mx = -INFINITY, bad = 0.f;
   if constexpr (kVec) {
     for (int64_t g = lane; g < d / 8; g += 32) {
       float v[8];
       load8(p + 8 * g, v);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        mn = nan_min(mn, v[i]);
-        mx = nan_max(mx, v[i]);
-      }
+      for (int i = 0; i < 8; ++i) min_max(v[i], mn, mx, bad);
     }
   } else {
-    for (int64_t j = lane; j < d; j += 32) {
-      const float v = to_float(p[j]);
-      mn = nan_min(mn, v);
-      mx = nan_max(mx, v);
-    }
+    for (int64_t j = lane; j < d; j += 32) min_max(to_float(p[j]), mn, mx, bad);
   }
-  for (int o = 16; o > 0; o /= 2) {
-    mn = nan_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-    mx = nan_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  }
+  reduce_min_max(mn, mx, 32);
   if (d == 0) mn = mx = 0.f;
-  if (lane == 0 && !(isfinite(mn) && isfinite(mx))) set_error(flag, kNotFinite);
+  if (bad != 0.f) set_error(flag, kNotFinite);
   const ScaleBias s = scale_bias<kHalf>(mn, mx);
   uint8_t* o = out + row * out_width;
   if constexpr (kVec) {
@@ -235,33 +234,37 @@ __global__ void __launch_bounds__(kThreads) quantize_loop_kernel(const T* __rest
   if (lane == 0) store_tail<kHalf>(o + d / 2, s);
 }
 
-// Same ownership as quantize_regs_kernel: lane l of a row's L lanes expands its K chunks of 4 code bytes
-// into 8 outputs each (one or two 16-byte stores).
+// Same ownership as quantize_regs_kernel, but a chunk is the codes of one 16-byte store: N = kStoreCols<T>
+// outputs (4 of float32 from 2 code bytes, 8 of 16-bit types from 4), so each store instruction of the L lanes
+// covers one contiguous span (float32 chunks of 8 outputs made every store instruction write every other
+// 16-byte slot). A lane issues its K code loads and the tail's before the first store.
 template <typename T, bool kHalf, int K>
 __global__ void __launch_bounds__(kThreads) dequantize_regs_kernel(const uint8_t* __restrict__ packed, int64_t rows,
                                                                     int64_t chunks, int64_t row_stride, int lanes,
                                                                     T* __restrict__ out) {
+  constexpr int N = kStoreCols<T>;
+  using code_t = std::conditional_t<N == 4, unsigned short, unsigned int>;  // N / 2 code bytes
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
   const int lane = threadIdx.x & (lanes - 1);  // lanes is a power of two
   if (row >= rows) return;
   const uint8_t* p = packed + row * row_stride;
-  uint32_t c[K];
+  code_t c[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t g = lane + static_cast<int64_t>(k) * lanes;
-    c[k] = g < chunks ? __ldg(reinterpret_cast<const uint32_t*>(p) + g) : 0u;
+    c[k] = g < chunks ? __ldg(reinterpret_cast<const code_t*>(p) + g) : code_t(0);
   }
   float scale, bias;
-  load_tail<kHalf>(p + 4 * chunks, scale, bias);
-  T* o = out + row * 8 * chunks;
+  load_tail<kHalf>(p + N / 2 * chunks, scale, bias);
+  T* o = out + row * N * chunks;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t g = lane + static_cast<int64_t>(k) * lanes;
     if (g < chunks) {
-      float v[8];
+      float v[N];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = dequant((c[k] >> (4 * i)) & 0xF, scale, bias);
-      store8(o + 8 * g, v);
+      for (int i = 0; i < N; ++i) v[i] = dequant((c[k] >> (4 * i)) & 0xF, scale, bias);
+      store16(o + N * g, v);
     }
   }
 }
@@ -289,11 +292,15 @@ struct Shape {
   int lanes;  // lanes per row
 };
 
-// K: the fewest chunks per lane that move >= 32 bytes of the wide side and fit the row in one warp.
-Shape shape_for(int64_t chunks, int64_t elem_size) {
-  int k = elem_size == 4 ? 1 : 2;
+// The most chunks per lane of `cols` columns each: rows of up to kMaxRegCols columns in one warp's registers.
+constexpr int max_chunks_per_lane(int cols) { return kMaxRegCols / (32 * cols); }
+
+// K: the fewest chunks per lane (of `cols` columns of `elem_size` bytes each) that move >= 32 bytes of the wide
+// side and fit the row in one warp.
+Shape shape_for(int64_t chunks, int cols, int64_t elem_size) {
+  int k = static_cast<int>(std::max<int64_t>(1, 32 / (cols * elem_size)));
   while (int64_t(k) * 32 < chunks) k *= 2;
-  if (k > kMaxChunksPerLane) return {0, 32};
+  if (k > max_chunks_per_lane(cols)) return {0, 32};
   int lanes = 1;
   while (int64_t(lanes) * k < chunks) lanes *= 2;
   return {k, lanes};
@@ -301,14 +308,13 @@ Shape shape_for(int64_t chunks, int64_t elem_size) {
 
 unsigned blocks_for(int64_t rows, int lanes) { return static_cast<unsigned>(ceil_div(rows * lanes, kThreads)); }
 
-template <typename F>
+// Calls f(std::integral_constant<int, k>) for k a power of two <= kMaxK.
+template <int kMaxK, typename F>
 void with_chunks_per_lane(int k, F&& f) {
-  switch (k) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
+  if constexpr (kMaxK > 1) {
+    if (k < kMaxK) return with_chunks_per_lane<kMaxK / 2>(k, f);
   }
+  f(std::integral_constant<int, kMaxK>{});
 }
 
 template <typename F>
@@ -340,11 +346,11 @@ cudaError_t launch_int4_quantize(const void* x, DType dtype, int64_t rows, int64
     using T = decltype(tag);
     const T* xp = static_cast<const T*>(x);
     const bool vec = d % 8 == 0 && (row_stride * int64_t(sizeof(T))) % 16 == 0 && aligned(x, 16);
-    const Shape shape = vec && d > 0 ? shape_for(d / 8, sizeof(T)) : Shape{0, 32};
+    const Shape shape = vec && d > 0 ? shape_for(d / 8, 8, sizeof(T)) : Shape{0, 32};
     with_bool(half_scale_bias, [&](auto half) {
       constexpr bool kHalf = decltype(half)::value;
       if (shape.k > 0) {
-        with_chunks_per_lane(shape.k, [&](auto k) {
+        with_chunks_per_lane<max_chunks_per_lane(8)>(shape.k, [&](auto k) {
           quantize_regs_kernel<T, kHalf, decltype(k)::value><<<blocks_for(rows, shape.lanes), kThreads, 0, stream>>>(
               xp, rows, d / 8, row_stride, shape.lanes, out, out_width, flag);
         });
@@ -364,14 +370,16 @@ cudaError_t launch_int4_dequantize(const uint8_t* packed, int64_t rows, int64_t 
   return with_code_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     T* op = static_cast<T*>(out);
+    constexpr int N = kStoreCols<T>;
+    // rows of whole 4-byte code words (the quantizer's register rows), split into chunks of N / 2 bytes
     const bool vec = code_bytes % 4 == 0 && row_stride % 4 == 0 && aligned(packed, 4) && aligned(out, 16);
-    const Shape shape = vec && code_bytes > 0 ? shape_for(code_bytes / 4, sizeof(T)) : Shape{0, 32};
+    const Shape shape = vec && code_bytes > 0 ? shape_for(code_bytes / (N / 2), N, sizeof(T)) : Shape{0, 32};
     with_bool(half_scale_bias, [&](auto half) {
       constexpr bool kHalf = decltype(half)::value;
       if (shape.k > 0) {
-        with_chunks_per_lane(shape.k, [&](auto k) {
+        with_chunks_per_lane<max_chunks_per_lane(N)>(shape.k, [&](auto k) {
           dequantize_regs_kernel<T, kHalf, decltype(k)::value><<<blocks_for(rows, shape.lanes), kThreads, 0, stream>>>(
-              packed, rows, code_bytes / 4, row_stride, shape.lanes, op);
+              packed, rows, code_bytes / (N / 2), row_stride, shape.lanes, op);
         });
       } else {
         dequantize_loop_kernel<T, kHalf><<<blocks_for(rows, 32), kThreads, 0, stream>>>(packed, rows, code_bytes,

@@ -7,6 +7,8 @@
 // times ~1 us of latency is ~4 MB in flight, ~30 KB per SM; 2048 resident threads x kUnits * S * 16 bytes
 // is 64 KB per SM at S = 2). Other shapes, strides and unaligned pointers take the scalar kernel: one thread
 // per output, neighbouring threads on neighbouring windows, so each warp still reads one contiguous span.
+// The backward of full windows is the inverse flat map, split by output 16-byte vector so that each warp
+// store instruction also writes one contiguous span (token_pool_backward_vec_kernel).
 #include <algorithm>
 
 #include "cuda/device.cuh"
@@ -26,20 +28,44 @@ constexpr int units_for() {
   return S >= 4 ? 1 : 4 / S;
 }
 
+// Raw type of an aligned load or store of B bytes.
+template <int B>
+struct Raw;
+template <>
+struct Raw<2> {
+  using type = unsigned short;
+};
+template <>
+struct Raw<4> {
+  using type = unsigned int;
+};
+template <>
+struct Raw<8> {
+  using type = uint2;
+};
+template <>
+struct Raw<16> {
+  using type = uint4;
+};
+
 // V elements of T in one 16-byte vector.
 template <typename T>
+constexpr int kVec = 16 / sizeof(T);
+
+// N consecutive elements of T moved as one access, by default one 16-byte vector.
+template <typename T, int N = kVec<T>>
 struct Vec {
-  static constexpr int V = 16 / sizeof(T);
+  using raw_t = typename Raw<N * sizeof(T)>::type;
   union {
-    uint4 raw;
-    T v[V];
+    raw_t raw;
+    T v[N];
   };
 };
 
-template <typename T>
-__device__ __forceinline__ Vec<T> load_vec(const T* p) {
-  Vec<T> r;
-  r.raw = __ldg(reinterpret_cast<const uint4*>(p));
+template <typename T, int N = kVec<T>>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  Vec<T, N> r;
+  r.raw = __ldg(reinterpret_cast<const typename Vec<T, N>::raw_t*>(p));
   return r;
 }
 
@@ -58,7 +84,7 @@ template <typename T, int S>
 __global__ void __launch_bounds__(kThreads) token_pool_vec_kernel(const T* __restrict__ x, int64_t units, int64_t tail,
                                                                    T* __restrict__ out) {
   using acc_t = typename AccType<T>::type;
-  constexpr int V = Vec<T>::V, U = units_for<S>();
+  constexpr int V = kVec<T>, U = units_for<S>();
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
   const acc_t div = acc_t(S);
@@ -97,13 +123,65 @@ __global__ void __launch_bounds__(kThreads) token_pool_vec_kernel(const T* __res
   }
 }
 
-// Backward of full windows: every input position k gets grad[k / S] / S. Thread reads one 16-byte run of
-// grad (V windows) and writes its S * V outputs as S 16-byte vectors.
+// Backward of full windows: every input position k gets grad[k / S] / S. A thread owns output 16-byte vectors,
+// so each warp store instruction writes one contiguous span (a thread writing the S vectors of one grad vector
+// made every store instruction write every S-th 16-byte slot: partial 32-byte sectors, about half of copy
+// bandwidth). Output vector o (positions o*V .. o*V+V-1) reads grad elements (o*V)/S .. (o*V+V-1)/S: when S
+// divides V those are G = V/S consecutive elements, one load of 16/S bytes (aligned: its offset is o*16/S
+// bytes); when V divides S it is one element, shared with the neighbouring threads. `units` whole output
+// vectors, then `tail` < V scalar outputs. U outputs per thread per step, their loads issued before the first
+// store (memory-level parallelism).
 template <typename T, int S>
 __global__ void __launch_bounds__(kThreads) token_pool_backward_vec_kernel(const T* __restrict__ grad, int64_t units,
                                                                             int64_t tail, T* __restrict__ out) {
   using acc_t = typename AccType<T>::type;
-  constexpr int V = Vec<T>::V, U = 4;  // 4 grad loads in flight; the stores need no latency hiding
+  constexpr int V = kVec<T>, U = 4;
+  static_assert(V % S == 0 || S % V == 0, "strides that neither divide nor are divided by V: spread kernel");
+  constexpr int G = V % S == 0 ? V / S : 1;  // grad elements per output vector
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  const acc_t div = acc_t(S);
+  for (int64_t u0 = tid; u0 < units; u0 += U * step) {
+    Vec<T, G> g[U];
+#pragma unroll
+    for (int a = 0; a < U; ++a) {
+      const int64_t u = u0 + a * step;
+      if (u < units) {
+        if constexpr (V % S == 0) {
+          g[a] = load_vec<T, G>(grad + u * G);
+        } else {
+          g[a] = load_vec<T, G>(grad + u / (S / V));
+        }
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < U; ++a) {
+      const int64_t u = u0 + a * step;
+      if (u >= units) break;
+      T val[G];
+#pragma unroll
+      for (int j = 0; j < G; ++j) val[j] = from_acc<T>(to_acc<acc_t>(g[a].v[j]) / div);
+      Vec<T> o;
+#pragma unroll
+      for (int i = 0; i < V; ++i) o.v[i] = val[i / S];  // i / S < G: 0 when V divides S
+      store_vec(out + u * V, o);
+    }
+  }
+  if (tid < tail) {
+    const int64_t k = units * V + tid;
+    out[k] = from_acc<T>(to_acc<acc_t>(grad[k / S]) / div);
+  }
+}
+
+// Backward of full windows for strides that neither divide nor are divided by V (S = 3), where an output
+// vector's grad elements sit at no aligned offset: a thread reads one 16-byte run of grad (V windows) and
+// writes its S * V outputs as S 16-byte vectors, so each warp store instruction writes every S-th slot.
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads) token_pool_backward_spread_kernel(const T* __restrict__ grad,
+                                                                               int64_t units, int64_t tail,
+                                                                               T* __restrict__ out) {
+  using acc_t = typename AccType<T>::type;
+  constexpr int V = kVec<T>, U = 4;  // 4 grad loads in flight; the stores need no latency hiding
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
   const acc_t div = acc_t(S);
@@ -226,7 +304,7 @@ cudaError_t launch_token_pool(const void* x, int64_t rows, int64_t n, int64_t st
     using T = decltype(tag);
     const T* xp = static_cast<const T*>(x);
     T* op = static_cast<T*>(out);
-    constexpr int V = Vec<T>::V;
+    constexpr int V = kVec<T>;
     const bool vec = n % stride == 0 && aligned16(x) && aligned16(out);
     if (vec && with_vec_stride(stride, [&](auto s) {
           constexpr int S = decltype(s)::value;
@@ -253,13 +331,19 @@ cudaError_t launch_token_pool_backward(const void* grad, int64_t rows, int64_t n
     using T = decltype(tag);
     const T* gp = static_cast<const T*>(grad);
     T* op = static_cast<T*>(out);
-    constexpr int V = Vec<T>::V;
+    constexpr int V = kVec<T>;
     const bool vec = n % stride == 0 && aligned16(grad) && aligned16(out);
     if (vec && with_vec_stride(stride, [&](auto s) {
           constexpr int S = decltype(s)::value;
-          const int64_t units = total_out / V, tail = total_out % V;
-          token_pool_backward_vec_kernel<T, S><<<grid_for(std::max(units, tail), int64_t(kThreads) * 4), kThreads, 0,
-                                                 stream>>>(gp, units, tail, op);
+          if constexpr (V % S == 0 || S % V == 0) {
+            const int64_t units = rows * n / V, tail = rows * n % V;  // output vectors
+            token_pool_backward_vec_kernel<T, S><<<grid_for(std::max(units, tail), int64_t(kThreads) * 4), kThreads,
+                                                   0, stream>>>(gp, units, tail, op);
+          } else {
+            const int64_t units = total_out / V, tail = total_out % V;  // grad vectors
+            token_pool_backward_spread_kernel<T, S><<<grid_for(std::max(units, tail), int64_t(kThreads) * 4),
+                                                      kThreads, 0, stream>>>(gp, units, tail, op);
+          }
         })) {
       return;
     }
