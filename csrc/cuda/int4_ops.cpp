@@ -19,14 +19,6 @@ at::Tensor int4_quantize_cuda(const at::Tensor& x, bool half_scale_bias) {
                 "x must be float32, bfloat16 or float16, got ", x.scalar_type());
   }, rerun);
   const c10::cuda::CUDAGuard guard(x.device());
-  if (half_scale_bias) {
-    // The fp16-tail CUDA kernel wrote wrong scale/bias bytes on the H200 (2026-11-28, cause not found; see
-    // benchmarks/results/h200_2026-11-28.md). Until it is fixed the fp16 format comes from the CPU kernel, so that
-    // it stays byte-identical to fbgemm on every device.
-    auto op_cpu = c10::Dispatcher::singleton().findSchemaOrThrow("dv365::int4_quantize", "")
-                      .typed<at::Tensor(const at::Tensor&, bool)>();
-    return op_cpu.redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), x.cpu(), true).to(x.device());
-  }
   const int64_t rows = x.size(0), d = x.size(1);
   const int64_t width = d / 2 + (half_scale_bias ? 4 : 8);
   auto out = at::empty({rows, width}, x.options().dtype(at::kByte));
