@@ -250,7 +250,10 @@ def _sliced_expected_grads(grad, wsum, tables, ids, offsets, ts, cats, floats, r
     b = offsets.numel() - 1
     user = torch.repeat_interleave(torch.arange(b, device=ts.device), offsets.diff(), output_size=n)
     coef = torch.where(keep, weight.double(), 0.0)  # [S, N]
-    ws = wsum.double().t()[:, user]  # [S, N]
+    if grad.dtype == torch.float64:  # the op recomputes float64 weight sums (the forward returns float32 ones)
+        ws = torch.zeros(coef.shape[0], b, dtype=torch.float64, device=ts.device).index_add_(1, user, coef)[:, user]
+    else:
+        ws = wsum.double().t()[:, user]  # [S, N]
     coef = torch.where(ws > 0, coef / ws.clamp_min(1e-300), 0.0)
     g = grad.double()[user]  # [N, S, D]
     rows, dense = [], []
@@ -285,18 +288,21 @@ def test_sliced_pool(dtype, s_count, t_count, d):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("item,groups", [(None, None), ("64", None), ("64", "32"), (None, "1")])
-def test_sliced_pool_grouped_windows(dtype, item, groups, monkeypatch):
+@pytest.mark.parametrize("item,groups,rows_in_flight", [(None, None, None), ("64", None, None), ("64", "32", None),
+                                                         (None, "1", None), (None, None, "16")])
+def test_sliced_pool_grouped_windows(dtype, item, groups, rows_in_flight, monkeypatch):
     """W40K's structured program (50 predicates x 4 windows: the kernels pool each predicate once per segment)
-    on short timelines, with work items cut small (DV365_SP_ITEM) and a table's groups split over several
+    on short timelines, with work items cut small (DV365_SP_ITEM), a table's groups split over several
     CTA blocks (DV365_SP_GROUPS; 32 puts each table in one block, whose per-event backward stores its rows,
-    where several blocks add into zeroed rows)."""
+    where several blocks add into zeroed rows) and 16 rows in flight per lane (DV365_SP_ROWS)."""
     from dv365_ops import testing
 
     if item:
         monkeypatch.setenv("DV365_SP_ITEM", item)
     if groups:
         monkeypatch.setenv("DV365_SP_GROUPS", groups)
+    if rows_in_flight:
+        monkeypatch.setenv("DV365_SP_ROWS", rows_in_flight)
     rows = (300, 200, 100)
     lengths = _lengths(int(torch.randint(1, 6, ())), 2500)
     tl = testing.random_timeline(lengths, table_rows=rows, cat_cardinality=testing.W40K_CAT_CARDINALITY,
@@ -318,6 +324,22 @@ def test_sliced_pool_grouped_windows(dtype, item, groups, monkeypatch):
     for t in range(len(rows)):
         assert_close(got_dense[t], dense[t])
         assert_close(got_rows[t], exp_rows[t])
+
+
+def test_sliced_pool_program_edited_in_place():
+    """The host keeps what it read from the last program (its validity, its groups per table, which size the
+    launch); an in-place edit bumps the tensor's version and must be seen."""
+    inputs = random_sliced_inputs(_lengths(3, 500), 20, 2, 16, torch.float32, "cuda")
+    tables, ids, offsets, ts, cats, floats, req, pi, pf = inputs
+    ops.sliced_pool(*inputs)
+    pi[:, P.TABLE] = 0  # every slice on table 0: more groups in one table
+    pooled, wsum = ops.sliced_pool(*inputs)
+    e_pooled, e_wsum = ref.sliced_pool(*inputs)
+    assert_close(wsum, e_wsum, torch.float32)
+    assert_close(pooled, e_pooled)
+    pi[0, P.TABLE] = 5
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_i\[0, TABLE\] = 5 is out of range"):
+        ops.sliced_pool(*inputs)
 
 
 def test_sliced_pool_empty():

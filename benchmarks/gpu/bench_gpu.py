@@ -199,7 +199,7 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
 
         for var, value in (("DV365_SP_ITEM", 512), ("DV365_SP_ITEM", 2048), ("DV365_SP_GROUPS", 4),
                            ("DV365_SP_GROUPS", 6), ("DV365_SP_GROUPS", 11), ("DV365_SP_GROUPS", 16),
-                           ("DV365_SP_GROUPS", 21)):
+                           ("DV365_SP_GROUPS", 21), ("DV365_SP_ROWS", 16)):
             os.environ[var] = str(value)
             ms = bench(lambda: ops.sliced_pool(*args))
             record("sliced_pool fwd", case, f"dv365 cuda ({var}={value})", ms, floor, copy_gbs,

@@ -50,12 +50,19 @@ def main() -> None:
         x = torch.randn(3, 7, 21, device=dev).to(dtype)
         ops.token_pool(x, 4)
         ops.token_pool_backward(torch.randn(3, 7, 6, device=dev).to(dtype), 4, 21)
+        for stride in (1, 2, 3, 4, 8):  # full windows: the vector kernels, tails included
+            x = torch.randn(5, 3, 24 * stride + 1, device=dev).to(dtype)[..., 1:].contiguous()
+            out = ops.token_pool(x, stride)
+            ops.token_pool_backward(torch.randn_like(out), stride, x.shape[-1])
         if dtype != torch.float64:  # the int4 codes take float32, bfloat16 and float16
             for half in (False, True):
-                packed = ops.int4_quantize(torch.randn(9, 34, device=dev).to(dtype), half)
-                ops.int4_dequantize(packed, half, dtype)
-        for s_count, t_count in ((9, 2), (150, 1)):  # 150 slices of one table: several groups
-            inputs = random_sliced_inputs([200, 0, 70], s_count, t_count, 130, dtype, dev)
+                for rows, d in ((9, 34), (33, 256), (5, 4096)):  # loop, register and long-row kernels
+                    packed = ops.int4_quantize(torch.randn(rows, d, device=dev).to(dtype), half)
+                    ops.int4_dequantize(packed, half, dtype)
+        # 150 slices of one table: several groups; D = 130 (scalar columns), 40 and 264 (16-byte chunks, a
+        # lane's chunk past D, a second column tile)
+        for s_count, t_count, d in ((9, 2, 130), (150, 1, 130), (40, 2, 40), (20, 3, 264)):
+            inputs = random_sliced_inputs([200, 0, 70], s_count, t_count, d, dtype, dev)
             tables, sids, soff, ts, cats, floats, req, pi, pf = inputs
             pooled, wsum = ops.sliced_pool(*inputs)
             grad = torch.randn_like(pooled)
@@ -70,7 +77,8 @@ def main() -> None:
         pi, pf = (t.to(dev) for t in testing.w40k_program(rows))
         tables = [torch.randn(r, 40, device=dev).to(dtype) for r in rows]
         targs = (tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"], pi, pf)
-        for env in ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "32"}, {"DV365_SP_GROUPS": "1"}):
+        for env in ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "32"}, {"DV365_SP_GROUPS": "1"},
+                    {"DV365_SP_ROWS": "16"}):
             os.environ.update(env)
             pooled, wsum = ops.sliced_pool(tables, *targs)
             grad = torch.randn_like(pooled)

@@ -24,6 +24,9 @@
 // scatter sum_g w_g(e) * sum_{s in g covering the segment} grad[b, s] / weight_sum[b, s] into each event's row.
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "cuda/device.cuh"
 #include "cuda/slicing.h"
@@ -33,7 +36,6 @@ namespace dv365::cuda::slicing {
 namespace {
 
 constexpr int kBatch = 64;   // events per membership step
-constexpr int kRowsInFlight = 8;  // row loads a thread issues before using them
 
 // ---- the program ----
 struct GroupProg {  // one group's predicate (its leader slice's, without the window)
@@ -589,7 +591,8 @@ __device__ __forceinline__ void atomic_add_chunk(T* dst, const acc_t (&a)[C]) {
 
 // ---- forward ----
 // grid: x strides over the items, y = block, z = column tile; one warp per CTA.
-template <typename scalar_t, typename acc_t, int C, int H>
+// R: rows in flight per lane (a multiple of 4 dividing kBatch).
+template <typename scalar_t, typename acc_t, int C, int H, int R>
 __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
                                                       const int64_t* __restrict__ items, Launch L,
                                                       acc_t* __restrict__ num, acc_t* __restrict__ wacc,
@@ -617,26 +620,36 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
       membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[cta.table], flag);
       __syncthreads();
       const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
-      for (int u0 = 0; u0 < nb; u0 += kRowsInFlight) {
-        Chunk<scalar_t, C> x[kRowsInFlight][H];
+      for (int u0 = 0; u0 < nb; u0 += R) {
+        Chunk<scalar_t, C> raw[R][H];
 #pragma unroll
-        for (int u = 0; u < kRowsInFlight; ++u) {
+        for (int u = 0; u < R; ++u) {
           const bool live = u0 + u < nb && sh.mask[u0 + u] != 0;
           const scalar_t* row = table + sh.row[u0 + u] * stride;
 #pragma unroll
           for (int h = 0; h < H; ++h) {
             if (live && cta.valid[h]) {
-              x[u][h] = load_chunk<scalar_t, C>(row + cta.cols.col(h));
+              raw[u][h] = load_chunk<scalar_t, C>(row + cta.cols.col(h));
             } else {
 #pragma unroll
-              for (int i = 0; i < C; ++i) x[u][h].v[i] = from_acc<scalar_t, float>(0.f);
+              for (int i = 0; i < C; ++i) raw[u][h].v[i] = from_acc<scalar_t, float>(0.f);
             }
+          }
+        }
+        // widened once here, not once per group that uses the row (16-bit tables)
+        acc_t x[R][H][C];
+#pragma unroll
+        for (int u = 0; u < R; ++u) {
+#pragma unroll
+          for (int h = 0; h < H; ++h) {
+#pragma unroll
+            for (int i = 0; i < C; ++i) x[u][h][i] = to_acc<acc_t>(raw[u][h].v[i]);
           }
         }
         // the groups of four events at once: one weight vector load and one read-modify-write of the group's
         // accumulators per group any of the four keeps (events past nb have mask 0 and weight 0)
 #pragma unroll
-        for (int q = 0; q < kRowsInFlight; q += 4) {
+        for (int q = 0; q < R; q += 4) {
           uint32_t bits = 0;
 #pragma unroll
           for (int u = 0; u < 4; ++u) bits |= sh.mask[u0 + q + u];
@@ -653,7 +666,7 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
 #pragma unroll
               for (int u = 0; u < 4; ++u) {
 #pragma unroll
-                for (int i = 0; i < C; ++i) a.v[i] += w[u] * to_acc<acc_t>(x[q + u][h].v[i]);
+                for (int i = 0; i < C; ++i) a.v[i] += w[u] * x[q + u][h][i];
               }
               *dst = a;
             }
@@ -871,6 +884,21 @@ __global__ void validate_timeline_kernel(Timeline tl, int32_t* flag) {
   }
 }
 
+// Every table's ids in [0, rows) (grid.y = table).
+__global__ void validate_ids_kernel(Tables tabs, int64_t n, int32_t* flag) {
+  const int64_t t = blockIdx.y;
+  const int64_t* ids = tabs.ids[t];
+  const int64_t rows = tabs.rows[t];
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += stride) {
+    const int64_t id = ids[e];
+    if (id < 0 || id >= rows) {
+      set_error(flag, kIdOutOfRange);
+      return;
+    }
+  }
+}
+
 // ---- launch helpers ----
 // Columns per 16-byte chunk, and chunks per lane (two for 4- and 8-byte types: a 1 KB fp32 row is one warp's
 // two loads), when every pointer and row stride allows; else one column per lane.
@@ -897,17 +925,28 @@ bool vector_ok(const Tables& tabs, int64_t d, size_t elem, bool forward, const v
 }
 
 int sm_count() {
-  int dev = 0, sms = 132;
+  static int sms[64] = {};
+  int dev = 0;
   cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return sms;
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (sms[dev] == 0) {
+    int n = 132;
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    sms[dev] = n;
+  }
+  return sms[dev];
 }
 
 cudaError_t build_plan(const Timeline& tl, const Program& prog, int64_t t_count, int block_groups, Scratch sc,
                        bool all_segments, int32_t* flag, cudaStream_t stream, int64_t& items_cap) {
   items_cap = max_items(prog.s, tl.num_users, tl.n, sc.item_events);
-  plan_kernel<<<1, kPlanThreads, 0, stream>>>(prog, t_count, block_groups, sc.plan, flag);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err;
+  if (sc.plan_ready) {
+    err = cudaMemsetAsync(sc.plan + kNumItems, 0, sizeof(int64_t), stream);  // the items kernel counts from 0
+  } else {
+    plan_kernel<<<1, kPlanThreads, 0, stream>>>(prog, t_count, block_groups, sc.plan, flag);
+    err = cudaGetLastError();
+  }
   if (err != cudaSuccess || tl.num_users == 0) return err;
   items_kernel<<<static_cast<unsigned>(tl.num_users), 64, 0, stream>>>(tl, prog, t_count, sc.plan, sc.items,
                                                                         items_cap, sc.item_events, all_segments);
@@ -921,33 +960,57 @@ cudaError_t configure(K kernel, size_t smem, int threads, int64_t items_cap, int
                                                  static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  int per_sm = 1;
-  const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
-  if (err != cudaSuccess) return err;
+  // the occupancy query costs tens of microseconds of host time: once per (device, kernel, smem)
+  struct Key {
+    int device;
+    const void* kernel;
+    size_t smem;
+  };
+  static std::mutex mu;
+  static std::vector<std::pair<Key, int>> known;
+  int device = 0;
+  cudaGetDevice(&device);
+  int per_sm = 0;
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [k, v] : known) {
+      if (k.device == device && k.kernel == reinterpret_cast<const void*>(kernel) && k.smem == smem) per_sm = v;
+    }
+  }
+  if (per_sm == 0) {
+    const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+    if (err != cudaSuccess) return err;
+    per_sm = std::max(per_sm, 1);
+    const std::lock_guard<std::mutex> lock(mu);
+    known.push_back({Key{device, reinterpret_cast<const void*>(kernel), smem}, per_sm});
+  }
   // enough CTAs to fill the GPU for any one block; the rest of a block's items are strided over them
   grid_x = std::max<int64_t>(1, std::min<int64_t>(items_cap, static_cast<int64_t>(std::max(per_sm, 1)) * sm_count()));
   return cudaSuccess;
 }
 
+// num_blocks: the plan's block count when the host knows it, else 0 (the grid then covers the most blocks
+// any program of S slices over T tables can have; the CTAs of blocks that do not exist return at once).
 template <int kTile>
-Launch make_launch(int64_t d, int bg, int64_t s, int64_t t, int64_t items_cap) {
+Launch make_launch(int64_t d, int bg, int64_t s, int64_t t, int64_t num_blocks, int64_t items_cap) {
   Launch L;
   L.d = d;
   L.col_tiles = ceil_div(d, kTile);
   L.bg = bg;
-  L.max_blocks = ceil_div(s, bg) + t;
+  L.max_blocks = num_blocks > 0 ? num_blocks : ceil_div(s, bg) + t;
   L.items_cap = items_cap;
   return L;
 }
 
-template <typename scalar_t, int C, int H>
-cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, int bg, Scratch sc,
-                       void* num, void* wacc, int32_t* flag, cudaStream_t stream, int64_t items_cap) {
+template <typename scalar_t, int C, int H, int R>
+cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, const Tuning& tune,
+                       Scratch sc, void* num, void* wacc, int32_t* flag, cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
   constexpr int kTile = Cols<C, H>::kTile;
-  const Launch L = make_launch<kTile>(d, bg, prog.s, tabs.num_tables, items_cap);
+  const int bg = tune.block_groups;
+  const Launch L = make_launch<kTile>(d, bg, prog.s, tabs.num_tables, tune.num_blocks, items_cap);
   const size_t smem = smem_bytes<acc_t>(bg, kTile);
-  auto kernel = pool_kernel<scalar_t, acc_t, C, H>;
+  auto kernel = pool_kernel<scalar_t, acc_t, C, H, R>;
   int64_t gx = 1;
   cudaError_t err = configure(kernel, smem, kWarp, items_cap, gx);
   if (err != cudaSuccess) return err;
@@ -958,12 +1021,13 @@ cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& pr
 }
 
 template <bool kRows, typename scalar_t, int C, int H>
-cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, int bg, Scratch sc,
-                           const void* grad, const void* weight_sum, bool ws_double, int32_t* flag,
+cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, const Tuning& tune,
+                           Scratch sc, const void* grad, const void* weight_sum, bool ws_double, int32_t* flag,
                            cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
   constexpr int kTile = Cols<C, H>::kTile;
-  const Launch L = make_launch<kTile>(d, bg, prog.s, tabs.num_tables, items_cap);
+  const int bg = tune.block_groups;
+  const Launch L = make_launch<kTile>(d, bg, prog.s, tabs.num_tables, tune.num_blocks, items_cap);
   const size_t smem = smem_bytes<acc_t>(bg, kTile);
   auto kernel = backward_kernel<kRows, scalar_t, acc_t, C, H>;
   int64_t gx = 1;
@@ -986,20 +1050,24 @@ cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program
 }  // namespace
 
 cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, DType dtype,
-                               int block_groups, Scratch sc, void* num, void* wacc, void* pooled, float* wsum,
+                               Tuning tune, Scratch sc, void* num, void* wacc, void* pooled, float* wsum,
                                int32_t* flag, cudaStream_t stream) {
-  const int bg = std::clamp(block_groups, 1, kMaxBlockGroups);
+  tune.block_groups = std::clamp(tune.block_groups, 1, kMaxBlockGroups);
   return with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     using acc_t = typename AccType<scalar_t>::type;
     constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
     if (tl.n > 0 && d > 0 && prog.s > 0) {
       int64_t cap = 0;
-      if (build_plan(tl, prog, tabs.num_tables, bg, sc, false, flag, stream, cap) != cudaSuccess) return;
-      const cudaError_t err =
-          vector_ok<C>(tabs, d, sizeof(scalar_t), true, nullptr)
-              ? pool_typed<scalar_t, C, H>(tl, tabs, prog, d, bg, sc, num, wacc, flag, stream, cap)
-              : pool_typed<scalar_t, 1, 1>(tl, tabs, prog, d, bg, sc, num, wacc, flag, stream, cap);
+      if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, false, flag, stream, cap) != cudaSuccess) return;
+      cudaError_t err;
+      if (!vector_ok<C>(tabs, d, sizeof(scalar_t), true, nullptr)) {
+        err = pool_typed<scalar_t, 1, 1, 8>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
+      } else if (tune.rows_in_flight >= 16) {
+        err = pool_typed<scalar_t, C, H, 16>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
+      } else {
+        err = pool_typed<scalar_t, C, H, 8>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
+      }
       if (err != cudaSuccess) return;
     }
     const int64_t bs = tl.num_users * prog.s;
@@ -1013,23 +1081,23 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
 }
 
 cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tables& tabs, const Program& prog,
-                                        int64_t d, DType dtype, int block_groups, Scratch sc, const void* grad,
+                                        int64_t d, DType dtype, Tuning tune, Scratch sc, const void* grad,
                                         const void* weight_sum, bool ws_double, int32_t* flag, cudaStream_t stream) {
-  const int bg = std::clamp(block_groups, 1, kMaxBlockGroups);
+  tune.block_groups = std::clamp(tune.block_groups, 1, kMaxBlockGroups);
   if (tl.n == 0 || d == 0 || prog.s == 0 || tl.num_users == 0) return cudaSuccess;
   return with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
     int64_t cap = 0;
     // the per-event rows visit every event (a table with one block stores every row, zeros included)
-    if (build_plan(tl, prog, tabs.num_tables, bg, sc, rows, flag, stream, cap) != cudaSuccess) return;
+    if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, rows, flag, stream, cap) != cudaSuccess) return;
     const bool vec = vector_ok<C>(tabs, d, sizeof(scalar_t), false, grad);
     if (rows) {
-      vec ? backward_typed<true, scalar_t, C, H>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap)
-          : backward_typed<true, scalar_t, 1, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap);
+      vec ? backward_typed<true, scalar_t, C, H>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag, stream, cap)
+          : backward_typed<true, scalar_t, 1, 1>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag, stream, cap);
     } else {
-      vec ? backward_typed<false, scalar_t, C, H>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap)
-          : backward_typed<false, scalar_t, 1, 1>(tl, tabs, prog, d, bg, sc, grad, weight_sum, ws_double, flag, stream, cap);
+      vec ? backward_typed<false, scalar_t, C, H>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag, stream, cap)
+          : backward_typed<false, scalar_t, 1, 1>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag, stream, cap);
     }
   });
 }
@@ -1050,6 +1118,14 @@ cudaError_t launch_slice_timeline_emit(const Timeline& tl, const Tables& tabs, c
   if (warps == 0 || total == 0) return cudaSuccess;
   slice_timeline_kernel<true><<<static_cast<unsigned>(ceil_div(warps * 32, 256)), 256, 0, stream>>>(
       tl, tabs, prog, nullptr, starts, total, values, weights, flag);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_validate_ids(const Tables& tabs, int64_t n, int32_t* flag, cudaStream_t stream) {
+  if (n == 0 || tabs.num_tables == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 132 * 4)),
+                  static_cast<unsigned>(tabs.num_tables));
+  validate_ids_kernel<<<grid, 256, 0, stream>>>(tabs, n, flag);
   return cudaGetLastError();
 }
 

@@ -49,18 +49,27 @@ struct Scratch {
   int64_t* plan;   // plan_elems(s, t) elements
   int64_t* items;  // 4 * max_items(s, b, n, item_events) elements
   int64_t item_events;
+  bool plan_ready = false;  // plan holds this program's plan for these block_groups (the host's cached copy)
+};
+
+// How the pooling kernels cut the work: groups per CTA block, in [1, kMaxBlockGroups]; the number of blocks the
+// plan will have when the host knows it (0: unknown, e.g. while a graph is captured); rows a lane has in flight
+// (8 or 16, forward only).
+struct Tuning {
+  int block_groups = 8;
+  int64_t num_blocks = 0;
+  int rows_in_flight = 8;
 };
 
 // pooled [B, S, D] (dtype) and weight_sum [B, S] float32 from num/wacc accumulators (acc dtype, zeroed).
-// block_groups: groups per CTA, in [1, kMaxBlockGroups] (the host's count of distinct groups per table).
 cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, DType dtype,
-                               int block_groups, Scratch scratch, void* num, void* wacc, void* pooled, float* wsum,
+                               Tuning tune, Scratch scratch, void* num, void* wacc, void* pooled, float* wsum,
                                int32_t* flag, cudaStream_t stream);
 
 // Backward: grad [B, S, D] (dtype, contiguous), weight_sum [B, S] (float32, or float64 when ws_double). rows: tabs.out[t] is [n, D] in dtype
 // (uninitialized: every row is written); else tabs.out[t] is a zeroed dense [rows, D] in the acc dtype.
 cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tables& tabs, const Program& prog,
-                                        int64_t d, DType dtype, int block_groups, Scratch scratch, const void* grad,
+                                        int64_t d, DType dtype, Tuning tune, Scratch scratch, const void* grad,
                                         const void* weight_sum, bool ws_double, int32_t* flag, cudaStream_t stream);
 
 // slice_timeline: count pass (lengths [S * B]) then, with starts = exclusive cumsum, the emit pass.
@@ -72,5 +81,8 @@ cudaError_t launch_slice_timeline_emit(const Timeline& tl, const Tables& tabs, c
 
 // The event data checks: cats in [0, 63], ts ascending per user, request_ts - ts without overflow.
 cudaError_t launch_validate_timeline(const Timeline& tl, int32_t* flag, cudaStream_t stream);
+
+// Every table's ids in [0, tabs.rows[t]) (the pooling kernels read only the events some slice keeps).
+cudaError_t launch_validate_ids(const Tables& tabs, int64_t n, int32_t* flag, cudaStream_t stream);
 
 }  // namespace dv365::cuda::slicing

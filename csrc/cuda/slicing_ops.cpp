@@ -11,6 +11,8 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <vector>
@@ -36,39 +38,112 @@ struct Inputs {
   at::Tensor offsets, ts, cats, floats, request_ts, prog_i, prog_f;
   std::vector<at::Tensor> ids;
   int64_t b = 0, n = 0, s = 0;
-  int block_groups = static_cast<int>(kDefaultBlockGroups);
+  std::vector<int64_t> groups;  // distinct groups per table; empty when the program could not be read
+  bool versioned = false;       // prog_i and prog_f have version counters: the device plan can be cached
 };
 
 using Rerun = std::function<void()>;
 
-// Groups per CTA: the most groups (slices equal but for their window) one table has, at most
-// kDefaultBlockGroups, from a host copy of the program; the device plan cuts blocks of this size. While a graph is
-// captured the program cannot be read and the default is used.
-int block_groups_of(const at::Tensor& pi_cpu, const at::Tensor& pf_cpu, int64_t num_tables,
-                    size_t cap = kDefaultBlockGroups) {
-  const int64_t s_count = pi_cpu.size(0);
-  const int64_t* pi = pi_cpu.data_ptr<int64_t>();
-  const double* pf = pf_cpu.data_ptr<double>();
-  std::vector<std::set<std::vector<int64_t>>> keys(num_tables);
+// What the host reads from a program: whether it is valid for these inputs, and its distinct groups per table
+// (slices equal but for their window). Reading it copies prog_i and prog_f to the host, two synchronizations
+// per call, so the facts of the last program read are kept, keyed by the tensors (held by the cache, so no
+// other program can take their place) and their version counters (in-place writes through torch bump them).
+// Inference tensors have no version counter and are read every call.
+struct ProgramFacts {
+  bool ok = true;
+  std::vector<int64_t> groups;
+};
+
+struct FactsKey {
+  at::Tensor prog_i, prog_f;
+  int64_t vi = -1, vf = -1, num_tables = 0, cat_fields = 0;
+  bool has_floats = false;
+  bool same(const FactsKey& o) const {
+    return prog_i.defined() && o.prog_i.unsafeGetTensorImpl() == prog_i.unsafeGetTensorImpl() &&
+           o.prog_f.unsafeGetTensorImpl() == prog_f.unsafeGetTensorImpl() && o.vi == vi && o.vf == vf &&
+           o.num_tables == num_tables && o.cat_fields == cat_fields && o.has_floats == has_floats;
+  }
+};
+
+ProgramFacts read_program(const at::Tensor& prog_i, const at::Tensor& prog_f, const FactsKey& key) {
+  ProgramFacts f;
+  const at::Tensor pi = prog_i.contiguous().cpu(), pf = prog_f.contiguous().cpu();
+  const int64_t s_count = pi.size(0);
+  const int64_t* pi_p = pi.data_ptr<int64_t>();
+  const double* pf_p = pf.data_ptr<double>();
+  std::vector<std::set<std::vector<int64_t>>> keys(key.num_tables);
   for (int64_t s = 0; s < s_count; ++s) {
-    const int64_t* r = pi + s * prog::kNumInt;
+    const int64_t* r = pi_p + s * prog::kNumInt;
+    const int64_t flags = r[prog::kFlags];
     const int64_t t = r[prog::kTable];
-    if (t < 0 || t >= num_tables) continue;
-    std::vector<int64_t> key(r, r + prog::kNumInt);
-    key[prog::kWinLo] = key[prog::kWinHi] = 0;
+    f.ok = f.ok && t >= 0 && t < key.num_tables && flags >= 0 &&
+           flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter) && (flags == 0 || key.has_floats);
+    for (const int64_t col : {prog::kCatField0, prog::kCatField1, prog::kCatField2}) {
+      f.ok = f.ok && r[col] < key.cat_fields;
+    }
+    if (t < 0 || t >= key.num_tables) continue;
+    std::vector<int64_t> group(r, r + prog::kNumInt);
+    group[prog::kWinLo] = group[prog::kWinHi] = 0;
     for (int j = 0; j < 3; ++j) {
-      if (key[prog::kCatField0 + 2 * j] < 0) key[prog::kCatField0 + 2 * j + 1] = 0;
+      if (group[prog::kCatField0 + 2 * j] < 0) group[prog::kCatField0 + 2 * j + 1] = 0;
     }
     for (int64_t c = 0; c < prog::kNumFloat; ++c) {
       int64_t bits;
-      std::memcpy(&bits, pf + s * prog::kNumFloat + c, sizeof bits);
-      key.push_back(bits);
+      std::memcpy(&bits, pf_p + s * prog::kNumFloat + c, sizeof bits);
+      group.push_back(bits);
     }
-    keys[t].insert(std::move(key));
+    keys[t].insert(std::move(group));
   }
-  size_t most = 1;
-  for (const auto& k : keys) most = std::max(most, k.size());
-  return static_cast<int>(std::min<size_t>(most, cap));
+  for (const auto& k : keys) f.groups.push_back(static_cast<int64_t>(k.size()));
+  return f;
+}
+
+// The facts, or nothing while a graph is captured and the program is not the cached one (it cannot be read).
+std::optional<ProgramFacts> program_facts(const at::Tensor& prog_i, const at::Tensor& prog_f, int64_t num_tables,
+                                          int64_t cat_fields, bool has_floats) {
+  static std::mutex mu;
+  static FactsKey cached_key;
+  static ProgramFacts cached;
+  FactsKey key;
+  const bool versioned = !prog_i.is_inference() && !prog_f.is_inference();
+  key.prog_i = prog_i;
+  key.prog_f = prog_f;
+  key.vi = versioned ? static_cast<int64_t>(prog_i._version()) : -1;
+  key.vf = versioned ? static_cast<int64_t>(prog_f._version()) : -1;
+  key.num_tables = num_tables;
+  key.cat_fields = cat_fields;
+  key.has_floats = has_floats;
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    if (versioned && cached_key.same(key)) return cached;
+  }
+  if (capturing()) return std::nullopt;
+  ProgramFacts facts = read_program(prog_i, prog_f, key);
+  if (versioned) {
+    const std::lock_guard<std::mutex> lock(mu);
+    cached_key = std::move(key);
+    cached = facts;
+  }
+  return facts;
+}
+
+// Groups per CTA block: the most groups one table has, at most `cap` (env DV365_SP_GROUPS overrides), and the
+// blocks the device plan will cut when the groups are known.
+slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
+  slicing::Tuning tune;
+  tune.block_groups = static_cast<int>(kDefaultBlockGroups);
+  if (!in.groups.empty()) {
+    int64_t most = 1;
+    for (const int64_t g : in.groups) most = std::max(most, g);
+    tune.block_groups = static_cast<int>(std::min<int64_t>(most, static_cast<int64_t>(cap)));
+  }
+  if (const char* env = std::getenv("DV365_SP_GROUPS")) tune.block_groups = std::clamp(std::atoi(env), 1, 32);
+  if (!in.groups.empty()) {
+    for (const int64_t g : in.groups) tune.num_blocks += ceil_div(g, int64_t(tune.block_groups));
+    tune.num_blocks = std::max<int64_t>(tune.num_blocks, 1);
+  }
+  if (const char* env = std::getenv("DV365_SP_ROWS")) tune.rows_in_flight = std::atoi(env) >= 16 ? 16 : 8;
+  return tune;
 }
 
 // Metadata checks with the CPU kernel's rules (its messages win through rerun), the program's checks on the
@@ -128,23 +203,15 @@ Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor
   in.prog_f = prog_f.contiguous();
   for (const auto& i : ids) in.ids.push_back(i.contiguous());
   const int64_t num_floats = floats.size(0);
-  if (!capturing() && in.s > 0) {
-    const at::Tensor pi = in.prog_i.cpu();
-    const int64_t* r = pi.data_ptr<int64_t>();
-    bool ok = true;
-    for (int64_t s = 0; s < in.s && ok; ++s, r += prog::kNumInt) {
-      const int64_t flags = r[prog::kFlags];
-      ok = r[prog::kTable] >= 0 && r[prog::kTable] < num_tables && flags >= 0 &&
-           flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter) && (flags == 0 || num_floats >= 2);
-      for (const int64_t col : {prog::kCatField0, prog::kCatField1, prog::kCatField2}) ok = ok && r[col] < cats.size(0);
-    }
-    if (!ok) {
+  if (in.s > 0) {
+    const auto facts = program_facts(prog_i, prog_f, num_tables, cats.size(0), num_floats >= 2);
+    if (facts && !facts->ok) {
       rerun();
       DV365_RAISE("dv365::", op, ": invalid slice program");
     }
-    in.block_groups = block_groups_of(pi, in.prog_f.cpu(), num_tables);
+    if (facts) in.groups = facts->groups;
+    in.versioned = !prog_i.is_inference() && !prog_f.is_inference();
   }
-  if (const char* env = std::getenv("DV365_SP_GROUPS")) in.block_groups = std::clamp(std::atoi(env), 1, 32);
   in.tl.offsets = in.offsets.data_ptr<int64_t>();
   in.tl.num_users = b;
   in.tl.n = n;
@@ -201,6 +268,66 @@ struct ScratchHolder {
   slicing::Scratch sc{};
 };
 
+// The device plan depends on the program, the table count and the groups per block only. Building it is one
+// single-CTA kernel (~80 us on the H200 for W40K's 200 slices), so the plans of the last program are kept, one
+// per block size (the forward's and the backward's differ), keyed like the program's host facts. A cached plan
+// is copied into the call's scratch on the current stream; it enters the cache only after the call that built
+// it has synchronized (its error check), so a later call on any stream reads a finished plan. Never while a
+// graph is captured (the graph would point at a tensor the cache may drop).
+struct PlanCache {
+  std::mutex mu;
+  at::Tensor prog_i, prog_f;
+  int64_t vi = -1, vf = -1, t_count = 0;
+  std::vector<std::pair<int, at::Tensor>> plans;  // (block_groups, plan)
+};
+
+PlanCache& plan_cache() {
+  static PlanCache c;
+  return c;
+}
+
+bool same_program(const PlanCache& c, const Inputs& in, int64_t t_count) {
+  return c.prog_i.defined() && c.prog_i.unsafeGetTensorImpl() == in.prog_i.unsafeGetTensorImpl() &&
+         c.prog_f.unsafeGetTensorImpl() == in.prog_f.unsafeGetTensorImpl() &&
+         c.vi == static_cast<int64_t>(in.prog_i._version()) && c.vf == static_cast<int64_t>(in.prog_f._version()) &&
+         c.t_count == t_count;
+}
+
+// Copies a cached plan into the scratch (and marks it ready) when there is one; returns whether it did.
+bool use_cached_plan(const Inputs& in, int64_t t_count, int bg, at::Tensor& plan, slicing::Scratch& sc) {
+  if (!in.versioned || capturing()) return false;
+  PlanCache& c = plan_cache();
+  const std::lock_guard<std::mutex> lock(c.mu);
+  if (!same_program(c, in, t_count)) return false;
+  for (const auto& [g, cached] : c.plans) {
+    if (g == bg && cached.device() == plan.device() && cached.numel() == plan.numel()) {
+      plan.copy_(cached, /*non_blocking=*/true);
+      sc.plan_ready = true;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Called after the call's error check (a synchronization) with the plan its kernels built.
+void remember_plan(const Inputs& in, int64_t t_count, int bg, const at::Tensor& plan) {
+  if (!in.versioned || capturing()) return;
+  PlanCache& c = plan_cache();
+  const std::lock_guard<std::mutex> lock(c.mu);
+  if (!same_program(c, in, t_count)) {
+    c.prog_i = in.prog_i;
+    c.prog_f = in.prog_f;
+    c.vi = static_cast<int64_t>(in.prog_i._version());
+    c.vf = static_cast<int64_t>(in.prog_f._version());
+    c.t_count = t_count;
+    c.plans.clear();
+  }
+  for (const auto& [g, cached] : c.plans) {
+    if (g == bg && cached.device() == plan.device()) return;
+  }
+  c.plans.emplace_back(bg, plan);
+}
+
 ScratchHolder make_scratch(const Inputs& in, int64_t t_count) {
   ScratchHolder h;
   const char* env = std::getenv("DV365_SP_ITEM");
@@ -236,16 +363,23 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
   const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
   auto pooled = at::empty({in.b, in.s, d}, tables[0].options());
   auto wsum = at::empty({in.b, in.s}, tables[0].options().dtype(at::kFloat));
+  check_launch(slicing::launch_validate_ids(set, in.n, flag.data_ptr<int32_t>(), current_stream()), op);
+  const int64_t t_count = static_cast<int64_t>(tables.size());
+  const slicing::Tuning tune = tuning_of(in, kDefaultBlockGroups);
+  ScratchHolder scratch;
+  const bool work = in.b > 0 && in.s > 0 && in.n > 0 && d > 0;
   if (in.b > 0 && in.s > 0) {
     auto num = at::zeros({in.b, in.s, d}, tables[0].options().dtype(acc_dtype));
     auto wacc = at::zeros({in.b, in.s}, tables[0].options().dtype(acc_dtype));
-    ScratchHolder scratch = make_scratch(in, static_cast<int64_t>(tables.size()));
-    check_launch(slicing::launch_sliced_pool(in.tl, set, in.prog, d, dtype_of(dtype), in.block_groups, scratch.sc,
+    scratch = make_scratch(in, t_count);
+    if (work) use_cached_plan(in, t_count, tune.block_groups, scratch.plan, scratch.sc);
+    check_launch(slicing::launch_sliced_pool(in.tl, set, in.prog, d, dtype_of(dtype), tune, scratch.sc,
                                              num.data_ptr(), wacc.data_ptr(), pooled.data_ptr(),
                                              wsum.data_ptr<float>(), flag.data_ptr<int32_t>(), current_stream()),
                  op);
   }
   check_error_flag(flag, op, rerun);
+  if (work) remember_plan(in, t_count, tune.block_groups, scratch.plan);
   return {pooled, wsum};
 }
 
@@ -295,9 +429,8 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
   }, rerun);
   slicing::Tables set = table_set(in);
   // One block per table where the program allows (each event's row is then stored, not added into zeroed rows):
-  // on the H200 the W40K backward took 6.5 ms (dense) / 3.6 ms (rows) this way, 9.9 / 11.3 ms with 11-group blocks.
-  if (!capturing() && in.s > 0 && !std::getenv("DV365_SP_GROUPS"))
-    in.block_groups = block_groups_of(in.prog_i.cpu(), in.prog_f.cpu(), t_count, slicing::kMaxBlockGroups);
+  // on the H200 the W40K backward took 4.1 ms (dense) / 3.7 ms (rows) this way, 4.6 / 6.1 ms with 11-group blocks.
+  const slicing::Tuning tune = tuning_of(in, slicing::kMaxBlockGroups);
   const int64_t d = grad.size(2);
   const auto dtype = grad.scalar_type();
   const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -314,10 +447,13 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
     }
     set.out[t] = outs.back().data_ptr();
   }
+  if (!kRows) check_launch(slicing::launch_validate_ids(set, in.n, flag.data_ptr<int32_t>(), current_stream()), op);
+  ScratchHolder scratch;
   if (work) {
     const at::Tensor g = grad.contiguous();
     at::Tensor ws = weight_sum.contiguous();
-    ScratchHolder scratch = make_scratch(in, t_count);
+    scratch = make_scratch(in, t_count);
+    use_cached_plan(in, t_count, tune.block_groups, scratch.plan, scratch.sc);
     const bool ws_double = dtype == at::kDouble;
     if (ws_double) {
       // float64 recomputes the weight sums in float64 (as the CPU kernel does): the forward's weight_sum output
@@ -334,17 +470,18 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
       ws = at::zeros({in.b, in.s}, opts);
       at::Tensor pooled = at::empty({in.b, in.s, 1}, opts);
       at::Tensor ws32 = at::empty({in.b, in.s}, opts.dtype(at::kFloat));
-      check_launch(slicing::launch_sliced_pool(in.tl, sums, in.prog, 1, DType::kDouble, in.block_groups, scratch.sc,
+      check_launch(slicing::launch_sliced_pool(in.tl, sums, in.prog, 1, DType::kDouble, tune, scratch.sc,
                                                num.data_ptr(), ws.data_ptr(), pooled.data_ptr(),
                                                ws32.data_ptr<float>(), flag.data_ptr<int32_t>(), current_stream()),
                    op);
     }
     check_launch(slicing::launch_sliced_pool_backward(kRows, in.tl, set, in.prog, d, dtype_of(dtype),
-                                                      in.block_groups, scratch.sc, g.data_ptr(), ws.data_ptr(),
+                                                      tune, scratch.sc, g.data_ptr(), ws.data_ptr(),
                                                       ws_double, flag.data_ptr<int32_t>(), current_stream()),
                  op);
   }
   check_error_flag(flag, op, rerun);
+  if (work) remember_plan(in, t_count, tune.block_groups, scratch.plan);
   if (!kRows) {
     for (auto& o : outs) {
       if (o.scalar_type() != dtype) o = o.to(dtype);
