@@ -724,8 +724,8 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
   constexpr int kTile = Cols<C, H>::kTile;
   const int64_t t = cta.table;
   const int64_t* ids = tabs.ids[t];
-  // a table pooled by one block has its rows stored (every event of the timeline lies in one item); the rows
-  // of a table with several blocks were zeroed by zero_rows_kernel and are added into
+  // a table pooled by one block has its rows stored (every event of the timeline lies in one item); a table
+  // with several blocks adds into tabs.rows_acc (zeroed by zero_rows_kernel)
   const bool store = kRows && ceil_div(cta.v.tcount[t], L.bg) == 1;
   acc_t* gvec = sh.acc;  // [g][tile]: sum over the group's covering slices of grad / weight_sum
   for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
@@ -788,7 +788,8 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
               for (int i = 0; i < C; ++i) o.v[i] = from_acc<scalar_t, acc_t>(a[h][i]);
               *reinterpret_cast<Chunk<scalar_t, C>*>(dst) = o;
             } else {
-              atomic_add_chunk<scalar_t, acc_t, C>(dst, a[h]);
+              atomic_add_chunk<acc_t, acc_t, C>(
+                  static_cast<acc_t*>(tabs.rows_acc[t]) + (e0 + u) * L.d + cta.cols.col(h), a[h]);
             }
           } else {
             atomic_add_chunk<acc_t, acc_t, C>(static_cast<acc_t*>(tabs.out[t]) + sh.row[u] * L.d + cta.cols.col(h), a[h]);
@@ -799,16 +800,29 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
   }
 }
 
-// Zeroes the per-event rows of the tables that do not have exactly one block (grid.y = table).
-template <typename scalar_t>
+// Zeroes the per-event accumulators of the tables that do not have exactly one block (grid.y = table).
+template <typename acc_t>
 __global__ void zero_rows_kernel(Tables tabs, const int64_t* plan_raw, int64_t s_count, int64_t bg, int64_t total) {
   const PlanView v(const_cast<int64_t*>(plan_raw), s_count, tabs.num_tables);
   const int64_t t = blockIdx.y;
   if (ceil_div(v.tcount[t], bg) == 1) return;
+  acc_t* out = static_cast<acc_t*>(tabs.rows_acc[t]);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = acc_t(0);
+}
+
+// 16-bit dtypes: the per-event rows of the tables with several blocks, from their float32 accumulators.
+template <typename scalar_t>
+__global__ void finish_rows_kernel(Tables tabs, const int64_t* plan_raw, int64_t s_count, int64_t bg, int64_t total) {
+  const PlanView v(const_cast<int64_t*>(plan_raw), s_count, tabs.num_tables);
+  const int64_t t = blockIdx.y;
+  if (ceil_div(v.tcount[t], bg) == 1) return;
+  const float* acc = static_cast<const float*>(tabs.rows_acc[t]);
   scalar_t* out = static_cast<scalar_t*>(tabs.out[t]);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = from_acc<scalar_t, typename AccType<scalar_t>::type>(0);
+    out[i] = from_acc<scalar_t, float>(acc[i]);
 }
 
 // ---- slice_timeline: one warp per (slice, user), a count pass then an emit pass ----
@@ -1037,14 +1051,23 @@ cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program
     const int64_t total = tl.n * d;
     const dim3 zgrid(static_cast<unsigned>(std::min<int64_t>(ceil_div(total, 256), 132 * 8)),
                      static_cast<unsigned>(tabs.num_tables));
-    zero_rows_kernel<scalar_t><<<zgrid, 256, 0, stream>>>(tabs, sc.plan, prog.s, bg, total);
+    zero_rows_kernel<acc_t><<<zgrid, 256, 0, stream>>>(tabs, sc.plan, prog.s, bg, total);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
   kernel<<<grid, kWarp, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<const scalar_t*>(grad),
                                         weight_sum, ws_double, flag);
-  return cudaGetLastError();
+  err = cudaGetLastError();
+  if constexpr (kRows && sizeof(scalar_t) == 2) {
+    if (err != cudaSuccess) return err;
+    const int64_t total = tl.n * d;
+    const dim3 fgrid(static_cast<unsigned>(std::min<int64_t>(ceil_div(total, 256), 132 * 8)),
+                     static_cast<unsigned>(tabs.num_tables));
+    finish_rows_kernel<scalar_t><<<fgrid, 256, 0, stream>>>(tabs, sc.plan, prog.s, bg, total);
+    err = cudaGetLastError();
+  }
+  return err;
 }
 
 }  // namespace

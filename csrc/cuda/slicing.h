@@ -28,6 +28,10 @@ struct Tables {
   int64_t rows[kMaxTables];        // ids must lie in [0, rows)
   int64_t row_stride[kMaxTables];
   void* out[kMaxTables];  // backward outputs: dense [rows, D] (acc dtype) or per event [n, D] (grad dtype)
+  // per-event backward, a table pooled by several CTA blocks: the [n, D] accumulator (acc dtype, zeroed by the
+  // kernels) its blocks add into; out itself for float32/float64, a float32 buffer converted into out at the
+  // end for the 16-bit dtypes (adding partial sums in bf16 lost up to a few ulps of the partial sums)
+  void* rows_acc[kMaxTables];
   int64_t num_tables;
 };
 

@@ -435,12 +435,22 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
   const auto dtype = grad.scalar_type();
   const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const bool work = in.b > 0 && in.n > 0 && d > 0 && in.s > 0;
-  std::vector<at::Tensor> outs;
+  std::vector<at::Tensor> outs, staging;
+  const bool narrow = dtype == at::kHalf || dtype == at::kBFloat16;
   for (int64_t t = 0; t < t_count; ++t) {
     if (kRows) {
       // the kernels write every row (zeros included) when they run
       outs.push_back(work ? at::empty({in.n, d}, grad.options()) : at::zeros({in.n, d}, grad.options()));
       set.rows[t] = std::numeric_limits<int64_t>::max();
+      // a table the plan may cut into several blocks adds its rows into a float32 accumulator (16-bit dtypes;
+      // the host's group count bounds the device's, and is unknown while a graph is captured)
+      const bool several = in.groups.empty() || ceil_div(in.groups[t], int64_t(tune.block_groups)) > 1;
+      if (narrow && work && several) {
+        staging.push_back(at::empty({in.n, d}, grad.options().dtype(at::kFloat)));
+        set.rows_acc[t] = staging.back().data_ptr();
+      } else {
+        set.rows_acc[t] = narrow ? nullptr : outs.back().data_ptr();
+      }
     } else {
       outs.push_back(at::zeros({num_rows[t], d}, grad.options().dtype(acc_dtype)));
       set.rows[t] = num_rows[t];
