@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../dv365.h"
+#include "../token_pool_layout.h"
 #include "cpu_dispatch.h"
 
 namespace dv365 {
@@ -28,23 +29,6 @@ template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 inline int64_t num_windows(int64_t n, int64_t stride) { return n == 0 ? 0 : (n - 1) / stride + 1; }
-
-// The layout rule, shared with the fake impl in dv365_ops/token_pool.py: a non-contiguous tensor whose
-// last two axes are a transposed contiguous buffer.
-bool token_major(const at::Tensor& t) {
-  return t.dim() >= 2 && !t.is_contiguous() && t.transpose(-1, -2).is_contiguous();
-}
-
-// A tensor of `sizes` (last axis `last`) in the layout the rule above picks for the input.
-at::Tensor empty_like_layout(const at::Tensor& like, int64_t last, bool transposed) {
-  std::vector<int64_t> sizes(like.sizes().begin(), like.sizes().end());
-  sizes.back() = last;
-  if (!transposed) {
-    return at::empty(sizes, like.options());
-  }
-  std::swap(sizes[sizes.size() - 1], sizes[sizes.size() - 2]);
-  return at::empty(sizes, like.options()).transpose(-1, -2);
-}
 
 void check_dtype(const at::Tensor& t, const char* op, const char* arg) {
   const auto st = t.scalar_type();

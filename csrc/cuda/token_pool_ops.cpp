@@ -3,27 +3,18 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <utility>
-#include <vector>
-
 #include "cuda/host.h"
 #include "cuda/token_pool.h"
+#include "token_pool_layout.h"
 
 namespace dv365::cuda {
 namespace {
 
-// The CPU kernel's layout rule (csrc/cpu/token_pool.cpp, and the fake impl): a token-major input (its last two
-// axes a transposed contiguous buffer) gives a token-major output. The kernels write a contiguous result;
-// such inputs get it copied into that layout.
-bool token_major(const at::Tensor& t) {
-  return t.dim() >= 2 && !t.is_contiguous() && t.transpose(-1, -2).is_contiguous();
-}
-
+// The kernels write a contiguous result; a token-major input (token_pool_layout.h) gets it copied into that
+// layout, as the CPU kernel returns it.
 at::Tensor in_layout_of(const at::Tensor& like, const at::Tensor& result) {
   if (!token_major(like)) return result;
-  std::vector<int64_t> sizes(result.sizes().begin(), result.sizes().end());
-  std::swap(sizes[sizes.size() - 1], sizes[sizes.size() - 2]);
-  at::Tensor out = at::empty(sizes, result.options()).transpose(-1, -2);
+  at::Tensor out = empty_like_layout(result, result.size(-1), /*transposed=*/true);
   out.copy_(result);
   return out;
 }
