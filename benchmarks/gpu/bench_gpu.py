@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -345,8 +346,11 @@ def versions() -> dict:
         except Exception as e:  # noqa: BLE001
             return f"unavailable ({e})"
 
+    # DV365_COMMIT first: the device machine's copy of the tree can carry a stale .git (2026-11-28: it reported
+    # the session's first commit), so the caller passes the commit it sent
     marker = pathlib.Path(".commit")
-    commit = marker.read_text().strip() if marker.exists() else (run(["git", "rev-parse", "HEAD"]) or "unknown")
+    commit = (os.environ.get("DV365_COMMIT") or (marker.read_text().strip() if marker.exists() else "")
+              or run(["git", "rev-parse", "HEAD"]) or "unknown")
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         gpu=torch.cuda.get_device_name(),

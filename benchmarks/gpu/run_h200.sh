@@ -2,8 +2,10 @@
 # The whole GPU check in one command: versions, build, the test suite on CUDA (native and Triton backends;
 # one pytest process per test file, so that a crashing test loses only its file's results),
 # compute-sanitizer memcheck and racecheck over every CUDA kernel, the benchmark. Logs go to $OUT (or ./gpu-out).
-#   STAGES="build test sanitize bench" TEST_ARGS="tests" [BACKENDS="native triton"] [PYTEST_K=expr] \
-#     bash benchmarks/gpu/run_h200.sh
+#   DV365_COMMIT=$(git rev-parse HEAD) STAGES="build test sanitize bench" TEST_ARGS="tests" \
+#     [BACKENDS="native triton"] [PYTEST_K=expr] bash benchmarks/gpu/run_h200.sh
+# The device tool returns at most 8 files from $OUT: PACK=1 (default) leaves versions.txt, bench.md,
+# bench.json and one logs.tgz with everything else (PACK=0 for all but the last of several invocations).
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -19,7 +21,7 @@ status=0
   $PY -c 'import triton; print("triton", triton.__version__)'
   nvcc --version | tail -2
   compute-sanitizer --version | head -2
-  cat .commit 2>/dev/null || git rev-parse HEAD
+  if [ -n "${DV365_COMMIT:-}" ]; then echo "commit $DV365_COMMIT"; else echo "commit $(git rev-parse HEAD) (the device copy of .git: may be stale)"; fi
 } 2>&1 | tee -a "$OUT/versions.txt"
 
 if [[ " $STAGES " == *" build "* ]]; then
@@ -86,4 +88,11 @@ if [[ " $STAGES " == *" bench "* ]]; then
   [ $rc -ne 0 ] && status=1
 fi
 cat "$OUT/versions.txt" | grep -E "rc=|^python|^triton|NVIDIA"
+if [ "${PACK:-1}" = 1 ]; then
+  pack=$(mktemp -d)
+  (cd "$OUT" && tar czf "$pack/logs.tgz" --exclude=./versions.txt --exclude=./bench.md --exclude=./bench.json . &&
+     find . -mindepth 1 -maxdepth 1 ! -name versions.txt ! -name bench.md ! -name bench.json -exec rm -rf {} + &&
+     mv "$pack/logs.tgz" .)
+  rm -rf "$pack"
+fi
 exit $status
