@@ -26,9 +26,9 @@ namespace {
 using slicing::kMaxTables;
 
 // Groups per CTA block and events per work item. Smaller blocks mean less shared memory per CTA and more CTAs
-// per SM, at the price of gathering a table's rows once per block: on the H200, W40K's forward took 3.27 ms with
-// one block per table (21 groups), 2.51 ms with 11 and 2.35 ms with 8 groups per block (64-thread CTAs;
-// benchmarks/results/h200_*.md).
+// per SM, at the price of gathering a table's rows once per block: on the H200 (one-warp CTAs), W40K's forward
+// took 2.32 ms with 8 groups per block, 2.88 / 2.51 / 2.54 / 2.70 ms with 4 / 6 / 11 / 16, and 3.43 ms with one
+// block per table (21 groups) (benchmarks/results/h200_2026-11-28-session3.md).
 constexpr size_t kDefaultBlockGroups = 8;
 constexpr int64_t kDefaultItemEvents = 1024;
 
@@ -54,14 +54,27 @@ struct ProgramFacts {
   std::vector<int64_t> groups;
 };
 
-struct FactsKey {
+// One program as the caches know it: its two tensors (held, so their storage cannot be reused by another
+// program) at their current versions. Only for tensors with version counters (not inference tensors).
+struct ProgramId {
   at::Tensor prog_i, prog_f;
-  int64_t vi = -1, vf = -1, num_tables = 0, cat_fields = 0;
+  int64_t vi = -1, vf = -1;
+  static ProgramId of(const at::Tensor& pi, const at::Tensor& pf) {
+    return {pi, pf, static_cast<int64_t>(pi._version()), static_cast<int64_t>(pf._version())};
+  }
+  bool same(const ProgramId& o) const {
+    return prog_i.defined() && o.prog_i.unsafeGetTensorImpl() == prog_i.unsafeGetTensorImpl() &&
+           o.prog_f.unsafeGetTensorImpl() == prog_f.unsafeGetTensorImpl() && o.vi == vi && o.vf == vf;
+  }
+};
+
+struct FactsKey {
+  ProgramId program;
+  int64_t num_tables = 0, cat_fields = 0;
   bool has_floats = false;
   bool same(const FactsKey& o) const {
-    return prog_i.defined() && o.prog_i.unsafeGetTensorImpl() == prog_i.unsafeGetTensorImpl() &&
-           o.prog_f.unsafeGetTensorImpl() == prog_f.unsafeGetTensorImpl() && o.vi == vi && o.vf == vf &&
-           o.num_tables == num_tables && o.cat_fields == cat_fields && o.has_floats == has_floats;
+    return program.same(o.program) && o.num_tables == num_tables && o.cat_fields == cat_fields &&
+           o.has_floats == has_floats;
   }
 };
 
@@ -106,10 +119,7 @@ std::optional<ProgramFacts> program_facts(const at::Tensor& prog_i, const at::Te
   static ProgramFacts cached;
   FactsKey key;
   const bool versioned = !prog_i.is_inference() && !prog_f.is_inference();
-  key.prog_i = prog_i;
-  key.prog_f = prog_f;
-  key.vi = versioned ? static_cast<int64_t>(prog_i._version()) : -1;
-  key.vf = versioned ? static_cast<int64_t>(prog_f._version()) : -1;
+  if (versioned) key.program = ProgramId::of(prog_i, prog_f);
   key.num_tables = num_tables;
   key.cat_fields = cat_fields;
   key.has_floats = has_floats;
@@ -276,8 +286,8 @@ struct ScratchHolder {
 // graph is captured (the graph would point at a tensor the cache may drop).
 struct PlanCache {
   std::mutex mu;
-  at::Tensor prog_i, prog_f;
-  int64_t vi = -1, vf = -1, t_count = 0;
+  ProgramId program;
+  int64_t t_count = 0;
   std::vector<std::pair<int, at::Tensor>> plans;  // (block_groups, plan)
 };
 
@@ -287,10 +297,7 @@ PlanCache& plan_cache() {
 }
 
 bool same_program(const PlanCache& c, const Inputs& in, int64_t t_count) {
-  return c.prog_i.defined() && c.prog_i.unsafeGetTensorImpl() == in.prog_i.unsafeGetTensorImpl() &&
-         c.prog_f.unsafeGetTensorImpl() == in.prog_f.unsafeGetTensorImpl() &&
-         c.vi == static_cast<int64_t>(in.prog_i._version()) && c.vf == static_cast<int64_t>(in.prog_f._version()) &&
-         c.t_count == t_count;
+  return c.program.same(ProgramId::of(in.prog_i, in.prog_f)) && c.t_count == t_count;
 }
 
 // Copies a cached plan into the scratch (and marks it ready) when there is one; returns whether it did.
@@ -315,10 +322,7 @@ void remember_plan(const Inputs& in, int64_t t_count, int bg, const at::Tensor& 
   PlanCache& c = plan_cache();
   const std::lock_guard<std::mutex> lock(c.mu);
   if (!same_program(c, in, t_count)) {
-    c.prog_i = in.prog_i;
-    c.prog_f = in.prog_f;
-    c.vi = static_cast<int64_t>(in.prog_i._version());
-    c.vf = static_cast<int64_t>(in.prog_f._version());
+    c.program = ProgramId::of(in.prog_i, in.prog_f);
     c.t_count = t_count;
     c.plans.clear();
   }
