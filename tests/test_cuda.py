@@ -342,6 +342,23 @@ def test_sliced_pool_program_edited_in_place():
         ops.sliced_pool(*inputs)
 
 
+def test_sliced_pool_program_inference_and_strided():
+    """Programs the caches cannot key (inference tensors, which have no version counter; non-contiguous ones,
+    copied every call) are read every call."""
+    inputs = list(random_sliced_inputs(_lengths(2, 300), 12, 2, 8, torch.float32, "cuda"))
+    expected = ref.sliced_pool(*inputs)
+    pi = inputs[7]
+    inputs[7] = torch.cat([pi, pi], 1)[:, : pi.shape[1]]  # strided
+    for _ in range(2):
+        assert_close(ops.sliced_pool(*inputs)[0], expected[0])
+    with torch.inference_mode():
+        inputs[7] = pi.clone()  # an inference tensor
+        for _ in range(2):
+            assert_close(ops.sliced_pool(*inputs)[0], expected[0])
+        inputs[7] = torch.cat([pi, pi], 1)[:, : pi.shape[1]]
+        assert_close(ops.sliced_pool(*inputs)[0], expected[0])
+
+
 def test_sliced_pool_empty():
     inputs = random_sliced_inputs([0, 0], 5, 2, 8, torch.float32, "cuda")
     pooled, wsum = ops.sliced_pool(*inputs)

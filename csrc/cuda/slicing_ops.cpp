@@ -220,7 +220,9 @@ Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor
       DV365_RAISE("dv365::", op, ": invalid slice program");
     }
     if (facts) in.groups = facts->groups;
-    in.versioned = !prog_i.is_inference() && !prog_f.is_inference();
+    // the plan cache keys on the contiguous copies (the inputs themselves when contiguous); under
+    // inference_mode a copy is an inference tensor, which has no version counter
+    in.versioned = !in.prog_i.is_inference() && !in.prog_f.is_inference();
   }
   in.tl.offsets = in.offsets.data_ptr<int64_t>();
   in.tl.num_users = b;
