@@ -266,13 +266,8 @@ def _sliced_expected_grads(grad, wsum, tables, ids, offsets, ts, cats, floats, r
     return dense, rows
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-# d = 136 and 264: a lane's second 16-byte chunk outside D, and a second 256-column tile
-@pytest.mark.parametrize("s_count,t_count,d", [(1, 1, 1), (7, 2, 5), (70, 3, 123), (200, 3, 256), (150, 1, 40),
-                                               (20, 2, 136), (30, 2, 264)])
-def test_sliced_pool(dtype, s_count, t_count, d):
-    lengths = _lengths(int(torch.randint(1, 9, ())), 3000)
-    inputs = random_sliced_inputs(lengths, s_count, t_count, d, dtype, "cuda", with_floats=s_count != 7)
+def _check_sliced_pool(inputs):
+    """The forward against the reference, then both backwards against _sliced_expected_grads."""
     tables, ids, offsets, ts, cats, floats, req, pi, pf = inputs
     pooled, wsum = ops.sliced_pool(*inputs)
     e_pooled, e_wsum = ref.sliced_pool(*inputs)
@@ -280,11 +275,21 @@ def test_sliced_pool(dtype, s_count, t_count, d):
     assert_close(pooled, e_pooled)
     grad = torch.randn_like(pooled)
     dense, rows = _sliced_expected_grads(grad, wsum, *inputs)
-    got_dense = ops.sliced_pool_backward(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf, [t.shape[0] for t in tables])
+    got_dense = ops.sliced_pool_backward(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf,
+                                         [t.shape[0] for t in tables])
     got_rows = ops.sliced_pool_backward_rows(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf)
-    for t in range(t_count):
+    for t in range(len(tables)):
         assert_close(got_dense[t], dense[t])
         assert_close(got_rows[t], rows[t])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+# d = 136 and 264: a lane's second 16-byte chunk outside D, and a second 256-column tile
+@pytest.mark.parametrize("s_count,t_count,d", [(1, 1, 1), (7, 2, 5), (70, 3, 123), (200, 3, 256), (150, 1, 40),
+                                               (20, 2, 136), (30, 2, 264)])
+def test_sliced_pool(dtype, s_count, t_count, d):
+    lengths = _lengths(int(torch.randint(1, 9, ())), 3000)
+    _check_sliced_pool(random_sliced_inputs(lengths, s_count, t_count, d, dtype, "cuda", with_floats=s_count != 7))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -310,20 +315,8 @@ def test_sliced_pool_grouped_windows(dtype, item, groups, rows_in_flight, monkey
     pi, pf = testing.w40k_program(rows)
     d = int(torch.randint(1, 70, ()))
     tables = [torch.randn(r, d, device="cuda").to(dtype) for r in rows]
-    inputs = (tables, tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"],
-              pi.cuda(), pf.cuda())
-    tables, ids, offsets, ts, cats, floats, req, pi, pf = inputs
-    pooled, wsum = ops.sliced_pool(*inputs)
-    e_pooled, e_wsum = ref.sliced_pool(*inputs)
-    assert_close(wsum, e_wsum, torch.float32)
-    assert_close(pooled, e_pooled)
-    grad = torch.randn_like(pooled)
-    dense, exp_rows = _sliced_expected_grads(grad, wsum, *inputs)
-    got_dense = ops.sliced_pool_backward(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf, list(rows))
-    got_rows = ops.sliced_pool_backward_rows(grad, wsum, ids, offsets, ts, cats, floats, req, pi, pf)
-    for t in range(len(rows)):
-        assert_close(got_dense[t], dense[t])
-        assert_close(got_rows[t], exp_rows[t])
+    _check_sliced_pool((tables, tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"],
+                        pi.cuda(), pf.cuda()))
 
 
 def test_sliced_pool_program_edited_in_place():
