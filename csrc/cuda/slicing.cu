@@ -1003,34 +1003,48 @@ cudaError_t configure(K kernel, size_t smem, int threads, int64_t items_cap, int
   return cudaSuccess;
 }
 
-// num_blocks: the plan's block count when the host knows it, else 0 (the grid then covers the most blocks
-// any program of S slices over T tables can have; the CTAs of blocks that do not exist return at once).
-template <int kTile>
-Launch make_launch(int64_t d, int bg, int64_t s, int64_t t, int64_t num_blocks, int64_t items_cap) {
+// A pooling kernel's launch: its columns and blocks, shared memory, and a grid that fills the GPU for any one
+// block. tune.num_blocks is the plan's block count when the host knows it, else 0: the grid then covers the
+// most blocks any program of S slices over T tables can have (the CTAs of blocks that do not exist return at
+// once).
+struct LaunchShape {
   Launch L;
+  size_t smem = 0;
+  dim3 grid;
+};
+
+template <int kTile, typename acc_t, typename K>
+cudaError_t shape_launch(K kernel, int64_t d, const Tuning& tune, const Program& prog, const Tables& tabs,
+                         int64_t items_cap, LaunchShape& shape) {
+  Launch& L = shape.L;
   L.d = d;
   L.col_tiles = ceil_div(d, kTile);
-  L.bg = bg;
-  L.max_blocks = num_blocks > 0 ? num_blocks : ceil_div(s, bg) + t;
+  L.bg = tune.block_groups;
+  L.max_blocks = tune.num_blocks > 0 ? tune.num_blocks : ceil_div(prog.s, L.bg) + tabs.num_tables;
   L.items_cap = items_cap;
-  return L;
+  shape.smem = smem_bytes<acc_t>(L.bg, kTile);
+  int64_t gx = 1;
+  const cudaError_t err = configure(kernel, shape.smem, kWarp, items_cap, gx);
+  shape.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
+  return err;
+}
+
+// The grid of the per-event row passes (zero_rows_kernel, finish_rows_kernel): grid.y = table.
+dim3 rows_grid(int64_t total, int64_t num_tables) {
+  return dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div(total, 256), 132 * 8)),
+              static_cast<unsigned>(num_tables));
 }
 
 template <typename scalar_t, int C, int H, int R>
 cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, const Tuning& tune,
                        Scratch sc, void* num, void* wacc, int32_t* flag, cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
-  constexpr int kTile = Cols<C, H>::kTile;
-  const int bg = tune.block_groups;
-  const Launch L = make_launch<kTile>(d, bg, prog.s, tabs.num_tables, tune.num_blocks, items_cap);
-  const size_t smem = smem_bytes<acc_t>(bg, kTile);
   auto kernel = pool_kernel<scalar_t, acc_t, C, H, R>;
-  int64_t gx = 1;
-  cudaError_t err = configure(kernel, smem, kWarp, items_cap, gx);
+  LaunchShape shape;
+  const cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, shape);
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
-  kernel<<<grid, kWarp, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<acc_t*>(num),
-                                        static_cast<acc_t*>(wacc), flag);
+  kernel<<<shape.grid, kWarp, shape.smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, shape.L,
+                                                    static_cast<acc_t*>(num), static_cast<acc_t*>(wacc), flag);
   return cudaGetLastError();
 }
 
@@ -1039,32 +1053,24 @@ cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program
                            Scratch sc, const void* grad, const void* weight_sum, bool ws_double, int32_t* flag,
                            cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
-  constexpr int kTile = Cols<C, H>::kTile;
-  const int bg = tune.block_groups;
-  const Launch L = make_launch<kTile>(d, bg, prog.s, tabs.num_tables, tune.num_blocks, items_cap);
-  const size_t smem = smem_bytes<acc_t>(bg, kTile);
   auto kernel = backward_kernel<kRows, scalar_t, acc_t, C, H>;
-  int64_t gx = 1;
-  cudaError_t err = configure(kernel, smem, kWarp, items_cap, gx);
+  LaunchShape shape;
+  cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, shape);
   if (err != cudaSuccess) return err;
+  const int64_t total = tl.n * d;  // per-event row elements
+  const int64_t bg = shape.L.bg;
   if constexpr (kRows) {
-    const int64_t total = tl.n * d;
-    const dim3 zgrid(static_cast<unsigned>(std::min<int64_t>(ceil_div(total, 256), 132 * 8)),
-                     static_cast<unsigned>(tabs.num_tables));
-    zero_rows_kernel<acc_t><<<zgrid, 256, 0, stream>>>(tabs, sc.plan, prog.s, bg, total);
+    zero_rows_kernel<acc_t><<<rows_grid(total, tabs.num_tables), 256, 0, stream>>>(tabs, sc.plan, prog.s, bg, total);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
-  kernel<<<grid, kWarp, smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, L, static_cast<const scalar_t*>(grad),
-                                        weight_sum, ws_double, flag);
+  kernel<<<shape.grid, kWarp, shape.smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, shape.L,
+                                                    static_cast<const scalar_t*>(grad), weight_sum, ws_double, flag);
   err = cudaGetLastError();
   if constexpr (kRows && sizeof(scalar_t) == 2) {
     if (err != cudaSuccess) return err;
-    const int64_t total = tl.n * d;
-    const dim3 fgrid(static_cast<unsigned>(std::min<int64_t>(ceil_div(total, 256), 132 * 8)),
-                     static_cast<unsigned>(tabs.num_tables));
-    finish_rows_kernel<scalar_t><<<fgrid, 256, 0, stream>>>(tabs, sc.plan, prog.s, bg, total);
+    finish_rows_kernel<scalar_t><<<rows_grid(total, tabs.num_tables), 256, 0, stream>>>(tabs, sc.plan, prog.s, bg,
+                                                                                      total);
     err = cudaGetLastError();
   }
   return err;
