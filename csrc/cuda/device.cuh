@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/launch.h"
 
@@ -58,6 +59,25 @@ __device__ __forceinline__ __half from_acc<__half, float>(float v) {
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
   return __float2bfloat16_rn(v);
+}
+
+// dst[0..V) += a[0..V) atomically, with float4 atomics where sm_90 has them (one RED per 16 bytes, not four).
+template <typename acc_t, int V>
+__device__ __forceinline__ void atomic_add_n(acc_t* dst, const acc_t (&a)[V]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr bool kFloat4 = std::is_same_v<acc_t, float> && V % 4 == 0;
+#else
+  constexpr bool kFloat4 = false;
+#endif
+  if constexpr (kFloat4) {
+#pragma unroll
+    for (int i = 0; i < V; i += 4) {
+      atomicAdd(reinterpret_cast<float4*>(dst + i), make_float4(a[i], a[i + 1], a[i + 2], a[i + 3]));
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) atomicAdd(dst + i, a[i]);
+  }
 }
 
 // Calls f(T{}) with the CUDA type of `dtype`.

@@ -38,24 +38,6 @@ struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
 
-template <typename acc_t, int V>
-__device__ __forceinline__ void atomic_add_n(acc_t* dst, const acc_t (&a)[V]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr bool kFloat4 = std::is_same_v<acc_t, float> && V % 4 == 0;
-#else
-  constexpr bool kFloat4 = false;
-#endif
-  if constexpr (kFloat4) {
-#pragma unroll
-    for (int i = 0; i < V; i += 4) {
-      atomicAdd(reinterpret_cast<float4*>(dst + i), make_float4(a[i], a[i + 1], a[i + 2], a[i + 3]));
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < V; ++i) atomicAdd(dst + i, a[i]);
-  }
-}
-
 // Group g of the CTA pools events [chunk * kChunk, +kChunk) into num (its columns [V * lane, +V)) and den.
 template <typename T, typename acc_t, int V>
 __global__ void __launch_bounds__(kThreads) pool_sum_kernel(const T* __restrict__ table, int64_t num_rows,

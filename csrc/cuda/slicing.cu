@@ -563,32 +563,6 @@ __device__ __forceinline__ Chunk<T, C> load_chunk(const T* p) {
   return *reinterpret_cast<const Chunk<T, C>*>(p);
 }
 
-// dst[0..C) += a[0..C) with the widest atomics the type has (sm_90: float2/float4 vectors).
-template <typename T, typename acc_t, int C>
-__device__ __forceinline__ void atomic_add_chunk(T* dst, const acc_t (&a)[C]) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-  if constexpr (std::is_same_v<T, float> && C % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < C; i += 4) {
-      atomicAdd(reinterpret_cast<float4*>(dst + i), make_float4(a[i], a[i + 1], a[i + 2], a[i + 3]));
-    }
-    return;
-  }
-#endif
-  if constexpr (std::is_same_v<T, __nv_bfloat16> && C % 2 == 0) {
-#pragma unroll
-    for (int i = 0; i < C; i += 2) {
-      atomicAdd(reinterpret_cast<__nv_bfloat162*>(dst + i), __floats2bfloat162_rn(a[i], a[i + 1]));
-    }
-  } else if constexpr (std::is_same_v<T, __half> && C % 2 == 0) {
-#pragma unroll
-    for (int i = 0; i < C; i += 2) atomicAdd(reinterpret_cast<__half2*>(dst + i), __floats2half2_rn(a[i], a[i + 1]));
-  } else {
-#pragma unroll
-    for (int i = 0; i < C; ++i) atomicAdd(dst + i, from_acc<T, acc_t>(a[i]));
-  }
-}
-
 // ---- forward ----
 // grid: x strides over the items, y = block, z = column tile; one warp per CTA.
 // R: rows in flight per lane (a multiple of 4 dividing kBatch).
@@ -688,7 +662,7 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
         const acc_t* src = sh.acc + g * kTile + cta.cols.off(h);
 #pragma unroll
         for (int i = 0; i < C; ++i) a[i] = src[i];
-        atomic_add_chunk<acc_t, acc_t, C>(num + (b * p.s + s) * L.d + cta.cols.col(h), a);
+        atomic_add_n<acc_t, C>(num + (b * p.s + s) * L.d + cta.cols.col(h), a);
       }
     });
   }
@@ -788,11 +762,11 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
               for (int i = 0; i < C; ++i) o.v[i] = from_acc<scalar_t, acc_t>(a[h][i]);
               *reinterpret_cast<Chunk<scalar_t, C>*>(dst) = o;
             } else {
-              atomic_add_chunk<acc_t, acc_t, C>(
+              atomic_add_n<acc_t, C>(
                   static_cast<acc_t*>(tabs.rows_acc[t]) + (e0 + u) * L.d + cta.cols.col(h), a[h]);
             }
           } else {
-            atomic_add_chunk<acc_t, acc_t, C>(static_cast<acc_t*>(tabs.out[t]) + sh.row[u] * L.d + cta.cols.col(h), a[h]);
+            atomic_add_n<acc_t, C>(static_cast<acc_t*>(tabs.out[t]) + sh.row[u] * L.d + cta.cols.col(h), a[h]);
           }
         }
       }
