@@ -45,10 +45,14 @@ struct Inputs {
 using Rerun = std::function<void()>;
 
 // What the host reads from a program: whether it is valid for these inputs, and its distinct groups per table
-// (slices equal but for their window). Reading it copies prog_i and prog_f to the host, two synchronizations
-// per call, so the facts of the last program read are kept, keyed by the tensors (held by the cache, so no
-// other program can take their place) and their version counters (in-place writes through torch bump them).
-// Inference tensors have no version counter and are read every call.
+// (slices equal but for their window). The host's grouping must never be looser than the device plan's
+// same_group (slicing.cu): the launch grid takes the host's count as the number of blocks, so it may
+// over-count (extra CTAs return) but never under-count. That is why it is not the CPU kernel's grouping,
+// which merges filters on one field and so can count fewer groups.
+// Reading the program copies prog_i and prog_f to the host, two synchronizations per call, so the facts of the
+// last program read are kept, keyed by the tensors (held by the cache, so no other program can take their
+// place) and their version counters (in-place writes through torch bump them). Inference tensors have no
+// version counter and are read every call.
 struct ProgramFacts {
   bool ok = true;
   std::vector<int64_t> groups;
