@@ -1095,13 +1095,14 @@ cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tab
     // the per-event rows visit every event (a table with one block stores every row, zeros included)
     if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, rows, flag, stream, cap) != cudaSuccess) return;
     const bool vec = vector_ok<C>(tabs, d, sizeof(scalar_t), false, grad);
-    if (rows) {
-      vec ? backward_typed<true, scalar_t, C, H>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag, stream, cap)
-          : backward_typed<true, scalar_t, 1, 1>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag, stream, cap);
-    } else {
-      vec ? backward_typed<false, scalar_t, C, H>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag, stream, cap)
-          : backward_typed<false, scalar_t, 1, 1>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag, stream, cap);
-    }
+    const auto run = [&](auto rows_tag) {  // errors surface through with_dtype's cudaGetLastError
+      constexpr bool kRows = decltype(rows_tag)::value;
+      vec ? backward_typed<kRows, scalar_t, C, H>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag,
+                                                 stream, cap)
+          : backward_typed<kRows, scalar_t, 1, 1>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag,
+                                                 stream, cap);
+    };
+    rows ? run(std::true_type{}) : run(std::false_type{});
   });
 }
 
