@@ -19,6 +19,13 @@ BACKENDS = ("auto", "native", "triton")
 # ops whose Triton kernel beat the CUDA kernel on the H200 (see benchmarks/results/)
 AUTO_TRITON: set[str] = set()
 
+# the ops that have a Triton kernel (dv365_ops/triton_kernels/); the others have none and every backend runs
+# their compiled kernel
+TRITON_OPS = frozenset({
+    "int4_dequantize", "int4_quantize", "jagged_mean_pool", "jagged_mean_pool_backward",
+    "jagged_mean_pool_backward_rows", "sliced_pool", "sliced_pool_backward", "sliced_pool_backward_rows",
+})
+
 _state = threading.local()
 
 
@@ -60,7 +67,7 @@ def resolve(op_name: str, device: torch.device):
     """The op (an OpOverloadPacket) that serves ``op_name`` on ``device`` under the current backend."""
     native = getattr(torch.ops.dv365, op_name)
     backend = get_backend()
-    if backend == "native":
+    if backend == "native" or op_name not in TRITON_OPS:
         return native
     tri = triton_op(op_name)
     if backend == "triton":

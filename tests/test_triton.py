@@ -296,11 +296,16 @@ def test_sliced_pool_bad_inputs(device):
 
 
 def test_backend_resolves_to_the_triton_ops(device):
-    for op in ("jagged_mean_pool", "jagged_mean_pool_backward", "jagged_mean_pool_backward_rows", "int4_quantize",
-               "int4_dequantize", "sliced_pool", "sliced_pool_backward", "sliced_pool_backward_rows"):
+    triton_ops = {name[: -len("_triton")] for name in dir(T) if name.endswith("_triton")}
+    assert triton_ops == _backend.TRITON_OPS
+    for op in sorted(_backend.TRITON_OPS):
         with _backend.use_backend("triton"):
             assert _backend.resolve(op, device) is getattr(T, f"{op}_triton")
         with _backend.use_backend("native"):
+            assert _backend.resolve(op, device) is getattr(T, op)
+    # ops without a Triton kernel run their compiled kernel under every backend
+    for op in ("token_pool", "token_pool_backward", "slice_timeline"):
+        with _backend.use_backend("triton"):
             assert _backend.resolve(op, device) is getattr(T, op)
 
 
