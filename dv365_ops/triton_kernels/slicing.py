@@ -229,7 +229,13 @@ def _block_summary(f0, f1, f2, flags, beta, gamma, s_ok):
     )
 
 
-@triton.jit
+# the scalars that vary from call to call (table index, slice count, splits, the cats / floats row strides) are not
+# specialized on (Triton would compile a variant per "== 1" and "% 16 == 0" of each); D and the row strides are,
+# for vector loads
+_VARYING = ["t", "S", "SPLIT", "EPP", "stride_c", "stride_f"]
+
+
+@triton.jit(do_not_specialize=_VARYING)
 def _forward_kernel(
     table, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, order, table_start, acc_out, wsum_out,
     t, S, D, SPLIT, EPP, stride_t, stride_c, stride_f,
@@ -290,7 +296,7 @@ def _forward_kernel(
         tl.atomic_add(wsum_out + out_row, wacc, mask=s_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _backward_kernel(
     grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, order, table_start, out,
     t, S, D, SPLIT, EPP, stride_c, stride_f, stride_o,
