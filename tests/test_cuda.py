@@ -292,22 +292,24 @@ def test_sliced_pool(dtype, s_count, t_count, d):
     _check_sliced_pool(random_sliced_inputs(lengths, s_count, t_count, d, dtype, "cuda", with_floats=s_count != 7))
 
 
+# Each variant sets DV365_SP_* knobs (read per call): work items of 64 events; a table's groups split over
+# several CTA blocks or (32) each table in one block, whose per-event backward stores its rows where several
+# blocks add into zeroed rows; 16 rows in flight per lane; item-fastest CTA order; no / deeper L2 prefetch; the
+# forward's per-group-union or per-event accumulation forced.
+SP_KNOBS = [{}, {"ITEM": "64"}, {"ITEM": "64", "GROUPS": "32"}, {"GROUPS": "1"}, {"ROWS": "16"}, {"ORDER": "0"},
+            {"PREFETCH": "0"}, {"PREFETCH": "2"}, {"ACC": "0"}, {"ACC": "2"},
+            {"ACC": "2", "ROWS": "16", "PREFETCH": "3", "ORDER": "0"}]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("item,groups,rows_in_flight", [(None, None, None), ("64", None, None), ("64", "32", None),
-                                                         (None, "1", None), (None, None, "16")])
-def test_sliced_pool_grouped_windows(dtype, item, groups, rows_in_flight, monkeypatch):
+@pytest.mark.parametrize("knobs", SP_KNOBS, ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()) or "default")
+def test_sliced_pool_grouped_windows(dtype, knobs, monkeypatch):
     """W40K's structured program (50 predicates x 4 windows: the kernels pool each predicate once per segment)
-    on short timelines, with work items cut small (DV365_SP_ITEM), a table's groups split over several
-    CTA blocks (DV365_SP_GROUPS; 32 puts each table in one block, whose per-event backward stores its rows,
-    where several blocks add into zeroed rows) and 16 rows in flight per lane (DV365_SP_ROWS)."""
+    on short timelines, under every kernel variant the DV365_SP_* knobs choose (SP_KNOBS)."""
     from dv365_ops import testing
 
-    if item:
-        monkeypatch.setenv("DV365_SP_ITEM", item)
-    if groups:
-        monkeypatch.setenv("DV365_SP_GROUPS", groups)
-    if rows_in_flight:
-        monkeypatch.setenv("DV365_SP_ROWS", rows_in_flight)
+    for name, value in knobs.items():
+        monkeypatch.setenv(f"DV365_SP_{name}", value)
     rows = (300, 200, 100)
     lengths = _lengths(int(torch.randint(1, 6, ())), 2500)
     tl = testing.random_timeline(lengths, table_rows=rows, cat_cardinality=testing.W40K_CAT_CARDINALITY,
@@ -317,6 +319,19 @@ def test_sliced_pool_grouped_windows(dtype, item, groups, rows_in_flight, monkey
     tables = [torch.randn(r, d, device="cuda").to(dtype) for r in rows]
     _check_sliced_pool((tables, tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"],
                         pi.cuda(), pf.cuda()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s_count,t_count,d", [(70, 3, 123), (30, 2, 264), (9, 1, 8)])
+@pytest.mark.parametrize("knobs", [{"ACC": "0"}, {"ACC": "2", "PREFETCH": "2"}, {"ORDER": "0", "GROUPS": "3"}],
+                         ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
+def test_sliced_pool_random_programs_kernel_variants(dtype, s_count, t_count, d, knobs, monkeypatch):
+    """Random programs (overlapping filters, weights) through the forward's accumulation modes, a deeper
+    prefetch and the item-fastest CTA order, on the scalar (d = 123) and 16-byte column paths."""
+    for name, value in knobs.items():
+        monkeypatch.setenv(f"DV365_SP_{name}", value)
+    lengths = _lengths(int(torch.randint(1, 9, ())), 3000)
+    _check_sliced_pool(random_sliced_inputs(lengths, s_count, t_count, d, dtype, "cuda"))
 
 
 def test_sliced_pool_program_edited_in_place():

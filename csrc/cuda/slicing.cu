@@ -500,7 +500,9 @@ __device__ __forceinline__ void membership(const Smem<acc_t>& sh, const Timeline
 
 struct Launch {
   int64_t d, col_tiles, max_blocks, items_cap;
+  int64_t item_ctas;  // CTAs per block, striding over the items
   int bg;
+  int order, prefetch, acc;  // Tuning's
 };
 
 // What every pooling CTA starts with: its block's groups in shared memory, the plan, its columns.
@@ -508,7 +510,7 @@ template <typename acc_t, int C, int H>
 struct Cta {
   Smem<acc_t> sh;
   PlanView v;
-  int64_t blk, table, k, n_items;
+  int64_t blk, slot, table, k, n_items;  // slot: the first item this CTA pools (then every L.item_ctas-th)
   int ng;  // 0: this CTA's block does not exist
   Cols<C, H> cols;
   bool valid[H];  // chunk h lies within the D columns (D % C == 0)
@@ -516,7 +518,8 @@ struct Cta {
   __device__ Cta(unsigned char* raw, const Program& p, const Tables& tabs, const int64_t* plan_raw, const Launch& L)
       : sh(carve<acc_t>(raw, L.bg, Cols<C, H>::kTile)),
         v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables),
-        blk(blockIdx.y),
+        blk(L.order ? blockIdx.x % L.max_blocks : blockIdx.y),
+        slot(L.order ? blockIdx.x / L.max_blocks : blockIdx.x),
         table(0),
         k(v.hdr[kNumBounds]),
         n_items(min(v.hdr[kNumItems], L.items_cap)),
@@ -563,9 +566,27 @@ __device__ __forceinline__ Chunk<T, C> load_chunk(const T* p) {
   return *reinterpret_cast<const Chunk<T, C>*>(p);
 }
 
+// Prefetches into L2 the kept rows among batch events [r0, r1): the tile's columns of each, as 128-byte lines
+// spread over the lanes. A prefetch holds no register while in flight, so the warp's later loads of these rows
+// wait for L2, not for DRAM.
+template <typename scalar_t, typename acc_t, int kTile>
+__device__ __forceinline__ void prefetch_rows(const Smem<acc_t>& sh, const scalar_t* table, int64_t stride,
+                                              int64_t col0, int64_t d, int r0, int r1) {
+  constexpr int kLineElems = static_cast<int>(128 / sizeof(scalar_t));
+  constexpr int kLines = static_cast<int>((kTile * sizeof(scalar_t) + 127) / 128);
+  const int64_t lines = ceil_div(min(static_cast<int64_t>(kTile), d - col0), kLineElems);
+  for (int i = threadIdx.x; i < (r1 - r0) * kLines; i += kWarp) {
+    const int r = r0 + i / kLines, l = i % kLines;
+    if (l < lines && sh.mask[r] != 0) {
+      const scalar_t* line = table + sh.row[r] * stride + col0 + static_cast<int64_t>(l) * kLineElems;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+    }
+  }
+}
+
 // ---- forward ----
-// grid: x strides over the items, y = block, z = column tile; one warp per CTA.
-// R: rows in flight per lane (a multiple of 4 dividing kBatch).
+// grid (L.order): x = item slot * max_blocks + block (or x = item slot, y = block), z = column tile; one warp
+// per CTA. R: rows in flight per lane (a multiple of 4 dividing kBatch).
 template <typename scalar_t, typename acc_t, int C, int H, int R>
 __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
                                                       const int64_t* __restrict__ items, Launch L,
@@ -581,7 +602,7 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
   const int64_t stride = tabs.row_stride[cta.table];
   const int64_t* ids = tabs.ids[cta.table];
   const int lane = threadIdx.x;
-  for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
+  for (int64_t it = cta.slot; it < cta.n_items; it += L.item_ctas) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
     const uint32_t active = cta.active_groups(p, j);
     if (active == 0) continue;
@@ -594,7 +615,12 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
       membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[cta.table], flag);
       __syncthreads();
       const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
+      if (L.prefetch > 0) prefetch_rows<scalar_t, acc_t, kTile>(sh, table, stride, cta.cols.base, L.d, 0, min(nb, L.prefetch * R));
       for (int u0 = 0; u0 < nb; u0 += R) {
+        if (L.prefetch > 0) {
+          prefetch_rows<scalar_t, acc_t, kTile>(sh, table, stride, cta.cols.base, L.d, min(nb, u0 + L.prefetch * R),
+                                                min(nb, u0 + (L.prefetch + 1) * R));
+        }
         Chunk<scalar_t, C> raw[R][H];
 #pragma unroll
         for (int u = 0; u < R; ++u) {
@@ -620,14 +646,44 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
             for (int i = 0; i < C; ++i) x[u][h][i] = to_acc<acc_t>(raw[u][h].v[i]);
           }
         }
-        // the groups of four events at once: one weight vector load and one read-modify-write of the group's
-        // accumulators per group any of the four keeps (events past nb have mask 0 and weight 0)
+        // four events at a time (events past nb have mask 0 and weight 0), one of two ways, whichever issues
+        // fewer instructions for these four (L.acc: 1 chooses, 0 / 2 force one):
+        // - per group in the union of their masks: one weight vector load and one read-modify-write of the
+        //   group's accumulators for the four events (groups most events share, like "all");
+        // - per (event, group) kept: one read-modify-write with that event's row alone (groups that partition
+        //   the events, like action types, where four events mostly fall in different groups).
 #pragma unroll
         for (int q = 0; q < R; q += 4) {
+          uint32_t m[4];
           uint32_t bits = 0;
+          int hits = 0;
 #pragma unroll
-          for (int u = 0; u < 4; ++u) bits |= sh.mask[u0 + q + u];
+          for (int u = 0; u < 4; ++u) {
+            m[u] = sh.mask[u0 + q + u];
+            bits |= m[u];
+            hits += __popc(m[u]);
+          }
           touched |= bits;
+          constexpr int kGroupCost = 3 + H * (2 + 4 * C), kHitCost = 4 + H * (2 + C);
+          if (L.acc == 2 || (L.acc == 1 && hits * kHitCost < __popc(bits) * kGroupCost)) {
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              for (uint32_t eb = m[u]; eb; eb &= eb - 1) {
+                const int g = __ffs(eb) - 1;
+                const acc_t w = static_cast<acc_t>(sh.w[g * kBatch + u0 + q + u]);
+#pragma unroll
+                for (int h = 0; h < H; ++h) {
+                  auto* dst = reinterpret_cast<Chunk<acc_t, C>*>(sh.acc + g * kTile + cta.cols.off(h));
+                  Chunk<acc_t, C> a = *dst;
+#pragma unroll
+                  for (int i = 0; i < C; ++i) a.v[i] += w * x[q + u][h][i];
+                  *dst = a;
+                }
+                if (lane == 0) sh.wsum[g] += w;
+              }
+            }
+            continue;
+          }
           while (bits) {
             const int g = __ffs(bits) - 1;
             bits &= bits - 1;
@@ -702,7 +758,7 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
   // with several blocks adds into tabs.rows_acc (zeroed by zero_rows_kernel)
   const bool store = kRows && ceil_div(cta.v.tcount[t], L.bg) == 1;
   acc_t* gvec = sh.acc;  // [g][tile]: sum over the group's covering slices of grad / weight_sum
-  for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
+  for (int64_t it = cta.slot; it < cta.n_items; it += L.item_ctas) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
     const uint32_t active = cta.active_groups(p, j);
     if (active == 0 && !store) continue;
@@ -996,10 +1052,16 @@ cudaError_t shape_launch(K kernel, int64_t d, const Tuning& tune, const Program&
   L.bg = tune.block_groups;
   L.max_blocks = tune.num_blocks > 0 ? tune.num_blocks : ceil_div(prog.s, L.bg) + tabs.num_tables;
   L.items_cap = items_cap;
+  L.order = tune.order;
+  L.prefetch = tune.prefetch;
+  L.acc = tune.acc;
   shape.smem = smem_bytes<acc_t>(L.bg, kTile);
   int64_t gx = 1;
   const cudaError_t err = configure(kernel, shape.smem, kWarp, items_cap, gx);
-  shape.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
+  L.item_ctas = gx;
+  shape.grid = L.order ? dim3(static_cast<unsigned>(gx * L.max_blocks), 1, static_cast<unsigned>(L.col_tiles))
+                       : dim3(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks),
+                              static_cast<unsigned>(L.col_tiles));
   return err;
 }
 

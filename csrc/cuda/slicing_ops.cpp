@@ -157,12 +157,15 @@ slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
     tune.num_blocks = std::max<int64_t>(tune.num_blocks, 1);
   }
   if (const char* env = std::getenv("DV365_SP_ROWS")) tune.rows_in_flight = std::atoi(env) >= 16 ? 16 : 8;
+  if (const char* env = std::getenv("DV365_SP_ORDER")) tune.order = std::atoi(env) != 0;
+  if (const char* env = std::getenv("DV365_SP_PREFETCH")) tune.prefetch = std::clamp(std::atoi(env), 0, 4);
+  if (const char* env = std::getenv("DV365_SP_ACC")) tune.acc = std::clamp(std::atoi(env), 0, 2);
   return tune;
 }
 
-// Metadata checks with the CPU kernel's rules (its messages win through rerun), the program's checks on the
-// host (skipped while capturing a graph: they need the program on the host), and the event data checks
-// launched on the device (their bits are read with the op's other errors).
+// Metadata checks with the CPU kernel's rules (its messages win through rerun) and the program's checks on the
+// host (skipped while capturing a graph: they need the program on the host). The event data checks run on the
+// device (launch_data_checks).
 Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
                       const at::Tensor& cats, const at::Tensor& floats, const at::Tensor& request_ts,
                       const at::Tensor& prog_i, const at::Tensor& prog_f, const Rerun& rerun, int64_t num_tables,
@@ -240,9 +243,17 @@ Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor
   in.prog.prog_i = in.prog_i.data_ptr<int64_t>();
   in.prog.prog_f = in.prog_f.data_ptr<double>();
   in.prog.s = in.s;
-  check_offsets_async(in.offsets, n, flag, op);
-  check_launch(slicing::launch_validate_timeline(in.tl, flag.data_ptr<int32_t>(), current_stream()), op);
   return in;
+}
+
+// The event data checks on the device: offsets, the timeline's fields and (tables given) every table's ids; their
+// bits are read with the op's other errors. The kernels never read out of bounds on bad data, so the ops launch
+// these after their pooling kernels: the host time of three launches is then hidden behind the pooling kernel
+// rather than spent before it.
+void launch_data_checks(const Inputs& in, const slicing::Tables* tables, const at::Tensor& flag, const char* op) {
+  check_offsets_async(in.offsets, in.n, flag, op);
+  check_launch(slicing::launch_validate_timeline(in.tl, flag.data_ptr<int32_t>(), current_stream()), op);
+  if (tables) check_launch(slicing::launch_validate_ids(*tables, in.n, flag.data_ptr<int32_t>(), current_stream()), op);
 }
 
 slicing::Tables table_set(const Inputs& in) {
@@ -373,21 +384,23 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
   const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
   auto pooled = at::empty({in.b, in.s, d}, tables[0].options());
   auto wsum = at::empty({in.b, in.s}, tables[0].options().dtype(at::kFloat));
-  check_launch(slicing::launch_validate_ids(set, in.n, flag.data_ptr<int32_t>(), current_stream()), op);
   const int64_t t_count = static_cast<int64_t>(tables.size());
   const slicing::Tuning tune = tuning_of(in, kDefaultBlockGroups);
   ScratchHolder scratch;
   const bool work = in.b > 0 && in.s > 0 && in.n > 0 && d > 0;
   if (in.b > 0 && in.s > 0) {
-    auto num = at::zeros({in.b, in.s, d}, tables[0].options().dtype(acc_dtype));
-    auto wacc = at::zeros({in.b, in.s}, tables[0].options().dtype(acc_dtype));
+    // the numerators [B, S, D] and the weight sums [B, S] in one zeroed buffer (one fill, not two)
+    auto acc = at::zeros({in.b * in.s * (d + 1)}, tables[0].options().dtype(acc_dtype));
+    void* num = acc.data_ptr();
+    void* wacc = static_cast<char*>(num) + in.b * in.s * d * acc.element_size();
     scratch = make_scratch(in, t_count);
     if (work) use_cached_plan(in, t_count, tune.block_groups, scratch.plan, scratch.sc);
-    check_launch(slicing::launch_sliced_pool(in.tl, set, in.prog, d, dtype_of(dtype), tune, scratch.sc,
-                                             num.data_ptr(), wacc.data_ptr(), pooled.data_ptr(),
-                                             wsum.data_ptr<float>(), flag.data_ptr<int32_t>(), current_stream()),
+    check_launch(slicing::launch_sliced_pool(in.tl, set, in.prog, d, dtype_of(dtype), tune, scratch.sc, num, wacc,
+                                             pooled.data_ptr(), wsum.data_ptr<float>(), flag.data_ptr<int32_t>(),
+                                             current_stream()),
                  op);
   }
+  launch_data_checks(in, &set, flag, op);
   check_error_flag(flag, op, rerun);
   if (work) remember_plan(in, t_count, tune.block_groups, scratch.plan);
   return {pooled, wsum};
@@ -467,7 +480,6 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
     }
     set.out[t] = outs.back().data_ptr();
   }
-  if (!kRows) check_launch(slicing::launch_validate_ids(set, in.n, flag.data_ptr<int32_t>(), current_stream()), op);
   ScratchHolder scratch;
   if (work) {
     const at::Tensor g = grad.contiguous();
@@ -500,6 +512,7 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
                                                       ws_double, flag.data_ptr<int32_t>(), current_stream()),
                  op);
   }
+  launch_data_checks(in, kRows ? nullptr : &set, flag, op);
   check_error_flag(flag, op, rerun);
   if (work) remember_plan(in, t_count, tune.block_groups, scratch.plan);
   if (!kRows) {
@@ -551,6 +564,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> slice_timeline_cuda(at::TensorLis
   check_launch(slicing::launch_slice_timeline_count(in.tl, set, in.prog, lengths.data_ptr<int64_t>(),
                                                     flag.data_ptr<int32_t>(), current_stream()),
                op);
+  launch_data_checks(in, nullptr, flag, op);
   // the output size depends on the data: one synchronization here (so this op cannot be graph-captured)
   check_error_flag(flag, op, rerun);
   auto ends = at::cumsum(lengths, 0);
