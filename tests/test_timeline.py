@@ -142,6 +142,7 @@ def test_cut_keeps_events_before_the_cutoff(kind):
 @pytest.mark.parametrize("kind", ["explicit", "implicit"])
 @pytest.mark.parametrize("lengths", [[5, 0, 12], [1], [0, 0]])
 def test_kjt_round_trip_shares_storage(kind, lengths):
+    pytest.importorskip("torchrec")
     batch = random_batch(kind, lengths, random_request_ts(len(lengths)))
     kjt = batch.to_kjt()
     assert kjt.keys() == list(ID_FIELDS)
@@ -157,6 +158,7 @@ def test_kjt_round_trip_shares_storage(kind, lengths):
 
 
 def test_from_kjt_errors():
+    pytest.importorskip("torchrec")
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     batch = random_batch("explicit", [2, 3], random_request_ts(2))
