@@ -478,6 +478,15 @@ def sliced_pool(
         _util.check(tab.device == ts.device, op, f"tables[{t}] must be on the same device as ts")
     _util.check_device(op, ts)
     plan = _Plan(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, [t.shape[0] for t in tables], tables[0].dtype)
+    acc, wsum = _pool(plan, tables)
+    acc_dtype = acc.dtype
+    pooled = torch.where(wsum[..., None] > 0, acc / wsum.clamp_min(torch.finfo(acc_dtype).tiny)[..., None], 0.0)
+    return pooled.to(tables[0].dtype), wsum.float()
+
+
+def _pool(plan: "_Plan", tables: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward's sums in the accumulation dtype: numerators [B, S, D] and weight sums [B, S]."""
+    ts = plan.ts
     dtype, d = tables[0].dtype, tables[0].shape[1]
     acc_dtype = _util.acc_dtype(dtype)
     acc = torch.zeros(plan.b, plan.s, d, dtype=acc_dtype, device=ts.device)
@@ -496,8 +505,7 @@ def sliced_pool(
                 t, plan.s, d, split, cfg["EPP"], tab.stride(0), plan.cats.stride(0), plan.floats.stride(0),
                 GATE=cfg["GATE"], **plan.common(cfg),
             )
-    pooled = torch.where(wsum[..., None] > 0, acc / wsum.clamp_min(torch.finfo(acc_dtype).tiny)[..., None], 0.0)
-    return pooled.to(dtype), wsum.float()
+    return acc, wsum
 
 
 def _backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
@@ -520,6 +528,11 @@ def _backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, 
     plan = _Plan(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows or [2**63 - 1] * len(ids), grad.dtype)
     d = grad.shape[2]
     grad, weight_sum = grad.contiguous(), weight_sum.contiguous()
+    if grad.dtype == torch.float64:
+        # float64 recomputes the weight sums in float64, as the compiled kernels do: the forward's weight_sum output
+        # is rounded to float32 (the sums of a one-column zero table that every id reads through a zero row stride)
+        zero = torch.zeros(1, 1, dtype=torch.float64, device=ts.device).expand(2**62, 1)
+        weight_sum = _pool(plan, [zero] * plan.num_tables)[1]
     acc_dtype = _util.acc_dtype(grad.dtype)
     outs = []
     for t in range(plan.num_tables):
