@@ -66,14 +66,21 @@ struct Scratch {
 // acc: how the forward adds four events' rows into their groups: 0 once per group in the union of the four
 // masks (a group's accumulator read and written once for the four), 2 once per (event, group) kept, 1 the
 // cheaper of the two for each four events.
+// kernel: where the forward keeps its group sums: shared memory (any block size; acc applies), or registers when
+// a block has at most kRegGroups groups and the columns go by 16-byte chunks: one-warp CTAs (kRegisters), or
+// two-warp CTAs that share each event's membership and split its row's columns (kRegisters2, 4-byte dtypes;
+// others take kRegisters).
+enum class PoolKernel : int { kShared = 0, kRegisters = 1, kRegisters2 = 2 };
 struct Tuning {
   int block_groups = 8;
   int64_t num_blocks = 0;
   int rows_in_flight = 8;
-  int order = 1;
-  int prefetch = 1;
-  int acc = 1;
+  int order = 0;
+  int prefetch = 0;
+  int acc = 0;
+  PoolKernel kernel = PoolKernel::kRegisters2;
 };
+constexpr int kRegGroups = 8;
 
 // pooled [B, S, D] (dtype) and weight_sum [B, S] float32 from num/wacc accumulators (acc dtype, zeroed).
 cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, DType dtype,
