@@ -309,10 +309,11 @@ def test_sliced_pool(dtype, s_count, t_count, d):
 # Each variant sets DV365_SP_* knobs (read per call; docs/backends.md): work items of 64 events; a table's groups
 # split over several CTA blocks or (32) each table in one block, whose per-event backward stores its rows where
 # several blocks add into zeroed rows (and whose forward keeps its sums in shared memory: more than 8 groups);
-# 4 / 16 rows in flight; the forward's three kernels (shared-memory sums, register sums in one- and two-warp
+# 4 / 16 rows in flight; the forward's kernels (shared-memory sums, register sums in one-, two- and four-warp
 # CTAs); block-fastest CTA order; L2 prefetch; the shared-memory kernel's per-event and adaptive accumulation.
 SP_KNOBS = [{}, {"ITEM": "64"}, {"ITEM": "64", "GROUPS": "32"}, {"GROUPS": "1"}, {"ROWS": "4"}, {"KERNEL": "1"},
-            {"KERNEL": "1", "ROWS": "4"}, {"KERNEL": "0"}, {"KERNEL": "0", "ROWS": "16"}, {"ORDER": "1"},
+            {"KERNEL": "1", "ROWS": "4"}, {"KERNEL": "3"}, {"KERNEL": "0"}, {"KERNEL": "0", "ROWS": "16"},
+            {"ORDER": "1"},
             {"PREFETCH": "1"}, {"PREFETCH": "3", "ORDER": "1", "ROWS": "4"}, {"KERNEL": "0", "ACC": "1"},
             {"KERNEL": "0", "ACC": "2", "PREFETCH": "2"}]
 
@@ -339,7 +340,7 @@ def test_sliced_pool_grouped_windows(dtype, knobs, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("s_count,t_count,d", [(70, 3, 123), (30, 2, 264), (9, 1, 8)])
-@pytest.mark.parametrize("knobs", [{}, {"KERNEL": "1"}, {"KERNEL": "0", "ACC": "1"},
+@pytest.mark.parametrize("knobs", [{}, {"KERNEL": "1"}, {"KERNEL": "3"}, {"KERNEL": "0", "ACC": "1"},
                                    {"KERNEL": "0", "ACC": "2", "PREFETCH": "2"}, {"ORDER": "1", "GROUPS": "3"}],
                          ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
 def test_sliced_pool_random_programs_kernel_variants(dtype, s_count, t_count, d, knobs, monkeypatch):

@@ -174,6 +174,7 @@ def sliced_peers(w: dict):
 # at a time.
 SP_SWEEP = {
     torch.float32: [{"KERNEL": "0"}, {"KERNEL": "0", "ACC": "1"}, {"KERNEL": "1"}, {"KERNEL": "1", "ROWS": "4"},
+                    {"KERNEL": "3"}, {"KERNEL": "3", "PREFETCH": "1"},
                     {"ROWS": "4"}, {"PREFETCH": "1"}, {"PREFETCH": "2"}, {"ORDER": "1"}, {"ORDER": "1", "PREFETCH": "1"},
                     {"ITEM": "512"}, {"ITEM": "2048"}, {"GROUPS": "6"}, {"GROUPS": "11"}],
     torch.bfloat16: [{"KERNEL": "0"}, {"ROWS": "4"}, {"PREFETCH": "1"}],

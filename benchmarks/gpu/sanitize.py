@@ -79,6 +79,7 @@ def main() -> None:
         targs = (tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"], pi, pf)
         for env in ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "32"}, {"DV365_SP_GROUPS": "1"},
                     {"DV365_SP_ROWS": "4"}, {"DV365_SP_KERNEL": "1"}, {"DV365_SP_KERNEL": "1", "DV365_SP_ROWS": "4"},
+                    {"DV365_SP_KERNEL": "3"},
                     {"DV365_SP_KERNEL": "0", "DV365_SP_ROWS": "16"}, {"DV365_SP_ORDER": "1", "DV365_SP_PREFETCH": "1"},
                     {"DV365_SP_KERNEL": "0", "DV365_SP_ACC": "1"},
                     {"DV365_SP_KERNEL": "0", "DV365_SP_ACC": "2", "DV365_SP_PREFETCH": "2"}):

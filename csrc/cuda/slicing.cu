@@ -1184,10 +1184,16 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
       if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, false, flag, stream, cap) != cudaSuccess) return;
       cudaError_t err;
       const bool regs = tune.kernel != PoolKernel::kShared && tune.block_groups <= kRegGroups;
-      // two warps a CTA, 16 bytes a thread and row (float32: each warp half of a 1 KB row)
+      // two warps a CTA, 16 bytes a thread and row (float32: each warp half of a 1 KB row), or four warps with 8 bytes
+      // a thread and row
       constexpr bool kTwo = sizeof(scalar_t) == 4;
       if (!vector_ok<C>(tabs, d, sizeof(scalar_t), true, nullptr)) {
         err = pool_typed<scalar_t, 1, 1, 8, 0>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
+      } else if (kTwo && regs && tune.kernel == PoolKernel::kRegisters4) {
+        if constexpr (kTwo) {
+          err = pool_typed<scalar_t, 2, 1, 8, kRegGroups, 4 * kWarp>(tl, tabs, prog, d, tune, sc, num, wacc, flag,
+                                                                    stream, cap);
+        }
       } else if (kTwo && regs && tune.kernel == PoolKernel::kRegisters2) {
         if constexpr (kTwo) {
           err = tune.rows_in_flight <= 4

@@ -69,8 +69,8 @@ struct Scratch {
 // kernel: where the forward keeps its group sums: shared memory (any block size; acc applies), or registers when
 // a block has at most kRegGroups groups and the columns go by 16-byte chunks: one-warp CTAs (kRegisters), or
 // two-warp CTAs that share each event's membership and split its row's columns (kRegisters2, 4-byte dtypes;
-// others take kRegisters).
-enum class PoolKernel : int { kShared = 0, kRegisters = 1, kRegisters2 = 2 };
+// others take kRegisters), or four-warp CTAs with 8-byte column chunks (kRegisters4, 4-byte dtypes).
+enum class PoolKernel : int { kShared = 0, kRegisters = 1, kRegisters2 = 2, kRegisters4 = 3 };
 struct Tuning {
   int block_groups = 8;
   int64_t num_blocks = 0;

@@ -160,7 +160,7 @@ slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
   if (const char* env = std::getenv("DV365_SP_PREFETCH")) tune.prefetch = std::clamp(std::atoi(env), 0, 4);
   if (const char* env = std::getenv("DV365_SP_ACC")) tune.acc = std::clamp(std::atoi(env), 0, 2);
   if (const char* env = std::getenv("DV365_SP_KERNEL")) {
-    tune.kernel = static_cast<slicing::PoolKernel>(std::clamp(std::atoi(env), 0, 2));
+    tune.kernel = static_cast<slicing::PoolKernel>(std::clamp(std::atoi(env), 0, 3));
   }
   if (const char* env = std::getenv("DV365_SP_ROWS")) {
     const int r = std::atoi(env);
