@@ -169,15 +169,11 @@ def sliced_peers(w: dict):
             ("dense W bf16 matmul", dense_matmul, 1), ("index_select only (floor)", index_select_only, 0)]
 
 
-# The forward's knobs (DV365_SP_*, read per call; docs/backends.md), each against the defaults in the same run:
-# the other two kernels (shared-memory sums: the session-3 kernel; register sums in one-warp CTAs), then one knob
-# at a time.
+# The forward's knobs (DV365_SP_*, read per call; docs/backends.md), each against the defaults in the same run.
 SP_SWEEP = {
-    torch.float32: [{"KERNEL": "0"}, {"KERNEL": "0", "ACC": "1"}, {"KERNEL": "1"}, {"KERNEL": "1", "ROWS": "4"},
-                    {"KERNEL": "3"}, {"KERNEL": "3", "PREFETCH": "1"},
-                    {"ROWS": "4"}, {"PREFETCH": "1"}, {"PREFETCH": "2"}, {"ORDER": "1"}, {"ORDER": "1", "PREFETCH": "1"},
-                    {"ITEM": "512"}, {"ITEM": "2048"}, {"GROUPS": "6"}, {"GROUPS": "11"}],
-    torch.bfloat16: [{"KERNEL": "0"}, {"ROWS": "4"}, {"PREFETCH": "1"}],
+    torch.float32: [{"ACC": "0"}, {"ACC": "2"}, {"ROWS": "16"}, {"ITEM": "512"}, {"ITEM": "2048"}, {"GROUPS": "6"},
+                    {"GROUPS": "11"}, {"GROUPS": "16"}],
+    torch.bfloat16: [{"ACC": "0"}],
 }
 
 

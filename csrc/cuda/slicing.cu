@@ -411,14 +411,13 @@ struct alignas(sizeof(T) * C < 16 ? sizeof(T) * C : 16) Chunk {
 
 constexpr int kWarp = 32;
 
-// kThreads: the CTA's threads (one warp, or two that split each row's columns: the forward's register variant).
-template <int C, int H, int kThreads = kWarp>
+template <int C, int H>
 struct Cols {
-  static constexpr int kTile = kThreads * H * C;
+  static constexpr int kTile = kWarp * H * C;
   int64_t base;  // the tile's first column
-  int lane;      // the thread's index in the CTA
-  __device__ __forceinline__ int64_t col(int h) const { return base + h * kThreads * C + lane * C; }
-  __device__ __forceinline__ int off(int h) const { return h * kThreads * C + lane * C; }  // within the tile
+  int lane;
+  __device__ __forceinline__ int64_t col(int h) const { return base + h * kWarp * C + lane * C; }
+  __device__ __forceinline__ int off(int h) const { return h * kWarp * C + lane * C; }  // within the tile
 };
 
 // ---- the membership step shared by the forward and backward kernels ----
@@ -501,32 +500,29 @@ __device__ __forceinline__ void membership(const Smem<acc_t>& sh, const Timeline
 
 struct Launch {
   int64_t d, col_tiles, max_blocks, items_cap;
-  int64_t item_ctas;  // CTAs per block, striding over the items
   int bg;
-  int acc_tile;  // columns of each group's shared-memory accumulator: the tile, or 0 (accumulators in registers)
-  int order, prefetch, acc;  // Tuning's
+  int acc;  // Tuning's
 };
 
 // What every pooling CTA starts with: its block's groups in shared memory, the plan, its columns.
-template <typename acc_t, int C, int H, int kThreads = kWarp>
+template <typename acc_t, int C, int H>
 struct Cta {
   Smem<acc_t> sh;
   PlanView v;
-  int64_t blk, slot, table, k, n_items;  // slot: the first item this CTA pools (then every L.item_ctas-th)
+  int64_t blk, table, k, n_items;
   int ng;  // 0: this CTA's block does not exist
-  Cols<C, H, kThreads> cols;
+  Cols<C, H> cols;
   bool valid[H];  // chunk h lies within the D columns (D % C == 0)
 
   __device__ Cta(unsigned char* raw, const Program& p, const Tables& tabs, const int64_t* plan_raw, const Launch& L)
-      : sh(carve<acc_t>(raw, L.bg, L.acc_tile)),
+      : sh(carve<acc_t>(raw, L.bg, Cols<C, H>::kTile)),
         v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables),
-        blk(L.order ? blockIdx.x % L.max_blocks : blockIdx.y),
-        slot(L.order ? blockIdx.x / L.max_blocks : blockIdx.x),
+        blk(blockIdx.y),
         table(0),
         k(v.hdr[kNumBounds]),
         n_items(min(v.hdr[kNumItems], L.items_cap)),
         ng(0) {
-    cols.base = static_cast<int64_t>(blockIdx.z) * Cols<C, H, kThreads>::kTile;
+    cols.base = static_cast<int64_t>(blockIdx.z) * Cols<C, H>::kTile;
     cols.lane = threadIdx.x;
 #pragma unroll
     for (int h = 0; h < H; ++h) valid[h] = cols.col(h) < L.d;
@@ -538,11 +534,11 @@ struct Cta {
   }
 
   // Calls f(s, g) for every slice s of this block whose window covers segment j (g: its group's position),
-  // in slice order, on every thread (each warp's lanes test 32 slices at once).
+  // in slice order, on every lane (the lanes test 32 slices at once).
   template <typename F>
   __device__ __forceinline__ void for_covering(const Program& p, int64_t j, F&& f) const {
     for (int64_t s0 = 0; s0 < p.s; s0 += kWarp) {
-      const int64_t s = s0 + cols.lane % kWarp;
+      const int64_t s = s0 + cols.lane;
       bool hit = false;
       if (s < p.s && v.slice_block[s] == blk) {
         const int64_t* r = p.prog_i + s * prog::kNumInt;
@@ -568,79 +564,38 @@ __device__ __forceinline__ Chunk<T, C> load_chunk(const T* p) {
   return *reinterpret_cast<const Chunk<T, C>*>(p);
 }
 
-// Prefetches into L2 the kept rows among batch events [r0, r1): the tile's columns of each, as 128-byte lines
-// spread over the lanes. A prefetch holds no register while in flight, so the warp's later loads of these rows
-// wait for L2, not for DRAM.
-template <typename scalar_t, typename acc_t, int kTile>
-__device__ __forceinline__ void prefetch_rows(const Smem<acc_t>& sh, const scalar_t* table, int64_t stride,
-                                              int64_t col0, int64_t d, int r0, int r1) {
-  constexpr int kLineElems = static_cast<int>(128 / sizeof(scalar_t));
-  constexpr int kLines = static_cast<int>((kTile * sizeof(scalar_t) + 127) / 128);
-  const int64_t lines = ceil_div(min(static_cast<int64_t>(kTile), d - col0), kLineElems);
-  for (int i = threadIdx.x; i < (r1 - r0) * kLines; i += blockDim.x) {
-    const int r = r0 + i / kLines, l = i % kLines;
-    if (l < lines && sh.mask[r] != 0) {
-      const scalar_t* line = table + sh.row[r] * stride + col0 + static_cast<int64_t>(l) * kLineElems;
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
-    }
-  }
-}
-
 // ---- forward ----
-// grid (L.order): x = item slot * max_blocks + block (or x = item slot, y = block), z = column tile; one warp
-// per CTA. R: rows in flight per lane (a multiple of 4 dividing kBatch).
-// G > 0: each lane keeps its columns of the block's (at most G) group sums, and their weight sums, in registers;
-// G = 0: in shared memory (any block size), read and written once per group and four events. On the H200 the
-// shared-memory version was bound by the latency of those read-modify-writes (forcing one per event and group
-// took 3.14 ms against 2.63 at W40K).
-template <typename scalar_t, typename acc_t, int C, int H, int R, int G, int kThreads>
-__global__ void __launch_bounds__(kThreads) pool_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
+// grid: x strides over the items, y = block, z = column tile; one warp per CTA.
+// R: rows in flight per lane (a multiple of 4 dividing kBatch).
+template <typename scalar_t, typename acc_t, int C, int H, int R>
+__global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
                                                       const int64_t* __restrict__ items, Launch L,
                                                       acc_t* __restrict__ num, acc_t* __restrict__ wacc,
                                                       int32_t* flag) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const Cta<acc_t, C, H, kThreads> cta(smem_raw, p, tabs, plan_raw, L);
+  const Cta<acc_t, C, H> cta(smem_raw, p, tabs, plan_raw, L);
   const Smem<acc_t>& sh = cta.sh;
   const int ng = cta.ng;
   if (ng == 0) return;
-  constexpr int kTile = Cols<C, H, kThreads>::kTile;
+  constexpr int kTile = Cols<C, H>::kTile;
   const scalar_t* table = static_cast<const scalar_t*>(tabs.table[cta.table]);
   const int64_t stride = tabs.row_stride[cta.table];
   const int64_t* ids = tabs.ids[cta.table];
-  const int lane = threadIdx.x;  // lane 0: the CTA's first thread
-  for (int64_t it = cta.slot; it < cta.n_items; it += L.item_ctas) {
+  const int lane = threadIdx.x;
+  for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
     const uint32_t active = cta.active_groups(p, j);
     if (active == 0) continue;
-    acc_t racc[G > 0 ? G : 1][H][C];  // G > 0: the group sums of this lane's columns, and the weight sums
-    acc_t rws[G > 0 ? G : 1];
-    if constexpr (G > 0) {
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        rws[g] = acc_t(0);
-#pragma unroll
-        for (int h = 0; h < H; ++h) {
-#pragma unroll
-          for (int i = 0; i < C; ++i) racc[g][h][i] = acc_t(0);
-        }
-      }
-    } else {
-      __syncthreads();  // the previous item's flush has read the accumulators
-      for (int i = lane; i < ng * kTile; i += kThreads) sh.acc[i] = acc_t(0);
-      for (int g = lane; g < ng; g += kThreads) sh.wsum[g] = acc_t(0);
-    }
+    __syncthreads();  // the previous item's flush has read the accumulators
+    for (int i = lane; i < ng * kTile; i += kWarp) sh.acc[i] = acc_t(0);
+    for (int g = lane; g < ng; g += kWarp) sh.wsum[g] = acc_t(0);
     uint32_t touched = 0;  // the groups that kept an event of the item
     for (int64_t e0 = e_begin; e0 < e_end; e0 += kBatch) {
       __syncthreads();
       membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[cta.table], flag);
       __syncthreads();
       const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
-      if (L.prefetch > 0) prefetch_rows<scalar_t, acc_t, kTile>(sh, table, stride, cta.cols.base, L.d, 0, min(nb, L.prefetch * R));
       for (int u0 = 0; u0 < nb; u0 += R) {
-        if (L.prefetch > 0) {
-          prefetch_rows<scalar_t, acc_t, kTile>(sh, table, stride, cta.cols.base, L.d, min(nb, u0 + L.prefetch * R),
-                                                min(nb, u0 + (L.prefetch + 1) * R));
-        }
         Chunk<scalar_t, C> raw[R][H];
 #pragma unroll
         for (int u = 0; u < R; ++u) {
@@ -666,36 +621,15 @@ __global__ void __launch_bounds__(kThreads) pool_kernel(Timeline tl, Tables tabs
             for (int i = 0; i < C; ++i) x[u][h][i] = to_acc<acc_t>(raw[u][h].v[i]);
           }
         }
-        // four events at a time (events past nb have mask 0 and weight 0), one of two ways, whichever issues
-        // fewer instructions for these four (L.acc: 1 chooses, 0 / 2 force one):
+        // four events at a time (events past nb have mask 0 and weight 0), one of two ways (L.acc: 1 takes the
+        // one that issues fewer instructions for these four, 0 / 2 force one):
         // - per group in the union of their masks: one weight vector load and one read-modify-write of the
         //   group's accumulators for the four events (groups most events share, like "all");
         // - per (event, group) kept: one read-modify-write with that event's row alone (groups that partition
         //   the events, like action types, where four events mostly fall in different groups).
+        // On the H200 (W40K fp32) the choice took 2.32 ms against 2.37 per union and 3.14 per event.
 #pragma unroll
         for (int q = 0; q < R; q += 4) {
-          if constexpr (G > 0) {
-            uint32_t bits = 0;
-#pragma unroll
-            for (int u = 0; u < 4; ++u) bits |= sh.mask[u0 + q + u];
-            touched |= bits;
-#pragma unroll
-            for (int g = 0; g < G; ++g) {
-              if (!((bits >> g) & 1u)) continue;  // uniform across the warp
-              const float4 w4 = *reinterpret_cast<const float4*>(sh.w + g * kBatch + u0 + q);
-              const acc_t w[4] = {acc_t(w4.x), acc_t(w4.y), acc_t(w4.z), acc_t(w4.w)};
-#pragma unroll
-              for (int h = 0; h < H; ++h) {
-#pragma unroll
-                for (int u = 0; u < 4; ++u) {
-#pragma unroll
-                  for (int i = 0; i < C; ++i) racc[g][h][i] += w[u] * x[q + u][h][i];
-                }
-              }
-              rws[g] += (w[0] + w[1]) + (w[2] + w[3]);
-            }
-            continue;
-          }
           uint32_t m[4];
           uint32_t bits = 0;
           int hits = 0;
@@ -747,23 +681,11 @@ __global__ void __launch_bounds__(kThreads) pool_kernel(Timeline tl, Tables tabs
         }
       }
     }
-    // flush: every slice of the block covering segment j gets its group's sums (each thread its own columns,
-    // thread 0 the weight sums)
+    // flush: every slice of the block covering segment j gets its group's sums (each lane its own columns,
+    // lane 0 the weight sums)
     __syncwarp();
     cta.for_covering(p, j, [&](int64_t s, int g) {
       if (!((touched >> g) & 1u)) return;
-      if constexpr (G > 0) {
-#pragma unroll
-        for (int gg = 0; gg < G; ++gg) {  // registers are indexed by constants only
-          if (gg != g) continue;
-          if (blockIdx.z == 0 && lane == 0) atomicAdd(wacc + b * p.s + s, rws[gg]);
-#pragma unroll
-          for (int h = 0; h < H; ++h) {
-            if (cta.valid[h]) atomic_add_n<acc_t, C>(num + (b * p.s + s) * L.d + cta.cols.col(h), racc[gg][h]);
-          }
-        }
-        return;
-      }
       if (blockIdx.z == 0 && lane == 0) atomicAdd(wacc + b * p.s + s, sh.wsum[g]);
 #pragma unroll
       for (int h = 0; h < H; ++h) {
@@ -812,7 +734,7 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
   // with several blocks adds into tabs.rows_acc (zeroed by zero_rows_kernel)
   const bool store = kRows && ceil_div(cta.v.tcount[t], L.bg) == 1;
   acc_t* gvec = sh.acc;  // [g][tile]: sum over the group's covering slices of grad / weight_sum
-  for (int64_t it = cta.slot; it < cta.n_items; it += L.item_ctas) {
+  for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
     const uint32_t active = cta.active_groups(p, j);
     if (active == 0 && !store) continue;
@@ -1099,24 +1021,18 @@ struct LaunchShape {
 
 template <int kTile, typename acc_t, typename K>
 cudaError_t shape_launch(K kernel, int64_t d, const Tuning& tune, const Program& prog, const Tables& tabs,
-                         int64_t items_cap, LaunchShape& shape, int acc_tile = kTile, int threads = kWarp) {
+                         int64_t items_cap, LaunchShape& shape) {
   Launch& L = shape.L;
   L.d = d;
   L.col_tiles = ceil_div(d, kTile);
   L.bg = tune.block_groups;
+  L.acc = tune.acc;
   L.max_blocks = tune.num_blocks > 0 ? tune.num_blocks : ceil_div(prog.s, L.bg) + tabs.num_tables;
   L.items_cap = items_cap;
-  L.order = tune.order;
-  L.prefetch = tune.prefetch;
-  L.acc = tune.acc;
-  L.acc_tile = acc_tile;
-  shape.smem = smem_bytes<acc_t>(L.bg, acc_tile);
+  shape.smem = smem_bytes<acc_t>(L.bg, kTile);
   int64_t gx = 1;
-  const cudaError_t err = configure(kernel, shape.smem, threads, items_cap, gx);
-  L.item_ctas = gx;
-  shape.grid = L.order ? dim3(static_cast<unsigned>(gx * L.max_blocks), 1, static_cast<unsigned>(L.col_tiles))
-                       : dim3(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks),
-                              static_cast<unsigned>(L.col_tiles));
+  const cudaError_t err = configure(kernel, shape.smem, kWarp, items_cap, gx);
+  shape.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
   return err;
 }
 
@@ -1126,17 +1042,15 @@ dim3 rows_grid(int64_t total, int64_t num_tables) {
               static_cast<unsigned>(num_tables));
 }
 
-template <typename scalar_t, int C, int H, int R, int G, int kThreads = kWarp>
+template <typename scalar_t, int C, int H, int R>
 cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, const Tuning& tune,
                        Scratch sc, void* num, void* wacc, int32_t* flag, cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
-  auto kernel = pool_kernel<scalar_t, acc_t, C, H, R, G, kThreads>;
+  auto kernel = pool_kernel<scalar_t, acc_t, C, H, R>;
   LaunchShape shape;
-  constexpr int kTile = Cols<C, H, kThreads>::kTile;
-  const cudaError_t err =
-      shape_launch<kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, shape, G > 0 ? 0 : kTile, kThreads);
+  const cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, shape);
   if (err != cudaSuccess) return err;
-  kernel<<<shape.grid, kThreads, shape.smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, shape.L,
+  kernel<<<shape.grid, kWarp, shape.smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, shape.L,
                                                     static_cast<acc_t*>(num), static_cast<acc_t*>(wacc), flag);
   return cudaGetLastError();
 }
@@ -1183,33 +1097,12 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
       int64_t cap = 0;
       if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, false, flag, stream, cap) != cudaSuccess) return;
       cudaError_t err;
-      const bool regs = tune.kernel != PoolKernel::kShared && tune.block_groups <= kRegGroups;
-      // two warps a CTA, 16 bytes a thread and row (float32: each warp half of a 1 KB row), or four warps with 8 bytes
-      // a thread and row
-      constexpr bool kTwo = sizeof(scalar_t) == 4;
       if (!vector_ok<C>(tabs, d, sizeof(scalar_t), true, nullptr)) {
-        err = pool_typed<scalar_t, 1, 1, 8, 0>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
-      } else if (kTwo && regs && tune.kernel == PoolKernel::kRegisters4) {
-        if constexpr (kTwo) {
-          err = pool_typed<scalar_t, 2, 1, 8, kRegGroups, 4 * kWarp>(tl, tabs, prog, d, tune, sc, num, wacc, flag,
-                                                                    stream, cap);
-        }
-      } else if (kTwo && regs && tune.kernel == PoolKernel::kRegisters2) {
-        if constexpr (kTwo) {
-          err = tune.rows_in_flight <= 4
-                    ? pool_typed<scalar_t, C, 1, 4, kRegGroups, 2 * kWarp>(tl, tabs, prog, d, tune, sc, num, wacc,
-                                                                          flag, stream, cap)
-                    : pool_typed<scalar_t, C, 1, 8, kRegGroups, 2 * kWarp>(tl, tabs, prog, d, tune, sc, num, wacc,
-                                                                          flag, stream, cap);
-        }
-      } else if (regs && tune.rows_in_flight <= 4) {
-        err = pool_typed<scalar_t, C, H, 4, kRegGroups>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
-      } else if (regs) {
-        err = pool_typed<scalar_t, C, H, 8, kRegGroups>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
+        err = pool_typed<scalar_t, 1, 1, 8>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
       } else if (tune.rows_in_flight >= 16) {
-        err = pool_typed<scalar_t, C, H, 16, 0>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
+        err = pool_typed<scalar_t, C, H, 16>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
       } else {
-        err = pool_typed<scalar_t, C, H, 8, 0>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
+        err = pool_typed<scalar_t, C, H, 8>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);
       }
       if (err != cudaSuccess) return;
     }

@@ -58,29 +58,15 @@ struct Scratch {
 
 // How the pooling kernels cut the work: groups per CTA block, in [1, kMaxBlockGroups]; the number of blocks the
 // plan will have when the host knows it (0: unknown, e.g. while a graph is captured); rows a lane has in flight
-// (8 or 16, forward only).
-// order: 1 numbers the CTAs block-fastest, so the CTAs of one work item's blocks (which gather the same rows
-// when they pool groups of one table) run side by side and the later reads hit L2; 0 numbers them item-fastest
-// (each block's items one after the other).
-// prefetch: row steps (of rows_in_flight rows) the forward prefetches into L2 ahead of its loads (0: none).
-// acc: how the forward adds four events' rows into their groups: 0 once per group in the union of the four
-// masks (a group's accumulator read and written once for the four), 2 once per (event, group) kept, 1 the
-// cheaper of the two for each four events.
-// kernel: where the forward keeps its group sums: shared memory (any block size; acc applies), or registers when
-// a block has at most kRegGroups groups and the columns go by 16-byte chunks: one-warp CTAs (kRegisters), or
-// two-warp CTAs that share each event's membership and split its row's columns (kRegisters2, 4-byte dtypes;
-// others take kRegisters), or four-warp CTAs with 8-byte column chunks (kRegisters4, 4-byte dtypes).
-enum class PoolKernel : int { kShared = 0, kRegisters = 1, kRegisters2 = 2, kRegisters4 = 3 };
+// (8 or 16, forward only); how the forward adds four events' rows into their groups' shared-memory sums (acc):
+// 0 once per group in the union of the four masks (each group's sums read and written once for the four), 2 once
+// per (event, group) kept, 1 whichever of the two issues fewer instructions for these four.
 struct Tuning {
   int block_groups = 8;
   int64_t num_blocks = 0;
   int rows_in_flight = 8;
-  int order = 0;
-  int prefetch = 0;
-  int acc = 0;
-  PoolKernel kernel = PoolKernel::kRegisters2;
+  int acc = 1;
 };
-constexpr int kRegGroups = 8;
 
 // pooled [B, S, D] (dtype) and weight_sum [B, S] float32 from num/wacc accumulators (acc dtype, zeroed).
 cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, DType dtype,

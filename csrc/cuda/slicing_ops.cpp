@@ -156,16 +156,8 @@ slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
     for (const int64_t g : in.groups) tune.num_blocks += ceil_div(g, int64_t(tune.block_groups));
     tune.num_blocks = std::max<int64_t>(tune.num_blocks, 1);
   }
-  if (const char* env = std::getenv("DV365_SP_ORDER")) tune.order = std::atoi(env) != 0;
-  if (const char* env = std::getenv("DV365_SP_PREFETCH")) tune.prefetch = std::clamp(std::atoi(env), 0, 4);
+  if (const char* env = std::getenv("DV365_SP_ROWS")) tune.rows_in_flight = std::atoi(env) >= 16 ? 16 : 8;
   if (const char* env = std::getenv("DV365_SP_ACC")) tune.acc = std::clamp(std::atoi(env), 0, 2);
-  if (const char* env = std::getenv("DV365_SP_KERNEL")) {
-    tune.kernel = static_cast<slicing::PoolKernel>(std::clamp(std::atoi(env), 0, 3));
-  }
-  if (const char* env = std::getenv("DV365_SP_ROWS")) {
-    const int r = std::atoi(env);
-    tune.rows_in_flight = r >= 16 ? 16 : r <= 4 ? 4 : 8;
-  }
   return tune;
 }
 
