@@ -173,7 +173,7 @@ def sliced_peers(w: dict):
 SP_SWEEP = {
     torch.float32: [{"ACC": "0"}, {"ACC": "2"}, {"ROWS": "16"}, {"ITEM": "512"}, {"ITEM": "2048"}, {"GROUPS": "6"},
                     {"GROUPS": "11"}, {"GROUPS": "16"}],
-    torch.bfloat16: [{"ACC": "0"}],
+    torch.bfloat16: [{"ACC": "1"}],
 }
 
 

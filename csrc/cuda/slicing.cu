@@ -627,7 +627,9 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
         //   group's accumulators for the four events (groups most events share, like "all");
         // - per (event, group) kept: one read-modify-write with that event's row alone (groups that partition
         //   the events, like action types, where four events mostly fall in different groups).
-        // On the H200 (W40K fp32) the choice took 2.32 ms against 2.37 per union and 3.14 per event.
+        // On the H200 at W40K (benchmarks/results/h200_2026-12-01.md) the choice took 2.36 ms in fp32 against 2.46
+        // per union and 2.74 per event; in bf16 (one chunk a lane: the per-event read-modify-writes have no second
+        // chunk's to overlap with) 2.70 against 2.41 per union, hence the default (Tuning::acc).
 #pragma unroll
         for (int q = 0; q < R; q += 4) {
           uint32_t m[4];
@@ -1093,6 +1095,7 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
     using scalar_t = decltype(tag);
     using acc_t = typename AccType<scalar_t>::type;
     constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
+    if (tune.acc < 0) tune.acc = H >= 2 ? 1 : 0;
     if (tl.n > 0 && d > 0 && prog.s > 0) {
       int64_t cap = 0;
       if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, false, flag, stream, cap) != cudaSuccess) return;
