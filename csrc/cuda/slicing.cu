@@ -627,9 +627,9 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
         //   group's accumulators for the four events (groups most events share, like "all");
         // - per (event, group) kept: one read-modify-write with that event's row alone (groups that partition
         //   the events, like action types, where four events mostly fall in different groups).
-        // On the H200 at W40K (benchmarks/results/h200_2026-12-01.md) the choice took 2.36 ms in fp32 against 2.46
-        // per union and 2.74 per event; in bf16 (one chunk a lane: the per-event read-modify-writes have no second
-        // chunk's to overlap with) 2.70 against 2.41 per union, hence the default (Tuning::acc).
+        // On the H200 at W40K (benchmarks/results/h200_2026-12-01.md) the choice took 2.35 ms in fp32 against 2.40
+        // per union and 2.66 per event; in bf16 (one chunk a lane: the per-event read-modify-writes have no second
+        // chunk's to overlap with) 2.70 against 2.42 per union, hence the default (Tuning::acc).
 #pragma unroll
         for (int q = 0; q < R; q += 4) {
           uint32_t m[4];
