@@ -12,6 +12,7 @@ against the reference before timing. Writes bench.json and bench.md under --out 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -177,19 +178,26 @@ SP_SWEEP = {
 }
 
 
+@contextlib.contextmanager
+def sp_knobs(knobs: dict):
+    """The CUDA sliced_pool knobs DV365_SP_<name> = value (read per call) for the block, removed after it."""
+    env = {f"DV365_SP_{k}": v for k, v in knobs.items()}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k in env:
+            os.environ.pop(k)
+
+
 def sweep_sliced_pool(args, default: dict, expected, case: str, floor: int, copy_gbs: float, b: int) -> None:
     tol = 1e-4 if expected[0].dtype == torch.float32 else 2e-2
     for knobs in SP_SWEEP[expected[0].dtype]:
-        env = {f"DV365_SP_{k}": v for k, v in knobs.items()}
-        os.environ.update(env)
-        try:
+        with sp_knobs(knobs):
             pooled, wsum = ops.sliced_pool(*args)
             torch.testing.assert_close(pooled.float(), expected[0].float(), atol=tol, rtol=tol)
             torch.testing.assert_close(wsum, expected[1], atol=1e-3, rtol=1e-4)
             ms = bench(lambda: ops.sliced_pool(*args))
-        finally:
-            for k in env:
-                os.environ.pop(k)
         name = " ".join(f"{k}={v}" for k, v in knobs.items())
         record("sliced_pool fwd", case, f"dv365 cuda ({name})", ms, floor, copy_gbs, users_per_s=b / ms * 1e3,
                sweep=True, vs_default=ms / default["ms"])
@@ -273,15 +281,12 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
                bwd_over_fwd=ms / results.get(impl, results["dv365 cuda"])["ms"])
         if impl == "dv365 cuda" and batch == 32 and dtype == torch.float32:
             # the backward's default is one block per table; 11-group blocks for comparison
-            import os
-
-            os.environ["DV365_SP_GROUPS"] = "11"
             for variant, fn in (("dense", lambda: op(grad, wsum, *rest, rows)),
                                 ("rows", lambda: ops.sliced_pool_backward_rows(grad, wsum, *rest))):
-                ms = bench(fn)
+                with sp_knobs({"GROUPS": "11"}):
+                    ms = bench(fn)
                 record(f"sliced_pool bwd {variant}", case, "dv365 cuda (DV365_SP_GROUPS=11)", ms, bwd_floor, copy_gbs,
                        bwd_over_fwd=ms / results["dv365 cuda"]["ms"], sweep=True)
-            os.environ.pop("DV365_SP_GROUPS")
     for impl, name in (("dv365 cuda", "sliced_pool_backward_rows"), ("dv365 triton", "sliced_pool_backward_rows_triton")):
         op = getattr(ops, name, None)
         if op is None:
