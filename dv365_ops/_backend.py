@@ -53,6 +53,9 @@ def use_backend(name: str):
         _state.backend = previous
 
 
+# The dispatcher's registrations do not change while a program is traced, and torch.compile cannot trace the
+# query itself (a torch._C call that returns a bool): it is run once at trace time and taken as a constant.
+@torch.compiler.assume_constant_result
 def has_native_kernel(op_name: str, device_type: str) -> bool:
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dv365::{op_name}", key)

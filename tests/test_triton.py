@@ -309,6 +309,20 @@ def test_backend_resolves_to_the_triton_ops(device):
             assert _backend.resolve(op, device) is getattr(T, op)
 
 
+def test_auto_backend_resolves_under_torch_compile():
+    """torch.compile(fullgraph=True) traces the auto backend's choice for a CUDA device, which asks the dispatcher
+    whether a compiled CUDA kernel exists (a query dynamo cannot trace: taken as a constant at trace time)."""
+    cuda = torch.device("cuda")
+    with _backend.use_backend("auto"):
+        expected = _backend.resolve("sliced_pool", cuda)
+
+        def f(x):
+            return x + 1 if _backend.resolve("sliced_pool", cuda) is expected else x - 1
+
+        torch._dynamo.reset()
+        assert torch.compile(f, fullgraph=True)(torch.zeros(1)).item() == 1
+
+
 def test_family_wrappers_run_the_triton_kernels(device):
     import dv365_ops
 
