@@ -91,7 +91,8 @@ if [[ " $STAGES " == *" test "* ]]; then
     IFS=$'\t' read -r backend name file k <<<"$1"
     local log="$LOGS/pytest_${backend}_$name.log"
     local start=$(date +%s)
-    DV365_BACKEND=$backend timeout "$(limit ${TEST_TIMEOUT:-300})" $PY -m pytest -q -p no:cacheprovider -o addopts="" -rfE \
+    # the native jobs run the default backend (auto: the compiled kernels, chosen the way users get them)
+    DV365_BACKEND=${backend/native/auto} timeout "$(limit ${TEST_TIMEOUT:-300})" $PY -m pytest -q -p no:cacheprovider -o addopts="" -rfE \
       ${k:+-k "$k"} --junitxml="$LOGS/junit_${backend}_$name.xml" "$file" >"$log" 2>&1
     local rc=$?
     echo "[$(($(date +%s) - T0)) s] pytest $backend $name rc=$rc in $(($(date +%s) - start)) s: $(tail -1 "$log")" >>"$OUT/versions.txt"
