@@ -310,12 +310,24 @@ def test_sliced_pool(dtype, s_count, t_count, d):
     _check_sliced_pool(random_sliced_inputs(lengths, s_count, t_count, d, dtype, "cuda", with_floats=s_count != 7))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sliced_pool_table_without_slices(dtype):
+    """A table no slice names has no CTA block: its per-event gradient rows are the zeroed accumulator's (for
+    16-bit tables that accumulator was once missing, and the zeroing wrote through a null pointer)."""
+    inputs = list(random_sliced_inputs(_lengths(3, 800), 9, 2, 8, dtype, "cuda"))
+    inputs[7] = inputs[7].clone()
+    inputs[7][:, P.TABLE] = 0
+    _check_sliced_pool(tuple(inputs))
+
+
 # Each variant sets DV365_SP_* knobs (read per call; docs/backends.md): work items of 64 events; a table's groups
 # split over several CTA blocks or (32) each table in one block, whose per-event backward stores its rows where
 # several blocks add into zeroed rows; 16 rows in flight per lane; the forward's accumulation modes (the default
-# chooses per four events for 4- and 8-byte dtypes and goes per union for 16-bit ones).
+# chooses per four events for 4- and 8-byte dtypes and goes per union for 16-bit ones); the predicates evaluated
+# in the pooling kernels rather than by the keep pass (KEEP 0).
 SP_KNOBS = [{}, {"ITEM": "64"}, {"ITEM": "64", "GROUPS": "32"}, {"GROUPS": "1"}, {"ROWS": "16"}, {"ACC": "0"},
-            {"ACC": "1"}, {"ACC": "2"}, {"ACC": "2", "ROWS": "16", "GROUPS": "3"}]
+            {"ACC": "1"}, {"ACC": "2"}, {"ACC": "2", "ROWS": "16", "GROUPS": "3"}, {"KEEP": "0"},
+            {"KEEP": "0", "ITEM": "64", "GROUPS": "3"}]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -340,7 +352,8 @@ def test_sliced_pool_grouped_windows(dtype, knobs, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("s_count,t_count,d", [(70, 3, 123), (30, 2, 264), (9, 1, 8)])
-@pytest.mark.parametrize("knobs", [{"ACC": "0"}, {"ACC": "1"}, {"ACC": "2"}, {"ACC": "2", "GROUPS": "3"}],
+@pytest.mark.parametrize("knobs", [{"ACC": "0"}, {"ACC": "1"}, {"ACC": "2"}, {"ACC": "2", "GROUPS": "3"},
+                                   {"KEEP": "0", "GROUPS": "3"}],
                          ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
 def test_sliced_pool_accumulation_modes(dtype, s_count, t_count, d, knobs, monkeypatch):
     """Random programs (overlapping filters, weights) through the forward's accumulation modes and 3-group blocks, on

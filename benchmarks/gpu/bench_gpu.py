@@ -172,9 +172,9 @@ def sliced_peers(w: dict):
 
 # The forward's knobs (DV365_SP_*, read per call; docs/backends.md), each against the defaults in the same run.
 SP_SWEEP = {
-    torch.float32: [{"ACC": "0"}, {"ACC": "2"}, {"ROWS": "16"}, {"ITEM": "512"}, {"ITEM": "2048"}, {"GROUPS": "6"},
-                    {"GROUPS": "11"}, {"GROUPS": "16"}],
-    torch.bfloat16: [{"ACC": "1"}],
+    torch.float32: [{"KEEP": "0"}, {"ACC": "1"}, {"ACC": "2"}, {"ROWS": "16"}, {"ITEM": "512"}, {"ITEM": "2048"},
+                    {"ITEM": "512", "ROWS": "16"}, {"GROUPS": "6"}, {"GROUPS": "11"}, {"GROUPS": "16"}],
+    torch.bfloat16: [{"KEEP": "0"}, {"ACC": "1"}, {"ROWS": "16"}, {"ITEM": "512"}, {"GROUPS": "11"}],
 }
 
 
@@ -280,13 +280,16 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
         record("sliced_pool bwd dense", case, impl, ms, bwd_floor, copy_gbs,
                bwd_over_fwd=ms / results.get(impl, results["dv365 cuda"])["ms"])
         if impl == "dv365 cuda" and batch == 32 and dtype == torch.float32:
-            # the backward's default is one block per table; 11-group blocks for comparison
+            # the backward's default is one block per table and the keep pass; 11-group blocks, and the predicates
+            # evaluated in the pooling kernel, for comparison
             for variant, fn in (("dense", lambda: op(grad, wsum, *rest, rows)),
                                 ("rows", lambda: ops.sliced_pool_backward_rows(grad, wsum, *rest))):
-                with sp_knobs({"GROUPS": "11"}):
-                    ms = bench(fn)
-                record(f"sliced_pool bwd {variant}", case, "dv365 cuda (DV365_SP_GROUPS=11)", ms, bwd_floor, copy_gbs,
-                       bwd_over_fwd=ms / results["dv365 cuda"]["ms"], sweep=True)
+                for knobs in ({"GROUPS": "11"}, {"KEEP": "0"}):
+                    with sp_knobs(knobs):
+                        ms = bench(fn)
+                    name = " ".join(f"DV365_SP_{k}={v}" for k, v in knobs.items())
+                    record(f"sliced_pool bwd {variant}", case, f"dv365 cuda ({name})", ms, bwd_floor, copy_gbs,
+                           bwd_over_fwd=ms / results["dv365 cuda"]["ms"], sweep=True)
     for impl, name in (("dv365 cuda", "sliced_pool_backward_rows"), ("dv365 triton", "sliced_pool_backward_rows_triton")):
         op = getattr(ops, name, None)
         if op is None:

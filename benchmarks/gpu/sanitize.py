@@ -78,7 +78,8 @@ def main() -> None:
         tables = [torch.randn(r, 40, device=dev).to(dtype) for r in rows]
         targs = (tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"], pi, pf)
         for env in ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "32"}, {"DV365_SP_GROUPS": "1"},
-                    {"DV365_SP_ROWS": "16"}, {"DV365_SP_ACC": "0"}, {"DV365_SP_ACC": "2", "DV365_SP_GROUPS": "3"}):
+                    {"DV365_SP_ROWS": "16"}, {"DV365_SP_ACC": "0"}, {"DV365_SP_ACC": "2", "DV365_SP_GROUPS": "3"},
+                    {"DV365_SP_KEEP": "0"}):
             os.environ.update(env)
             pooled, wsum = ops.sliced_pool(tables, *targs)
             grad = torch.randn_like(pooled)

@@ -128,14 +128,16 @@ __device__ __forceinline__ double beta_pow(double dur, double beta) {
 constexpr int kPackedCats = 8;  // categorical fields held in one uint64 per event, a byte each
 
 // One event's fields, read once for all the groups evaluated on it: the first kPackedCats categorical values
-// a byte each (0xFF for a value outside [0, 63], reported when a group reads it), the float fields, and the
-// last dur ** beta and log1p(gamma * dur) computed (groups mostly share beta and gamma), so a group costs a few
-// integer ops rather than three loads and double-precision transcendentals.
+// a byte each (0xFF for a value outside [0, 63], reported when a group reads it), the float fields, and for the
+// last beta and gamma seen (groups mostly share them) dwell / dur ** beta and log1p(dwell) / log1p(gamma * dur),
+// so a group costs a few integer ops and compares rather than three loads, double-precision transcendentals
+// and divisions.
 struct Event {
   int64_t e;
   uint64_t cats;
   double dur, dwell;
-  double pow_beta, pow_val, den_gamma, den_val, log_dwell;
+  bool has_beta, has_gamma;
+  double beta, ratio, gamma, den, score, log_dwell;
 };
 
 // fields: when given, only the (at most kNumCatFilters) fields one predicate reads are loaded.
@@ -154,9 +156,42 @@ __device__ __forceinline__ Event load_event(const Timeline& tl, int64_t e, const
   }
   ev.dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
   ev.dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
-  ev.pow_beta = ev.den_gamma = ev.log_dwell = __longlong_as_double(0x7ff8000000000000ll);  // NaN: nothing cached
-  ev.pow_val = ev.den_val = 0.0;
+  ev.has_beta = ev.has_gamma = false;
+  ev.beta = ev.ratio = ev.gamma = ev.den = ev.score = ev.log_dwell = 0.0;
   return ev;
+}
+
+// The float filters and the weight of one predicate (w: 1 when unweighted).
+__device__ __forceinline__ bool float_keep(const GroupProg& p, const Timeline& tl, Event& ev, float& w) {
+  w = 1.f;
+  const int64_t flags = p.flags;
+  if (tl.floats == nullptr) return (flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) == 0;
+  if (flags & prog::kDwellFilter) {
+    if (!(ev.dwell >= p.dwell_lo && ev.dwell <= p.dwell_hi)) return false;
+  }
+  if (flags & prog::kRatioFilter) {
+    if (!ev.has_beta || !same_bits(p.beta, ev.beta)) {
+      ev.has_beta = true;
+      ev.beta = p.beta;
+      ev.ratio = ev.dwell / beta_pow(ev.dur, p.beta);
+    }
+    const double r = ev.ratio;
+    if (!(r >= p.ratio_lo && r <= p.ratio_hi)) return false;
+  }
+  if (flags & prog::kWeighted) {
+    if (!ev.has_gamma || !same_bits(p.gamma, ev.gamma)) {
+      if (!ev.has_gamma) ev.log_dwell = log1p(ev.dwell);
+      ev.has_gamma = true;
+      ev.gamma = p.gamma;
+      ev.den = log1p(p.gamma * ev.dur);
+      ev.score = ev.log_dwell / ev.den;
+    }
+    const double den = ev.den;
+    const double s = ev.score;
+    if (!(den > 0 && s > p.s0)) return false;
+    w = static_cast<float>(s);
+  }
+  return true;
 }
 
 // One predicate (without the window) on an event, with its weight.
@@ -176,31 +211,7 @@ __device__ __forceinline__ bool group_keep(const GroupProg& p, const Timeline& t
     }
     if (((p.mask[j] >> v) & 1) == 0) return false;
   }
-  const int64_t flags = p.flags;
-  if (tl.floats == nullptr) return (flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) == 0;
-  if (flags & prog::kDwellFilter) {
-    if (!(ev.dwell >= p.dwell_lo && ev.dwell <= p.dwell_hi)) return false;
-  }
-  if (flags & prog::kRatioFilter) {
-    if (!same_bits(p.beta, ev.pow_beta)) {
-      ev.pow_beta = p.beta;
-      ev.pow_val = beta_pow(ev.dur, p.beta);
-    }
-    const double r = ev.dwell / ev.pow_val;
-    if (!(r >= p.ratio_lo && r <= p.ratio_hi)) return false;
-  }
-  if (flags & prog::kWeighted) {
-    if (!same_bits(p.gamma, ev.den_gamma)) {
-      ev.den_gamma = p.gamma;
-      ev.den_val = log1p(p.gamma * ev.dur);
-    }
-    if (ev.log_dwell != ev.log_dwell) ev.log_dwell = log1p(ev.dwell);
-    const double den = ev.den_val;
-    const double s = ev.log_dwell / den;
-    if (!(den > 0 && s > p.s0)) return false;
-    w = static_cast<float>(s);
-  }
-  return true;
+  return float_keep(p, tl, ev, w);
 }
 
 // One slice's full predicate (slice_timeline).
@@ -218,13 +229,17 @@ __device__ __forceinline__ bool slice_keep(const Program& p, int64_t s, const Ti
 // ---- the plan ----
 // int64 layout: header[32] | slice_block[S] | slice_pos[S] | leader[S] | grank[S] | vals[2S] | first[2S] |
 //               bounds[2S] | covered[2S + 1] | group_leader[S] | block_first[S + T] | block_count[S + T] |
-//               block_table[S + T] | tcount[T] | tbase[T] | bbase[T]   (16 S + 6 T + 33 <= plan_elems)
-enum Header : int64_t { kNumGroups = 0, kNumBlocks = 1, kNumBounds = 2, kNumItems = 3, kHeader = 32 };
+//               block_table[S + T] | tcount[T] | tbase[T] | bbase[T] | wslot[S]   (17 S + 6 T + 33 <= plan_elems)
+// wslot[g]: group g's row in the keep pass's weights (its rank among the weighted groups), -1 for an unweighted
+// group (a kept event weighs 1).
+enum Header : int64_t {
+  kNumGroups = 0, kNumBlocks = 1, kNumBounds = 2, kNumItems = 3, kNumWeighted = 4, kHeader = 32
+};
 
 struct PlanView {
   int64_t* hdr;
   int64_t *slice_block, *slice_pos, *leader, *grank, *vals, *first, *bounds, *covered, *group_leader;
-  int64_t *block_first, *block_count, *block_table, *tcount, *tbase, *bbase;
+  int64_t *block_first, *block_count, *block_table, *tcount, *tbase, *bbase, *wslot;
   __host__ __device__ PlanView(int64_t* p, int64_t s, int64_t t) {
     const int64_t s1 = s > 0 ? s : 1;
     hdr = p;
@@ -243,6 +258,7 @@ struct PlanView {
     tcount = block_table + s1 + t;
     tbase = tcount + t;
     bbase = tbase + t;
+    wslot = bbase + t;
   }
 };
 
@@ -356,6 +372,15 @@ __global__ void __launch_bounds__(kPlanThreads) plan_kernel(Program p, int64_t t
     v.slice_pos[s] = r % block_groups;
     if (lead == s) v.group_leader[v.tbase[t] + r] = s;
   }
+  __syncthreads();
+  if (tid == 0) {
+    int64_t weighted = 0;
+    for (int64_t g = 0; g < v.hdr[kNumGroups]; ++g) {
+      const bool w = (p.prog_i[v.group_leader[g] * prog::kNumInt + prog::kFlags] & prog::kWeighted) != 0;
+      v.wslot[g] = w ? weighted++ : -1;
+    }
+    v.hdr[kNumWeighted] = weighted;
+  }
 }
 
 // First event e in [lo, hi) with request_ts - ts[e] <= x (the timeline is ascending, so these form a suffix).
@@ -398,6 +423,137 @@ __global__ void items_kernel(Timeline tl, Program p, int64_t t_count, int64_t* p
   }
 }
 
+// ---- the keep pass ----
+constexpr int kKeepThreads = 256;
+constexpr int kCatValues = prog::kMaxCatValue + 1;  // 64
+
+// What the keep pass holds per block in shared memory: for each packed field f (< Keep::fields) the groups that
+// read it (reads[f]) and, in the tables, per value v the groups whose filters on f all accept v (every group
+// that does not read f); the groups with float filters or a weight (flt), those reading a field beyond the
+// packed ones (full: evaluated by group_keep), and the weighted ones.
+struct BlockKeep {
+  int64_t first;  // the block's first group
+  uint32_t flt, full, weighted, fields;  // fields: the packed fields some group of the block reads
+  uint32_t reads[kPackedCats];
+};
+
+// The keep pass runs (ran) for this plan (its buffers hold every block and weighted group).
+__device__ __forceinline__ bool keep_ready(const Keep& kp, const PlanView& v, const Timeline& tl) {
+  return kp.mask != nullptr && v.hdr[kNumBlocks] <= kp.blocks && v.hdr[kNumGroups] <= kp.groups &&
+         v.hdr[kNumWeighted] <= kp.weighted && min(tl.cat_fields, int64_t(kPackedCats)) == kp.fields;
+}
+
+size_t keep_smem_bytes(const Keep& kp) {
+  return sizeof(GroupProg) * kp.groups + sizeof(BlockKeep) * kp.blocks + sizeof(int) * kp.groups +
+         sizeof(uint32_t) * kp.blocks + sizeof(uint32_t) * kp.blocks * kp.fields * kCatValues;
+}
+
+// One CTA per work item (grid-stride), a thread per event: every active group of every block on the event, with
+// the event's fields read once (see Keep). The categorical filters of a block's groups are one table lookup per
+// packed field the block reads (an AND of masks); the float filters and weights are evaluated per group, with
+// the event's dur ** beta and log1p terms cached across groups (Event). Groups, tables and per-block facts are
+// built in shared memory first; each item's active groups per block are found with a thread per slice.
+__global__ void __launch_bounds__(kKeepThreads) keep_kernel(Timeline tl, Program p, int64_t t_count,
+                                                            const int64_t* plan_raw, const int64_t* __restrict__ items,
+                                                            int64_t items_cap, Keep kp, int32_t* flag) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const PlanView v(const_cast<int64_t*>(plan_raw), p.s, t_count);
+  if (!keep_ready(kp, v, tl)) return;  // the pooling kernels evaluate the predicates
+  const int64_t groups = v.hdr[kNumGroups], blocks = v.hdr[kNumBlocks], k = v.hdr[kNumBounds];
+  const int nf = static_cast<int>(kp.fields);
+  GroupProg* group = reinterpret_cast<GroupProg*>(smem_raw);            // [kp.groups]
+  BlockKeep* bk = reinterpret_cast<BlockKeep*>(group + kp.groups);      // [kp.blocks]
+  int* wsl = reinterpret_cast<int*>(bk + kp.blocks);                    // [kp.groups]
+  uint32_t* active = reinterpret_cast<uint32_t*>(wsl + kp.groups);      // [kp.blocks]
+  uint32_t* table = active + kp.blocks;                                 // [kp.blocks][nf][kCatValues]
+  for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
+    group[g] = load_group(p, v.group_leader[g]);
+    wsl[g] = static_cast<int>(v.wslot[g]);
+  }
+  __syncthreads();
+  for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) {
+    BlockKeep kb{};
+    kb.first = v.block_first[b];
+    const int count = static_cast<int>(v.block_count[b]);
+    for (int g = 0; g < count; ++g) {
+      const GroupProg& gp = group[kb.first + g];
+      const uint32_t bit = 1u << g;
+      if (gp.flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) kb.flt |= bit;
+      if (gp.flags & prog::kWeighted) kb.weighted |= bit;
+      for (int j = 0; j < prog::kNumCatFilters; ++j) {
+        const int64_t f = gp.field[j];
+        if (f < 0) continue;
+        if (f < nf) {
+          kb.reads[f] |= bit;
+          kb.fields |= 1u << f;
+        } else {
+          kb.full |= bit;  // beyond the packed fields, or no categorical fields at all: group_keep decides
+        }
+      }
+    }
+    bk[b] = kb;
+  }
+  for (int64_t i = threadIdx.x; i < blocks * nf * kCatValues; i += blockDim.x) {
+    const int64_t b = i / (nf * kCatValues);
+    const int f = static_cast<int>(i / kCatValues % nf), val = static_cast<int>(i % kCatValues);
+    const int64_t first = v.block_first[b];
+    const int count = static_cast<int>(v.block_count[b]);
+    uint32_t bits = 0;
+    for (int g = 0; g < count; ++g) {
+      const GroupProg& gp = group[first + g];
+      bool ok = true;
+      for (int j = 0; j < prog::kNumCatFilters; ++j) ok = ok && (gp.field[j] != f || ((gp.mask[j] >> val) & 1));
+      if (ok) bits |= 1u << g;
+    }
+    table[i] = bits;
+  }
+  const int64_t n_items = min(v.hdr[kNumItems], items_cap);
+  for (int64_t it = blockIdx.x; it < n_items; it += gridDim.x) {
+    const int64_t e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
+    __syncthreads();  // the tables are built; the previous item is done with active
+    for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) active[b] = 0;
+    __syncthreads();
+    for (int64_t s = threadIdx.x; s < p.s; s += blockDim.x) {
+      const int64_t blk = v.slice_block[s];
+      const int64_t* r = p.prog_i + s * prog::kNumInt;
+      if (blk >= 0 && covers(r[prog::kWinLo], r[prog::kWinHi], j, k, v.bounds))
+        atomicOr(&active[blk], 1u << v.slice_pos[s]);
+    }
+    __syncthreads();
+    for (int64_t e = e_begin + threadIdx.x; e < e_end; e += blockDim.x) {
+      Event ev = load_event(tl, e);
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const uint32_t act = active[blk];
+        if (act == 0) continue;
+        const BlockKeep& kb = bk[blk];
+        const uint32_t* tb = table + blk * nf * kCatValues;
+        uint32_t mask = act;
+        for (uint32_t fs = kb.fields; fs; fs &= fs - 1) {
+          const int f = __ffs(fs) - 1;
+          const uint32_t val = static_cast<uint32_t>((ev.cats >> (8 * f)) & 0xFFu);
+          if (val < kCatValues) {
+            mask &= tb[f * kCatValues + val];
+          } else {  // outside [0, 63] (also reported by the timeline checks)
+            if (kb.reads[f] & act) set_error(flag, kCatOutOfRange);
+            mask &= ~kb.reads[f];
+          }
+        }
+        for (uint32_t bits = act & (kb.flt | kb.full); bits; bits &= bits - 1) {
+          const int g = __ffs(bits) - 1;
+          const uint32_t bit = 1u << g;
+          const GroupProg& gp = group[kb.first + g];
+          float w = 0.f;
+          const bool kept = (mask & bit) && ((kb.full & bit) ? group_keep(gp, tl, ev, w, flag)
+                                                             : float_keep(gp, tl, ev, w));
+          if (!kept) mask &= ~bit;
+          if (kb.weighted & bit) kp.w[wsl[kb.first + g] * kp.n + e] = kept ? w : 0.f;
+        }
+        kp.mask[blk * kp.n + e] = mask;
+      }
+    }
+  }
+}
+
 // ---- the CTA's columns ----
 // A CTA is one warp. Lane l owns H chunks of C consecutive columns (C * sizeof(T) = 16 bytes, one vector
 // load): chunk h covers columns h * 32 C + l C + [0, C) of the CTA's tile of 32 H C columns. Each load or
@@ -429,6 +585,7 @@ struct Smem {
   int64_t* row;      // [kBatch]
   acc_t* wsum;       // [block_groups]
   acc_t* acc;        // [block_groups][tile]
+  int* wsl;          // [block_groups]: each group's row in the keep pass's weights (PlanView::wslot)
 };
 
 template <typename acc_t>
@@ -440,6 +597,7 @@ __host__ __device__ size_t smem_bytes(int block_groups, int tile) {
   b += sizeof(acc_t) * block_groups;
   b += sizeof(float) * kBatch * block_groups;
   b += sizeof(uint32_t) * kBatch;
+  b += sizeof(int) * block_groups;
   return b;
 }
 
@@ -459,6 +617,8 @@ __device__ Smem<acc_t> carve(unsigned char* raw, int block_groups, int tile) {
   s.wsum = reinterpret_cast<acc_t*>(raw);
   raw += sizeof(acc_t) * block_groups;
   s.mask = reinterpret_cast<uint32_t*>(raw);
+  raw += sizeof(uint32_t) * kBatch;
+  s.wsl = reinterpret_cast<int*>(raw);
   return s;
 }
 
@@ -498,10 +658,71 @@ __device__ __forceinline__ void membership(const Smem<acc_t>& sh, const Timeline
   }
 }
 
+
+// The membership step from the keep pass's output (one warp): the block's masks of events [e0, e0 + kBatch) ∩
+// [.., e1) and the weights of their kept groups, the ids of the kept events. kCompact: only the events some
+// active group keeps, in event order from position 0, then empty events (mask 0, weight 0) up to the next
+// multiple of 16; returns their count. Else every event at its position (mask 0 for the others); returns the
+// batch's event count. Ends before a barrier (the caller's).
+template <bool kCompact, typename acc_t>
+__device__ __forceinline__ int membership_kept(const Smem<acc_t>& sh, const Keep& kp, int64_t blk, int ng,
+                                               uint32_t active, int64_t e0, int64_t e1,
+                                               const int64_t* __restrict__ ids, int64_t num_rows, int32_t* flag) {
+  const int lane = threadIdx.x;
+  const uint32_t* __restrict__ bm = kp.mask + blk * kp.n;
+  int live = 0;
+#pragma unroll
+  for (int el0 = 0; el0 < kBatch; el0 += kWarp) {
+    const int el = el0 + lane;
+    const int64_t e = e0 + el;
+    uint32_t mask = 0;
+    int64_t id = 0;
+    if (active != 0 && e < e1) {
+      mask = bm[e] & active;
+      if (mask != 0) {
+        id = ids[e];
+        if (id < 0 || id >= num_rows) {
+          set_error(flag, kIdOutOfRange);
+          id = 0;
+          mask = 0;
+        }
+      }
+    }
+    int pos = el;
+    if constexpr (kCompact) {
+      const uint32_t kept = __ballot_sync(0xffffffffu, mask != 0);
+      pos = live + __popc(kept & ((1u << lane) - 1u));
+      live += __popc(kept);
+      if (mask == 0) continue;
+    }
+    for (int g = 0; g < ng; ++g) {
+      float w = 0.f;
+      if ((mask >> g) & 1u) {
+        const int ws = sh.wsl[g];
+        w = ws >= 0 ? kp.w[ws * kp.n + e] : 1.f;
+      }
+      sh.w[g * kBatch + pos] = w;
+    }
+    sh.mask[pos] = mask;
+    sh.row[pos] = id;
+  }
+  if constexpr (kCompact) {
+    const int end = min(kBatch, (live + 15) / 16 * 16);
+    for (int pos = live + lane; pos < end; pos += kWarp) {
+      for (int g = 0; g < ng; ++g) sh.w[g * kBatch + pos] = 0.f;
+      sh.mask[pos] = 0;
+      sh.row[pos] = 0;
+    }
+    return live;
+  }
+  return static_cast<int>(min(static_cast<int64_t>(kBatch), e1 - e0));
+}
+
 struct Launch {
   int64_t d, col_tiles, max_blocks, items_cap;
   int bg;
   int acc;  // Tuning's
+  Keep keep;
 };
 
 // What every pooling CTA starts with: its block's groups in shared memory, the plan, its columns.
@@ -530,7 +751,10 @@ struct Cta {
     ng = static_cast<int>(v.block_count[blk]);
     const int64_t first = v.block_first[blk];
     table = v.block_table[blk];
-    for (int g = threadIdx.x; g < ng; g += blockDim.x) sh.group[g] = load_group(p, v.group_leader[first + g]);
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) {
+      sh.group[g] = load_group(p, v.group_leader[first + g]);
+      sh.wsl[g] = static_cast<int>(v.wslot[first + g]);
+    }
   }
 
   // Calls f(s, g) for every slice s of this block whose window covers segment j (g: its group's position),
@@ -582,6 +806,7 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
   const int64_t stride = tabs.row_stride[cta.table];
   const int64_t* ids = tabs.ids[cta.table];
   const int lane = threadIdx.x;
+  const bool kept = keep_ready(L.keep, cta.v, tl);
   for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
     const uint32_t active = cta.active_groups(p, j);
@@ -592,9 +817,15 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
     uint32_t touched = 0;  // the groups that kept an event of the item
     for (int64_t e0 = e_begin; e0 < e_end; e0 += kBatch) {
       __syncthreads();
-      membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[cta.table], flag);
+      // the batch's kept events, compacted (the keep pass), or every event of the batch
+      int nb;
+      if (kept) {
+        nb = membership_kept<true, acc_t>(sh, L.keep, cta.blk, ng, active, e0, e_end, ids, tabs.rows[cta.table], flag);
+      } else {
+        membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[cta.table], flag);
+        nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
+      }
       __syncthreads();
-      const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
       for (int u0 = 0; u0 < nb; u0 += R) {
         Chunk<scalar_t, C> raw[R][H];
 #pragma unroll
@@ -736,6 +967,7 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
   // with several blocks adds into tabs.rows_acc (zeroed by zero_rows_kernel)
   const bool store = kRows && ceil_div(cta.v.tcount[t], L.bg) == 1;
   acc_t* gvec = sh.acc;  // [g][tile]: sum over the group's covering slices of grad / weight_sum
+  const bool kept = keep_ready(L.keep, cta.v, tl);
   for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
     const uint32_t active = cta.active_groups(p, j);
@@ -762,7 +994,11 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
     });
     for (int64_t e0 = e_begin; e0 < e_end; e0 += kBatch) {
       __syncthreads();
-      membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[t], flag);
+      if (kept) {
+        membership_kept<false, acc_t>(sh, L.keep, cta.blk, ng, active, e0, e_end, ids, tabs.rows[t], flag);
+      } else {
+        membership<acc_t>(sh, tl, ng, active, e0, e_end, ids, tabs.rows[t], flag);
+      }
       __syncthreads();
       const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
       for (int u = 0; u < nb; ++u) {
@@ -972,7 +1208,25 @@ cudaError_t build_plan(const Timeline& tl, const Program& prog, int64_t t_count,
   if (err != cudaSuccess || tl.num_users == 0) return err;
   items_kernel<<<static_cast<unsigned>(tl.num_users), 64, 0, stream>>>(tl, prog, t_count, sc.plan, sc.items,
                                                                         items_cap, sc.item_events, all_segments);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || sc.keep.mask == nullptr) return err;
+  const size_t smem = keep_smem_bytes(sc.keep);
+  if (smem > 48 * 1024) {
+    err = cudaFuncSetAttribute(keep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(items_cap, int64_t(sm_count()) * 8));
+  keep_kernel<<<static_cast<unsigned>(grid), kKeepThreads, smem, stream>>>(tl, prog, t_count, sc.plan, sc.items,
+                                                                           items_cap, sc.keep, flag);
   return cudaGetLastError();
+}
+
+// The keep pass's shared memory must fit beside nothing else: larger programs skip it.
+constexpr size_t kKeepSmemMax = 160 * 1024;
+
+Scratch with_keep(Scratch sc) {
+  if (sc.keep.mask != nullptr && keep_smem_bytes(sc.keep) > kKeepSmemMax) sc.keep = Keep{};
+  return sc;
 }
 
 template <typename K>
@@ -1052,6 +1306,7 @@ cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& pr
   LaunchShape shape;
   const cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, shape);
   if (err != cudaSuccess) return err;
+  shape.L.keep = sc.keep;
   kernel<<<shape.grid, kWarp, shape.smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, shape.L,
                                                     static_cast<acc_t*>(num), static_cast<acc_t*>(wacc), flag);
   return cudaGetLastError();
@@ -1066,6 +1321,7 @@ cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program
   LaunchShape shape;
   cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, shape);
   if (err != cudaSuccess) return err;
+  shape.L.keep = sc.keep;
   const int64_t total = tl.n * d;  // per-event row elements
   const int64_t bg = shape.L.bg;
   if constexpr (kRows) {
@@ -1095,7 +1351,10 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
     using scalar_t = decltype(tag);
     using acc_t = typename AccType<scalar_t>::type;
     constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
-    if (tune.acc < 0) tune.acc = H >= 2 ? 1 : 0;
+    sc = with_keep(sc);
+    // per union after the keep pass (its batches hold only kept events, so unions are dense); without it the
+    // per-four-events choice where a lane holds two chunks of each row
+    if (tune.acc < 0) tune.acc = sc.keep.mask != nullptr ? 0 : (H >= 2 ? 1 : 0);
     if (tl.n > 0 && d > 0 && prog.s > 0) {
       int64_t cap = 0;
       if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, false, flag, stream, cap) != cudaSuccess) return;
@@ -1128,6 +1387,7 @@ cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tab
     using scalar_t = decltype(tag);
     constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
     int64_t cap = 0;
+    sc = with_keep(sc);
     // the per-event rows visit every event (a table with one block stores every row, zeros included)
     if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, rows, flag, stream, cap) != cudaSuccess) return;
     const bool vec = vector_ok<C>(tabs, d, sizeof(scalar_t), false, grad);

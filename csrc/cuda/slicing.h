@@ -44,12 +44,25 @@ struct Program {
 // Scratch the host allocates (int64 elements) for the device-side plan and work list.
 // A work item is (user, first event, end event, segment): at most item_events events of one user whose
 // request_ts - ts lies in one segment between consecutive distinct window bounds of the program.
-inline int64_t plan_elems(int64_t s, int64_t t) { return 64 + 16 * std::max<int64_t>(s, 1) + 8 * t; }
+inline int64_t plan_elems(int64_t s, int64_t t) { return 64 + 17 * std::max<int64_t>(s, 1) + 8 * t; }
 inline int64_t max_items(int64_t s, int64_t b, int64_t n, int64_t item_events) {
   return ceil_div(n, item_events) + b * (2 * s + 1) + 1;
 }
 
+// The keep pass (keep_kernel, before the pooling kernels): the predicates of every (event, active group) of the
+// work items evaluated once, not once per CTA block that pools the event: per block the mask of its groups that
+// keep the event ([blocks][n] uint32) and per weighted group its weights ([weighted][n] float, 0 where not kept).
+// The buffers are sized by the host's bounds on the device plan (its blocks, groups and weighted groups); with
+// mask null, or a device plan beyond the bounds, the pooling kernels evaluate the predicates themselves.
+struct Keep {
+  uint32_t* mask = nullptr;
+  float* w = nullptr;
+  int64_t n = 0, blocks = 0, groups = 0, weighted = 0;
+  int64_t fields = 0;  // min(categorical fields, 8): the fields an event packs (the keep pass's tables)
+};
+
 struct Scratch {
+  Keep keep;
   int64_t* plan;   // plan_elems(s, t) elements
   int64_t* items;  // 4 * max_items(s, b, n, item_events) elements
   int64_t item_events;

@@ -39,6 +39,7 @@ struct Inputs {
   std::vector<at::Tensor> ids;
   int64_t b = 0, n = 0, s = 0;
   std::vector<int64_t> groups;  // distinct groups per table; empty when the program could not be read
+  int64_t weighted = 0;         // of them, the weighted ones (kWeighted)
   bool versioned = false;       // prog_i and prog_f have version counters: the device plan can be cached
 };
 
@@ -56,6 +57,7 @@ using Rerun = std::function<void()>;
 struct ProgramFacts {
   bool ok = true;
   std::vector<int64_t> groups;
+  int64_t weighted = 0;
 };
 
 // One program as the caches know it: its two tensors (held, so their storage cannot be reused by another
@@ -111,7 +113,10 @@ ProgramFacts read_program(const at::Tensor& prog_i, const at::Tensor& prog_f, co
     }
     keys[t].insert(std::move(group));
   }
-  for (const auto& k : keys) f.groups.push_back(static_cast<int64_t>(k.size()));
+  for (const auto& k : keys) {
+    f.groups.push_back(static_cast<int64_t>(k.size()));
+    for (const auto& g : k) f.weighted += (g[prog::kFlags] & prog::kWeighted) != 0;
+  }
   return f;
 }
 
@@ -224,7 +229,10 @@ Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor
       rerun();
       DV365_RAISE("dv365::", op, ": invalid slice program");
     }
-    if (facts) in.groups = facts->groups;
+    if (facts) {
+      in.groups = facts->groups;
+      in.weighted = facts->weighted;
+    }
     // the plan cache keys on the contiguous copies (the inputs themselves when contiguous); under
     // inference_mode a copy is an inference tensor, which has no version counter
     in.versioned = !in.prog_i.is_inference() && !in.prog_f.is_inference();
@@ -289,7 +297,7 @@ std::vector<at::Tensor> check_tables(const char* op, at::TensorList tables, cons
 
 // The device plan's scratch (int64, uninitialized: the plan kernel writes what it reads).
 struct ScratchHolder {
-  at::Tensor plan, items;
+  at::Tensor plan, items, keep;
   slicing::Scratch sc{};
 };
 
@@ -347,7 +355,9 @@ void remember_plan(const Inputs& in, int64_t t_count, int bg, const at::Tensor& 
   c.plans.emplace_back(bg, plan);
 }
 
-ScratchHolder make_scratch(const Inputs& in, int64_t t_count) {
+// The keep pass's buffers (slicing::Keep) need the program's facts, which bound the device plan: none while a
+// graph is captured with a program the host has not read, or with DV365_SP_KEEP=0 (for comparison).
+ScratchHolder make_scratch(const Inputs& in, int64_t t_count, const slicing::Tuning& tune) {
   ScratchHolder h;
   const char* env = std::getenv("DV365_SP_ITEM");
   h.sc.item_events = std::max<int64_t>(64, env ? std::atoll(env) : kDefaultItemEvents);
@@ -355,6 +365,18 @@ ScratchHolder make_scratch(const Inputs& in, int64_t t_count) {
   h.items = at::empty({4 * slicing::max_items(in.s, in.b, in.n, h.sc.item_events)}, in.ts.options());
   h.sc.plan = h.plan.data_ptr<int64_t>();
   h.sc.items = h.items.data_ptr<int64_t>();
+  const char* keep_env = std::getenv("DV365_SP_KEEP");
+  if (!in.groups.empty() && tune.num_blocks > 0 && in.n > 0 && !(keep_env && std::atoi(keep_env) == 0)) {
+    slicing::Keep& k = h.sc.keep;
+    k.n = in.n;
+    k.blocks = tune.num_blocks;
+    for (const int64_t g : in.groups) k.groups += g;
+    k.weighted = in.weighted;
+    k.fields = std::min<int64_t>(in.cats.size(0), 8);
+    h.keep = at::empty({(k.blocks + k.weighted) * in.n}, in.ts.options().dtype(at::kInt));
+    k.mask = reinterpret_cast<uint32_t*>(h.keep.data_ptr<int32_t>());
+    k.w = reinterpret_cast<float*>(k.mask + k.blocks * in.n);
+  }
   return h;
 }
 
@@ -391,7 +413,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
     auto acc = at::zeros({in.b * in.s * (d + 1)}, tables[0].options().dtype(acc_dtype));
     void* num = acc.data_ptr();
     void* wacc = static_cast<char*>(num) + in.b * in.s * d * acc.element_size();
-    scratch = make_scratch(in, t_count);
+    scratch = make_scratch(in, t_count, tune);
     if (work) use_cached_plan(in, t_count, tune.block_groups, scratch.plan, scratch.sc);
     check_launch(slicing::launch_sliced_pool(in.tl, set, in.prog, d, dtype_of(dtype), tune, scratch.sc, num, wacc,
                                              pooled.data_ptr(), wsum.data_ptr<float>(), flag.data_ptr<int32_t>(),
@@ -464,8 +486,9 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
       outs.push_back(work ? at::empty({in.n, d}, grad.options()) : at::zeros({in.n, d}, grad.options()));
       set.rows[t] = std::numeric_limits<int64_t>::max();
       // a table the plan may cut into several blocks adds its rows into a float32 accumulator (16-bit dtypes;
-      // the host's group count bounds the device's, and is unknown while a graph is captured)
-      const bool several = in.groups.empty() || ceil_div(in.groups[t], int64_t(tune.block_groups)) > 1;
+      // the host's group count bounds the device's, and is unknown while a graph is captured); so does a table no
+      // slice names (no block: its rows are the zeroed accumulator's)
+      const bool several = in.groups.empty() || ceil_div(in.groups[t], int64_t(tune.block_groups)) != 1;
       if (narrow && work && several) {
         staging.push_back(at::empty({in.n, d}, grad.options().dtype(at::kFloat)));
         set.rows_acc[t] = staging.back().data_ptr();
@@ -482,7 +505,7 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
   if (work) {
     const at::Tensor g = grad.contiguous();
     at::Tensor ws = weight_sum.contiguous();
-    scratch = make_scratch(in, t_count);
+    scratch = make_scratch(in, t_count, tune);
     use_cached_plan(in, t_count, tune.block_groups, scratch.plan, scratch.sc);
     const bool ws_double = dtype == at::kDouble;
     if (ws_double) {
