@@ -90,6 +90,7 @@ inline std::string error_bits_message(int32_t bits) {
   if (bits & kNotFinite) what += "x must be finite; ";
   if (bits & kTsOrder) what += "ts must be ascending within each user; ";
   if (bits & kTsOverflow) what += "request_ts - ts overflows int64; ";
+  if (bits & kInternal) what += "internal error: a kernel's launch did not match its plan (please report); ";
   return what.empty() ? what : what.substr(0, what.size() - 2);
 }
 

@@ -22,6 +22,7 @@ enum ErrorBit : int32_t {
   kNotFinite = 32,
   kTsOrder = 64,
   kTsOverflow = 128,
+  kInternal = 256,  // a kernel found its launch inconsistent with the data (a bug: please report)
 };
 
 inline constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -12,8 +12,15 @@
 //   at most item_events events. Within an item every group's slices keep the same events, so the CTA sums
 //   each group once, in shared memory, and adds the sum to the group's slices that cover the segment when
 //   the item ends (global atomics, a few per item rather than per event).
+// - The keep pass (keep_kernel, before the pooling kernels): a thread per event of each work item evaluates
+//   every active group once, the categorical filters as one shared-memory table lookup per field and block,
+//   and writes per block a mask of the groups that keep the event and the weights of the weighted groups
+//   (Keep). On the H200 this took W40K's forward from 2.29 to 1.87 ms: in-kernel membership had been 40% of the
+//   pooling kernel's stall samples (ncu), paid once per CTA block. DV365_SP_KEEP=0, or a program the host
+//   cannot read (graph capture), falls back to the in-kernel evaluation below.
 // - Per event: one id load, the event's fields read once and the predicates of the groups active in the
-//   segment (one lane per event), then the warp (a CTA is one warp; each lane owns two 16-byte chunks of a
+//   segment (one lane per event; with the keep pass, a mask load and only the kept events of each batch,
+//   compacted), then the warp (a CTA is one warp; each lane owns two 16-byte chunks of a
 //   fp32 row, eight rows in flight) adds the row into the accumulators of the groups in the union of four
 //   events' masks. On the H200 the W40K forward was bound by instruction issue (ncu: 70% of issue slots, IPC
 //   2.9, DRAM 46%) at 64-thread CTAs with 4 columns a lane: a warp that owns the whole 1 KB row pays the
@@ -588,11 +595,12 @@ struct Smem {
   int* wsl;          // [block_groups]: each group's row in the keep pass's weights (PlanView::wslot)
 };
 
+// groups: the block's predicates are held (no keep pass: the kernel evaluates them).
 template <typename acc_t>
-__host__ __device__ size_t smem_bytes(int block_groups, int tile) {
+__host__ __device__ size_t smem_bytes(int block_groups, int tile, bool groups) {
   size_t b = 0;
   b += sizeof(acc_t) * block_groups * tile;
-  b += sizeof(GroupProg) * block_groups;
+  if (groups) b += sizeof(GroupProg) * block_groups;
   b += sizeof(int64_t) * kBatch;
   b += sizeof(acc_t) * block_groups;
   b += sizeof(float) * kBatch * block_groups;
@@ -604,12 +612,15 @@ __host__ __device__ size_t smem_bytes(int block_groups, int tile) {
 // acc, group, row and w have sizes that are multiples of 16 bytes, so the vector accesses to acc and w are
 // aligned.
 template <typename acc_t>
-__device__ Smem<acc_t> carve(unsigned char* raw, int block_groups, int tile) {
+__device__ Smem<acc_t> carve(unsigned char* raw, int block_groups, int tile, bool groups) {
   Smem<acc_t> s;
   s.acc = reinterpret_cast<acc_t*>(raw);
   raw += sizeof(acc_t) * block_groups * tile;
-  s.group = reinterpret_cast<GroupProg*>(raw);
-  raw += sizeof(GroupProg) * block_groups;
+  s.group = nullptr;
+  if (groups) {
+    s.group = reinterpret_cast<GroupProg*>(raw);
+    raw += sizeof(GroupProg) * block_groups;
+  }
   s.row = reinterpret_cast<int64_t*>(raw);
   raw += sizeof(int64_t) * kBatch;
   s.w = reinterpret_cast<float*>(raw);
@@ -736,7 +747,7 @@ struct Cta {
   bool valid[H];  // chunk h lies within the D columns (D % C == 0)
 
   __device__ Cta(unsigned char* raw, const Program& p, const Tables& tabs, const int64_t* plan_raw, const Launch& L)
-      : sh(carve<acc_t>(raw, L.bg, Cols<C, H>::kTile)),
+      : sh(carve<acc_t>(raw, L.bg, Cols<C, H>::kTile, L.keep.mask == nullptr)),
         v(const_cast<int64_t*>(plan_raw), p.s, tabs.num_tables),
         blk(blockIdx.y),
         table(0),
@@ -752,7 +763,7 @@ struct Cta {
     const int64_t first = v.block_first[blk];
     table = v.block_table[blk];
     for (int g = threadIdx.x; g < ng; g += blockDim.x) {
-      sh.group[g] = load_group(p, v.group_leader[first + g]);
+      if (sh.group != nullptr) sh.group[g] = load_group(p, v.group_leader[first + g]);
       sh.wsl[g] = static_cast<int>(v.wslot[first + g]);
     }
   }
@@ -807,6 +818,10 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
   const int64_t* ids = tabs.ids[cta.table];
   const int lane = threadIdx.x;
   const bool kept = keep_ready(L.keep, cta.v, tl);
+  if (!kept && sh.group == nullptr) {  // the host's bounds on the plan were wrong: never silently wrong sums
+    if (threadIdx.x == 0) set_error(flag, kInternal);
+    return;
+  }
   for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
     const uint32_t active = cta.active_groups(p, j);
@@ -968,6 +983,10 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
   const bool store = kRows && ceil_div(cta.v.tcount[t], L.bg) == 1;
   acc_t* gvec = sh.acc;  // [g][tile]: sum over the group's covering slices of grad / weight_sum
   const bool kept = keep_ready(L.keep, cta.v, tl);
+  if (!kept && sh.group == nullptr) {  // the host's bounds on the plan were wrong: never silently wrong sums
+    if (threadIdx.x == 0) set_error(flag, kInternal);
+    return;
+  }
   for (int64_t it = blockIdx.x; it < cta.n_items; it += gridDim.x) {
     const int64_t b = items[4 * it], e_begin = items[4 * it + 1], e_end = items[4 * it + 2], j = items[4 * it + 3];
     const uint32_t active = cta.active_groups(p, j);
@@ -1277,15 +1296,16 @@ struct LaunchShape {
 
 template <int kTile, typename acc_t, typename K>
 cudaError_t shape_launch(K kernel, int64_t d, const Tuning& tune, const Program& prog, const Tables& tabs,
-                         int64_t items_cap, LaunchShape& shape) {
+                         int64_t items_cap, const Keep& keep, LaunchShape& shape) {
   Launch& L = shape.L;
+  L.keep = keep;
   L.d = d;
   L.col_tiles = ceil_div(d, kTile);
   L.bg = tune.block_groups;
   L.acc = tune.acc;
   L.max_blocks = tune.num_blocks > 0 ? tune.num_blocks : ceil_div(prog.s, L.bg) + tabs.num_tables;
   L.items_cap = items_cap;
-  shape.smem = smem_bytes<acc_t>(L.bg, kTile);
+  shape.smem = smem_bytes<acc_t>(L.bg, kTile, keep.mask == nullptr);
   int64_t gx = 1;
   const cudaError_t err = configure(kernel, shape.smem, kWarp, items_cap, gx);
   shape.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(L.max_blocks), static_cast<unsigned>(L.col_tiles));
@@ -1304,9 +1324,9 @@ cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& pr
   using acc_t = typename AccType<scalar_t>::type;
   auto kernel = pool_kernel<scalar_t, acc_t, C, H, R>;
   LaunchShape shape;
-  const cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, shape);
+  const cudaError_t err =
+      shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, sc.keep, shape);
   if (err != cudaSuccess) return err;
-  shape.L.keep = sc.keep;
   kernel<<<shape.grid, kWarp, shape.smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, shape.L,
                                                     static_cast<acc_t*>(num), static_cast<acc_t*>(wacc), flag);
   return cudaGetLastError();
@@ -1319,9 +1339,8 @@ cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program
   using acc_t = typename AccType<scalar_t>::type;
   auto kernel = backward_kernel<kRows, scalar_t, acc_t, C, H>;
   LaunchShape shape;
-  cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, shape);
+  cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, sc.keep, shape);
   if (err != cudaSuccess) return err;
-  shape.L.keep = sc.keep;
   const int64_t total = tl.n * d;  // per-event row elements
   const int64_t bg = shape.L.bg;
   if constexpr (kRows) {
@@ -1385,7 +1404,9 @@ cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tab
   if (tl.n == 0 || d == 0 || prog.s == 0 || tl.num_users == 0) return cudaSuccess;
   return with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
+    // 16-bit dtypes take two 8-byte chunks a lane (not one of 16 bytes): each float4 atomic of the warp then
+    // covers one contiguous 512 bytes of the float32 accumulators, rather than every other 16 bytes of 1 KB
+    constexpr int H = 2, C = sizeof(scalar_t) == 2 ? 4 : chunk_cols<scalar_t>();
     int64_t cap = 0;
     sc = with_keep(sc);
     // the per-event rows visit every event (a table with one block stores every row, zeros included)
