@@ -100,24 +100,32 @@ def _setup_context_jagged_mean_pool(ctx, inputs, output):
     ctx.sparse = sparse
     ctx.num_rows = table.shape[0]
     weights_grad = weights is not None and weights.requires_grad
-    # the table and the output are only needed for the weights' gradient
-    ctx.save_for_backward(ids, offsets, weights, table if weights_grad else None, output if weights_grad else None)
+    # the table is only needed for the weights' gradient
+    ctx.save_for_backward(ids, offsets, weights, table if weights_grad else None)
 
 
-def _weights_grad(grad, table, ids, offsets, weights, out):
-    """``d out_m / d w_i = (e_i - out_m) / Σ_bag w``, contracted with ``grad[m]`` (0 for a zero-sum bag)."""
+def _weights_grad(grad, table, ids, offsets, weights):
+    """The weights' gradient of ``out_m = num_m / den_m`` (``num_m = Σ w_i e_i``, ``den_m = Σ w_i``; 0 for a
+    zero-sum bag) by the chain rule, in the accumulation dtype and in the order autograd takes through the
+    reference: ``grad_w_i = grad_m · e_i / den_m - grad_m · (num_m / den_m) / den_m``. The op's output is not
+    used: it is rounded to the table's dtype, and for 16-bit tables ``e_i - out_m`` over a small weight sum
+    amplified that rounding past the tolerance."""
     acc = torch.float64 if table.dtype == torch.float64 else torch.float32
     m = offsets.shape[0] - 1
     bag = torch.repeat_interleave(torch.arange(m, device=ids.device), offsets.diff(), output_size=ids.shape[0])
     w = weights.to(acc)
+    rows = table.index_select(0, ids).to(acc)
+    num = torch.zeros(m, rows.shape[1], dtype=acc, device=rows.device).index_add_(0, bag, rows * w[:, None])
     den = torch.zeros(m, dtype=acc, device=w.device).index_add_(0, bag, w)
-    inv = torch.where(den > 0, 1.0 / den.clamp_min(torch.finfo(acc).tiny), 0.0)
-    diff = table.index_select(0, ids).to(acc) - out.to(acc).index_select(0, bag)
-    return ((grad.to(acc).index_select(0, bag) * diff).sum(1) * inv.index_select(0, bag)).to(weights.dtype)
+    den_c = den.clamp_min(torch.finfo(acc).tiny)[:, None]
+    g = torch.where(den[:, None] > 0, grad.to(acc), 0.0)
+    grad_num = g / den_c
+    grad_den = (-g * ((num / den_c) / den_c)).sum(1)
+    return ((grad_num.index_select(0, bag) * rows).sum(1) + grad_den.index_select(0, bag)).to(weights.dtype)
 
 
 def _backward_jagged_mean_pool(ctx, grad):
-    ids, offsets, weights, table, out = ctx.saved_tensors
+    ids, offsets, weights, table = ctx.saved_tensors
     grad_table = grad_weights = None
     if ctx.needs_input_grad[0]:
         if ctx.sparse:
@@ -131,7 +139,7 @@ def _backward_jagged_mean_pool(ctx, grad):
                 grad, ids, offsets, weights, ctx.num_rows
             )
     if weights is not None and ctx.needs_input_grad[3]:
-        grad_weights = _weights_grad(grad, table, ids, offsets, weights, out)
+        grad_weights = _weights_grad(grad, table, ids, offsets, weights)
     return grad_table, None, None, grad_weights, None
 
 
