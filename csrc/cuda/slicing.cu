@@ -15,8 +15,9 @@
 // - The keep pass (keep_kernel, before the pooling kernels): a thread per event of each work item evaluates
 //   every active group once, the categorical filters as one shared-memory table lookup per field and block,
 //   and writes per block a mask of the groups that keep the event and the weights of the weighted groups
-//   (Keep). On the H200 this took W40K's forward from 2.29 to 1.87 ms: in-kernel membership had been 40% of the
-//   pooling kernel's stall samples (ncu), paid once per CTA block. DV365_SP_KEEP=0, or a program the host
+//   (Keep). On the H200 W40K's fp32 forward takes 1.79 ms this way against 2.25 without it
+//   (benchmarks/results/h200_2026-12-01-session5.md): in-kernel membership had been 40% of the pooling kernel's
+//   stall samples (ncu), paid once per CTA block. DV365_SP_KEEP=0, or a program the host
 //   cannot read (graph capture), falls back to the in-kernel evaluation below.
 // - Per event: one id load, the event's fields read once and the predicates of the groups active in the
 //   segment (one lane per event; with the keep pass, a mask load and only the kept events of each batch,
@@ -873,9 +874,10 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
         //   group's accumulators for the four events (groups most events share, like "all");
         // - per (event, group) kept: one read-modify-write with that event's row alone (groups that partition
         //   the events, like action types, where four events mostly fall in different groups).
-        // On the H200 at W40K (benchmarks/results/h200_2026-12-01.md) the choice took 2.35 ms in fp32 against 2.40
-        // per union and 2.66 per event; in bf16 (one chunk a lane: the per-event read-modify-writes have no second
-        // chunk's to overlap with) 2.70 against 2.42 per union, hence the default (Tuning::acc).
+        // On the H200 at W40K with the keep pass (benchmarks/results/h200_2026-12-01-session5.md) per union took
+        // 1.79 ms in fp32 against 1.95 with the choice and 2.37 per event (bf16: 1.75 against 2.04 with the choice):
+        // the batches hold only kept events, so unions are dense. Without the keep pass the choice had been best for
+        // fp32 (2.35 against 2.40 per union, h200_2026-12-01.md), hence the default (Tuning::acc).
 #pragma unroll
         for (int q = 0; q < R; q += 4) {
           uint32_t m[4];
