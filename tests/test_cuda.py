@@ -323,8 +323,8 @@ def test_sliced_pool_table_without_slices(dtype):
 # Each variant sets DV365_SP_* knobs (read per call; docs/backends.md): work items of 64 events; a table's groups
 # split over several CTA blocks or (32) each table in one block, whose per-event backward stores its rows where
 # several blocks add into zeroed rows; 16 rows in flight per lane; the forward's accumulation modes (the default
-# chooses per four events for 4- and 8-byte dtypes and goes per union for 16-bit ones); the predicates evaluated
-# in the pooling kernels rather than by the keep pass (KEEP 0).
+# goes per union after the keep pass); the predicates evaluated in the pooling kernels rather than by the keep pass
+# (KEEP 0, where the default chooses per four events for 4- and 8-byte dtypes).
 SP_KNOBS = [{}, {"ITEM": "64"}, {"ITEM": "64", "GROUPS": "32"}, {"GROUPS": "1"}, {"ROWS": "16"}, {"ACC": "0"},
             {"ACC": "1"}, {"ACC": "2"}, {"ACC": "2", "ROWS": "16", "GROUPS": "3"}, {"KEEP": "0"},
             {"KEEP": "0", "ITEM": "64", "GROUPS": "3"}]

@@ -133,8 +133,6 @@ __device__ __forceinline__ double beta_pow(double dur, double beta) {
   return beta == 1.0 ? dur : (beta == 0.5 ? fabs(sqrt(dur)) : pow(dur, beta));  // pow(-0, 0.5) = +0
 }
 
-constexpr int kPackedCats = 8;  // categorical fields held in one uint64 per event, a byte each
-
 // One event's fields, read once for all the groups evaluated on it: the first kPackedCats categorical values
 // a byte each (0xFF for a value outside [0, 63], reported when a group reads it), the float fields, and for the
 // last beta and gamma seen (groups mostly share them) dwell / dur ** beta and log1p(dwell) / log1p(gamma * dur),

@@ -9,6 +9,7 @@ namespace dv365::cuda::slicing {
 
 constexpr int kMaxTables = 32;
 constexpr int kMaxBlockGroups = 32;  // groups one CTA pools (a bit each in an event's uint32 mask)
+constexpr int kPackedCats = 8;       // categorical fields held in one uint64 per event, a byte each
 
 // The timeline tensors (contiguous, validated on the host for shapes and dtypes).
 struct Timeline {
@@ -58,7 +59,7 @@ struct Keep {
   uint32_t* mask = nullptr;
   float* w = nullptr;
   int64_t n = 0, blocks = 0, groups = 0, weighted = 0;
-  int64_t fields = 0;  // min(categorical fields, 8): the fields an event packs (the keep pass's tables)
+  int64_t fields = 0;  // min(categorical fields, kPackedCats): the fields an event packs (the keep pass's tables)
 };
 
 struct Scratch {

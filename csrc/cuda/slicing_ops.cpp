@@ -374,7 +374,7 @@ ScratchHolder make_scratch(const Inputs& in, int64_t t_count, const slicing::Tun
     k.blocks = tune.num_blocks;
     for (const int64_t g : in.groups) k.groups += g;
     k.weighted = in.weighted;
-    k.fields = std::min<int64_t>(in.cats.size(0), 8);
+    k.fields = std::min<int64_t>(in.cats.size(0), slicing::kPackedCats);
     h.keep = at::empty({(k.blocks + k.weighted) * in.n}, in.ts.options().dtype(at::kInt));
     k.mask = reinterpret_cast<uint32_t*>(h.keep.data_ptr<int32_t>());
     k.w = reinterpret_cast<float*>(k.mask + k.blocks * in.n);
