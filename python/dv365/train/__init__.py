@@ -1,0 +1,26 @@
+"""Training, checkpoints and evaluation of DV365 models (``dv365 train``, ``dv365 eval``; paper 2.3, 3.3).
+
+- :class:`TrainConfig` — the job config (YAML <-> dataclasses), :func:`load_config`
+- :func:`train` — the loop: sparse tables + dense towers, exact resume, warm start, DDP under ``torchrun``
+- :func:`evaluate_checkpoint` / :func:`load_model` — metrics of a checkpoint, the model for export
+
+Names load on first use, so ``dv365 --help`` does not import torch.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "latest_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "spec_hash": "checkpoint", "TrainConfig": "config", "load_config": "config",
+    "evaluate_checkpoint": "evaluate", "evaluate_model": "evaluate", "load_model": "evaluate",
+    "train": "trainer", "warm_start": "trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)
