@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import faults
+
 FORMAT = "dv365-checkpoint"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
@@ -86,6 +88,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any]
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
+    faults.checkpoint("checkpoint.before_rename")
     os.replace(tmp, path)
     _fsync_dir(folder)
     for old in list_checkpoints(run_dir)[:-keep]:

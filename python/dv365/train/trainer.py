@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .. import faults
 from ..data import DataError, Loader, open_dataset
 from ..models import DV365Model, ModelConfig
 from ..spec import SliceSpec, load_default_spec
@@ -266,6 +267,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
                 opt.step()
             step += 1
             steps_this_call += 1
+            faults.checkpoint("train.step")
             window["loss"] += DV365Model.total_loss(all_reduce_(sums.detach().float().clone(), info), counts, a)
             window["steps"] += 1
             window["examples"] += len(batch.examples) * info.world_size
