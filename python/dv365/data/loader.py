@@ -1,24 +1,44 @@
-"""The training loader: timeline batches plus examples, each history cut ``gap`` seconds before its request.
+"""The training loader and the per-user export loader: timeline batches, each history cut before a request.
 
-One batch row is one example (user, request time, candidate, labels). Row b's explicit and implicit timelines are
-that user's events with ``ts < request_ts[b] - gap`` (DESIGN.md 1.2: the 24 h gap of the distant-interest
-objective), optionally only the most recent ``max_events``. A user with several examples in one batch appears in
-several rows, each cut at its own request time — the slicing ops then need no per-row request logic beyond
-``request_ts``.
+**Training** (:class:`Loader`). One batch row is one example (user, request time, candidate, labels). Row b's
+explicit and implicit timelines are that user's events with ``ts < request_ts[b] - gap`` (the 24 h gap of the
+distant-interest objective, paper section 2.3.3), optionally only the most recent ``max_events``. A user with
+several examples in one batch appears in several rows, each cut at its own request time — the slicing ops then
+need no per-row request logic beyond ``request_ts``.
 
-Batches are cut from one shard at a time: the shard's three tables are read once, each timeline gets a sorted
-composite key ``(user << 34) + (ts - base)`` so a whole batch's cut points are one ``searchsorted``, and the rows
-are gathered with one ``np.take`` per column straight into the output tensors. Batches do not straddle shards
-(a shard's last batch may be short unless ``drop_last``). A background thread prepares the
-next ``prefetch`` batches (and pins them when CUDA is present).
+**Export** (:class:`UserLoader`). One row per user in user-id order, the history cut at ``ts < cutoff`` and
+``request_ts = cutoff + gap``, so that time windows see the same "request - gap" geometry as in training
+(paper section 2.4: every user's embedding at a cut-off time).
+
+Batches are cut from one shard at a time: the shard's tables are read once, each timeline gets a sorted composite
+key ``(user << 34) + (ts - base)`` so a whole batch's cut points are one ``searchsorted``, and the rows are
+gathered with one ``np.take`` per column straight into the output tensors. Batches do not straddle shards (a
+shard's last batch may be short unless ``drop_last``). A background thread prepares the next ``prefetch``
+batches (and pins them when CUDA is present).
+
+**Data-parallel training** (``rank`` / ``world_size``): the global batch of ``batch_size * world_size`` examples
+is cut exactly as a single-process loader with that batch size cuts it; rank r takes rows
+``[r * batch_size, (r + 1) * batch_size)`` of it. A short last global batch of a shard is split as evenly as
+possible in contiguous order (the first ``m % world_size`` ranks get one row more); one with fewer rows than
+``world_size`` is dropped on every rank, so every rank yields the same number of non-empty batches.
+
+**Exact resume.** ``state_dict()`` records the epoch and the number of batches the consumer has received (not
+what the prefetcher prepared) plus what identifies the data and the batch configuration; after
+``load_state_dict`` the next ``iter()`` starts at the next batch, skipping whole shards without reading them and
+the rest of a shard without gathering it. Shuffled orders derive from ``(seed, epoch)`` and ``(seed, epoch,
+shard)``, so a resumed epoch has the same order as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import queue
+import hashlib
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +48,7 @@ from .parquet import Columns, Dataset
 from .schema import EXAMPLES, LABEL_COLUMNS, TASKS, DataError
 
 _KEY_BITS = 34  # time offsets up to 2^34 s (≈ 544 years) below the user bits
+_KINDS = (EXPLICIT, IMPLICIT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +85,14 @@ class Examples:
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
+    """A training batch: row b of both timelines belongs to example b."""
+
     explicit: TimelineBatch
     implicit: TimelineBatch
     examples: Examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(self.explicit.to(device, non_blocking), self.implicit.to(device, non_blocking),
@@ -76,13 +102,44 @@ class Batch:
         return Batch(self.explicit.pin_memory(), self.implicit.pin_memory(), self.examples.pin_memory())
 
 
+@dataclasses.dataclass(frozen=True)
+class UserBatch:
+    """An export batch: row b is user ``user_id[b]``, its history cut at ``request_ts[b] - gap``."""
+
+    user_id: torch.Tensor  # int64 [B], ascending
+    explicit: TimelineBatch
+    implicit: TimelineBatch
+    request_ts: torch.Tensor  # int64 [B], cutoff + gap on every row
+
+    def __len__(self) -> int:
+        return self.user_id.numel()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> UserBatch:
+        return UserBatch(self.user_id.to(device, non_blocking=non_blocking), self.explicit.to(device, non_blocking),
+                         self.implicit.to(device, non_blocking), self.request_ts.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> UserBatch:
+        return UserBatch(self.user_id.pin_memory(), self.explicit.pin_memory(), self.implicit.pin_memory(),
+                         self.request_ts.pin_memory())
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A short digest of the dataset's content (every shard's user range and file checksums, from the manifest):
+    loader states carry it so that a state is never applied to other data."""
+    shards = [[s["first_user"], s["end_user"], [s["files"][t]["sha256"] for t in sorted(s["files"])]]
+              for s in dataset.manifest["shards"]]
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:16]
+
+
 class _Timeline:
     """One shard's timeline with its sorted composite key."""
 
-    def __init__(self, kind: str, cols: Columns, first_user: int, base: int, fill_missing: float | None, where: str):
+    def __init__(self, kind: str, cols: Columns, first_user: int, fill_missing: float | None, where: str):
         self.kind, self.cols, self.first = kind, cols, first_user
-        self.base = base
-        self.key = ((cols["user_id"] - first_user) << _KEY_BITS) + (cols["ts"] - base)
+        ts = cols["ts"]
+        # every event's offset is >= 1, so a cutoff at or below base selects nothing (see bounds)
+        self.base = int(ts.min()) - 1 if ts.size else 0
+        self.key = ((cols["user_id"] - first_user) << _KEY_BITS) + (ts - self.base)
         for name in FLOAT_FIELDS[kind]:
             col = cols[name]
             missing = np.isnan(col)
@@ -92,6 +149,7 @@ class _Timeline:
                 cols[name] = np.where(missing, np.float32(fill_missing), col)
 
     def bounds(self, user: np.ndarray, cutoff: np.ndarray, max_events: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Row ranges ``[start, end)`` of each user's events with ``ts < cutoff``."""
         hi_user = (user - self.first) << _KEY_BITS
         start = np.searchsorted(self.key, hi_user)
         end = np.searchsorted(self.key, hi_user + np.clip(cutoff - self.base, 0, (1 << _KEY_BITS) - 1))
@@ -131,15 +189,102 @@ def _nan_to(col: np.ndarray, value: float) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.where(ok, col, np.float32(value)).astype(np.float32)), torch.from_numpy(ok)
 
 
+def _check_fill_missing(dataset: Dataset, fill_missing: float | None, who: str) -> None:
+    if fill_missing is None:
+        missing = [c for c in FLOAT_FIELDS[IMPLICIT] if dataset.has_missing(IMPLICIT, c)]
+        if missing:
+            raise DataError(
+                f"{who}: {dataset.path} has missing implicit {missing} (see its manifest null_counts); "
+                "pass fill_missing=<value> to choose what the timelines carry for them"
+            )
+
+
+def _check_shards(dataset: Dataset, shards: Iterable[int] | None, who: str) -> list[int]:
+    if shards is None:
+        return list(range(dataset.num_shards))
+    out = [int(k) for k in shards]
+    bad = [k for k in out if not 0 <= k < dataset.num_shards]
+    if bad:
+        raise ValueError(f"{who}: shards {bad} out of range [0, {dataset.num_shards})")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{who}: shards must not repeat, got {out}")
+    return out
+
+
+class _ShardCache:
+    """The shards' decoded timelines (and examples), loaded on first use; the most recent ``keep`` stay."""
+
+    def __init__(self, dataset: Dataset, fill_missing: float | None, who: str, examples: bool, keep: int = 2):
+        self.dataset, self.fill_missing, self.who, self.examples, self.keep = dataset, fill_missing, who, examples, keep
+        self.lock = threading.Lock()
+        self.loaded: collections.OrderedDict[int, tuple[dict[str, _Timeline], Columns | None]] = collections.OrderedDict()
+
+    def get(self, k: int) -> tuple[dict[str, _Timeline], Columns | None]:
+        with self.lock:
+            if k in self.loaded:
+                self.loaded.move_to_end(k)
+                return self.loaded[k]
+            ds = self.dataset
+            first, _ = ds.shard_users(k)
+            ex = ds.read_table(k, EXAMPLES) if self.examples else None
+            tl = {kind: _Timeline(kind, ds.read_table(k, kind), first, self.fill_missing, f"{self.who}: shard {k} {kind}")
+                  for kind in _KINDS}
+            self.loaded[k] = (tl, ex)
+            while len(self.loaded) > self.keep:
+                self.loaded.popitem(last=False)
+            return tl, ex
+
+
+def _run(tasks: Iterator[Any], make: Callable[[Any], Any], prefetch: int) -> Iterator[Any]:
+    """``make(task)`` for every task, in order; with ``prefetch`` > 0 a background thread works up to ``prefetch``
+    batches ahead. Errors in the background reach the caller; stopping early cancels what is queued."""
+    if prefetch <= 0:
+        for t in tasks:
+            yield make(t)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dv365-loader")
+    window: collections.deque = collections.deque()
+    try:
+        for t in tasks:
+            window.append(pool.submit(make, t))
+            if len(window) > prefetch:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        for f in window:
+            f.cancel()
+        pool.shutdown(wait=False)
+
+
+def _check_state(who: str, state: dict[str, Any], mine: dict[str, Any]) -> None:
+    missing = sorted(set(mine) - set(state))
+    if missing:
+        raise ValueError(f"{who}.load_state_dict: the state lacks {missing} (not a {who} state?)")
+    if state["dataset"] != mine["dataset"]:
+        raise ValueError(f"{who}.load_state_dict: the state is from a different dataset "
+                         f"(fingerprint {state['dataset']}, this dataset {mine['dataset']})")
+    for key, value in mine.items():
+        if key in ("epoch", "batches", "dataset"):
+            continue
+        if state[key] != value:
+            raise ValueError(f"{who}.load_state_dict: the state has {key}={state[key]!r}, this loader {key}={value!r}")
+
+
 class Loader:
-    """Iterate ``Batch`` es of ``batch_size`` examples over ``dataset`` (module docstring).
+    """Iterate :class:`Batch` es of ``batch_size`` examples (per rank) over ``dataset`` (module docstring).
 
     ``max_events``: keep only each timeline's most recent events (e.g. 500 for a short-history baseline).
-    ``shuffle``: shard order and example order within a shard, from ``seed`` and :meth:`set_epoch`.
+    ``shuffle``: shard order and example order within a shard, from ``seed`` and the epoch.
     ``fill_missing``: value for unknown ``video_duration`` / ``dwell_time`` in the timelines; required (an error
     otherwise) when the dataset has any, so that no value is invented silently.
     ``pin_memory``: default True when CUDA is available.
+    ``shards``: the shard indices to read (default all), in this order unless ``shuffle``.
     ``validate``: run ``TimelineBatch.validate`` on every batch (the shards are already checked on read).
+    ``rank`` / ``world_size``: data-parallel training, ``batch_size`` per rank (module docstring).
+
+    The loader keeps its position: each ``iter()`` continues where the consumer stopped, and finishing an epoch
+    moves to the next (so shuffled epochs differ without calling :meth:`set_epoch`).
     """
 
     def __init__(
@@ -157,6 +302,8 @@ class Loader:
         fill_missing: float | None = None,
         shards: list[int] | None = None,
         validate: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"Loader: batch_size must be >= 1, got {batch_size}")
@@ -164,111 +311,246 @@ class Loader:
             raise ValueError(f"Loader: gap must be >= 0 seconds, got {gap}")
         if max_events is not None and max_events < 0:
             raise ValueError(f"Loader: max_events must be >= 0 or None, got {max_events}")
-        self.dataset, self.batch_size, self.gap = dataset, batch_size, int(gap)
-        self.max_events, self.shuffle, self.seed, self.drop_last = max_events, shuffle, seed, drop_last
+        if world_size < 1:
+            raise ValueError(f"Loader: world_size must be >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"Loader: rank must lie in [0, world_size={world_size}), got {rank}")
+        self.dataset, self.batch_size, self.gap = dataset, int(batch_size), int(gap)
+        self.max_events, self.shuffle, self.seed, self.drop_last = max_events, bool(shuffle), int(seed), bool(drop_last)
         self.prefetch = prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.fill_missing = fill_missing
         self.validate = validate
-        self.shards = list(range(dataset.num_shards)) if shards is None else list(shards)
-        if fill_missing is None:
-            missing = [c for c in FLOAT_FIELDS[IMPLICIT] if dataset.has_missing(IMPLICIT, c)]
-            if missing:
-                raise DataError(
-                    f"Loader: {dataset.path} has missing implicit {missing} (see its manifest null_counts); "
-                    "pass fill_missing=<value> to choose what the timelines carry for them"
-                )
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.shards = _check_shards(dataset, shards, "Loader")
+        _check_fill_missing(dataset, fill_missing, "Loader")
+        self.fingerprint = dataset_fingerprint(dataset)
+        self._rows = {k: dataset.manifest["shards"][k]["files"][EXAMPLES]["rows"] for k in self.shards}
+        self._cache = _ShardCache(dataset, fill_missing, "Loader", examples=True)
         self.epoch = 0
+        self._batches = 0  # batches of this epoch the consumer has received
 
+    # position ----------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Start epoch ``epoch`` at its first batch; the current epoch keeps its position (so a training loop that
+        calls ``set_epoch(e)`` at the top of every epoch resumes mid-epoch after :meth:`load_state_dict`)."""
+        if epoch != self.epoch:
+            self.epoch, self._batches = int(epoch), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position (``epoch``, ``batches`` received in it) and what it is valid for; the same on every rank."""
+        return {"epoch": self.epoch, "batches": self._batches, "seed": self.seed, "shuffle": self.shuffle,
+                "batch_size": self.batch_size, "world_size": self.world_size, "drop_last": self.drop_last,
+                "gap": self.gap, "max_events": self.max_events, "shards": list(self.shards), "dataset": self.fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`): the next ``iter()`` yields the batch after the last one
+        received. Raises ``ValueError`` when the state is from another dataset or batch configuration."""
+        _check_state("Loader", state, self.state_dict())
+        batches = int(state["batches"])
+        if not 0 <= batches <= len(self):
+            raise ValueError(f"Loader.load_state_dict: batches={batches} is outside this epoch's [0, {len(self)}]")
+        self.epoch, self._batches = int(state["epoch"]), batches
+
+    # layout ------------------------------------------------------------------------------------
+    def _shard_batches(self, rows: int) -> int:
+        g = self.batch_size * self.world_size
+        full, rest = divmod(rows, g)
+        return full + (1 if rest and not self.drop_last and rest >= self.world_size else 0)
+
+    def _rank_rows(self, rows: int, j: int) -> tuple[int, int]:
+        """This rank's rows ``[lo, hi)`` (positions in the shard's example order) of the shard's global batch j."""
+        g = self.batch_size * self.world_size
+        lo = j * g
+        size = min(g, rows - lo)
+        if size == g:
+            return lo + self.rank * self.batch_size, lo + (self.rank + 1) * self.batch_size
+        q, rem = divmod(size, self.world_size)
+        start = lo + self.rank * q + min(self.rank, rem)
+        return start, start + q + (self.rank < rem)
 
     def __len__(self) -> int:
-        total = 0
-        for k in self.shards:
-            rows = self.dataset.manifest["shards"][k]["files"][EXAMPLES]["rows"]
-            total += rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
-        return total
+        return sum(self._shard_batches(self._rows[k]) for k in self.shards)
 
-    def _batches(self) -> Iterator[Batch]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.shards) if self.shuffle else self.shards
+    def _tasks(self, epoch: int, skip: int) -> Iterator[tuple[int, np.ndarray]]:
+        order = self.shards
+        if self.shuffle:
+            order = [self.shards[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))]
         for k in order:
-            yield from self._shard_batches(int(k), rng)
+            rows = self._rows[k]
+            count = self._shard_batches(rows)
+            if skip >= count:  # cheap skip: this shard is neither read nor permuted
+                skip -= count
+                continue
+            perm = np.random.default_rng([self.seed, epoch, k]).permutation(rows) if self.shuffle else None
+            for j in range(skip, count):
+                lo, hi = self._rank_rows(rows, j)
+                yield k, (perm[lo:hi] if perm is not None else np.arange(lo, hi))
+            skip = 0
 
-    def _shard_batches(self, k: int, rng: np.random.Generator) -> Iterator[Batch]:
-        ds = self.dataset
-        first, _ = ds.shard_users(k)
-        ex = ds.read_table(k, EXAMPLES)
-        if ex["user_id"].size == 0:
-            return
-        tl = {}
-        for kind in (EXPLICIT, IMPLICIT):
-            cols = ds.read_table(k, kind)
-            base = min(int(cols["ts"].min()) if cols["ts"].size else 0, int(ex["request_ts"].min()) - self.gap) - 1
-            tl[kind] = _Timeline(kind, cols, first, base, self.fill_missing, f"Loader: shard {k} {kind}")
-        n = ex["user_id"].size
-        rows = rng.permutation(n) if self.shuffle else np.arange(n)
-        stop = n - n % self.batch_size if self.drop_last else n
-        for lo in range(0, stop, self.batch_size):
-            sel = rows[lo : lo + self.batch_size]
-            user, req = ex["user_id"][sel], ex["request_ts"][sel]
-            cutoff = req - self.gap
-            timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), self.validate) for kind in (EXPLICIT, IMPLICIT)]
-            labels = np.stack([ex[c][sel] for c in LABEL_COLUMNS], axis=1)
-            label_mask = ~np.isnan(labels)
-            dur, dur_ok = _nan_to(ex["video_duration"][sel], 0.0)
-            watch, watch_ok = _nan_to(ex["watch_time"][sel], 0.0)
-            examples = Examples(
-                user_id=torch.from_numpy(user),
-                request_ts=torch.from_numpy(req),
-                item_id=torch.from_numpy(ex["item_id"][sel]),
-                author_id=torch.from_numpy(ex["author_id"][sel]),
-                topic_id=torch.from_numpy(ex["topic_id"][sel]),
-                media_type=torch.from_numpy(ex["media_type"][sel]),
-                video_duration=dur,
-                video_duration_mask=dur_ok,
-                labels=torch.from_numpy(np.where(label_mask, labels, np.float32(0)).astype(np.float32)),
-                label_mask=torch.from_numpy(label_mask),
-                watch_time=watch,
-                watch_time_mask=watch_ok,
-            )
-            batch = Batch(timelines[0], timelines[1], examples)
-            yield batch.pin_memory() if self.pin_memory else batch
+    def _make(self, task: tuple[int, np.ndarray]) -> Batch:
+        k, sel = task
+        tl, ex = self._cache.get(k)
+        user, req = ex["user_id"][sel], ex["request_ts"][sel]
+        cutoff = req - self.gap
+        timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), self.validate) for kind in _KINDS]
+        labels = np.stack([ex[c][sel] for c in LABEL_COLUMNS], axis=1)
+        label_mask = ~np.isnan(labels)
+        dur, dur_ok = _nan_to(ex["video_duration"][sel], 0.0)
+        watch, watch_ok = _nan_to(ex["watch_time"][sel], 0.0)
+        examples = Examples(
+            user_id=torch.from_numpy(user),
+            request_ts=torch.from_numpy(req),
+            item_id=torch.from_numpy(ex["item_id"][sel]),
+            author_id=torch.from_numpy(ex["author_id"][sel]),
+            topic_id=torch.from_numpy(ex["topic_id"][sel]),
+            media_type=torch.from_numpy(ex["media_type"][sel]),
+            video_duration=dur,
+            video_duration_mask=dur_ok,
+            labels=torch.from_numpy(np.where(label_mask, labels, np.float32(0)).astype(np.float32)),
+            label_mask=torch.from_numpy(label_mask),
+            watch_time=watch,
+            watch_time_mask=watch_ok,
+        )
+        batch = Batch(timelines[0], timelines[1], examples)
+        return batch.pin_memory() if self.pin_memory else batch
 
     def __iter__(self) -> Iterator[Batch]:
-        if self.prefetch <= 0:
-            yield from self._batches()
-            return
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        done = object()
+        epoch = self.epoch
+        for batch in _run(self._tasks(epoch, self._batches), self._make, self.prefetch):
+            self._batches += 1  # counted when the consumer receives it, however far the prefetcher is ahead
+            yield batch
+        if self.epoch == epoch:
+            self.epoch, self._batches = epoch + 1, 0
 
-        def produce() -> None:
-            try:
-                for b in self._batches():
-                    while not stop.is_set():
-                        try:
-                            q.put(b, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                q.put(done)
-            except BaseException as e:  # re-raised in the consumer
-                q.put(e)
 
-        worker = threading.Thread(target=produce, name="dv365-loader", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = q.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            worker.join(timeout=5)
+class UserLoader:
+    """Iterate :class:`UserBatch` es of ``batch_size`` users: every user of ``dataset`` once, in user-id order, each
+    history cut at ``ts < cutoff`` with ``request_ts = cutoff + gap`` (module docstring).
+
+    ``cutoff`` (required): the export's cut-off time in seconds. ``users=(lo, hi)``: only users ``lo <= u < hi``.
+    ``only_users``: only these users (sorted ascending, e.g. from :func:`users_with_new_events`), intersected
+    with ``users``. ``shards``: only these shards. Users without events get empty timelines. Batches do not
+    straddle shards. ``max_events``, ``fill_missing``, ``prefetch``, ``pin_memory`` as for :class:`Loader`.
+    ``state_dict`` / ``load_state_dict`` resume an interrupted export at the next batch.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 256,
+        cutoff: int | None = None,
+        gap: int = 86400,
+        *,
+        users: tuple[int, int] | None = None,
+        only_users: np.ndarray | None = None,
+        shards: list[int] | None = None,
+        max_events: int | None = None,
+        fill_missing: float | None = None,
+        prefetch: int = 2,
+        pin_memory: bool | None = None,
+    ):
+        if cutoff is None:
+            raise TypeError("UserLoader: cutoff (the export's cut-off time in seconds) is required")
+        if batch_size < 1:
+            raise ValueError(f"UserLoader: batch_size must be >= 1, got {batch_size}")
+        if gap < 0:
+            raise ValueError(f"UserLoader: gap must be >= 0 seconds, got {gap}")
+        if max_events is not None and max_events < 0:
+            raise ValueError(f"UserLoader: max_events must be >= 0 or None, got {max_events}")
+        if users is not None:
+            lo, hi = (int(u) for u in users)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"UserLoader: users must be a range (lo, hi) with 0 <= lo <= hi, got {users}")
+            users = (lo, hi)
+        if only_users is not None:
+            only_users = np.asarray(only_users)
+            if only_users.ndim != 1 or (only_users.size and only_users.dtype.kind not in "iu"):
+                raise ValueError(f"UserLoader: only_users must be a 1-D integer array, got {only_users.dtype} {only_users.shape}")
+            only_users = only_users.astype(np.int64)
+            if only_users.size > 1 and (np.diff(only_users) <= 0).any():
+                raise ValueError("UserLoader: only_users must be sorted ascending without repeats")
+        self.dataset, self.batch_size, self.cutoff, self.gap = dataset, int(batch_size), int(cutoff), int(gap)
+        self.users, self.only_users, self.max_events = users, only_users, max_events
+        self.fill_missing, self.prefetch = fill_missing, prefetch
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.shards = _check_shards(dataset, shards, "UserLoader")
+        _check_fill_missing(dataset, fill_missing, "UserLoader")
+        self.fingerprint = dataset_fingerprint(dataset)
+        self._only_digest = None if only_users is None else hashlib.sha256(only_users.tobytes()).hexdigest()[:16]
+        self._cache = _ShardCache(dataset, fill_missing, "UserLoader", examples=False)
+        self._users = {k: self._shard_users(k) for k in self.shards}
+        self._batches = 0
+
+    def _shard_users(self, k: int) -> np.ndarray | tuple[int, int]:
+        """Shard k's users to export: a range ``(lo, hi)``, or an array with ``only_users``."""
+        lo, hi = self.dataset.shard_users(k)
+        if self.users is not None:
+            lo, hi = max(lo, self.users[0]), min(hi, self.users[1])
+        hi = max(lo, hi)
+        if self.only_users is None:
+            return lo, hi
+        a, b = np.searchsorted(self.only_users, [lo, hi])
+        return self.only_users[a:b]
+
+    @staticmethod
+    def _count(users: np.ndarray | tuple[int, int]) -> int:
+        return users[1] - users[0] if isinstance(users, tuple) else users.size
+
+    def __len__(self) -> int:
+        return sum(-(-self._count(u) // self.batch_size) for u in self._users.values())
+
+    @property
+    def num_users(self) -> int:
+        return sum(self._count(u) for u in self._users.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": self._batches, "batch_size": self.batch_size, "cutoff": self.cutoff, "gap": self.gap,
+                "max_events": self.max_events, "users": None if self.users is None else list(self.users),
+                "only_users": self._only_digest, "shards": list(self.shards), "dataset": self.fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue an export from ``state``; raises ``ValueError`` for another dataset or configuration."""
+        _check_state("UserLoader", state, self.state_dict())
+        batches = int(state["batches"])
+        if not 0 <= batches <= len(self):
+            raise ValueError(f"UserLoader.load_state_dict: batches={batches} is outside [0, {len(self)}]")
+        self._batches = batches
+
+    def _tasks(self, skip: int) -> Iterator[tuple[int, np.ndarray]]:
+        for k in self.shards:
+            users = self._users[k]
+            n = self._count(users)
+            count = -(-n // self.batch_size)
+            if skip >= count:
+                skip -= count
+                continue
+            for j in range(skip, count):
+                lo, hi = j * self.batch_size, min(n, (j + 1) * self.batch_size)
+                yield k, (np.arange(users[0] + lo, users[0] + hi, dtype=np.int64) if isinstance(users, tuple) else users[lo:hi])
+            skip = 0
+
+    def _make(self, task: tuple[int, np.ndarray]) -> UserBatch:
+        k, user = task
+        tl, _ = self._cache.get(k)
+        cutoff = np.full(user.size, self.cutoff, dtype=np.int64)
+        timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), False) for kind in _KINDS]
+        batch = UserBatch(torch.from_numpy(user), timelines[0], timelines[1], torch.from_numpy(cutoff + self.gap))
+        return batch.pin_memory() if self.pin_memory else batch
+
+    def __iter__(self) -> Iterator[UserBatch]:
+        for batch in _run(self._tasks(self._batches), self._make, self.prefetch):
+            self._batches += 1
+            yield batch
+        self._batches = 0
+
+
+def users_with_new_events(dataset: Dataset, since_ts: int, shards: Iterable[int] | None = None) -> np.ndarray:
+    """Sorted user ids (int64) with any explicit or implicit event at ``ts >= since_ts``: the users whose
+    embedding an incremental refresh must recompute (``UserLoader(..., only_users=...)``)."""
+    found = []
+    for k in _check_shards(dataset, shards, "users_with_new_events"):
+        for kind in _KINDS:
+            cols = dataset.read_table(k, kind, ["user_id", "ts"])
+            found.append(np.unique(cols["user_id"][cols["ts"] >= since_ts]))
+    return np.unique(np.concatenate(found)).astype(np.int64) if found else np.empty(0, dtype=np.int64)

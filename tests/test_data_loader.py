@@ -1,0 +1,280 @@
+"""The loaders of dv365.data: rank sharding, exact resume, the per-user export path (paper sections 2.3.3, 2.4)."""
+
+import numpy as np
+import pytest
+import torch
+
+from dv365.data import (DataError, Loader, SynthConfig, UserLoader, dataset_fingerprint, generate, open_dataset,
+                        users_with_new_events)
+from dv365.timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT
+
+SMALL = SynthConfig(mean_length=600, num_items=5_000, num_authors=500, num_topics=50, users_per_shard=7,
+                    examples_per_user=3)
+KINDS = (EXPLICIT, IMPLICIT)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """17 users in shards of 7, 7 and 3 (21, 21 and 9 examples); the generator's arrays are the oracle."""
+    path = tmp_path_factory.mktemp("loader") / "ds"
+    gen = generate(17, seed=11, config=SMALL)
+    gen.write(path)
+    return open_dataset(path), [gen.shard(k) for k in range(len(gen))]
+
+
+def _timeline_equal(a, b):
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("offsets", "ids", "ts", "cats", "floats"))
+
+
+def _batch_equal(a, b):
+    ex = all(torch.equal(getattr(a.examples, f), getattr(b.examples, f)) for f in
+             ("user_id", "request_ts", "item_id", "labels", "label_mask", "watch_time"))
+    return ex and _timeline_equal(a.explicit, b.explicit) and _timeline_equal(a.implicit, b.implicit)
+
+
+def _cat_timelines(parts):
+    offsets = [parts[0].offsets]
+    for p in parts[1:]:
+        offsets.append(p.offsets[1:] + offsets[-1][-1])
+    return dict(offsets=torch.cat(offsets), ids=torch.cat([p.ids for p in parts], 1), ts=torch.cat([p.ts for p in parts]),
+                cats=torch.cat([p.cats for p in parts], 1), floats=torch.cat([p.floats for p in parts], 1))
+
+
+def _oracle_timeline(shards, kind, user, cutoff, max_events=None):
+    """User ``user``'s events with ts < cutoff straight from the generator's arrays (independent of the loader)."""
+    cols = shards[user // SMALL.users_per_shard].table(kind)
+    keep = (cols["user_id"] == user) & (cols["ts"] < cutoff)
+    idx = np.flatnonzero(keep)
+    if max_events is not None:
+        idx = idx[len(idx) - min(len(idx), max_events):]
+    return {name: cols[name][idx] for name in ("ts", *ID_FIELDS, *CAT_FIELDS[kind], *FLOAT_FIELDS[kind])}
+
+
+# rank sharding ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("world_size,batch_size,drop_last", [(2, 4, False), (3, 2, False), (4, 5, False), (3, 4, True)])
+def test_ranks_concatenate_to_the_global_batch(data, world_size, batch_size, drop_last):
+    ds, _ = data
+    kw = dict(shuffle=True, seed=7, drop_last=drop_last, pin_memory=False)
+    single = list(Loader(ds, batch_size * world_size, prefetch=0, **kw))
+    ranks = [list(Loader(ds, batch_size, rank=r, world_size=world_size, prefetch=2, **kw)) for r in range(world_size)]
+    assert len({len(r) for r in ranks}) == 1, "every rank must yield the same number of batches"
+    kept = [b for b in single if len(b) >= world_size]  # a global batch with fewer rows than ranks is dropped
+    assert len(ranks[0]) == len(kept) == len(Loader(ds, batch_size, rank=1, world_size=world_size, **kw))
+    for i, whole in enumerate(kept):
+        parts = [r[i] for r in ranks]
+        sizes = [len(p) for p in parts]
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= (0 if len(whole) == batch_size * world_size else 1)
+        assert sizes == sorted(sizes, reverse=True), "the first ranks take the extra rows"
+        for f in ("user_id", "request_ts", "item_id", "labels", "label_mask"):
+            assert torch.equal(torch.cat([getattr(p.examples, f) for p in parts]), getattr(whole.examples, f))
+        for kind in KINDS:
+            cat = _cat_timelines([getattr(p, kind) for p in parts])
+            assert all(torch.equal(cat[f], getattr(getattr(whole, kind), f)) for f in cat), (i, kind)
+
+
+def test_short_global_batch_dropped_on_all_ranks(data):
+    ds, _ = data
+    # shard 2 has 9 examples: with 4 ranks of 2 the global batches are 8 + 1 rows; the 1-row batch is dropped
+    loaders = [Loader(ds, 2, rank=r, world_size=4, shards=[2], prefetch=0) for r in range(4)]
+    got = [[b.examples.user_id for b in lo] for lo in loaders]
+    assert [len(g) for g in got] == [1, 1, 1, 1] and all(len(g[0]) == 2 for g in got)
+    # 3 ranks of 4: 9 rows are one short global batch split 3 + 3 + 3
+    assert [len(b) for r in range(3) for b in Loader(ds, 4, rank=r, world_size=3, shards=[2], prefetch=0)] == [3, 3, 3]
+
+
+def test_rank_argument_errors(data):
+    ds, _ = data
+    with pytest.raises(ValueError, match=r"rank must lie in \[0, world_size=2\), got 2"):
+        Loader(ds, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="world_size must be >= 1, got 0"):
+        Loader(ds, world_size=0)
+    with pytest.raises(ValueError, match=r"shards \[5\] out of range"):
+        Loader(ds, shards=[5])
+
+
+# exact resume -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shuffle,world_size", [(False, 1), (True, 1), (True, 2)])
+def test_resume_matches_uninterrupted(data, shuffle, world_size):
+    ds, _ = data
+    kw = dict(batch_size=3, shuffle=shuffle, seed=4, world_size=world_size, rank=world_size - 1, pin_memory=False)
+    ref = Loader(ds, **kw)
+    ref.set_epoch(2)
+    whole = list(ref) + list(ref)  # epochs 2 and 3
+    n = len(ref)
+    for stop in (0, 1, n // 2, n - 1, n, n + 3):
+        first = Loader(ds, prefetch=3, **kw)
+        first.set_epoch(2)
+        got = []
+        while len(got) < stop:
+            for b in first:
+                got.append(b)
+                if len(got) == stop:
+                    break
+        state = first.state_dict()
+        resumed = Loader(ds, prefetch=1, **kw)
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        if state["batches"] == n:  # stopped on an epoch's last batch: the next iter() finishes it (yields nothing)
+            assert rest == []
+        if len(got) + len(rest) < len(whole):
+            rest += list(resumed)
+        assert len(got) + len(rest) == len(whole), stop
+        assert all(_batch_equal(a, b) for a, b in zip(got + rest, whole)), stop
+
+
+def test_state_counts_batches_received_not_prefetched(data):
+    ds, _ = data
+    loader = Loader(ds, batch_size=2, prefetch=4)
+    it = iter(loader)
+    next(it)
+    import time
+    time.sleep(0.2)  # let the prefetcher run ahead
+    assert loader.state_dict()["batches"] == 1
+    next(it)
+    assert loader.state_dict()["batches"] == 2 and loader.state_dict()["epoch"] == 0
+    del it
+    rest = list(loader)  # iter() continues where the consumer stopped
+    assert len(rest) == len(loader) - 2
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["batches"] == 0
+
+
+def test_resume_skips_without_reading(data, monkeypatch):
+    ds, _ = data
+    loader = Loader(ds, batch_size=4, prefetch=0)
+    per_shard = [-(-21 // 4), -(-21 // 4), -(-9 // 4)]
+    state = loader.state_dict()
+    state["batches"] = per_shard[0] + per_shard[1] + 1
+    fresh = Loader(ds, batch_size=4, prefetch=0)
+    fresh.load_state_dict(state)
+    reads = []
+    orig = type(ds).read_table
+    monkeypatch.setattr(type(ds), "read_table", lambda self, k, name, columns=None: reads.append(k) or orig(self, k, name, columns))
+    got = list(fresh)
+    assert set(reads) == {2} and len(got) == per_shard[2] - 1
+    assert torch.equal(got[0].examples.request_ts, list(Loader(ds, batch_size=4, shards=[2], prefetch=0))[1].examples.request_ts)
+
+
+def test_set_epoch_and_end_of_epoch(data):
+    ds, _ = data
+    loader = Loader(ds, batch_size=5, shuffle=True, seed=1)
+    e0 = [b.examples.request_ts for b in loader]
+    e1 = [b.examples.request_ts for b in loader]  # finishing an epoch moves to the next: a new order
+    assert not all(torch.equal(a, b) for a, b in zip(e0, e1))
+    loader.set_epoch(0)
+    again = list(loader)
+    assert len(again) == len(e0) and all(torch.equal(a, b.examples.request_ts) for a, b in zip(e0, again))
+    it = iter(loader)
+    next(it)
+    del it
+    loader.set_epoch(1)  # the epoch it is in: keeps the position
+    assert loader.state_dict()["batches"] == 1
+    loader.set_epoch(3)
+    assert loader.state_dict()["batches"] == 0 and loader.epoch == 3
+
+
+def test_load_state_dict_refuses_other_config_or_data(data, tmp_path):
+    ds, _ = data
+    state = Loader(ds, batch_size=4).state_dict()
+    with pytest.raises(ValueError, match="the state has batch_size=4, this loader batch_size=8"):
+        Loader(ds, batch_size=8).load_state_dict(state)
+    with pytest.raises(ValueError, match="the state has shuffle=False, this loader shuffle=True"):
+        Loader(ds, batch_size=4, shuffle=True).load_state_dict(state)
+    with pytest.raises(ValueError, match="world_size"):
+        Loader(ds, batch_size=4, world_size=2).load_state_dict(state)
+    gen = generate(5, seed=3, config=SMALL)
+    gen.write(tmp_path / "other")
+    other = open_dataset(tmp_path / "other")
+    assert dataset_fingerprint(other) != dataset_fingerprint(ds)
+    with pytest.raises(ValueError, match="the state is from a different dataset"):
+        Loader(other, batch_size=4).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"batches=999 is outside"):
+        Loader(ds, batch_size=4).load_state_dict({**state, "batches": 999})
+    with pytest.raises(ValueError, match="lacks"):
+        Loader(ds, batch_size=4).load_state_dict({"epoch": 0})
+
+
+# the per-user export path -----------------------------------------------------------------------------
+def _check_user_batches(batches, shards, cutoff, gap, users, max_events=None):
+    assert torch.equal(torch.cat([b.user_id for b in batches]), torch.as_tensor(users, dtype=torch.int64))
+    for b in batches:
+        assert torch.equal(b.request_ts, torch.full((len(b),), cutoff + gap, dtype=torch.int64))
+        for kind in KINDS:
+            tl = getattr(b, kind)
+            assert tl.num_users == len(b)
+            tl.validate()
+            for i, u in enumerate(b.user_id.tolist()):
+                want = _oracle_timeline(shards, kind, u, cutoff, max_events)
+                lo, hi = int(tl.offsets[i]), int(tl.offsets[i + 1])
+                for name, col in want.items():
+                    np.testing.assert_array_equal(tl.column(name)[lo:hi].numpy(), col, err_msg=f"user {u} {kind}.{name}")
+
+
+def test_user_loader_every_user_cut_at_cutoff(data):
+    ds, shards = data
+    ts = np.concatenate([s.table(k)["ts"] for s in shards for k in KINDS])
+    user_first = {u: min(s.table(k)["ts"][s.table(k)["user_id"] == u].min() for s in shards for k in KINDS
+                         if (s.table(k)["user_id"] == u).any()) for u in range(17)}
+    cutoff = int(np.median(list(user_first.values())))  # some users have no event before it: empty timelines
+    loader = UserLoader(ds, 4, cutoff=cutoff, gap=3600, prefetch=2, pin_memory=False)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 2 + 2 + 1 and loader.num_users == 17
+    _check_user_batches(batches, shards, cutoff, 3600, range(17))
+    assert any(int(b.implicit.lengths.min()) == 0 for b in batches) and ts.min() < cutoff
+    short = list(UserLoader(ds, 5, cutoff=int(ts.max()) + 1, gap=0, max_events=7, prefetch=0))
+    _check_user_batches(short, shards, int(ts.max()) + 1, 0, range(17), max_events=7)
+
+
+def test_user_loader_ranges_subsets_and_resume(data):
+    ds, shards = data
+    cutoff = int(max(s.table(IMPLICIT)["ts"].max() for s in shards)) - 5 * 86400
+    sub = list(UserLoader(ds, 3, cutoff=cutoff, users=(5, 16), prefetch=0))
+    _check_user_batches(sub, shards, cutoff, 86400, range(5, 16))
+    only = np.array([0, 3, 8, 9, 13, 14, 15, 16])
+    got = list(UserLoader(ds, 2, cutoff=cutoff, users=(3, 15), only_users=only))
+    _check_user_batches(got, shards, cutoff, 86400, [3, 8, 9, 13, 14])
+    assert [len(b) for b in got] == [1, 2, 1, 1]  # batches do not straddle shards: [3] [8, 9] [13] [14]
+    whole = list(UserLoader(ds, 2, cutoff=cutoff))
+    first = UserLoader(ds, 2, cutoff=cutoff, prefetch=3)
+    head = [b for _, b in zip(range(4), first)]
+    resumed = UserLoader(ds, 2, cutoff=cutoff)
+    resumed.load_state_dict(first.state_dict())
+    rest = list(resumed)
+    assert len(head) + len(rest) == len(whole)
+    assert all(torch.equal(a.user_id, b.user_id) and _timeline_equal(a.implicit, b.implicit) for a, b in zip(head + rest, whole))
+    assert resumed.state_dict()["batches"] == 0  # a finished pass starts over
+    with pytest.raises(ValueError, match="the state has cutoff="):
+        UserLoader(ds, 2, cutoff=cutoff + 1).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="the state has only_users="):
+        UserLoader(ds, 2, cutoff=cutoff, only_users=only).load_state_dict(first.state_dict())
+
+
+def test_user_loader_argument_errors(data):
+    ds, _ = data
+    with pytest.raises(TypeError, match="cutoff .* is required"):
+        UserLoader(ds, 4)
+    with pytest.raises(ValueError, match="only_users must be sorted ascending"):
+        UserLoader(ds, 4, cutoff=0, only_users=np.array([3, 1]))
+    with pytest.raises(ValueError, match=r"users must be a range \(lo, hi\)"):
+        UserLoader(ds, 4, cutoff=0, users=(5, 2))
+
+
+def test_users_with_new_events(data):
+    ds, shards = data
+    ts = np.concatenate([s.table(IMPLICIT)["ts"] for s in shards])
+    for since in (int(ts.min()), int(np.quantile(ts, 0.99)), int(ts.max()), int(ts.max()) + 1):
+        want = sorted({int(u) for s in shards for k in KINDS for u in s.table(k)["user_id"][s.table(k)["ts"] >= since]})
+        got = users_with_new_events(ds, since)
+        assert got.dtype == np.int64 and got.tolist() == want
+
+
+def test_fill_missing_required(tmp_path):
+    gen = generate(3, seed=1, config=SMALL)
+    shard = gen.shard(0)
+    shard.implicit["dwell_time"][2] = np.nan
+    from dv365.data import write_dataset
+    write_dataset(tmp_path / "d", [shard])
+    ds = open_dataset(tmp_path / "d")
+    with pytest.raises(DataError, match=r"UserLoader: .* has missing implicit \['dwell_time'\]"):
+        UserLoader(ds, cutoff=0)
+    b = next(iter(UserLoader(ds, cutoff=2**40, fill_missing=-1.0)))
+    assert (b.implicit.column("dwell_time") == -1.0).sum() == 1
