@@ -1,6 +1,6 @@
 """dv365.metrics: NE (paper eq. 12) against torcheval and TorchRec, AUC against a pairwise count and
-torchmetrics / torcheval, MSE, hit rate @k hand cases and a brute-force ranking, the MetricSet's batching,
-merge, checkpoint and a 2-process gloo sync."""
+torcheval / torchmetrics / sklearn (each where installed), MSE, hit rate @k hand cases and a brute-force
+ranking, the MetricSet's batching, merge, checkpoint and a 2-process gloo sync."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_ne_hand_values():
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_ne_matches_torcheval(weighted):
-    from torcheval.metrics.functional import binary_normalized_entropy
+    binary_normalized_entropy = pytest.importorskip("torcheval.metrics.functional").binary_normalized_entropy
 
     logits, labels, _, weights, *_ = _examples(257, observed=1.0)
     w = weights.unsqueeze(1).expand_as(logits) if weighted else None
@@ -264,23 +264,31 @@ def test_auc_matches_pairwise_count(ties, weighted):
         torch.testing.assert_close(got[k], expected, rtol=1e-12, atol=0)
 
 
-def test_auc_matches_torchmetrics_torcheval_and_sklearn():
-    from torcheval.metrics.functional import binary_auroc as torcheval_auroc
-    from torchmetrics.functional.classification import binary_auroc as torchmetrics_auroc
-
+def _tied_scores():
     logits, labels, *_ = _examples(500, 1, observed=1.0, ties=True)
-    s, y = logits[:, 0], labels[:, 0]
-    w = torch.rand(500, dtype=torch.float64)
-    ours = auc(s, y).item()
-    assert ours == pytest.approx(torchmetrics_auroc(s, y.long(), thresholds=None).item(), abs=1e-6)
-    assert ours == pytest.approx(torcheval_auroc(s, y).item(), rel=1e-12)
-    assert auc(s, y, weights=w).item() == pytest.approx(torcheval_auroc(s, y, weight=w).item(), rel=1e-12)
-    try:
-        from sklearn.metrics import roc_auc_score
-    except ImportError:
-        return
-    assert ours == pytest.approx(roc_auc_score(y.numpy(), s.numpy()), rel=1e-12)
-    assert auc(s, y, weights=w).item() == pytest.approx(roc_auc_score(y.numpy(), s.numpy(), sample_weight=w.numpy()), rel=1e-12)
+    return logits[:, 0], labels[:, 0], torch.rand(500, dtype=torch.float64)
+
+
+def test_auc_matches_torcheval():
+    ev = pytest.importorskip("torcheval.metrics.functional")
+    s, y, w = _tied_scores()
+    assert auc(s, y).item() == pytest.approx(ev.binary_auroc(s, y).item(), rel=1e-12)
+    assert auc(s, y, weights=w).item() == pytest.approx(ev.binary_auroc(s, y, weight=w).item(), rel=1e-12)
+
+
+def test_auc_matches_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    s, y, _ = _tied_scores()
+    # torchmetrics builds the ROC curve in float32
+    assert auc(s, y).item() == pytest.approx(tm.binary_auroc(s, y.long(), thresholds=None).item(), abs=1e-6)
+
+
+def test_auc_matches_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    s, y, w = _tied_scores()
+    assert auc(s, y).item() == pytest.approx(metrics.roc_auc_score(y.numpy(), s.numpy()), rel=1e-12)
+    assert auc(s, y, weights=w).item() == pytest.approx(
+        metrics.roc_auc_score(y.numpy(), s.numpy(), sample_weight=w.numpy()), rel=1e-12)
 
 
 def test_auc_hand_cases():
@@ -488,7 +496,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         h.update(logits, torch.argmax(labels.nan_to_num(0.0), 1))
         m.sync()
         h.sync()
-        torch.save({"metrics": m.compute(), "hit_rate": h.compute()}, os.path.join(out_dir, f"rank{rank}.pt"))
+        empty = AUC(2).sync()  # no rank has a score: nothing to gather
+        torch.save({"metrics": m.compute(), "hit_rate": h.compute(), "empty": empty.compute()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -524,3 +534,4 @@ def test_sync_over_two_gloo_processes(tmp_path):
         for task in ref:
             assert got["metrics"][task] == pytest.approx(ref[task], rel=1e-12, nan_ok=True)
         torch.testing.assert_close(got["hit_rate"], h.compute())
+        assert torch.isnan(got["empty"]).all()

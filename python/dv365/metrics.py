@@ -148,6 +148,8 @@ def _all_gather_1d(t: torch.Tensor, group) -> list[torch.Tensor]:
     sizes = [torch.empty_like(n) for _ in range(world)]
     dist.all_gather(sizes, n, group=group)
     counts = [int(s.item()) for s in sizes]
+    if max(counts) == 0:
+        return [t[:0] for _ in counts]
     padded = torch.zeros(max(counts), dtype=t.dtype, device=device)
     padded[: t.numel()] = t.to(device)
     out = [torch.empty_like(padded) for _ in range(world)]
@@ -542,7 +544,7 @@ def _hits(where: str, scores: torch.Tensor, target: torch.Tensor, ks: Sequence[i
         ahead = ((scores >= own) | torch.isnan(scores)).sum(1) - 1
         ok = ~torch.isnan(own.squeeze(1))
         queries = n
-    hits = torch.stack([((ahead < k) & ok).sum() for k in ks]).to(_F64) if ks else torch.zeros(0, dtype=_F64)
+    hits = torch.stack([((ahead < k) & ok).sum() for k in ks]).to(_F64)
     return hits, queries
 
 
