@@ -490,7 +490,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         m = MetricSet()
         # rank 0 passes no weights in its first batch, so the ranks disagree on having weighted AUC chunks
         logits, labels, mask, weights, wp, wt, wm = mine
-        m.update(logits[:5], labels[:5], mask[:5], wp[:5], wt[:5], wm[:5], weights=torch.ones(5, dtype=torch.float64) if rank else None)
+        ones = torch.ones(5, dtype=torch.float64) if rank else None
+        m.update(logits[:5], labels[:5], mask[:5], wp[:5], wt[:5], wm[:5], weights=ones)
         m.update(logits[5:], labels[5:], mask[5:], wp[5:], wt[5:], wm[5:], weights=weights[5:])
         h = HitRate((1, 3))
         h.update(logits, torch.argmax(labels.nan_to_num(0.0), 1))

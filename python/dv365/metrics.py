@@ -516,7 +516,8 @@ class AUC:
 def _hits(where: str, scores: torch.Tensor, target: torch.Tensor, ks: Sequence[int]) -> tuple[torch.Tensor, int]:
     """Hits per k ``[len(ks)]`` (float64) and the number of queries that count."""
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
-        raise ValueError(f"{where}: scores must be a [n, C] tensor, got {_shape(scores) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
+        got = _shape(scores) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"{where}: scores must be a [n, C] tensor, got {got}")
     n, c = scores.shape
     scores = scores.detach()
     if target.dtype == torch.bool:
@@ -532,7 +533,9 @@ def _hits(where: str, scores: torch.Tensor, target: torch.Tensor, ks: Sequence[i
         queries = int(has.sum().item())
     else:
         if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise ValueError(f"{where}: target must hold integer indices [n] or a bool relevance matrix [n, C], got {target.dtype}")
+            raise ValueError(
+                f"{where}: target must hold integer indices [n] or a bool relevance matrix [n, C], got {target.dtype}"
+            )
         if target.shape != (n,):
             raise ValueError(f"{where}: target indices must have shape ({n},), got {_shape(target)}")
         target = target.to(device=scores.device, dtype=torch.int64)
@@ -589,7 +592,9 @@ class HitRate:
 
     def merge(self, other: HitRate) -> HitRate:
         if not isinstance(other, HitRate) or other.ks != self.ks:
-            raise ValueError(f"dv365.metrics.HitRate.merge: expected a HitRate with ks {self.ks}, got {getattr(other, 'ks', other)!r}")
+            raise ValueError(
+                f"dv365.metrics.HitRate.merge: expected a HitRate with ks {self.ks}, got {getattr(other, 'ks', other)!r}"
+            )
         self.hits += other.hits
         self.count += other.count
         return self
@@ -604,7 +609,10 @@ class HitRate:
         return self
 
     def state_dict(self) -> dict:
-        return {"metric": "HitRate", "ks": list(self.ks), "hits": self.hits.clone(), "count": self.count.clone(), "synced": self._synced}
+        return {
+            "metric": "HitRate", "ks": list(self.ks), "hits": self.hits.clone(), "count": self.count.clone(),
+            "synced": self._synced,
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         if state.get("metric") != "HitRate" or tuple(state.get("ks", ())) != self.ks:
@@ -674,7 +682,9 @@ def hit_rate_at_k(scores: torch.Tensor, target: torch.Tensor, k: int | Sequence[
 def _relative_delta(where: str, value, baseline):
     if isinstance(value, Mapping) or isinstance(baseline, Mapping):
         if not (isinstance(value, Mapping) and isinstance(baseline, Mapping)):
-            raise TypeError(f"{where}: pass two mappings or two numbers/tensors, got {type(value).__name__} and {type(baseline).__name__}")
+            raise TypeError(
+                f"{where}: pass two mappings or two numbers/tensors, got {type(value).__name__} and {type(baseline).__name__}"
+            )
         if value.keys() != baseline.keys():
             raise ValueError(f"{where}: the model has keys {sorted(value)} but the baseline {sorted(baseline)}")
         return {key: _relative_delta(where, value[key], baseline[key]) for key in value}
@@ -819,6 +829,8 @@ def relative_deltas(result: Mapping, baseline: Mapping) -> dict[str, float]:
     if result.keys() != baseline.keys():
         raise ValueError(f"dv365.metrics.relative_deltas: the results have tasks {sorted(result)} and {sorted(baseline)}")
     return {
-        task: relative_mse_delta(m["mse"], baseline[task]["mse"]) if task == "watch_time" else relative_ne_delta(m["ne"], baseline[task]["ne"])
+        task: relative_mse_delta(m["mse"], baseline[task]["mse"])
+        if task == "watch_time"
+        else relative_ne_delta(m["ne"], baseline[task]["ne"])
         for task, m in result.items()
     }
