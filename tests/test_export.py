@@ -1,0 +1,278 @@
+"""dv365 export: records equal the model's int4 output, resume after SIGKILL, workers + publish, incremental ==
+full, idempotent reruns, bad input (unknown --since, not a store, Redis down, a checkpoint that does not fit the
+data, a full disk)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dv365_ops
+from dv365.data import SynthConfig, UserLoader, generate, open_dataset, users_with_new_events
+from dv365.export import ExportError, boundary_offsets, export, users_to_reexport
+from dv365.spec import Slice, SliceSpec, Table
+from dv365.store import StoreError, open_store
+from dv365.train import CheckpointError, TrainConfig, load_model, train
+
+TINY = SynthConfig(mean_length=300, num_items=400, num_authors=60, num_topics=24, users_per_shard=8,
+                   examples_per_user=2, span_days=40.0, end_jitter_days=12.0)
+REPO = Path(__file__).resolve().parents[1]
+DAY = 86_400
+
+
+def _train(root: Path, data: str, name: str, steps: int = 3, tower=("LCE", {"num_out": 6})) -> str:
+    cfg = TrainConfig.from_dict({
+        "run_dir": str(root / name), "threads": 1,
+        "data": {"path": data, "batch_size": 8, "prefetch": 0},
+        "model": {"dim": 8, "tower": {"name": tower[0], "args": tower[1]},
+                  "backbone": {"embedding_dim": 8, "bottom_mlp": [16], "top_mlp": [16], "user_buckets": 101}},
+        "schedule": {"steps": steps, "log_every": 1}, "checkpoint": {"every": steps, "keep": 1},
+    })
+    train(cfg, progress=False)
+    return str(root / name)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("export")
+    data = str(root / "data")
+    generate(37, seed=3, config=TINY).write(data)
+    big = str(root / "big-vocab")  # ids beyond the model's tables
+    generate(5, seed=4, config=dataclass_replace(TINY, num_items=4000)).write(big)
+    return {"root": root, "data": data, "big": big, "model": _train(root, data, "run"),
+            "model2": _train(root, data, "run2", steps=4)}
+
+
+def dataclass_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def _opts(tmp: Path, **kw) -> dict:
+    return {"part_size": 8, "batch_size": 5, "progress": False, "progress_dir": tmp / "progress", **kw}
+
+
+def _records(store: str, version: str, n: int) -> torch.Tensor:
+    with open_store(store) as st:
+        res = st.get(torch.arange(n), version=version)
+    assert bool(res.found.all())
+    return res.records.clone()
+
+
+def _ask(store: str, what: str, *args):
+    """One call on a store opened for it (LMDB allows one open handle per process and directory)."""
+    with open_store(store) as st:
+        return getattr(st, what)(*args)
+
+
+def _expected(env: dict, cutoff: int, half: bool = False, model_dir: str | None = None) -> torch.Tensor:
+    """The model's output at ``cutoff``, quantized: one user per batch (the export batches several)."""
+    model, cfg, _ = load_model(model_dir or env["model"])
+    ds = open_dataset(env["data"])
+    with torch.inference_mode():
+        emb = torch.cat([model.embed(b.explicit, b.implicit, b.request_ts)
+                         for b in UserLoader(ds, batch_size=1, cutoff=cutoff, gap=cfg.data.gap, prefetch=0)])
+    q = dv365_ops.int4_quantize(emb.reshape(-1, emb.shape[-1]), half_scale_bias=half)
+    return q.reshape(emb.shape[0], emb.shape[1], -1)
+
+
+def test_full_export_equals_the_model_and_manifest(env, tmp_path):
+    store = str(tmp_path / "store")
+    ds = open_dataset(env["data"])
+    res = export(env["model"], env["data"], store, **_opts(tmp_path))
+    cutoff = ds.manifest["time_range"]["max_ts"] + 1
+    assert res.published and res.exported == ds.num_users and res.parts_written == [0, 1, 2, 3, 4]
+    got = _records(store, res.version, ds.num_users)
+    assert got.shape == (37, 6, 8 // 2 + 8)
+    assert torch.equal(got, _expected(env, cutoff))
+    st = open_store(store)
+    assert st.current() == res.version
+    m = st.manifest(res.version)
+    assert m["cutoff"] == cutoff and m["request_ts"] == cutoff + 86_400 and m["users"] == 37
+    assert m["num_tokens"] == 6 and m["dim"] == 8 and m["record"]["bytes_per_row"] == 12
+    assert m["tower"] == "LCE" and m["checkpoint"]["step"] == 3 and len(m["checkpoint"]["hash"]) == 16
+    assert sorted(m["store"]["parts"]) == ["0", "1", "2", "3", "4"] and m["parts"]["4"] == [32, 37]
+    # served embeddings are the dequantized records
+    emb = st.lookup([0, 36, 999]).embeddings
+    st.close()
+    ref = dv365_ops.int4_dequantize(got[[0, 36]].reshape(-1, 12)).reshape(2, 6, 8)
+    assert torch.equal(emb[:2], ref) and not emb[2].any()
+
+
+def test_half_scale_bias_and_an_explicit_cutoff(env, tmp_path):
+    store = str(tmp_path / "store")
+    ds = open_dataset(env["data"])
+    cutoff = ds.manifest["time_range"]["max_ts"] - 5 * DAY
+    res = export(env["model"], env["data"], store, cutoff=cutoff, half_scale_bias=True, **_opts(tmp_path))
+    got = _records(store, res.version, ds.num_users)
+    assert got.shape == (37, 6, 8 // 2 + 4)
+    assert torch.equal(got, _expected(env, cutoff, half=True))
+    assert _ask(store, "manifest", res.version)["record"]["scale_bias"] == "fp16"
+
+
+def test_rerun_is_idempotent_and_a_taken_version_is_refused(env, tmp_path):
+    store = str(tmp_path / "store")
+    first = export(env["model"], env["data"], store, version="v1", **_opts(tmp_path))
+    again = export(env["model"], env["data"], store, version="v1", **_opts(tmp_path))
+    assert again.already_published and again.exported == 0
+    assert again.manifest["created"] == first.manifest["created"]
+    with pytest.raises(ExportError, match="'v1' is already published .* immutable"):
+        export(env["model2"], env["data"], store, version="v1", **_opts(tmp_path))
+
+
+def _cli(args: list[str], env_vars: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_vars or {})}
+    return subprocess.run([sys.executable, "-m", "dv365.cli", *args], capture_output=True, text=True, env=full,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize("point", ["export.part:2", "export.batch:5"])
+def test_resume_after_sigkill_equals_an_uninterrupted_export(env, tmp_path, point):
+    store, clean = str(tmp_path / "store"), str(tmp_path / "clean")
+    args = [env["model"], "--data", env["data"], "--store", store, "--version", "v", "--part-size", "8",
+            "--batch-size", "3", "--progress-dir", str(tmp_path / "progress"), "--quiet", "--json"]
+    killed = _cli(args, {"DV365_FAULT": point})
+    assert killed.returncode == -9, killed.stderr
+    assert _ask(store, "current") is None  # nothing published
+    rerun = _cli(args)
+    assert rerun.returncode == 0, rerun.stderr
+    out = json.loads(rerun.stdout)
+    # export.part:2 dies after parts 0 and 1 are recorded; export.batch:5 after 15 users (part 1 unfinished)
+    assert out["parts_skipped"] == ([0, 1] if point == "export.part:2" else [0])
+    assert sorted(out["parts_written"] + out["parts_skipped"]) == [0, 1, 2, 3, 4]
+    assert out["exported"] == 37 - 8 * len(out["parts_skipped"])
+    export(env["model"], env["data"], clean, version="v", **_opts(tmp_path / "c"))
+    assert torch.equal(_records(store, "v", 37), _records(clean, "v", 37))
+    assert _ask(store, "verify", "v").ok
+
+
+def test_workers_then_publish_only(env, tmp_path):
+    store, clean = str(tmp_path / "store"), str(tmp_path / "clean")
+    opts = _opts(tmp_path, version="w")
+    a = export(env["model"], env["data"], store, part=0, parts=2, **opts)
+    assert not a.published and a.parts_written == [0, 1]
+    with pytest.raises(StoreError, match="not written"):
+        export(env["model"], env["data"], store, publish_only=True, **opts)
+    b = export(env["model"], env["data"], store, part=1, parts=2, **opts)
+    assert b.parts_written == [2, 3, 4]
+    done = export(env["model"], env["data"], store, publish_only=True, **opts)
+    assert done.published and _ask(store, "current") == "w"
+    export(env["model"], env["data"], clean, version="w", **_opts(tmp_path / "c"))
+    assert torch.equal(_records(store, "w", 37), _records(clean, "w", 37))
+
+
+def test_a_full_disk_leaves_the_previous_version_served(env, tmp_path, monkeypatch):
+    from dv365.store.base import StagedVersion
+
+    store = str(tmp_path / "store")
+    export(env["model"], env["data"], store, version="old", **_opts(tmp_path))
+    before = _records(store, "old", 37)
+    real = StagedVersion.write_part
+    calls = {"n": 0}
+
+    def full_disk(self, part, ids, records):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, part, ids, records)
+
+    monkeypatch.setattr(StagedVersion, "write_part", full_disk)
+    with pytest.raises(OSError) as e:
+        export(env["model2"], env["data"], store, version="new", **_opts(tmp_path))
+    assert e.value.errno == errno.ENOSPC
+    assert _ask(store, "current") == "old" and torch.equal(_records(store, "old", 37), before)
+    monkeypatch.setattr(StagedVersion, "write_part", real)
+    res = export(env["model2"], env["data"], store, version="new", **_opts(tmp_path))
+    assert res.parts_skipped == [0, 1] and res.published and _ask(store, "current") == "new"
+
+
+# ---- incremental ---------------------------------------------------------------------------------------------
+
+def test_incremental_equals_a_full_export(env, tmp_path):
+    store = str(tmp_path / "store")
+    ds = open_dataset(env["data"])
+    c1 = ds.manifest["time_range"]["max_ts"] + 1
+    c0 = c1 - 3 * DAY
+    export(env["model"], env["data"], store, cutoff=c0, version="c0", **_opts(tmp_path))
+    inc = export(env["model"], env["data"], store, cutoff=c1, version="inc", since="c0", **_opts(tmp_path))
+    export(env["model"], env["data"], store, cutoff=c1, version="full", **_opts(tmp_path))
+    assert inc.carried > 0 and inc.exported > 0 and inc.carried + inc.exported == 37
+    old, new, full = (_records(store, v, 37) for v in ("c0", "inc", "full"))
+    assert torch.equal(new, full)
+    # window movement matters: some users without new events still change between the cut-offs
+    spec = SliceSpec.from_dict(load_model(env["model"])[2]["spec"])
+    moved = np.setdiff1d(users_to_reexport(ds, spec, c0, c1, 86_400), users_with_new_events(ds, c0))
+    assert moved.size and any(not torch.equal(old[u], full[u]) for u in moved)
+    m = _ask(store, "manifest", "inc")
+    assert m["incremental"] == {"since": "c0", "since_cutoff": c0}
+
+
+def test_users_outside_the_reexport_set_pool_identically(env):
+    """Independent of the export: pooled slices of every user not selected are equal at both cut-offs."""
+    model, cfg, ckpt = load_model(env["model"])
+    ds = open_dataset(env["data"])
+    c1 = ds.manifest["time_range"]["max_ts"] + 1
+    spec = SliceSpec.from_dict(ckpt["spec"])
+    for c0 in (c1 - DAY // 2, c1 - 3 * DAY, c1 - 10 * DAY):
+        chosen = users_to_reexport(ds, spec, c0, c1, cfg.data.gap)
+        pooled = []
+        for c in (c0, c1):
+            with torch.inference_mode():
+                pooled.append(torch.cat([model.pooling(b.explicit, b.implicit, b.request_ts)
+                                         for b in UserLoader(ds, batch_size=8, cutoff=c, gap=cfg.data.gap, prefetch=0)]))
+        same = (pooled[0] == pooled[1]).flatten(1).all(1).numpy()
+        assert same[np.setdiff1d(np.arange(37), chosen)].all()
+        assert not same.all()
+
+
+def test_boundary_offsets():
+    t = (Table("t", "media_id", 10),)
+    spec = SliceSpec((Slice("a", "explicit", "media_id", "t", window="3d"),
+                      Slice("b", "explicit", "media_id", "t", window="7d", gap="2d"),
+                      Slice("c", "implicit", "media_id", "t")), t, dim=8)
+    # gap 1 d: history cut 0; 3 d window: 1 - 3 = -2 d; 7 d window: -6 d; b skips 2 d > 1 d: its end is -1 d
+    assert boundary_offsets(spec, DAY) == [-6 * DAY, -2 * DAY, -DAY, 0]
+
+
+def test_incremental_refuses_another_checkpoint_and_unknown_versions(env, tmp_path):
+    store = str(tmp_path / "store")
+    export(env["model"], env["data"], store, version="base", **_opts(tmp_path))
+    with pytest.raises(ExportError, match="another checkpoint .* full export"):
+        export(env["model2"], env["data"], store, version="x", since="base", **_opts(tmp_path))
+    with pytest.raises(ExportError, match=r"--since 'nope' is not a published version .*\(published: base\)"):
+        export(env["model"], env["data"], store, version="x", since="nope", **_opts(tmp_path))
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+def test_checkpoint_that_does_not_fit_the_data(env, tmp_path):
+    with pytest.raises(CheckpointError, match="ids beyond the tables"):
+        export(env["model"], env["big"], str(tmp_path / "store"), **_opts(tmp_path))
+
+
+def test_cli_errors_are_clear(env, tmp_path):
+    not_store = tmp_path / "not-a-store"
+    not_store.mkdir()
+    (not_store / "notes.txt").write_text("hello")
+    r = _cli(["export", env["model"], "--data", env["data"], "--store", str(not_store), "--quiet"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(not_store) in r.stderr, r.stderr
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.monotonic()
+    r = _cli(["export", env["model"], "--data", env["data"], "--store", f"redis://127.0.0.1:{port}/0", "--quiet"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(port) in r.stderr, r.stderr
+    assert time.monotonic() - t < 60
+    r = _cli(["export", env["model"], "--data", env["data"], "--store", str(tmp_path / "s"), "--part", "1"])
+    assert r.returncode == 2 and "--part and --parts go together" in r.stderr
