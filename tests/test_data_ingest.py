@@ -8,6 +8,7 @@ import torch
 
 from dv365.cli import main
 from dv365.data import DataError, Loader, TASKS, ingest, open_dataset
+from dv365.data.ingest import ACTION_TYPES, IngestWarning, _examples, parse_delimiter
 
 RATINGS = """userId,movieId,rating,timestamp
 1,31,2.5,1260759144
@@ -20,6 +21,8 @@ x,,4,1260759300
 3,6,4.5,2009-11-14T03:00:00
 3,7,1.0,notatime
 """
+# tiny logs leave most histories empty under the 24 h gap: that warning is tested on its own below
+pytestmark = pytest.mark.filterwarnings("ignore:.*no event more than 24 h:dv365.data.ingest.IngestWarning")
 RMAP = {"user": "userId", "item": "movieId", "timestamp": "timestamp", "rating": "rating"}
 
 
@@ -31,9 +34,12 @@ def ratings(tmp_path):
 
 
 def test_ratings_log(ratings, tmp_path):
-    rep = ingest(ratings, tmp_path / "ds", RMAP, like_threshold=4)
+    rep = ingest(ratings, tmp_path / "ds", RMAP, like_threshold=4, max_bad_fraction=0.5)
     assert rep.rows_read == 9 and rep.rows_kept == 5
     assert rep.bad_rows == {"missing_rating": 1, "missing_item": 1, "bad_rating": 1, "bad_timestamp": 1}
+    # line numbers of the file (the header is line 1) and the raw values of the mapped columns
+    assert rep.bad_samples["missing_rating"] == ["line 6: userId='2' movieId='10' timestamp='1260759200' rating=None"]
+    assert rep.bad_samples["bad_timestamp"] == ["line 10: userId='3' movieId='7' timestamp='notatime' rating='1.0'"]
     assert rep.explicit_events == 3 and rep.implicit_events == 2 and rep.users == 3 and rep.items == 4
     assert rep.missing["video_duration"] == 2 and rep.missing["dwell_time"] == 2
     ds = open_dataset(tmp_path / "ds")
@@ -49,7 +55,7 @@ def test_ratings_log(ratings, tmp_path):
 
 
 def test_loader_demands_fill_for_unknown_floats(ratings, tmp_path):
-    ingest(ratings, tmp_path / "ds", RMAP, like_threshold=4)
+    ingest(ratings, tmp_path / "ds", RMAP, like_threshold=4, max_bad_fraction=0.5)
     ds = open_dataset(tmp_path / "ds")
     with pytest.raises(DataError, match="missing implicit .*pass fill_missing"):
         Loader(ds)
@@ -75,9 +81,10 @@ def test_action_log_with_durations(tmp_path):
     table = pa.table({name: [str(r[i]) for r in rows] for i, name in
                       enumerate(["uid", "iid", "aid", "act", "t", "dur", "dwell"])})
     pq.write_table(table, tmp_path / "log.parquet")
-    rep = ingest(tmp_path / "log.parquet", tmp_path / "ds",
-                 {"user": "uid", "item": "iid", "author": "aid", "action": "act", "timestamp": "t", "duration": "dur",
-                  "dwell": "dwell"}, examples_per_user=1)
+    with pytest.warns(IngestWarning, match=r"6 of 6 timestamps \(100%\) lie outside 1990..2100"):
+        rep = ingest(tmp_path / "log.parquet", tmp_path / "ds",
+                     {"user": "uid", "item": "iid", "author": "aid", "action": "act", "timestamp": "t", "duration": "dur",
+                      "dwell": "dwell"}, examples_per_user=1, max_bad_fraction=0.25)
     assert rep.bad_rows == {"unknown_action": 1, "bad_duration": 1}
     assert rep.explicit_events == 3 and rep.implicit_events == 3
     assert rep.missing["dwell_time"] == 1 and rep.missing["author"] == 1
@@ -113,6 +120,175 @@ def test_cli_synth_and_ingest(ratings, tmp_path, capsys):
     a, b = open_dataset(tmp_path / "s1"), open_dataset(tmp_path / "s2")
     assert a.manifest["shards"] == b.manifest["shards"]  # same seed: same bytes (checksums)
     assert main(["ingest", "--input", str(ratings), "--out", str(tmp_path / "i"), "--map",
-                 "user=userId,item=movieId,timestamp=timestamp,rating=rating", "--like-threshold", "4"]) == 0
+                 "user=userId,item=movieId,timestamp=timestamp,rating=rating", "--like-threshold", "4",
+                 "--max-bad-fraction", "0.5", "--quiet"]) == 0
     assert "bad rows: bad_rating: 1" in capsys.readouterr().out
     assert main(["ingest", "--input", str(ratings), "--out", str(tmp_path / "j"), "--map", "user=userId"]) == 2
+
+
+def _write(tmp_path, text, name="log.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_float_timestamps_and_units(tmp_path):
+    # integral floats as pandas writes them, scientific notation, a fraction (floored to the second)
+    p = _write(tmp_path, "u,i,r,t\n1,10,5,881250949.0\n1,11,3,8.8125095e8\n2,10,4,881250960.75\n2,12,1,881250961\n")
+    rep = ingest(p, tmp_path / "ds", {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}, like_threshold=4)
+    assert rep.rows_kept == 4 and not rep.bad_rows and not [w for w in rep.warnings if "1990" in w]
+    ds = open_dataset(tmp_path / "ds")
+    ts = sorted(np.concatenate([ds.read_table(0, k)["ts"] for k in ("explicit", "implicit")]).tolist())
+    assert ts == [881250949, 881250950, 881250960, 881250961]
+    # milliseconds: the same instants with --time-unit ms, and a warning naming the unit when it is wrong
+    q = _write(tmp_path, "u,i,r,t\n1,10,5,881250949000\n1,11,3,881250950000.0\n", "ms.csv")
+    m = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    rep = ingest(q, tmp_path / "ms", m, like_threshold=4, time_unit="ms")
+    assert not [w for w in rep.warnings if "1990" in w]
+    with pytest.warns(IngestWarning, match=r"2 of 2 timestamps .* outside 1990..2100 .*time_unit='ms' would put them in 1997-12-04"):
+        rep = ingest(q, tmp_path / "s", m, like_threshold=4)
+    assert rep.rows_kept == 2  # kept: the warning does not drop data
+    s = _write(tmp_path, "u,i,r,t\n1,10,5,881250949\n1,11,3,881250950\n", "s.csv")
+    with pytest.warns(IngestWarning, match=r"span 1970-01-11 .. 1970-01-11 with time_unit='ms'\); time_unit='s'"):
+        ingest(s, tmp_path / "s2", m, like_threshold=4, time_unit="ms")
+
+
+def test_nothing_kept_is_an_error(tmp_path):
+    m = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    header_only = _write(tmp_path, "u,i,r,t\n", "h.csv")
+    with pytest.raises(DataError, match="no data rows"):
+        ingest(header_only, tmp_path / "a", m, like_threshold=4)
+    dates = _write(tmp_path, "u,i,r,t\n1,10,5,14/11/2009\n2,10,4,15/11/2009\n", "d.csv")
+    with pytest.raises(DataError, match=r"no row was kept: all 2 rows are bad .*\n.*bad_timestamp: 2\n.*line 2: u='1'"):
+        ingest(dates, tmp_path / "b", m, like_threshold=4)
+    assert not (tmp_path / "b").exists()  # nothing written
+    rep = ingest(dates, tmp_path / "c", m, like_threshold=4, time_format="%d/%m/%Y")
+    assert rep.rows_kept == 2
+
+
+def test_max_bad_fraction(tmp_path):
+    rows = "".join(f"{k % 3},{k},4,{1_600_000_000 + k}\n" for k in range(8)) + "1,2,x,1600000100\n,2,4,1600000100\n"
+    p = _write(tmp_path, "u,i,r,t\n" + rows)
+    m = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    with pytest.raises(DataError, match=r"2 of 10 rows \(20.0%\) are bad, more than max_bad_fraction=0.1"):
+        ingest(p, tmp_path / "a", m, like_threshold=4)
+    rep = ingest(p, tmp_path / "b", m, like_threshold=4, max_bad_fraction=0.2)
+    assert rep.rows_kept == 8 and rep.bad_rows == {"bad_rating": 1, "missing_user": 1}
+    with pytest.raises(DataError, match=r"max_bad_fraction must be in \[0, 1\], got 2"):
+        ingest(p, tmp_path / "c", m, like_threshold=4, max_bad_fraction=2)
+
+
+@pytest.mark.parametrize("delimiter,given", [("\t", "tab"), ("\t", "\\t"), (";", ";"), ("|", "|")])
+def test_delimiters(tmp_path, delimiter, given):
+    body = [("1", "10", "4.5", "1600000000"), ("1", "11", "2", "1600000100"), ("2", "10", "5", "1600000200")]
+    ref = _write(tmp_path, "\n".join(",".join(r) for r in [("u", "i", "r", "t"), *body]) + "\n", "ref.csv")
+    p = _write(tmp_path, "\n".join(delimiter.join(r) for r in [("u", "i", "r", "t"), *body]) + "\n", "log.txt")
+    m = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    a = ingest(ref, tmp_path / "a", m, like_threshold=4)
+    b = ingest(p, tmp_path / "b", m, like_threshold=4, delimiter=given)
+    assert a.as_dict() == b.as_dict() and b.rows_kept == 3
+    assert open_dataset(tmp_path / "a").manifest["shards"] == open_dataset(tmp_path / "b").manifest["shards"]
+    with pytest.raises(DataError, match=r"header looks .*-separated: pass delimiter="):
+        ingest(p, tmp_path / "c", m, like_threshold=4)
+    assert parse_delimiter("tab") == "\t"
+    with pytest.raises(DataError, match="delimiter must be one character"):
+        parse_delimiter(";;")
+
+
+def test_ragged_rows_headers_and_blank_lines(tmp_path):
+    text = ("u,i,r,t\n"
+            "1,10,5,1600000000\n"     # line 2
+            "1,11,5\n"                # line 3: too few fields
+            "\n"                      # line 4: blank
+            "1,12,4,1600000100,9\n"   # line 5: too many fields
+            "u,i,r,t\n"               # line 6: a repeated header (concatenated files)
+            "2,10,x,1600000200\n"     # line 7: bad rating
+            + "".join(f"{k},{k},4,{1600000300 + k}\n" for k in range(3, 20)))
+    p = _write(tmp_path, text)
+    rep = ingest(p, tmp_path / "ds", {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}, like_threshold=4,
+                 max_bad_fraction=0.2)
+    assert rep.header_rows == 1 and rep.blank_lines == 1
+    assert rep.rows_read == 21 and rep.rows_kept == 18
+    assert rep.bad_rows == {"ragged_row": 2, "bad_rating": 1}
+    assert rep.bad_samples["ragged_row"] == ["line 3: '1,11,5'", "line 5: '1,12,4,1600000100,9'"]
+    assert rep.bad_samples["bad_rating"] == ["line 7: u='2' i='10' r='x' t='1600000200'"]
+    assert open_dataset(tmp_path / "ds").num_users == 18
+
+
+def test_empty_histories_warn(tmp_path):
+    # every user rated everything within one hour: under a 24 h gap no example has any history
+    rows = "".join(f"{u},{k},4,{1_600_000_000 + 60 * k}\n" for u in range(5) for k in range(6))
+    p = _write(tmp_path, "u,i,r,t\n" + rows)
+    m = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    with pytest.warns(IngestWarning, match=r"100% of examples have no event more than 24 h before .*gap=86400"):
+        rep = ingest(p, tmp_path / "a", m, like_threshold=4)
+    assert rep.empty_history_share == {"0": 0.0, "3600": 1.0, "86400": 1.0}
+    # spread over weeks: no warning; gap 0 leaves only each user's first event without history
+    rows = "".join(f"{u},{k},4,{1_600_000_000 + 7 * 86_400 * k}\n" for u in range(5) for k in range(6))
+    rep = ingest(_write(tmp_path, "u,i,r,t\n" + rows, "b.csv"), tmp_path / "b", m, like_threshold=4,
+                 examples_per_user=6)
+    assert not rep.warnings and rep.empty_history_share == {"0": round(1 / 6, 4), "3600": round(1 / 6, 4),
+                                                             "86400": round(1 / 6, 4)}
+    ds = open_dataset(tmp_path / "b")
+    lengths = [int(b.explicit.lengths.sum()) for b in Loader(ds, batch_size=30, gap=86_400, fill_missing=0.0)]
+    assert lengths == [sum(range(6)) * 5]  # the loader agrees: k earlier events for the k-th example
+
+
+def _labels_loop(ev, sel, observed, window):
+    """The per-example definition of the labels, one example at a time (the independent oracle)."""
+    labels = {}
+    task_of = {"like": "liked", "comment": "comment", "reshare": "reshare", "save": "save", "follow": "follow",
+               "profile_visit": "profile_visit", "external_share": "external_share"}
+    for j, i in enumerate(sel):
+        for e in np.flatnonzero(ev["explicit"]):
+            if (ev["user_id"][e] == ev["user_id"][i] and ev["media_id"][e] == ev["media_id"][i]
+                    and ev["ts"][i] <= ev["ts"][e] <= ev["ts"][i] + window):
+                task = task_of.get(ACTION_TYPES[ev["action_type"][e]])
+                if task in observed:
+                    labels[(j, TASKS.index(task))] = 1.0
+    return labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_labels_match_a_loop(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    user = np.sort(rng.integers(0, 12, n))
+    ts = np.empty(n, dtype=np.int64)
+    for u in np.unique(user):  # sorted by (user, ts), with ties
+        k = user == u
+        ts[k] = np.sort(rng.integers(0, 50, k.sum()))
+    ev = {"user_id": user, "ts": ts, "media_id": rng.integers(0, 6, n), "author_id": np.zeros(n, np.int64),
+          "topic_id": np.zeros(n, np.int64), "media_type": np.zeros(n, np.int8), "surface": np.zeros(n, np.int8),
+          "action_type": rng.integers(0, len(ACTION_TYPES), n).astype(np.int8),
+          "video_duration": np.full(n, np.nan, np.float32), "dwell_time": np.full(n, np.nan, np.float32),
+          "explicit": rng.random(n) < 0.6}
+    k, window = 5, 7
+    cols = _examples(ev, {"action": "a"}, False, k, window)
+    sel = [i for i in range(n) if (user[i + 1:] == user[i]).sum() < k]
+    assert cols["user_id"].tolist() == user[sel].tolist()
+    observed = {"liked", "comment", "reshare", "save", "follow", "profile_visit", "external_share"}
+    expect = _labels_loop(ev, sel, observed, window)
+    for j in range(len(sel)):
+        for task in observed:
+            t = TASKS.index(task)
+            assert cols[f"label_{task}"][j] == expect.get((j, t), 0.0), (j, task)
+    assert len(expect) >= 5  # the case is not trivial
+
+
+def test_cli_ingest_flags(tmp_path, capsys):
+    p = _write(tmp_path, "u;i;r;t\n1;10;5;881250949.0\n1;11;3;881250950.0\n")
+    base = ["ingest", "--input", str(p), "--map", "user=u,item=i,rating=r,timestamp=t", "--like-threshold", "4",
+            "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--delimiter", ";"]) == 0
+    assert "rows read 2, kept 2, bad 0" in capsys.readouterr().out
+    assert main(base + ["--out", str(tmp_path / "a"), "--delimiter", ";"]) == 2  # exists, no --overwrite
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b")]) == 2  # wrong delimiter: a clear hint, exit 2
+    err = capsys.readouterr().err
+    assert "dv365 ingest: error:" in err and "pass --delimiter ';'" in err and "Traceback" not in err
+    q = _write(tmp_path, "u,i,r,t\n1,10,5,x\n1,11,3,1600000000\n", "q.csv")
+    base[2] = str(q)
+    assert main(base + ["--out", str(tmp_path / "c")]) == 2
+    assert "more than --max-bad-fraction 0.1" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "c"), "--max-bad-fraction", "0.5"]) == 0
