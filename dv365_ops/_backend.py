@@ -29,6 +29,32 @@ TRITON_OPS = frozenset({
 _state = threading.local()
 
 
+class InputError(TypeError, RuntimeError):
+    """A Python-API argument of the wrong kind (a list where a tensor goes, int32 ids). A ``TypeError`` that is
+    also the ``RuntimeError`` the compiled kernels raise for the same inputs, so either ``except`` catches it."""
+
+
+def check_tensor(op: str, name: str, x, index: bool = False) -> None:
+    """``x`` must be a tensor; an ``index`` argument (ids, offsets, timestamps) must be int64."""
+    if not isinstance(x, torch.Tensor):
+        hint = " (wrap it with torch.tensor(...))" if isinstance(x, (list, tuple, int, float)) else ""
+        raise InputError(f"dv365::{op}: {name} must be a torch.Tensor, got {type(x).__name__}{hint}")
+    if index and x.dtype != torch.int64 and not x.dtype.is_floating_point and x.dtype != torch.bool:
+        raise InputError(f"dv365::{op}: {name} must be int64, got {x.dtype} (cast with {name.split('[')[0]}.long())")
+
+
+def check_tensor_list(op: str, name: str, xs, index: bool = False) -> None:
+    """``xs`` must be a list or tuple of tensors (one per table)."""
+    if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)):
+        raise InputError(f"dv365::{op}: {name} must be a list of tensors (one per table), got {type(xs).__name__}")
+    for i, x in enumerate(xs):
+        check_tensor(op, f"{name}[{i}]", x, index)
+
+
+def triton_available() -> bool:
+    return triton_op("jagged_mean_pool") is not None
+
+
 def get_backend() -> str:
     name = getattr(_state, "backend", None) or os.environ.get("DV365_BACKEND", "auto")
     if name not in BACKENDS:
@@ -40,6 +66,9 @@ def set_backend(name: str | None) -> None:
     """Set this thread's backend (``None`` goes back to ``DV365_BACKEND`` or ``auto``)."""
     if name is not None and name not in BACKENDS:
         raise ValueError(f"dv365_ops: backend must be one of {BACKENDS}, got {name!r}")
+    if name == "triton" and not triton_available():
+        raise RuntimeError("dv365_ops.set_backend('triton'): Triton is not installed (pip install triton), so no op "
+                           "has a Triton kernel; 'auto' and 'native' use the compiled kernels")
     _state.backend = name
 
 
@@ -75,7 +104,8 @@ def resolve(op_name: str, device: torch.device):
     tri = triton_op(op_name)
     if backend == "triton":
         if tri is None:
-            raise RuntimeError(f"dv365::{op_name}: the Triton backend was requested but Triton kernels are not available")
+            raise RuntimeError(f"dv365::{op_name}: the Triton backend was requested (DV365_BACKEND=triton?) but Triton "
+                               f"is not installed (pip install triton); use 'auto' or 'native'")
         return tri
     if device.type == "cuda" and tri is not None and (op_name in AUTO_TRITON or not has_native_kernel(op_name, "cuda")):
         return tri

@@ -25,6 +25,7 @@ def _tail_bytes(half_scale_bias: bool) -> int:
 
 def int4_quantize(x: torch.Tensor, *, half_scale_bias: bool = False) -> torch.Tensor:
     """``x [R, D]`` float32/bfloat16/float16 (D even, finite) -> uint8 ``[R, D/2 + 8]`` (``+ 4`` when half)."""
+    _backend.check_tensor("int4_quantize", "x", x)
     return _backend.resolve("int4_quantize", x.device)(x, half_scale_bias)
 
 
@@ -32,6 +33,7 @@ def int4_dequantize(
     packed: torch.Tensor, *, half_scale_bias: bool = False, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """uint8 ``[R, D/2 + 8]`` (``+ 4`` when half) -> ``[R, D]``: ``q * scale + bias`` in float32, cast to ``dtype``."""
+    _backend.check_tensor("int4_dequantize", "packed", packed)
     return _backend.resolve("int4_dequantize", packed.device)(packed, half_scale_bias, dtype)
 
 

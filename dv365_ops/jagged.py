@@ -39,6 +39,11 @@ def jagged_mean_pool(
     Returns:
         ``[M, D]`` in the table's dtype; an empty bag, or one whose weights sum to 0, pools to zeros.
     """
+    _backend.check_tensor("jagged_mean_pool", "table", table)
+    _backend.check_tensor("jagged_mean_pool", "ids", ids, index=True)
+    _backend.check_tensor("jagged_mean_pool", "offsets", offsets, index=True)
+    if weights is not None:
+        _backend.check_tensor("jagged_mean_pool", "weights", weights)
     return _backend.resolve("jagged_mean_pool", table.device)(table, ids, offsets, weights, sparse)
 
 

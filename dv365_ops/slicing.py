@@ -29,6 +29,7 @@ def slice_timeline(
     """Evaluate the slice program on every event and emit ``(values int64 [L], weights float32 [L],
     lengths int64 [S * B])`` in KeyedJaggedTensor order: slice-major, then user, then timeline order, with
     ``lengths[s * B + b]`` the size of slice ``s`` for user ``b``; slice ``s`` emits ``ids[prog_i[s, TABLE]]``."""
+    _check_timeline("slice_timeline", None, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
     op = _backend.resolve("slice_timeline", ts.device)
     return op(list(ids), offsets, ts, cats, floats, request_ts, prog_i, prog_f)
 
@@ -50,8 +51,19 @@ def sliced_pool(
     slice ``s``, the weighted mean of ``tables[t][ids[t][e]]`` (``t = prog_i[s, TABLE]``) over the events
     ``e`` that ``s`` keeps (zeros for an empty slice); ``weight_sum float32 [B, S]`` is the sum of the
     weights. ``sparse=True`` makes the tables' gradients sparse COO tensors."""
+    _check_timeline("sliced_pool", tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
     op = _backend.resolve("sliced_pool", ts.device)
     return op(list(tables), list(ids), offsets, ts, cats, floats, request_ts, prog_i, prog_f, sparse)
+
+
+def _check_timeline(op, tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f) -> None:
+    if tables is not None:
+        _backend.check_tensor_list(op, "tables", tables)
+    _backend.check_tensor_list(op, "ids", ids, index=True)
+    for name, x, index in (("offsets", offsets, True), ("ts", ts, True), ("cats", cats, False),
+                           ("floats", floats, False), ("request_ts", request_ts, True), ("prog_i", prog_i, False),
+                           ("prog_f", prog_f, False)):
+        _backend.check_tensor(op, name, x, index)
 
 
 @torch.library.register_fake("dv365::slice_timeline")

@@ -18,6 +18,7 @@ __all__ = ["token_pool"]
 
 def token_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Mean over windows of ``stride`` along the last axis: ``[..., N] -> [..., ceil(N / stride)]``."""
+    _backend.check_tensor("token_pool", "x", x)
     return _backend.resolve("token_pool", x.device)(x, stride)
 
 

@@ -1,4 +1,4 @@
-"""Sliced mean pooling of UniTi timelines (paper eq. 2-6 with mean / weighted mean pooling; DESIGN.md 1.2).
+"""Sliced mean pooling of UniTi timelines (paper eq. 2-6 with mean / weighted mean pooling; docs/design.md#slices).
 
 :class:`MultiSlicePooling` owns the embedding tables of a :class:`~dv365.spec.SliceSpec` and turns a batch's
 explicit and implicit timelines into the pooled tokens ``[B, S, D]`` that the user tower consumes, with one
@@ -9,6 +9,7 @@ fused ``dv365_ops.sliced_pool`` call per timeline. :func:`sliced_kjt` emits the 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import torch
@@ -50,6 +51,24 @@ def _check_inputs(
             f"{where}: request_ts must be int64 of shape ({num_users},), got {request_ts.dtype} {tuple(request_ts.shape)}"
         )
     return batches, num_users
+
+
+_ID_RANGE = re.compile(r"ids\[(\d+)\]\[(\d+)\] = (-?\d+) is out of range for a table of (\d+) rows")
+
+
+def _name_table(error: RuntimeError, kind: str, prog: CompiledProgram, spec: SliceSpec) -> IndexError | None:
+    """The op names an out-of-range id by its position in the program's table list; say which spec table and id
+    field that is, and why it happens (the table was sized below the data's vocabulary)."""
+    m = _ID_RANGE.search(str(error))
+    if m is None:
+        return None
+    t, e, value, rows = (int(g) for g in m.groups())
+    name = prog.tables[t]
+    field = next((x.id_field for x in spec.tables if x.name == name), "?")
+    return IndexError(
+        f"MultiSlicePooling: table {name!r} has {rows} rows but the {kind} timeline's {field} ids reach {value} "
+        f"(event {e}): the table is smaller than the data's vocabulary; size the tables from the data, e.g. "
+        f"load_default_spec(num_rows=dataset.vocab_sizes) or MultiSlicePooling(spec, num_rows=...)")
 
 
 class MultiSlicePooling(nn.Module):
@@ -121,7 +140,13 @@ class MultiSlicePooling(nn.Module):
             prog_i = getattr(self, f"_{kind}_prog_i")
             prog_f = getattr(self, f"_{kind}_prog_f").view(torch.float64)
             tables = [self.tables[name] for name in prog.tables]
-            p, w = _sliced_pool(tables, prog.ids(batch), batch, request_ts, prog_i, prog_f, self.sparse)
+            try:
+                p, w = _sliced_pool(tables, prog.ids(batch), batch, request_ts, prog_i, prog_f, self.sparse)
+            except RuntimeError as e:
+                named = _name_table(e, kind, prog, self.spec)
+                if named is None:
+                    raise
+                raise named from e
             pooled.append(p)
             wsums.append(w)
         out, wsum = (pooled[0], wsums[0]) if len(pooled) == 1 else (torch.cat(pooled, 1), torch.cat(wsums, 1))
