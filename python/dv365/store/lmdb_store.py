@@ -86,6 +86,7 @@ class LMDBStore(EmbeddingStore):
         path = os.path.abspath(os.path.expanduser(path))
         super().__init__(f"lmdb://{path}", on_corrupt=on_corrupt)
         self.path = path
+        self.readonly = readonly
         data = os.path.join(path, "data.mdb")
         fresh = not os.path.exists(data)
         if fresh:
@@ -118,9 +119,11 @@ class LMDBStore(EmbeddingStore):
             else:
                 with self.env.begin() as txn:
                     names = {bytes(k) for k in txn.cursor().iternext(values=False)}
-                    if not set(_DBS) <= names:
-                        raise StoreError(f"open_store: {path} is an LMDB environment but not a dv365 store")
-                    self._db = {n.decode(): self.env.open_db(n, txn=txn, create=False) for n in _DBS}
+                if not set(_DBS) <= names:
+                    raise StoreError(f"open_store: {path} is an LMDB environment but not a dv365 store")
+                # outside a caller's transaction: handles opened in a read transaction die with it
+                self._db = {n.decode(): self.env.open_db(n, create=False) for n in _DBS}
+                with self.env.begin() as txn:
                     fmt = txn.get(b"format", db=self._db["meta"])
                     if fmt is None or bytes(fmt).decode() != FORMAT:
                         raise StoreError(f"open_store: {path} has store format {fmt and bytes(fmt).decode()!r}, "
@@ -151,6 +154,8 @@ class LMDBStore(EmbeddingStore):
     def _write(self, fn, where: str):
         lmdb = _lmdb()
         self._check_open()
+        if self.readonly:
+            raise StoreError(f"{where}: {self.url} was opened readonly")
         with self._write_lock:
             while True:
                 try:

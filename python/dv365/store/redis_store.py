@@ -218,6 +218,13 @@ class RedisStore(EmbeddingStore):
             if stored != layout:
                 raise StoreError(f"{where}: records are {layout.dtype} {list(layout.shape)} but this version's parts "
                                  f"are {stored.dtype} {list(stored.shape)}")
+            base = self._k("r", vid, b"")
+            for s in range(0, len(ids), 1024):  # checked before anything changes: a refused part leaves no trace
+                chunk = ids[s:s + 1024].tolist()
+                for uid, prev in zip(chunk, r.mget([base + str(u).encode() for u in chunk])):
+                    if prev is not None and struct.unpack_from("<I", prev, 4)[0] != part:
+                        raise StoreError(f"{where}: user {uid} is already in part "
+                                         f"{struct.unpack_from('<I', prev, 4)[0]} of this version")
             pids_key = self._k("pids", vid, part)
             # The part stops counting as written before anything of it changes.
             r.hdel(self._k("parts", vid), part)
@@ -226,15 +233,10 @@ class RedisStore(EmbeddingStore):
             if old:
                 self._delete_records(vid, np.frombuffer(old, dtype="<i8"))
             r.set(pids_key, ids.astype("<i8", copy=False).tobytes())
-            base = self._k("r", vid, b"")
             crcs = np.empty(len(ids), dtype="<u4")
             for s in range(0, len(ids), _CHUNK):
                 chunk = ids[s:s + _CHUNK]
                 keys = [base + str(u).encode() for u in chunk.tolist()]
-                for uid, prev in zip(chunk.tolist(), r.mget(keys)):
-                    if prev is not None and struct.unpack_from("<I", prev, 4)[0] != part:
-                        raise StoreError(f"{where}: user {uid} is already in part "
-                                         f"{struct.unpack_from('<I', prev, 4)[0]} of this version")
                 values, crcs[s:s + len(chunk)] = encode_records(chunk, buf[s:s + _CHUNK], part)
                 pipe = r.pipeline(transaction=False)
                 for k, v in zip(keys, values):
