@@ -11,6 +11,7 @@ _COMMAND_MODULES = (
     "dv365.data.commands",
     "dv365.spec_commands",
     "dv365.demo",
+    "dv365.store.commands",
     "dv365.train.commands",
 )
 
