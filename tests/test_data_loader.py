@@ -1,12 +1,18 @@
 """The loaders of dv365.data: rank sharding, exact resume, the per-user export path (paper sections 2.3.3, 2.4)."""
 
+import json
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
 
 from dv365.data import (DataError, Loader, SynthConfig, UserLoader, dataset_fingerprint, generate, open_dataset,
                         users_with_new_events)
-from dv365.timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT
+import dv365.data.cache as cache_module
+import dv365.data.loader as loader_module
+from dv365.data.cache import ShardCache, build_cache, cache_dir
+from dv365.timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT, TimelineBatch
 
 SMALL = SynthConfig(mean_length=600, num_items=5_000, num_authors=500, num_topics=50, users_per_shard=7,
                     examples_per_user=3)
@@ -147,8 +153,8 @@ def test_resume_skips_without_reading(data, monkeypatch):
     fresh = Loader(ds, batch_size=4, prefetch=0)
     fresh.load_state_dict(state)
     reads = []
-    orig = type(ds).read_table
-    monkeypatch.setattr(type(ds), "read_table", lambda self, k, name, columns=None: reads.append(k) or orig(self, k, name, columns))
+    orig = loader_module._Shards.get
+    monkeypatch.setattr(loader_module._Shards, "get", lambda self, k: reads.append(k) or orig(self, k))
     got = list(fresh)
     assert set(reads) == {2} and len(got) == per_shard[2] - 1
     assert torch.equal(got[0].examples.request_ts, list(Loader(ds, batch_size=4, shards=[2], prefetch=0))[1].examples.request_ts)
@@ -209,18 +215,19 @@ def _check_user_batches(batches, shards, cutoff, gap, users, max_events=None):
                     np.testing.assert_array_equal(tl.column(name)[lo:hi].numpy(), col, err_msg=f"user {u} {kind}.{name}")
 
 
-def test_user_loader_every_user_cut_at_cutoff(data):
+@pytest.mark.parametrize("cache", [False, None])
+def test_user_loader_every_user_cut_at_cutoff(data, cache):
     ds, shards = data
     ts = np.concatenate([s.table(k)["ts"] for s in shards for k in KINDS])
     user_first = {u: min(s.table(k)["ts"][s.table(k)["user_id"] == u].min() for s in shards for k in KINDS
                          if (s.table(k)["user_id"] == u).any()) for u in range(17)}
     cutoff = int(np.median(list(user_first.values())))  # some users have no event before it: empty timelines
-    loader = UserLoader(ds, 4, cutoff=cutoff, gap=3600, prefetch=2, pin_memory=False)
+    loader = UserLoader(ds, 4, cutoff=cutoff, gap=3600, prefetch=2, pin_memory=False, cache=cache, workers=3)
     batches = list(loader)
     assert len(batches) == len(loader) == 2 + 2 + 1 and loader.num_users == 17
     _check_user_batches(batches, shards, cutoff, 3600, range(17))
     assert any(int(b.implicit.lengths.min()) == 0 for b in batches) and ts.min() < cutoff
-    short = list(UserLoader(ds, 5, cutoff=int(ts.max()) + 1, gap=0, max_events=7, prefetch=0))
+    short = list(UserLoader(ds, 5, cutoff=int(ts.max()) + 1, gap=0, max_events=7, prefetch=0, cache=cache))
     _check_user_batches(short, shards, int(ts.max()) + 1, 0, range(17), max_events=7)
 
 
@@ -258,16 +265,18 @@ def test_user_loader_argument_errors(data):
         UserLoader(ds, 4, cutoff=0, users=(5, 2))
 
 
-def test_users_with_new_events(data):
+@pytest.mark.parametrize("cache", [False, None])
+def test_users_with_new_events(data, cache):
     ds, shards = data
     ts = np.concatenate([s.table(IMPLICIT)["ts"] for s in shards])
     for since in (int(ts.min()), int(np.quantile(ts, 0.99)), int(ts.max()), int(ts.max()) + 1):
         want = sorted({int(u) for s in shards for k in KINDS for u in s.table(k)["user_id"][s.table(k)["ts"] >= since]})
-        got = users_with_new_events(ds, since)
+        got = users_with_new_events(ds, since, cache=cache)
         assert got.dtype == np.int64 and got.tolist() == want
 
 
-def test_fill_missing_required(tmp_path):
+@pytest.mark.parametrize("cache", [False, None])
+def test_fill_missing_required(tmp_path, cache):
     gen = generate(3, seed=1, config=SMALL)
     shard = gen.shard(0)
     shard.implicit["dwell_time"][2] = np.nan
@@ -276,5 +285,143 @@ def test_fill_missing_required(tmp_path):
     ds = open_dataset(tmp_path / "d")
     with pytest.raises(DataError, match=r"UserLoader: .* has missing implicit \['dwell_time'\]"):
         UserLoader(ds, cutoff=0)
-    b = next(iter(UserLoader(ds, cutoff=2**40, fill_missing=-1.0)))
+    b = next(iter(UserLoader(ds, cutoff=2**40, fill_missing=-1.0, cache=cache)))
     assert (b.implicit.column("dwell_time") == -1.0).sum() == 1
+
+
+# the columnar cache and parallel workers --------------------------------------------------------------
+def _all_batches(loader):
+    return [b for b in loader]
+
+
+@pytest.mark.parametrize("workers,prefetch", [(1, 0), (3, 0), (4, 5)])
+def test_cache_and_workers_match_parquet_path(data, workers, prefetch):
+    ds, _ = data
+    kw = dict(shuffle=True, seed=9, max_events=300, pin_memory=False)
+    ref = _all_batches(Loader(ds, 5, cache=False, prefetch=0, workers=1, **kw))
+    got = _all_batches(Loader(ds, 5, cache=None, prefetch=prefetch, workers=workers, **kw))
+    assert len(ref) == len(got) and all(_batch_equal(a, b) for a, b in zip(ref, got))
+    for a in got:
+        a.implicit.validate()
+        a.explicit.validate()
+
+
+def test_cache_build_layout_and_env(data, tmp_path, monkeypatch):
+    ds, _ = data
+    root = tmp_path / "c"
+    sc = build_cache(ds, root, workers=2)
+    assert sc.status()["valid"] == [0, 1, 2] and sc.status()["bytes"] > 0
+    entry = json.loads((root / "shard-00001" / "meta.json").read_text())
+    assert entry["sources"] == {t: ds.manifest["shards"][1]["files"][t]["sha256"] for t in ("explicit", "implicit", "examples")}
+    arrays = sc.get(1)
+    assert isinstance(arrays["implicit.ids"], np.memmap) and arrays["implicit.ids"].dtype == np.int32
+    assert arrays["implicit.ts"].dtype == np.uint32 and arrays["implicit.offsets"].shape == (8,)
+    assert not any(p.name.startswith(".") for p in root.iterdir()), "no temporary directory is left behind"
+    monkeypatch.setenv("DV365_DATA_CACHE", "0")
+    assert cache_dir(ds) is None and cache_dir(ds, True) == ds.path / ".dv365-cache"
+    monkeypatch.setenv("DV365_DATA_CACHE", str(tmp_path / "env"))
+    assert cache_dir(ds).parent == tmp_path / "env"
+    list(UserLoader(ds, 8, cutoff=0))
+    assert [p.name for p in sorted(cache_dir(ds).iterdir())] == ["shard-00000", "shard-00001", "shard-00002"]
+
+
+def _fresh(tmp_path, name, seed=5, users=9):
+    gen = generate(users, seed=seed, config=SMALL)
+    gen.write(tmp_path / name, overwrite=True)
+    return open_dataset(tmp_path / name), gen
+
+
+def _implicit_ts(loader):
+    return torch.cat([b.implicit.ts for b in loader])
+
+
+def test_stale_cache_after_new_data_is_rebuilt(tmp_path):
+    ds, _ = _fresh(tmp_path, "d", seed=5)
+    before = _implicit_ts(UserLoader(ds, 4, cutoff=2**40))
+    assert (ds.path / ".dv365-cache" / "shard-00000" / "meta.json").exists()
+    ds2, _ = _fresh(tmp_path, "d", seed=6)  # new data written over the dataset: every entry is stale
+    after = _implicit_ts(UserLoader(ds2, 4, cutoff=2**40))
+    assert torch.equal(after, _implicit_ts(UserLoader(ds2, 4, cutoff=2**40, cache=False)))
+    assert not torch.equal(before[: after.numel()], after[: before.numel()])
+    # a damaged entry (truncated file) is rebuilt too
+    f = ds2.path / ".dv365-cache" / "shard-00001" / "implicit.ids.npy"
+    f.write_bytes(f.read_bytes()[:-64])
+    assert torch.equal(_implicit_ts(UserLoader(ds2, 4, cutoff=2**40)), after)
+    assert f.stat().st_size == json.loads(f.with_name("meta.json").read_text())["bytes"]["implicit.ids"]
+
+
+def test_cache_build_refuses_corrupted_source(tmp_path):
+    ds, _ = _fresh(tmp_path, "d")
+    f = ds.path / "implicit" / "part-00001.parquet"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 3] ^= 0x5A
+    f.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="part-00001.parquet does not match its manifest checksum"):
+        list(Loader(ds, 4, workers=2))
+    assert not (ds.path / ".dv365-cache" / "shard-00001").exists()
+
+
+def test_killed_build_leaves_nothing_and_concurrent_builders_agree(tmp_path, monkeypatch):
+    ds, _ = _fresh(tmp_path, "d")
+    root = tmp_path / "c"
+    calls = []
+
+    def dying_save(path, arr):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed mid-build
+        return real_save(path, arr)
+
+    real_save = np.save
+    monkeypatch.setattr(cache_module.np, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ShardCache(ds, root).get(0)
+    monkeypatch.setattr(cache_module.np, "save", real_save)
+    assert list(root.iterdir()) == []
+    # two builders of one entry at once (separate objects: separate locks, like two ranks)
+    caches = [ShardCache(ds, root) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: c.get(1)["implicit.ts"][:].copy(), caches))
+    assert all(np.array_equal(got[0], g) for g in got)
+    assert ShardCache(ds, root).load(1) is not None and sorted(p.name for p in root.iterdir()) == ["shard-00001"]
+
+
+def test_wide_types_fall_back_to_int64(tmp_path):
+    """A shard spanning more than 2^32 s, or an id >= 2^31, is cached with int64 columns and loads the same."""
+    gen = generate(4, seed=2, config=SMALL)
+    shard = gen.shard(0)
+    for kind in KINDS:
+        t = shard.table(kind)
+        t["ts"] = np.where(t["user_id"] == 2, t["ts"] + (1 << 33), t["ts"])  # per-user order is kept
+    shard.implicit["media_id"][3] = 1 << 40
+    from dv365.data import write_dataset
+    write_dataset(tmp_path / "w", [shard])
+    ds = open_dataset(tmp_path / "w")
+    arrays = build_cache(ds, tmp_path / "c").get(0)
+    assert arrays["implicit.ts"].dtype == np.int64 and arrays["implicit.ids"].dtype == np.int64
+    assert arrays["explicit.ids"].dtype == np.int32
+    for cutoff in (int(shard.implicit["ts"].min()) + 86400 * 100, int(shard.implicit["ts"].max()) + 1):
+        batches = list(UserLoader(ds, 3, cutoff=cutoff, gap=0, cache=tmp_path / "c"))
+        _check_user_batches(batches, [shard], cutoff, 0, range(4))
+    a = list(Loader(ds, 3, cache=tmp_path / "c", shuffle=True))
+    b = list(Loader(ds, 3, cache=False, shuffle=True))
+    assert all(_batch_equal(x, y) for x, y in zip(a, b))
+
+
+def test_pinned_batches_skip_validation(data, monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("pinned memory needs CUDA")
+    ds, _ = data
+    b = next(iter(Loader(ds, 4, pin_memory=True)))
+    assert b.implicit.ids.is_pinned() and b.implicit.offsets.is_pinned() and b.examples.labels.is_pinned()
+    monkeypatch.setattr(TimelineBatch, "validate", lambda self: pytest.fail("re-validated a trusted batch"))
+    on = b.to("cuda", non_blocking=True)
+    assert on.implicit.device.type == "cuda"
+
+
+def test_to_and_pin_memory_do_not_revalidate(data, monkeypatch):
+    ds, _ = data
+    b = next(iter(UserLoader(ds, 4, cutoff=2**40, pin_memory=False)))
+    monkeypatch.setattr(TimelineBatch, "validate", lambda self: pytest.fail("re-validated a trusted batch"))
+    moved = b.to("cpu")
+    assert _timeline_equal(moved.implicit, b.implicit)

@@ -190,15 +190,17 @@ class TimelineBatch:
     def fields(self) -> tuple[str, ...]:
         return ("ts", *ID_FIELDS, *CAT_FIELDS[self.kind], *FLOAT_FIELDS[self.kind])
 
+    # A copy of a batch is as valid as the batch: no re-validation (it would sync the host on every transfer).
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TimelineBatch:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return dataclasses.replace(
-            self, offsets=move(self.offsets), ids=move(self.ids), ts=move(self.ts), cats=move(self.cats), floats=move(self.floats)
+        return TimelineBatch.trusted(
+            kind=self.kind, offsets=move(self.offsets), ids=move(self.ids), ts=move(self.ts), cats=move(self.cats),
+            floats=move(self.floats),
         )
 
     def pin_memory(self) -> TimelineBatch:
-        return dataclasses.replace(
-            self,
+        return TimelineBatch.trusted(
+            kind=self.kind,
             offsets=self.offsets.pin_memory(),
             ids=self.ids.pin_memory(),
             ts=self.ts.pin_memory(),

@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,11 +45,14 @@ import numpy as np
 import torch
 
 from ..timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT, TimelineBatch
-from .parquet import Columns, Dataset
+from .cache import ShardArrays, ShardCache, cache_dir, decode_shard
+from .parquet import Dataset
 from .schema import EXAMPLES, LABEL_COLUMNS, TASKS, DataError
 
-_KEY_BITS = 34  # time offsets up to 2^34 s (≈ 544 years) below the user bits
 _KINDS = (EXPLICIT, IMPLICIT)
+_EXAMPLE_COLUMNS = ("user_id", "request_ts", "item_id", "author_id", "topic_id", "media_type", "video_duration",
+                    *LABEL_COLUMNS, "watch_time")
+_RUN_MIN_EVENTS = 64  # mean events per row from which slice copies beat an index gather
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,55 +136,84 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 
 
 class _Timeline:
-    """One shard's timeline with its sorted composite key."""
+    """One shard's timeline: the cache's arrays (memory-mapped, or decoded in memory) and its per-user offsets."""
 
-    def __init__(self, kind: str, cols: Columns, first_user: int, fill_missing: float | None, where: str):
-        self.kind, self.cols, self.first = kind, cols, first_user
-        ts = cols["ts"]
-        # every event's offset is >= 1, so a cutoff at or below base selects nothing (see bounds)
-        self.base = int(ts.min()) - 1 if ts.size else 0
-        self.key = ((cols["user_id"] - first_user) << _KEY_BITS) + (ts - self.base)
-        for name in FLOAT_FIELDS[kind]:
-            col = cols[name]
-            missing = np.isnan(col)
-            if missing.any():
-                if fill_missing is None:
-                    raise DataError(f"{where}: {int(missing.sum())} missing {name} value(s); pass fill_missing=<value>")
-                cols[name] = np.where(missing, np.float32(fill_missing), col)
+    def __init__(self, kind: str, arrays: ShardArrays, first_user: int, fill_missing: float | None, has_missing: bool):
+        self.kind, self.first = kind, first_user
+        self.user_offsets, self.ts = arrays[f"{kind}.offsets"], arrays[f"{kind}.ts"]
+        self.ts_base = int(arrays[f"{kind}.ts_base"][0])
+        self.ids, self.cats, self.floats = arrays[f"{kind}.ids"], arrays[f"{kind}.cats"], arrays[f"{kind}.floats"]
+        # NaN (unknown) floats are replaced in each gathered batch, only when the manifest says there are any
+        self.fill = np.float32(fill_missing) if has_missing and self.floats.shape[0] else None
 
     def bounds(self, user: np.ndarray, cutoff: np.ndarray, max_events: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Row ranges ``[start, end)`` of each user's events with ``ts < cutoff``."""
-        hi_user = (user - self.first) << _KEY_BITS
-        start = np.searchsorted(self.key, hi_user)
-        end = np.searchsorted(self.key, hi_user + np.clip(cutoff - self.base, 0, (1 << _KEY_BITS) - 1))
+        """Row ranges ``[start, end)`` of each user's events with ``ts < cutoff``: a binary search over every
+        row's own range at once (log2 of the longest history steps, each a few numpy calls over the rows)."""
+        u = user - self.first
+        start, end = self.user_offsets[u], self.user_offsets[u + 1]
+        if self.ts.size == 0:
+            return start, end
+        # the cut-off in the stored units; uint32 offsets compare as int64 (clipped so the difference cannot wrap)
+        c = np.clip(cutoff - self.ts_base, -1, 1 << 32) if self.ts.dtype == np.uint32 else cutoff
+        # rows whose whole history lies before the cut-off (the export's usual case) need no search
+        last = self.ts[np.maximum(end - 1, 0)].astype(np.int64)
+        todo = np.flatnonzero((end > start) & (last >= c))
+        if todo.size:
+            lo, hi, ct = start[todo], end[todo], c[todo]  # invariant: ts[< lo] < c <= ts[>= hi] within the row
+            for _ in range(int(hi.max() - lo.min()).bit_length() + 1):
+                live = lo < hi
+                if not live.any():
+                    break
+                mid = (lo + hi) >> 1
+                below = live & (self.ts[np.minimum(mid, end[todo] - 1)].astype(np.int64) < ct)
+                lo = np.where(below, mid + 1, lo)
+                hi = np.where(live & ~below, mid, hi)
+            end = end.copy()
+            end[todo] = lo
         if max_events is not None:
             start = np.maximum(start, end - max_events)
         return start, end
 
-    def gather(self, start: np.ndarray, end: np.ndarray, validate: bool) -> TimelineBatch:
+    def gather(self, start: np.ndarray, end: np.ndarray, validate: bool, pin: bool) -> TimelineBatch:
+        """Rows ``[start[b], end[b])`` as one batch, written straight into (pinned) output tensors; the narrow
+        on-disk types (``dv365.data.cache``) are widened by the copy."""
         lengths = end - start
-        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        n = int(offsets[-1])
-        idx = np.arange(n, dtype=np.int64)
-        idx += np.repeat(start - offsets[:-1], lengths)
-
-        def block(names: tuple[str, ...], dtype: torch.dtype) -> torch.Tensor:
-            out = torch.empty(len(names), n, dtype=dtype)
-            view = out.numpy()
-            for i, name in enumerate(names):
-                np.take(self.cols[name], idx, out=view[i])
-            return out
-
-        ts = torch.empty(n, dtype=torch.int64)
-        np.take(self.cols["ts"], idx, out=ts.numpy())
+        rows = lengths.size
+        offsets = torch.zeros(rows + 1, dtype=torch.int64, pin_memory=pin)
+        off = offsets.numpy()
+        np.cumsum(lengths, out=off[1:])
+        n = int(off[-1])
+        ts = torch.empty(n, dtype=torch.int64, pin_memory=pin)
+        ids = torch.empty(self.ids.shape[0], n, dtype=torch.int64, pin_memory=pin)
+        cats = torch.empty(self.cats.shape[0], n, dtype=torch.int8, pin_memory=pin)
+        floats = torch.empty(self.floats.shape[0], n, dtype=torch.float32, pin_memory=pin)
+        ts_out = ts.numpy()
+        outs = [(ts_out, self.ts), (ids.numpy(), self.ids), (cats.numpy(), self.cats), (floats.numpy(), self.floats)]
+        if n >= _RUN_MIN_EVENTS * rows:
+            # long rows: copy runs of adjacent ranges as slices (memcpy speed, the GIL released), no index array
+            brk = np.flatnonzero(start[1:] != end[:-1]) + 1
+            first_row = np.concatenate(([0], brk))
+            last_row = np.concatenate((brk, [rows])) - 1
+            for lo, hi, d in zip(start[first_row].tolist(), end[last_row].tolist(), off[first_row].tolist()):
+                if hi > lo:
+                    for out, src in outs:
+                        out[..., d : d + hi - lo] = src[..., lo:hi]
+        elif n:
+            idx = np.arange(n, dtype=np.int64)
+            idx += np.repeat(start - off[:-1], lengths)
+            for out, src in outs:
+                if src.ndim == 1:
+                    out[:] = src[idx]
+                else:
+                    for i in range(src.shape[0]):
+                        out[i] = src[i][idx]
+        if self.ts_base:
+            ts_out += self.ts_base
+        if self.fill is not None:
+            view = floats.numpy()
+            np.copyto(view, self.fill, where=np.isnan(view))
         return (TimelineBatch if validate else TimelineBatch.trusted)(
-            kind=self.kind,
-            offsets=torch.from_numpy(offsets),
-            ids=block(ID_FIELDS, torch.int64),
-            ts=ts,
-            cats=block(CAT_FIELDS[self.kind], torch.int8),
-            floats=block(FLOAT_FIELDS[self.kind], torch.float32),
+            kind=self.kind, offsets=offsets, ids=ids, ts=ts, cats=cats, floats=floats
         )
 
 
@@ -211,43 +244,60 @@ def _check_shards(dataset: Dataset, shards: Iterable[int] | None, who: str) -> l
     return out
 
 
-class _ShardCache:
-    """The shards' decoded timelines (and examples), loaded on first use; the most recent ``keep`` stay."""
+class _Shards:
+    """The shards' timelines (and examples), from the columnar cache or decoded from Parquet; the most recent
+    ``keep`` stay referenced. Thread-safe: concurrent workers wait for a shard another one is loading."""
 
-    def __init__(self, dataset: Dataset, fill_missing: float | None, who: str, examples: bool, keep: int = 2):
-        self.dataset, self.fill_missing, self.who, self.examples, self.keep = dataset, fill_missing, who, examples, keep
+    def __init__(self, dataset: Dataset, fill_missing: float | None, who: str, cache, keep: int = 3):
+        self.dataset, self.fill_missing, self.who, self.keep = dataset, fill_missing, who, keep
+        root = cache_dir(dataset, cache)
+        self.cache = ShardCache(dataset, root) if root is not None else None
+        self.has_missing = any(dataset.has_missing(IMPLICIT, c) for c in FLOAT_FIELDS[IMPLICIT])
         self.lock = threading.Lock()
-        self.loaded: collections.OrderedDict[int, tuple[dict[str, _Timeline], Columns | None]] = collections.OrderedDict()
+        self.loaded: collections.OrderedDict[int, list] = collections.OrderedDict()
 
-    def get(self, k: int) -> tuple[dict[str, _Timeline], Columns | None]:
+    def get(self, k: int) -> tuple[dict[str, _Timeline], ShardArrays]:
         with self.lock:
-            if k in self.loaded:
+            entry = self.loaded.get(k)
+            if entry is None:
+                entry = self.loaded[k] = [threading.Lock(), None]
+                while len(self.loaded) > self.keep:
+                    self.loaded.popitem(last=False)
+            else:
                 self.loaded.move_to_end(k)
-                return self.loaded[k]
-            ds = self.dataset
-            first, _ = ds.shard_users(k)
-            ex = ds.read_table(k, EXAMPLES) if self.examples else None
-            tl = {kind: _Timeline(kind, ds.read_table(k, kind), first, self.fill_missing, f"{self.who}: shard {k} {kind}")
-                  for kind in _KINDS}
-            self.loaded[k] = (tl, ex)
-            while len(self.loaded) > self.keep:
-                self.loaded.popitem(last=False)
-            return tl, ex
+        with entry[0]:
+            if entry[1] is None:
+                arrays = self.cache.get(k) if self.cache is not None else decode_shard(self.dataset, k)
+                first, _ = self.dataset.shard_users(k)
+                tl = {kind: _Timeline(kind, arrays, first, self.fill_missing, self.has_missing) for kind in _KINDS}
+                entry[1] = (tl, arrays)
+            return entry[1]
 
 
-def _run(tasks: Iterator[Any], make: Callable[[Any], Any], prefetch: int) -> Iterator[Any]:
-    """``make(task)`` for every task, in order; with ``prefetch`` > 0 a background thread works up to ``prefetch``
-    batches ahead. Errors in the background reach the caller; stopping early cancels what is queued."""
-    if prefetch <= 0:
+def _default_workers() -> int:
+    """Worker threads per loader: the cores this process may use, shared by the local ranks, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
+def _run(tasks: Iterator[Any], make: Callable[[Any], Any], workers: int, prefetch: int) -> Iterator[Any]:
+    """``make(task)`` for every task, in task order. ``workers`` threads build batches concurrently, at most
+    ``workers + prefetch`` ahead of the consumer; ``prefetch <= 0`` and ``workers <= 1`` build them in the
+    caller. Errors reach the caller in order; stopping early cancels what is queued."""
+    if prefetch <= 0 and workers <= 1:
         for t in tasks:
             yield make(t)
         return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dv365-loader")
+    workers = max(1, workers)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dv365-loader")
     window: collections.deque = collections.deque()
     try:
         for t in tasks:
             window.append(pool.submit(make, t))
-            if len(window) > prefetch:
+            if len(window) > workers + max(0, prefetch) - 1:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
@@ -282,6 +332,10 @@ class Loader:
     ``shards``: the shard indices to read (default all), in this order unless ``shuffle``.
     ``validate``: run ``TimelineBatch.validate`` on every batch (the shards are already checked on read).
     ``rank`` / ``world_size``: data-parallel training, ``batch_size`` per rank (module docstring).
+    ``workers``: threads building batches concurrently, in order (default: the usable cores divided by
+    ``LOCAL_WORLD_SIZE``, at most 8); ``prefetch``: finished batches kept ready beyond them.
+    ``cache``: the decoded columnar cache (``dv365.data.cache``): None = the default location, built on first
+    use (``DV365_DATA_CACHE=0`` disables it), False = decode Parquet every epoch, a path = that directory.
 
     The loader keeps its position: each ``iter()`` continues where the consumer stopped, and finishing an epoch
     moves to the next (so shuffled epochs differ without calling :meth:`set_epoch`).
@@ -304,6 +358,8 @@ class Loader:
         validate: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        workers: int | None = None,
+        cache: bool | str | os.PathLike | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"Loader: batch_size must be >= 1, got {batch_size}")
@@ -326,7 +382,8 @@ class Loader:
         _check_fill_missing(dataset, fill_missing, "Loader")
         self.fingerprint = dataset_fingerprint(dataset)
         self._rows = {k: dataset.manifest["shards"][k]["files"][EXAMPLES]["rows"] for k in self.shards}
-        self._cache = _ShardCache(dataset, fill_missing, "Loader", examples=True)
+        self.workers = _default_workers() if workers is None else int(workers)
+        self._shards = _Shards(dataset, fill_missing, "Loader", cache)
         self.epoch = 0
         self._batches = 0  # batches of this epoch the consumer has received
 
@@ -390,21 +447,23 @@ class Loader:
 
     def _make(self, task: tuple[int, np.ndarray]) -> Batch:
         k, sel = task
-        tl, ex = self._cache.get(k)
-        user, req = ex["user_id"][sel], ex["request_ts"][sel]
+        tl, arrays = self._shards.get(k)
+        ex = {c: arrays[f"{EXAMPLES}.{c}"][sel] for c in _EXAMPLE_COLUMNS}
+        user, req = ex["user_id"], ex["request_ts"]
         cutoff = req - self.gap
-        timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), self.validate) for kind in _KINDS]
-        labels = np.stack([ex[c][sel] for c in LABEL_COLUMNS], axis=1)
+        timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), self.validate, self.pin_memory)
+                     for kind in _KINDS]
+        labels = np.stack([ex[c] for c in LABEL_COLUMNS], axis=1)
         label_mask = ~np.isnan(labels)
-        dur, dur_ok = _nan_to(ex["video_duration"][sel], 0.0)
-        watch, watch_ok = _nan_to(ex["watch_time"][sel], 0.0)
+        dur, dur_ok = _nan_to(ex["video_duration"], 0.0)
+        watch, watch_ok = _nan_to(ex["watch_time"], 0.0)
         examples = Examples(
             user_id=torch.from_numpy(user),
             request_ts=torch.from_numpy(req),
-            item_id=torch.from_numpy(ex["item_id"][sel]),
-            author_id=torch.from_numpy(ex["author_id"][sel]),
-            topic_id=torch.from_numpy(ex["topic_id"][sel]),
-            media_type=torch.from_numpy(ex["media_type"][sel]),
+            item_id=torch.from_numpy(ex["item_id"]),
+            author_id=torch.from_numpy(ex["author_id"]),
+            topic_id=torch.from_numpy(ex["topic_id"]),
+            media_type=torch.from_numpy(ex["media_type"]),
             video_duration=dur,
             video_duration_mask=dur_ok,
             labels=torch.from_numpy(np.where(label_mask, labels, np.float32(0)).astype(np.float32)),
@@ -412,12 +471,11 @@ class Loader:
             watch_time=watch,
             watch_time_mask=watch_ok,
         )
-        batch = Batch(timelines[0], timelines[1], examples)
-        return batch.pin_memory() if self.pin_memory else batch
+        return Batch(timelines[0], timelines[1], examples.pin_memory() if self.pin_memory else examples)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
-        for batch in _run(self._tasks(epoch, self._batches), self._make, self.prefetch):
+        for batch in _run(self._tasks(epoch, self._batches), self._make, self.workers, self.prefetch):
             self._batches += 1  # counted when the consumer receives it, however far the prefetcher is ahead
             yield batch
         if self.epoch == epoch:
@@ -431,7 +489,8 @@ class UserLoader:
     ``cutoff`` (required): the export's cut-off time in seconds. ``users=(lo, hi)``: only users ``lo <= u < hi``.
     ``only_users``: only these users (sorted ascending, e.g. from :func:`users_with_new_events`), intersected
     with ``users``. ``shards``: only these shards. Users without events get empty timelines. Batches do not
-    straddle shards. ``max_events``, ``fill_missing``, ``prefetch``, ``pin_memory`` as for :class:`Loader`.
+    straddle shards. ``max_events``, ``fill_missing``, ``prefetch``, ``pin_memory``, ``workers``, ``cache`` as
+    for :class:`Loader`.
     ``state_dict`` / ``load_state_dict`` resume an interrupted export at the next batch.
     """
 
@@ -449,6 +508,8 @@ class UserLoader:
         fill_missing: float | None = None,
         prefetch: int = 2,
         pin_memory: bool | None = None,
+        workers: int | None = None,
+        cache: bool | str | os.PathLike | None = None,
     ):
         if cutoff is None:
             raise TypeError("UserLoader: cutoff (the export's cut-off time in seconds) is required")
@@ -478,7 +539,8 @@ class UserLoader:
         _check_fill_missing(dataset, fill_missing, "UserLoader")
         self.fingerprint = dataset_fingerprint(dataset)
         self._only_digest = None if only_users is None else hashlib.sha256(only_users.tobytes()).hexdigest()[:16]
-        self._cache = _ShardCache(dataset, fill_missing, "UserLoader", examples=False)
+        self.workers = _default_workers() if workers is None else int(workers)
+        self._shards = _Shards(dataset, fill_missing, "UserLoader", cache)
         self._users = {k: self._shard_users(k) for k in self.shards}
         self._batches = 0
 
@@ -532,25 +594,42 @@ class UserLoader:
 
     def _make(self, task: tuple[int, np.ndarray]) -> UserBatch:
         k, user = task
-        tl, _ = self._cache.get(k)
+        tl, _ = self._shards.get(k)
         cutoff = np.full(user.size, self.cutoff, dtype=np.int64)
-        timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), False) for kind in _KINDS]
-        batch = UserBatch(torch.from_numpy(user), timelines[0], timelines[1], torch.from_numpy(cutoff + self.gap))
-        return batch.pin_memory() if self.pin_memory else batch
+        timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), False, self.pin_memory)
+                     for kind in _KINDS]
+        user_id, request_ts = torch.from_numpy(user), torch.from_numpy(cutoff + self.gap)
+        if self.pin_memory:
+            user_id, request_ts = user_id.pin_memory(), request_ts.pin_memory()
+        return UserBatch(user_id, timelines[0], timelines[1], request_ts)
 
     def __iter__(self) -> Iterator[UserBatch]:
-        for batch in _run(self._tasks(self._batches), self._make, self.prefetch):
+        for batch in _run(self._tasks(self._batches), self._make, self.workers, self.prefetch):
             self._batches += 1
             yield batch
         self._batches = 0
 
 
-def users_with_new_events(dataset: Dataset, since_ts: int, shards: Iterable[int] | None = None) -> np.ndarray:
+def users_with_new_events(dataset: Dataset, since_ts: int, shards: Iterable[int] | None = None, *,
+                          cache: bool | str | os.PathLike | None = None) -> np.ndarray:
     """Sorted user ids (int64) with any explicit or implicit event at ``ts >= since_ts``: the users whose
-    embedding an incremental refresh must recompute (``UserLoader(..., only_users=...)``)."""
-    found = []
+    embedding an incremental refresh must recompute (``UserLoader(..., only_users=...)``). ``cache`` as for
+    :class:`Loader` (the cached shards answer without decoding Parquet)."""
+    root = cache_dir(dataset, cache)
+    sc = ShardCache(dataset, root) if root is not None else None
+    found = [np.empty(0, dtype=np.int64)]
     for k in _check_shards(dataset, shards, "users_with_new_events"):
+        if sc is None:
+            for kind in _KINDS:
+                cols = dataset.read_table(k, kind, ["user_id", "ts"])
+                found.append(np.unique(cols["user_id"][cols["ts"] >= since_ts]))
+            continue
+        arrays = sc.get(k)
+        first, _ = dataset.shard_users(k)
         for kind in _KINDS:
-            cols = dataset.read_table(k, kind, ["user_id", "ts"])
-            found.append(np.unique(cols["user_id"][cols["ts"] >= since_ts]))
-    return np.unique(np.concatenate(found)).astype(np.int64) if found else np.empty(0, dtype=np.int64)
+            # each user's events are sorted by time: a user has a new event iff its last one is new
+            offsets, ts = arrays[f"{kind}.offsets"], arrays[f"{kind}.ts"]
+            has = offsets[1:] > offsets[:-1]
+            last = ts[np.maximum(offsets[1:] - 1, 0)].astype(np.int64) + int(arrays[f"{kind}.ts_base"][0])
+            found.append(first + np.flatnonzero(has & (last >= since_ts)))
+    return np.unique(np.concatenate(found)).astype(np.int64)
