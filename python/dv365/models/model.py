@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.loader import Batch
 from ..data.schema import TASKS
 from ..pooling import MultiSlicePooling
 from ..spec import SliceSpec
@@ -18,6 +18,9 @@ from ..timeline import MEDIA_TYPES, TimelineBatch
 from .backbone import DLRMBackbone
 from .config import ModelConfig
 from .registry import build_tower
+
+if TYPE_CHECKING:
+    from ..data.loader import Batch
 
 # The backbone's "other user features" c and target item features x (paper 2.3.1), from what a Batch carries.
 DENSE_FEATURES = (
@@ -141,6 +144,12 @@ class DV365Model(nn.Module):
         op stays eager). The state dict and parameters are unchanged."""
         compile_kwargs.setdefault("fullgraph", True)
         self._compiled_head = torch.compile(self.head, **compile_kwargs)
+
+    def __getstate__(self):
+        # a compiled function does not pickle or deepcopy; a copy starts eager (call compile_head again)
+        state = dict(super().__getstate__())
+        state["_compiled_head"] = None
+        return state
 
     def forward(self, batch: Batch) -> ModelOutput:
         ex = batch.examples
