@@ -96,6 +96,10 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
             raise ConfigError(f"config key {path!r} is unknown{_hint(str(key), list(fields))}")
+        default = _default(fields[key])
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            # a section names only what differs from its defaults (optim.dense: {lr: 0.01} keeps name: adamw)
+            value = _merge(to_dict(default), value)
         kwargs[key] = _coerce(hints[key], value, path)
     try:
         return cls(**kwargs)
@@ -103,6 +107,21 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else v
+    return out
 
 
 def to_dict(obj: Any) -> Any:

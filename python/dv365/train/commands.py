@@ -72,7 +72,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict, baseline: dict | None = None, delta: dict | None = None) -> None:
-    from ..metrics import format_table
+    from .evaluate import format_table
 
     print(format_table(metrics, baseline, delta))
 
@@ -82,7 +82,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, args.data, baseline=args.baseline, device=args.device,
                                  batch_size=args.batch_size, progress=sys.stderr.isatty())
-    _print_metrics(result["model"]["metrics"], result.get("baseline", {}).get("metrics"), result.get("ne_delta_pct"))
+    _print_metrics(result["model"]["metrics"], result.get("baseline", {}).get("metrics"), result.get("delta_pct"))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

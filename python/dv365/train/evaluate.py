@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..data import Dataset, Loader, open_dataset
-from ..metrics import MetricSet, relative_ne_delta
+from ..metrics import MetricSet, relative_deltas
 from . import checkpoint as ckpt_io
 from .checkpoint import CheckpointError
 from .config import DataConfig, TrainConfig
@@ -23,7 +23,7 @@ def evaluate_model(model, dataset: Dataset, data: DataConfig, device: torch.devi
     model.eval()
     loader = Loader(dataset, data.batch_size, data.gap, max_events=data.max_events, shuffle=False,
                     prefetch=data.prefetch, fill_missing=data.fill_missing)
-    metrics = MetricSet()
+    metrics = MetricSet(device=device)
     batches = loader
     if progress:
         from tqdm import tqdm
@@ -83,8 +83,31 @@ def evaluate_checkpoint(checkpoint: str, data_path: str, *, baseline: str | None
                         "max_events": cfg.data.max_events,
                         "metrics": evaluate_model(model, dataset, data, dev, progress=progress)}
     if baseline is not None:
-        result["ne_delta_pct"] = relative_ne_delta(result["model"]["metrics"], result["baseline"]["metrics"])
+        result["delta_pct"] = relative_deltas(result["model"]["metrics"], result["baseline"]["metrics"])
     return result
 
 
-__all__ = ["CheckpointError", "evaluate_checkpoint", "evaluate_model", "load_model"]
+def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None,
+                 delta: dict[str, float] | None = None) -> str:
+    """A markdown table of :meth:`MetricSet.compute` results (and a baseline's, with the relative deltas)."""
+    head = "| task | examples | pos rate | NE | AUC |"
+    rule = "| --- | ---: | ---: | ---: | ---: |"
+    if baseline is not None:
+        head += " baseline NE | baseline AUC | Δ NE / MSE % |"
+        rule += " ---: | ---: | ---: |"
+    rows = [head, rule]
+    for task, m in metrics.items():
+        if task == "watch_time":
+            row = f"| watch time (MSE of log1p s) | {m['count']:,} | | {m['mse']:.4f} | |"
+            if baseline is not None:
+                row += f" {baseline[task]['mse']:.4f} | | {delta[task]:+.2f} |"
+        else:
+            row = f"| {task} | {m['count']:,} | {m['pos_rate']:.3f} | {m['ne']:.4f} | {m.get('auc', float('nan')):.4f} |"
+            if baseline is not None:
+                b = baseline[task]
+                row += f" {b['ne']:.4f} | {b.get('auc', float('nan')):.4f} | {delta[task]:+.2f} |"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+__all__ = ["CheckpointError", "evaluate_checkpoint", "evaluate_model", "format_table", "load_model"]

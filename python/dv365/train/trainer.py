@@ -151,6 +151,9 @@ def train(
     ``resume``: continue from the newest checkpoint in ``run_dir`` (False: refuse to overwrite one).
     ``stop_after``: return after this many steps of this call (tests; the run stays resumable)."""
     device = resolve_device(cfg.device)
+    # the sparse optimizers rebuild the tables' gradients every step from indices the ops produced and checked;
+    # saying so explicitly also silences torch's per-step notice that the checks are off
+    torch.sparse.check_sparse_tensor_invariants.disable()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":

@@ -1,0 +1,212 @@
+"""dv365.train: config errors, a run end to end, exact resume after SIGKILL, warm start, DDP (gloo) vs one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dv365.configs import ConfigError
+from dv365.data import TASKS, DataError, SynthConfig, generate
+from dv365.train import CheckpointError, TrainConfig, load_checkpoint, load_config, train
+from dv365.train.checkpoint import list_checkpoints
+
+TINY = SynthConfig(mean_length=300, num_items=400, num_authors=60, num_topics=24, users_per_shard=8,
+                   examples_per_user=4, span_days=60.0)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dataset(root: Path, users: int, seed: int) -> str:
+    path = root / f"data-{users}-{seed}"
+    if not (path / "manifest.json").exists():
+        generate(users, seed=seed, config=TINY).write(path, overwrite=True)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("train-data")
+    return {"train": _dataset(root, 24, 0), "eval": _dataset(root, 8, 1), "new": _dataset(root, 24, 2)}
+
+
+def _config(data: dict[str, str], run_dir: Path, **over) -> dict:
+    cfg = {
+        "run_dir": str(run_dir),
+        "threads": 1,
+        "data": {"path": data["train"], "batch_size": 8, "prefetch": 0},
+        "model": {"dim": 8, "tower": {"name": "LCE", "args": {"num_out": 6}},
+                  "backbone": {"embedding_dim": 8, "bottom_mlp": [16], "top_mlp": [16], "user_buckets": 101}},
+        "schedule": {"steps": 12, "log_every": 2},
+        "checkpoint": {"every": 4, "keep": 3},
+    }
+    for key, value in over.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return cfg
+
+
+def _write(cfg: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run_cli(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dv365.cli", *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=REPO)
+
+
+# ---- config -----------------------------------------------------------------------------------------------------
+
+def test_config_defaults_round_trip():
+    cfg = TrainConfig()
+    again = TrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg
+
+
+def test_config_overrides(tmp_path):
+    path = _write({"schedule": {"steps": 7}}, tmp_path / "c.yaml")
+    cfg = load_config(str(path), ["schedule.steps=9", "model.tower.name=LCE", "data.max_events=null", "optim.dense.lr=0.01"])
+    assert cfg.schedule.steps == 9 and cfg.model.tower.name == "LCE" and cfg.data.max_events is None
+    assert cfg.optim.dense.lr == 0.01
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"schedule": {"stpes": 3}}, r"schedule\.stpes.*did you mean 'steps'"),
+        ({"modle": {}}, r"'modle' is unknown"),
+        ({"data": {"batch_size": "big"}}, r"data\.batch_size: expected an integer"),
+        ({"optim": {"dense": {"name": "lion", "lr": 1.0}}}, r"optim\.dense\.name must be one of"),
+        ({"schedule": {"steps": 0}}, r"schedule\.steps must be >= 1"),
+    ],
+)
+def test_config_errors(data, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(data)
+
+
+def test_unknown_tower_fails_before_work(data, tmp_path):
+    with pytest.raises(ConfigError, match="unknown tower 'FSB' .*did you mean 'FSA'"):
+        TrainConfig.from_dict(_config(data, tmp_path / "run", **{"model.tower.name": "FSB"}))
+
+
+def test_data_without_manifest(data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = TrainConfig.from_dict(_config(data, tmp_path / "run", **{"data.path": str(tmp_path / "empty")}))
+    with pytest.raises(DataError, match="manifest"):
+        train(cfg, progress=False)
+
+
+def test_cli_errors_are_messages_not_tracebacks(data, tmp_path):
+    path = _write(_config(data, tmp_path / "run", **{"schedule.stpes": 3}), tmp_path / "bad.yaml")
+    res = _run_cli(["train", str(path), "--quiet"])
+    assert res.returncode != 0
+    assert "did you mean 'steps'" in res.stderr
+
+
+# ---- a run end to end -----------------------------------------------------------------------------------------------
+
+def test_train_end_to_end(data, tmp_path):
+    cfg = TrainConfig.from_dict(_config(data, tmp_path / "run", **{"data.eval_path": data["eval"], "schedule.steps": 24}))
+    result = train(cfg, progress=False)
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 24 and len(metrics["history"]) == 12
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000016.pt", "step-00000020.pt", "step-00000024.pt"]
+    ev = result["eval"]
+    assert set(ev) == {*TASKS, "watch_time"}
+    assert all(ev[t]["count"] > 0 for t in ev)
+    first, last = metrics["history"][0]["loss"], metrics["history"][-1]["loss"]
+    assert last < first, (first, last)
+
+
+def _params(path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def _assert_bitwise(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("fault", ["train.step:7", "checkpoint.before_rename:2"])
+def test_sigkill_and_resume_is_exact(data, tmp_path, fault):
+    straight = TrainConfig.from_dict(_config(data, tmp_path / "straight", **{"data.shuffle": True}))
+    train(straight, progress=False)
+    cfg_path = _write(_config(data, tmp_path / "killed", **{"data.shuffle": True}), tmp_path / "k.yaml")
+    res = _run_cli(["train", str(cfg_path), "--quiet"], env={"DV365_FAULT": fault})
+    assert res.returncode == -9, res.stderr[-2000:]
+    survivors = list_checkpoints(tmp_path / "killed")
+    assert survivors and load_checkpoint(survivors[-1])["step"] < 12
+    assert not list((tmp_path / "killed" / "checkpoints").glob("step-*.pt.tmp*"))
+    res = _run_cli(["train", str(cfg_path), "--quiet"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    _assert_bitwise(_params(tmp_path / "straight"), _params(tmp_path / "killed"))
+    straight_hist = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
+    killed_hist = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in killed_hist] == [h["step"] for h in straight_hist]
+    assert [h["loss"] for h in killed_hist] == [h["loss"] for h in straight_hist]
+
+
+def test_resume_refuses_another_spec(data, tmp_path):
+    cfg = TrainConfig.from_dict(_config(data, tmp_path / "run", **{"schedule.steps": 4}))
+    train(cfg, progress=False)
+    from dv365.spec import load_default_spec
+
+    spec = load_default_spec()
+    smaller = type(spec)(slices=spec.slices[:20], tables=spec.tables, dim=spec.dim)
+    (tmp_path / "spec.yaml").write_text(smaller.to_yaml())
+    other = TrainConfig.from_dict(_config(data, tmp_path / "run", **{"spec": str(tmp_path / "spec.yaml"), "schedule.steps": 8}))
+    with pytest.raises(CheckpointError, match="another slice spec"):
+        train(other, progress=False)
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        train(cfg, progress=False, resume=False)
+
+
+def test_warm_start_reaches_cold_loss_sooner(data, tmp_path):
+    steps = 30
+    base = TrainConfig.from_dict(_config(data, tmp_path / "old", **{"schedule.steps": 40}))
+    train(base, progress=False)
+    over = {"data.path": data["new"], "schedule.steps": steps, "schedule.log_every": 1, "checkpoint.every": 100}
+    cold = train(TrainConfig.from_dict(_config(data, tmp_path / "cold", **over)), progress=False)
+    warm = train(TrainConfig.from_dict(_config(data, tmp_path / "warm", **over)), init_from=str(tmp_path / "old"),
+                 progress=False)
+
+    def smooth(hist):  # mean of 5 steps: one batch's loss is noisy
+        losses = [h["loss"] for h in hist]
+        return [sum(losses[max(0, i - 4): i + 1]) / len(losses[max(0, i - 4): i + 1]) for i in range(len(losses))]
+
+    cold_s, warm_s = smooth(cold["history"]), smooth(warm["history"])
+    target = cold_s[-1]
+    reached = next(i for i, v in enumerate(warm_s) if v <= target) if min(warm_s) <= target else None
+    assert reached is not None and reached < steps - 1, (target, warm_s)
+    assert warm_s[4] < cold_s[4]
+
+
+def test_ddp_two_processes_match_one(data, tmp_path):
+    over = {"data.shuffle": False, "schedule.steps": 6, "checkpoint.every": 6}
+    one = _config(data, tmp_path / "one", **over, **{"data.batch_size": 8})
+    train(TrainConfig.from_dict(one), progress=False)
+    two_path = _write(_config(data, tmp_path / "two", **over, **{"data.batch_size": 4}), tmp_path / "two.yaml")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "dv365.cli", "train", str(two_path), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _params(tmp_path / "one"), _params(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
+    assert load_checkpoint(tmp_path / "two")["world_size"] == 2
