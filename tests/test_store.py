@@ -452,3 +452,75 @@ def test_lmdb_map_grows_and_a_full_store_keeps_the_previous_version(tmp_path):
     with pytest.raises(StoreError, match="opened readonly"):
         reader.stage("v3")
     reader.close()
+
+
+def test_lmdb_same_directory_twice_in_one_process(tmp_path):
+    path = str(tmp_path / "s")
+    writer = open_store(path, create=True)
+    reader = open_store(f"lmdb://{path}", readonly=True)  # shares the writer's environment
+    write_version(writer, "v1", np.arange(5), tag=1, parts=1)
+    assert reader.get([4]).version == "v1"
+    with pytest.raises(StoreError, match="opened readonly"):
+        reader.gc(0)
+    writer.close()
+    assert bool(reader.get([4]).found[0])
+    with pytest.raises(StoreError, match="closed"):
+        writer.get([4])
+    reader.close()
+    reader = open_store(path, readonly=True)
+    with pytest.raises(StoreError, match="already open readonly in this process"):
+        open_store(path)
+    reader.close()
+    open_store(path).close()
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+def test_cli(url, store, capsys):
+    from dv365.cli import main
+
+    ids = np.arange(6)
+    write_version(store, "v1", ids, tag=1, parts=2)
+    q = quantized(6)
+    store.stage("v2").write_part(0, ids, q)
+    store.publish("v2", {"model": "fsa"})
+    capsys.readouterr()
+    assert main(["store", "ls", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["version", "state", "users", "parts", "size", "created", "published"]
+    assert lines[1].split()[:4] == ["v1", "published", "6", "2"] and lines[2].split()[:4] == ["*", "v2", "published", "6"]
+    assert main(["store", "show", url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["model"] == "fsa" and shown["store"]["record"]["dim"] == 256
+    assert main(["store", "verify", url, "v1"]) == 0
+    assert "version v1: 6 users in 2 parts, ok" in capsys.readouterr().out
+    assert main(["lookup", "3", "42", "--store", url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    row = dv365_ops.int4_dequantize(q[3])[0, :6]
+    assert out[0] == ("user 3: found, version v2, embedding [58, 256] float32, row 0 ["
+                      + ", ".join(f"{v:.4f}" for v in row.tolist()) + ", ...]")
+    assert out[1] == "user 42: not found (version v2)"
+    assert main(["lookup", "3", "--store", url, "--raw", "--version", "v1"]) == 0
+    assert capsys.readouterr().out.strip() == ("user 3: found, version v1, record [58, 136] uint8, first bytes "
+                                               + records_for(np.array([3]), 1)[0, 0, :16].tobytes().hex(" "))
+    assert main(["store", "gc", url, "--keep", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "removed 1 version(s): v1"
+    corrupt_record(url, store, "v2", 4)
+    assert main(["store", "verify", url]) == 1
+    assert "user 4: checksum mismatch" in capsys.readouterr().out
+    assert main(["lookup", "4", "--store", url]) == 0
+    assert "user 4: CORRUPT record in version v2" in capsys.readouterr().out
+
+
+def test_cli_user_errors(tmp_path, capsys):
+    from dv365.cli import main
+
+    assert main(["store", "ls", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "dv365 store ls: open_store:" in err and "does not exist" in err and "Traceback" not in err
+    s = open_store(str(tmp_path / "s"), create=True)
+    write_version(s, "v1", np.arange(3), tag=1, parts=1)
+    s.close()
+    assert main(["lookup", "1", "--store", str(tmp_path / "s"), "--version", "v7"]) == 2
+    assert "dv365 lookup: version 'v7' is not a published version" in capsys.readouterr().err
+    assert main(["store", "gc", str(tmp_path / "s"), "--keep", "-1"]) == 2
+    assert "keep_last must be an int >= 0, got -1" in capsys.readouterr().err

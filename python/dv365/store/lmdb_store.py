@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from typing import Any
 
 import numpy as np
@@ -79,14 +80,15 @@ def record_keys(vid: int, ids: np.ndarray) -> list[bytes]:
     return [prefix + raw[i:i + 8] for i in range(0, len(raw), 8)]
 
 
-class LMDBStore(EmbeddingStore):
-    def __init__(self, path: str, *, create: bool = False, readonly: bool = False, map_size: int | None = None,
-                 max_map_size: int = DEFAULT_MAX_MAP_SIZE, on_corrupt: str = "mask"):
+class _SharedEnv:
+    """One LMDB environment per process and directory: LMDB's locks belong to the (process, file) pair, so
+    every store object of a process that opens the same directory shares it (and its writer lock)."""
+
+    def __init__(self, path: str, create: bool, readonly: bool, map_size: int | None, max_map_size: int):
         lmdb = _lmdb()
-        path = os.path.abspath(os.path.expanduser(path))
-        super().__init__(f"lmdb://{path}", on_corrupt=on_corrupt)
-        self.path = path
         self.readonly = readonly
+        self.refs = 0
+        self.lock = threading.Lock()
         data = os.path.join(path, "data.mdb")
         fresh = not os.path.exists(data)
         if fresh:
@@ -99,32 +101,32 @@ class LMDBStore(EmbeddingStore):
                 raise StoreError(f"open_store: {path} is a non-empty directory that is not a dv365 store; "
                                  f"give an empty or new directory")
             os.makedirs(path, exist_ok=True)
-        self.max_map_size = int(max_map_size)
         size = 0 if fresh else os.path.getsize(data)
         start = max(int(map_size or DEFAULT_MAP_SIZE), 2 * size)
         try:
-            self.env = lmdb.open(path, map_size=min(start, max(self.max_map_size, size)), max_dbs=len(_DBS),
+            self.env = lmdb.open(path, map_size=min(start, max(max_map_size, size)), max_dbs=len(_DBS),
                                  subdir=True, readonly=readonly, create=fresh, readahead=False, meminit=False,
                                  max_readers=512)
         except lmdb.Error as e:
-            raise StoreError(f"open_store: cannot open {path} as an LMDB store: {e}") from None
-        self._closed = False
+            hint = " (an LMDB environment must not cross a fork: open the store in the child)" \
+                if "already open" in str(e) else ""
+            raise StoreError(f"open_store: cannot open {path} as an LMDB store: {e}{hint}") from None
         try:
             if fresh:
                 with self.env.begin(write=True) as txn:
-                    self._db = {n.decode(): self.env.open_db(n, txn=txn) for n in _DBS}
-                    txn.put(b"format", FORMAT.encode(), db=self._db["meta"])
-                    txn.put(b"next_vid", _VID.pack(1), db=self._db["meta"])
-                    txn.put(b"seq", struct.pack(">Q", 0), db=self._db["meta"])
+                    self.db = {n.decode(): self.env.open_db(n, txn=txn) for n in _DBS}
+                    txn.put(b"format", FORMAT.encode(), db=self.db["meta"])
+                    txn.put(b"next_vid", _VID.pack(1), db=self.db["meta"])
+                    txn.put(b"seq", struct.pack(">Q", 0), db=self.db["meta"])
             else:
                 with self.env.begin() as txn:
                     names = {bytes(k) for k in txn.cursor().iternext(values=False)}
                 if not set(_DBS) <= names:
                     raise StoreError(f"open_store: {path} is an LMDB environment but not a dv365 store")
                 # outside a caller's transaction: handles opened in a read transaction die with it
-                self._db = {n.decode(): self.env.open_db(n, create=False) for n in _DBS}
+                self.db = {n.decode(): self.env.open_db(n, create=False) for n in _DBS}
                 with self.env.begin() as txn:
-                    fmt = txn.get(b"format", db=self._db["meta"])
+                    fmt = txn.get(b"format", db=self.db["meta"])
                     if fmt is None or bytes(fmt).decode() != FORMAT:
                         raise StoreError(f"open_store: {path} has store format {fmt and bytes(fmt).decode()!r}, "
                                          f"this dv365 reads {FORMAT!r}")
@@ -136,6 +138,36 @@ class LMDBStore(EmbeddingStore):
         except StoreError:
             self.env.close()
             raise
+
+
+_SHARED: dict[tuple[int, str], _SharedEnv] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+class LMDBStore(EmbeddingStore):
+    def __init__(self, path: str, *, create: bool = False, readonly: bool = False, map_size: int | None = None,
+                 max_map_size: int = DEFAULT_MAX_MAP_SIZE, on_corrupt: str = "mask"):
+        path = os.path.abspath(os.path.expanduser(path))
+        super().__init__(f"lmdb://{path}", on_corrupt=on_corrupt)
+        self.path = path
+        self.readonly = readonly
+        self.max_map_size = int(max_map_size)
+        self._closed = True
+        key = (os.getpid(), os.path.realpath(path))
+        with _SHARED_LOCK:
+            shared = _SHARED.get(key)
+            if shared is None:
+                shared = _SHARED[key] = _SharedEnv(path, create, readonly, map_size, self.max_map_size)
+            elif shared.readonly and not readonly:
+                raise StoreError(f"open_store: {path} is already open readonly in this process; close that store "
+                                 f"first to open it for writing")
+            shared.refs += 1
+        self._shared = shared
+        self._key = key
+        self.env = shared.env
+        self._db = shared.db
+        self._write_lock = shared.lock
+        self._closed = False
 
     # --- transactions ------------------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -466,6 +498,11 @@ class LMDBStore(EmbeddingStore):
         return self._write(fn, "gc")
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.env.close()
+        if self._closed:
+            return
+        self._closed = True
+        with _SHARED_LOCK:
+            self._shared.refs -= 1
+            if self._shared.refs == 0:
+                _SHARED.pop(self._key, None)
+                self._shared.env.close()
