@@ -485,7 +485,7 @@ def _check_base(base: dict[str, Any], since: str, manifest: dict[str, Any], ckpt
 def _publish(st, version: str, manifest: dict[str, Any], num_parts: int, keep: int | None) -> dict[str, Any]:
     manifest = dict(manifest, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     stored = st.publish(version, manifest, parts=list(range(num_parts)))
-    if keep is not None:
+    if keep is not None and sum(v.state == "published" for v in st.versions()) > keep:
         st.gc(keep)
     return stored
 

@@ -1,0 +1,220 @@
+"""``dv365 refresh``: one idempotent cycle of the recurring job (paper 3.3, appendix B; docs/export.md).
+
+new data -> **train** (warm-started from the previous cycle's model; the first cycle trains cold) -> **export**
+(every user at the data's cut-off, into a staged version) -> **publish** (atomic switch, keep the newest K) ->
+**report** (per-user cosine similarity of the new version against the previous one, JSON + PNG histogram, and
+the new model's NE on held-out data, with the previous model's as baseline).
+
+Each stage writes its result into the state file (``STATE_DIR/refresh.json``, replaced atomically) when it is
+complete; a rerun skips finished stages and resumes an unfinished one where it stopped (training from its newest
+checkpoint, the export from its finished parts). A cycle is identified by its data (the dataset manifest's hash):
+rerunning a finished cycle on the same data does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "refresh.json"
+STAGES = ("train", "export", "publish", "report")
+
+
+class RefreshError(ValueError):
+    """A cycle that cannot run: an unfinished cycle on other data, a config that changed mid-cycle."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_plain)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _plain(x: Any) -> Any:
+    """JSON for the tensors / numpy values inside metrics."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"not JSON-serializable: {type(x).__name__}")
+
+
+class _State:
+    def __init__(self, folder: Path):
+        self.path = folder / STATE_FILE
+        self.data: dict[str, Any] = {"cycles": []}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as e:
+                raise RefreshError(f"dv365 refresh: state file {self.path} is not valid JSON ({e})") from None
+
+    @property
+    def cycles(self) -> list[dict[str, Any]]:
+        return self.data["cycles"]
+
+    def save(self) -> None:
+        _write_json(self.path, self.data)
+
+
+def refresh(
+    config: str | os.PathLike | None,
+    data: str,
+    store: str,
+    *,
+    state_dir: str | os.PathLike | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    keep: int = 3,
+    device: str | None = None,
+    batch_size: int = 256,
+    part_size: int | None = None,
+    version_prefix: str = "cycle",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or finish) the refresh cycle for dataset ``data``; returns the cycle's record from the state file.
+
+    ``config``: the training config (YAML path, as ``dv365 train``; ``overrides`` as its KEY=VALUE arguments).
+    ``state_dir`` (default: the config's ``run_dir``) holds ``refresh.json`` and one folder per cycle
+    (``cycle-0001/train`` is that cycle's training run, ``cycle-0001/stability.json|png`` its report).
+    ``keep``: published versions kept in the store. ``device``: for export and evaluation (default: the config's)."""
+    from .. import faults
+    from ..export import DEFAULT_PART_SIZE, export
+    from ..train import load_config, train
+    from ..train.checkpoint import file_hash, latest_checkpoint
+    from ..train.trainer import resolve_device
+
+    cfg = load_config(str(config) if config is not None else None, list(overrides))
+    root = Path(state_dir) if state_dir is not None else Path(cfg.run_dir)
+    data_hash = file_hash(Path(data) / "manifest.json") if (Path(data) / "manifest.json").is_file() else None
+    if data_hash is None:
+        raise RefreshError(f"dv365 refresh: {data} is not a dataset (no manifest.json)")
+    state = _State(root)
+    cfg_dict = json.loads(json.dumps(cfg.to_dict()))  # as the state file holds it (tuples as lists)
+    last = state.cycles[-1] if state.cycles else None
+    if last is not None and last["data_hash"] == data_hash:
+        cycle = last
+        if cycle["config"] != cfg_dict:
+            diff = _diff(cycle["config"], cfg_dict)
+            raise RefreshError(f"dv365 refresh: cycle {cycle['cycle']} on {data} ran with another config (differs in: "
+                               f"{', '.join(diff)}); refresh with the config it started with")
+        if cycle.get("done"):
+            return dict(cycle, noop=True)
+    elif last is not None and not last.get("done"):
+        raise RefreshError(f"dv365 refresh: cycle {last['cycle']} on {last['data']} is unfinished (stages done: "
+                           f"{', '.join(s for s in STAGES if s in last['stages']) or 'none'}); rerun with --data "
+                           f"{last['data']} to finish it first")
+    else:
+        n = len(state.cycles) + 1
+        cycle = {"cycle": n, "data": str(data), "data_hash": data_hash, "version": f"{version_prefix}-{n:04d}",
+                 "dir": str(root / f"cycle-{n:04d}"), "config": cfg_dict, "started": _now(), "stages": {},
+                 "done": False}
+        state.cycles.append(cycle)
+        state.save()
+    prev = next((c for c in reversed(state.cycles[:-1]) if c.get("done")), None)
+    folder = Path(cycle["dir"])
+    stages = cycle["stages"]
+
+    def record(stage: str, result: dict[str, Any]) -> None:
+        faults.checkpoint(f"refresh.{stage}")  # the stage's work is done but not yet recorded: the worst moment
+        stages[stage] = dict(result, finished=_now())
+        state.save()
+
+    # -- train: warm start from the previous cycle's model (paper 3.3), cold for the first cycle ---------------
+    if "train" not in stages:
+        run_cfg = dataclasses.replace(cfg, run_dir=str(folder / "train"),
+                                      data=dataclasses.replace(cfg.data, path=str(data)))
+        init_from = prev["stages"]["train"]["checkpoint"] if prev is not None else None
+        train(run_cfg, init_from=init_from, resume=True, progress=progress)
+        ckpt = latest_checkpoint(run_cfg.run_dir)
+        record("train", {"checkpoint": str(ckpt), "hash": file_hash(ckpt), "warm_start_from": init_from})
+    ckpt = stages["train"]["checkpoint"]
+    dev = device or str(resolve_device(cfg.device))
+    opts = {"version": cycle["version"], "batch_size": batch_size, "part_size": part_size or DEFAULT_PART_SIZE,
+            "device": dev, "progress_dir": folder / "export-progress", "progress": progress}
+
+    # -- export: every user into the staged version ---------------------------------------------------------------
+    if "export" not in stages:
+        res = export(ckpt, str(data), store, part=0, parts=1, **opts)
+        record("export", {"exported": res.exported, "parts": len(res.parts_written) + len(res.parts_skipped),
+                          "seconds": res.seconds})
+
+    # -- publish: one atomic switch; an already published version with the same arguments is a no-op -------------
+    if "publish" not in stages:
+        res = export(ckpt, str(data), store, publish_only=True, keep=keep, **opts)
+        record("publish", {"version": res.version, "users": res.manifest["store"]["users"]})
+
+    # -- report: stability against the previous version, NE on held-out data --------------------------------------
+    if "report" not in stages:
+        report = _report(cycle, prev, store, ckpt, cfg, dev, folder)
+        record("report", report)
+    cycle["done"] = True
+    cycle["finished"] = _now()
+    state.save()
+    return dict(cycle, noop=False)
+
+
+def _report(cycle: dict[str, Any], prev: dict[str, Any] | None, store: str, ckpt: str, cfg, device: str,
+            folder: Path) -> dict[str, Any]:
+    from ..store import open_store
+    from ..train import evaluate_checkpoint
+    from ..train.checkpoint import CheckpointError
+    from .stability import cosine_similarities, plot_histogram, summarize
+
+    new = cycle["version"]
+    report: dict[str, Any] = {"cycle": cycle["cycle"], "version": new, "checkpoint": ckpt, "created": _now(),
+                              "previous_version": None, "stability": None, "ne": None}
+    out: dict[str, Any] = {"json": str(folder / "stability.json")}
+    if prev is None:
+        report["stability_skipped"] = "first cycle: no previous version"
+    else:
+        old = prev["version"]
+        report["previous_version"] = old
+        with open_store(store) as st:
+            published = {v.name for v in st.versions() if v.state == "published"}
+            if old not in published:
+                report["stability_skipped"] = f"previous version {old!r} is no longer in the store (gc)"
+            else:
+                try:
+                    sims, counts = cosine_similarities(st, old, new)
+                except ValueError as e:
+                    report["stability_skipped"] = str(e)
+                else:
+                    report["stability"] = dict(summarize(sims), **counts)
+        if report["stability"] is not None:
+            png = folder / "stability.png"
+            plot_histogram(report["stability"], png, f"embedding stability: {old} -> {new}")
+            out["png"] = str(png)
+            out["mean_cosine"] = report["stability"].get("mean")
+    if cfg.data.eval_path:
+        baseline = prev["stages"]["train"]["checkpoint"] if prev is not None else None
+        try:
+            report["ne"] = evaluate_checkpoint(ckpt, cfg.data.eval_path, baseline=baseline, device=device)
+        except CheckpointError as e:  # the previous model's tables may not cover the held-out data's ids
+            report["ne"] = evaluate_checkpoint(ckpt, cfg.data.eval_path, device=device)
+            report["ne"]["baseline_skipped"] = str(e)
+    else:
+        report["ne_skipped"] = "the config has no data.eval_path"
+    _write_json(folder / "stability.json", report)
+    return out
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _diff(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
