@@ -13,6 +13,8 @@ _COMMAND_MODULES = (
     "dv365.demo",
     "dv365.store.commands",
     "dv365.train.commands",
+    "dv365.export.commands",
+    "dv365.refresh.commands",
 )
 
 
