@@ -12,24 +12,18 @@ import pathlib
 import tempfile
 import time
 
-import torch
-
-import dv365_ops
-from dv365_ops import reference
-
-from .data import Loader, SynthConfig, generate, open_dataset
-from .pooling import MultiSlicePooling
-from .spec import load_default_spec
+INT4_FORMAT = "dv365-int4-rowwise-fp32-scale-bias"
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the main job end to end on small synthetic data", description=__doc__)
-    p.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: a temporary folder)")
-    p.add_argument("--users", type=int, default=48, help="number of synthetic users (default 48)")
-    p.add_argument("--mean-length", type=float, default=4000, help="mean history length (default 4000)")
-    p.add_argument("--dim", type=int, default=32, help="embedding dim (default 32)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="output folder (default: a new folder dv365-demo-* in the temp dir, kept and printed)")
+    p.add_argument("--users", type=int, default=48, help="number of synthetic users")
+    p.add_argument("--mean-length", type=float, default=4000, help="mean history length")
+    p.add_argument("--dim", type=int, default=32, help="embedding dim (even, for int4)")
+    p.add_argument("--batch-size", type=int, default=16, help="users per batch")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=run)
 
 
@@ -40,13 +34,24 @@ def _step(name: str, t0: float, detail: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out is None:
-        with tempfile.TemporaryDirectory(prefix="dv365-demo-") as tmp:
-            return _run(args, pathlib.Path(tmp))
-    return _run(args, args.out)
+    if args.users < 1 or args.batch_size < 1 or args.dim < 2 or args.dim % 2:
+        raise ValueError(f"--users and --batch-size must be >= 1 and --dim even, got {args.users}, "
+                         f"{args.batch_size}, {args.dim}")
+    # the output outlives the command: the last line prints where it is
+    out = args.out if args.out is not None else pathlib.Path(tempfile.mkdtemp(prefix="dv365-demo-"))
+    return _run(args, out)
 
 
 def _run(args: argparse.Namespace, out: pathlib.Path) -> int:
+    import torch
+
+    import dv365_ops
+    from dv365_ops import reference
+
+    from .data import Loader, SynthConfig, generate, open_dataset
+    from .pooling import MultiSlicePooling
+    from .spec import load_default_spec
+
     torch.manual_seed(args.seed)
     print(f"dv365 demo: {args.users} users, mean history {args.mean_length:,.0f} events, dim {args.dim}, out {out}")
     t = time.perf_counter()
@@ -101,7 +106,11 @@ def _run(args: argparse.Namespace, out: pathlib.Path) -> int:
     err = ((restored - flat).abs() / scale.clamp_min(1e-30)).max().item()
     if err > 0.5 + 1e-3:
         raise SystemExit(f"dv365 demo: int4 round trip error {err:.3f} scales exceeds 1/2")
-    torch.save({"user_id": torch.cat(users_all), "codes": packed.view(rows, -1)}, out / "embeddings_int4.pt")
+    # codes [examples, tokens, D/2 + 8], one int4 row per token; the file says how to read it back:
+    # dv365_ops.int4_dequantize(f["codes"].flatten(0, 1)).view(-1, f["tokens"], f["dim"])
+    torch.save({"format": INT4_FORMAT, "dim": args.dim, "tokens": summary.shape[1], "half_scale_bias": False,
+                "user_id": torch.cat(users_all), "codes": packed.view(rows, summary.shape[1], -1)},
+               out / "embeddings_int4.pt")
     fp32_bytes = pooled[0].numel() * 4
     int4_bytes = packed.shape[1] * summary.shape[1]
     _step(
@@ -109,12 +118,15 @@ def _run(args: argparse.Namespace, out: pathlib.Path) -> int:
         t,
         f"{int4_bytes} B/user vs {fp32_bytes:,} B fp32 pooled ({fp32_bytes / int4_bytes:.0f}x), max error {err:.3f} scale",
     )
-    print(f"done: embeddings in {out / 'embeddings_int4.pt'}")
+    print(f"done: embeddings in {out / 'embeddings_int4.pt'} (dataset in {out / 'data'})")
     return 0
 
 
-def _check_against_reference(pooling: MultiSlicePooling, batch, request_ts: torch.Tensor, pooled: torch.Tensor) -> None:
+def _check_against_reference(pooling, batch, request_ts, pooled) -> None:
     """The fused op must agree with the pure-torch reference on real data."""
+    import torch
+    from dv365_ops import reference
+
     kind = "implicit"
     prog = pooling.programs[kind]
     timeline = getattr(batch, kind)

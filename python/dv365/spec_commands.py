@@ -1,12 +1,17 @@
-"""``dv365 spec show`` and ``dv365 spec validate``: read a slice spec (DESIGN.md 1.2) as a table."""
+"""``dv365 spec show`` and ``dv365 spec validate``: read a slice spec (docs/design.md#slices) as a table.
+
+The spec modules import torch, so they are imported when a command runs, not when ``dv365 --help`` is built."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from .spec import SET_FILTERS, Slice, SliceSpec, SpecError, format_duration, load_default_spec
-from .timeline import KINDS
+from .cli import lazy_arguments
+
+if TYPE_CHECKING:
+    from .spec import Slice, SliceSpec
 
 _SHORT = {"action_types": "action", "media_types": "media", "surfaces": "surface"}
 
@@ -17,6 +22,8 @@ def _num(x: float) -> str:
 
 def describe_filters(s: Slice) -> str:
     """The slice's filters, e.g. ``action∈{like,save} dwell∈[15, inf] ratio(β=0.5)∈[0, 1]``."""
+    from .spec import SET_FILTERS
+
     parts = []
     for field, (_, vocab) in SET_FILTERS.items():
         names = getattr(s, field)
@@ -33,6 +40,9 @@ def describe_filters(s: Slice) -> str:
 def format_spec(spec: SliceSpec, timeline: str | None = None) -> str:
     """Aligned table of the slices (index in the spec, name, timeline, id field, table, filters, window
     ``(gap, T_ub]``, weight), then one line per table."""
+    from .spec import format_duration
+    from .timeline import KINDS
+
     rows = [("#", "name", "timeline", "id field", "table", "filters", "window", "weight")]
     for i, s in enumerate(spec.slices):
         if timeline and s.timeline != timeline:
@@ -61,20 +71,21 @@ def _align(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def _load(path: str | None) -> SliceSpec:
+    from .spec import SliceSpec, load_default_spec
+
     return load_default_spec() if path is None else SliceSpec.from_yaml(path)
 
 
 def _show(args: argparse.Namespace) -> int:
-    try:
-        spec = _load(args.spec)
-    except (SpecError, OSError) as e:
-        print(f"dv365 spec show: {e}", file=sys.stderr)
-        return 1
-    print(format_spec(spec, args.timeline))
+    print(format_spec(_load(args.spec), args.timeline))
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Exit 1 with ``FILE: message`` for an invalid spec (a result, like a linter's), 0 when it compiles."""
+    from .spec import SpecError
+    from .timeline import KINDS
+
     try:
         spec = _load(args.file)
         spec.compile()
@@ -86,13 +97,19 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeline_flag(p: argparse.ArgumentParser) -> None:
+    from .timeline import KINDS
+
+    p.add_argument("--timeline", choices=KINDS, help="only the slices of one timeline")
+
+
 def register(sub) -> None:
     parser = sub.add_parser("spec", help="show or validate a slice spec")
     spec_sub = parser.add_subparsers(dest="spec_command", required=True, metavar="ACTION")
     show = spec_sub.add_parser("show", help="print a slice spec as a table (default: the packaged default spec)")
     show.add_argument("--spec", metavar="FILE", help="a YAML slice spec (default: the packaged default spec)")
-    show.add_argument("--timeline", choices=KINDS, help="only the slices of one timeline")
+    lazy_arguments(show, _timeline_flag)
     show.set_defaults(func=_show)
-    validate = spec_sub.add_parser("validate", help="check a YAML slice spec and compile it")
-    validate.add_argument("file", metavar="FILE")
+    validate = spec_sub.add_parser("validate", help="check a YAML slice spec and compile it (exit 1 when invalid)")
+    validate.add_argument("file", metavar="FILE", help="a YAML slice spec")
     validate.set_defaults(func=_validate)

@@ -1,22 +1,36 @@
-"""UniTi data: Parquet storage, loader, synthetic generator, ingestion (issue 5; DESIGN.md 1.1).
+"""UniTi data: Parquet storage, loader, synthetic generator, ingestion (docs/data.md; docs/design.md#uniti).
 
 - :func:`write_dataset` / :func:`open_dataset` — sharded Parquet with a manifest (``dv365.data.parquet``)
-- :class:`Loader` — ``Batch(explicit, implicit, examples)``, histories cut ``gap`` before each request; resumable,
-  rank-sharded for data-parallel training
-- :class:`UserLoader` — ``UserBatch`` per user at an export cut-off; :func:`users_with_new_events` for refreshes
+- :class:`Loader` — ``Batch(explicit, implicit, examples)``, histories cut ``gap`` before each request
 - :func:`generate` — synthetic users with a long-history signal (``dv365.data.synth``)
 - :func:`ingest` — CSV / Parquet interaction logs to a dataset (``dv365.data.ingest``)
+
+The names are imported on first use (PEP 562), so that ``dv365.data.commands`` (the CLI) loads without torch.
 """
 
+from __future__ import annotations
 
-from .ingest import IngestReport, ingest
-from .loader import Batch, Examples, Loader, UserBatch, UserLoader, dataset_fingerprint, users_with_new_events
-from .parquet import Dataset, Shard, open_dataset, write_dataset
-from .schema import SCHEMA_VERSION, TASKS, DataError
-from .synth import SynthConfig, generate
+import importlib
 
-__all__ = [
-    "SCHEMA_VERSION", "TASKS", "Batch", "DataError", "Dataset", "Examples", "IngestReport", "Loader", "Shard",
-    "SynthConfig", "UserBatch", "UserLoader", "dataset_fingerprint", "generate", "ingest", "open_dataset",
-    "users_with_new_events", "write_dataset",
-]
+_EXPORTS = {
+    "IngestReport": "ingest", "ingest": "ingest",
+    "Batch": "loader", "Examples": "loader", "Loader": "loader", "UserBatch": "loader", "UserLoader": "loader",
+    "dataset_fingerprint": "loader", "users_with_new_events": "loader",
+    "Dataset": "parquet", "Shard": "parquet", "open_dataset": "parquet", "write_dataset": "parquet",
+    "SCHEMA_VERSION": "schema", "TASKS": "schema", "DataError": "schema",
+    "SynthConfig": "synth", "generate": "synth",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -119,7 +119,7 @@ def register(sub) -> None:
     p = sub.add_parser("lookup", help="look users up in an embedding store",
                        description="Prints per user: found, version, shape, the first values of row 0.")
     p.add_argument("users", nargs="+", type=int, metavar="USER")
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", required=True, help="the store: an LMDB directory, lmdb:///abs/path or redis://host:port/db")
     p.add_argument("--version", default=None, help="a published version (default: current)")
     p.add_argument("--raw", action="store_true", help="the stored int4 record bytes instead of dequantized values")
     p.add_argument("--values", type=int, default=None, help="how many values (default 6) / bytes (default 16) to print")
