@@ -11,14 +11,34 @@ pure-torch semantics of all of them):
 
 import torch  # noqa: F401  (libtorch must be loaded before _C: the extension has no rpath to it)
 
-from . import _C  # noqa: F401  (registers the schemas and the C++ kernels)
-from . import program, reference  # noqa: F401
-from ._backend import get_backend, set_backend, use_backend  # noqa: F401
-from . import int4, jagged, slicing, token_pool  # noqa: F401
-from .int4 import *  # noqa: F401,F403
-from .jagged import *  # noqa: F401,F403
-from .slicing import *  # noqa: F401,F403
-from .token_pool import *  # noqa: F401,F403
+
+def _check_torch_version() -> None:
+    """_C links against torch's C++ API, which has no stable ABI across minor releases: a build loaded into
+    another torch fails with undefined symbols at best. Say so before loading it (docs/packaging.md)."""
+    try:
+        from ._build_info import TORCH_VERSION
+    except ImportError:  # a build older than the record: nothing to compare
+        return
+    built = TORCH_VERSION.split("+")[0].split(".")[:2]
+    running = torch.__version__.split("+")[0].split(".")[:2]
+    if built != running:
+        raise ImportError(
+            f"dv365_ops was built against torch {TORCH_VERSION} but torch {torch.__version__} is running: the "
+            f"compiled kernels only load into torch {'.'.join(built)}.x. Install torch {'.'.join(built)}.* or "
+            f"rebuild dv365 against this torch (pip install --no-build-isolation --force-reinstall --no-deps .)"
+        )
+
+
+_check_torch_version()
+
+from . import _C  # noqa: E402,F401  (registers the schemas and the C++ kernels)
+from . import program, reference  # noqa: E402,F401
+from ._backend import InputError, get_backend, set_backend, use_backend  # noqa: E402,F401
+from . import int4, jagged, slicing, token_pool  # noqa: E402,F401
+from .int4 import *  # noqa: E402,F401,F403
+from .jagged import *  # noqa: E402,F401,F403
+from .slicing import *  # noqa: E402,F401,F403
+from .token_pool import *  # noqa: E402,F401,F403
 
 try:
     import triton  # noqa: F401

@@ -1,4 +1,4 @@
-// int4 rowwise codes (DESIGN.md 1.6; format in dv365_ops.reference.int4_quantize): each row of D values
+// int4 rowwise codes (docs/design.md#int4-rows; format in dv365_ops.reference.int4_quantize): each row of D values
 // becomes D/2 code bytes then the scale and the bias (fp32, or fp16 with half_scale_bias).
 //
 // The codes must be byte-identical to the reference (and, for the half variant, to fbgemm's
