@@ -10,11 +10,12 @@ need no per-row request logic beyond ``request_ts``.
 ``request_ts = cutoff + gap``, so that time windows see the same "request - gap" geometry as in training
 (paper section 2.4: every user's embedding at a cut-off time).
 
-Batches are cut from one shard at a time: the shard's tables are read once, each timeline gets a sorted composite
-key ``(user << 34) + (ts - base)`` so a whole batch's cut points are one ``searchsorted``, and the rows are
-gathered with one ``np.take`` per column straight into the output tensors. Batches do not straddle shards (a
-shard's last batch may be short unless ``drop_last``). A background thread prepares the next ``prefetch``
-batches (and pins them when CUDA is present).
+Batches are cut from one shard at a time, from the shard's columnar cache (``dv365.data.cache``: decoded once,
+memory-mapped) or, with ``cache=False``, from its Parquet files. Each row's cut point is found by a binary search
+within the user's events, done for all rows at once; the rows are then copied as whole slices straight into the
+output tensors (pinned when CUDA is present, else memory the loader reuses), ``workers`` batches at a time in
+threads (numpy releases the GIL while it copies), delivered in order. Batches do not straddle shards (a shard's
+last batch may be short unless ``drop_last``).
 
 **Data-parallel training** (``rank`` / ``world_size``): the global batch of ``batch_size * world_size`` examples
 is cut exactly as a single-process loader with that batch size cuts it; rank r takes rows
@@ -36,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT, TimelineBatch
+from ..timeline import EXPLICIT, FLOAT_FIELDS, IMPLICIT, TimelineBatch
 from .cache import ShardArrays, ShardCache, cache_dir, decode_shard
 from .parquet import Dataset
 from .schema import EXAMPLES, LABEL_COLUMNS, TASKS, DataError
@@ -52,6 +54,7 @@ from .schema import EXAMPLES, LABEL_COLUMNS, TASKS, DataError
 _KINDS = (EXPLICIT, IMPLICIT)
 _EXAMPLE_COLUMNS = ("user_id", "request_ts", "item_id", "author_id", "topic_id", "media_type", "video_duration",
                     *LABEL_COLUMNS, "watch_time")
+_I64, _I8, _F32 = np.dtype(np.int64), np.dtype(np.int8), np.dtype(np.float32)
 _RUN_MIN_EVENTS = 64  # mean events per row from which slice copies beat an index gather
 
 
@@ -135,6 +138,54 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:16]
 
 
+class _Arenas:
+    """Reusable memory for unpinned batches. Writing into freshly allocated memory costs a page fault per page
+    (3-6x a plain copy on the development machine), so each batch is carved from an arena that the pool hands out
+    again once every tensor of the batch that used it is gone (nothing but the pool references it). Pinned
+    batches come from CUDA's caching host allocator instead, which already reuses its blocks."""
+
+    def __init__(self, keep: int):
+        self.keep, self.lock, self.arenas = keep, threading.Lock(), [np.empty(1, dtype=np.uint8)]
+        self.idle = self._refs(0)  # the reference count of an arena only the pool holds, measured, not assumed
+        self.arenas.clear()
+
+    def _refs(self, i: int) -> int:
+        return sys.getrefcount(self.arenas[i])
+
+    def take(self, nbytes: int) -> np.ndarray:
+        with self.lock:
+            idle = [i for i in range(len(self.arenas)) if self._refs(i) == self.idle]
+            fits = [i for i in idle if self.arenas[i].nbytes >= nbytes]
+            if fits:
+                return self.arenas[min(fits, key=lambda i: self.arenas[i].nbytes)][:nbytes]
+            arena = np.empty(-(-(nbytes + nbytes // 4) // (1 << 20)) << 20, dtype=np.uint8)  # 25 % slack, whole MiB
+            if idle:  # replace the largest idle arena that is too small
+                self.arenas[max(idle, key=lambda i: self.arenas[i].nbytes)] = arena
+            elif len(self.arenas) < self.keep:
+                self.arenas.append(arena)
+            return arena[:nbytes]  # slicing under the lock: no other thread can see it idle
+
+
+_TORCH = {np.dtype(np.int64): torch.int64, np.dtype(np.int8): torch.int8, np.dtype(np.float32): torch.float32}
+
+
+class _Memory:
+    """The output tensors of one batch: pinned, or carved from one arena of :class:`_Arenas` (64-byte aligned)."""
+
+    def __init__(self, shapes: list[tuple[tuple[int, ...], np.dtype]], pin: bool, arenas: _Arenas | None):
+        self.pin, self.buf, self.pos = pin, None, 0
+        if not pin and arenas is not None:
+            self.buf = arenas.take(sum(-(-int(np.prod(sh)) * dt.itemsize // 64) * 64 for sh, dt in shapes))
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+        if self.buf is None:
+            return torch.empty(shape, dtype=_TORCH[dtype], pin_memory=self.pin)
+        size = int(np.prod(shape)) * dtype.itemsize
+        a = self.buf[self.pos : self.pos + size].view(dtype).reshape(shape)
+        self.pos += -(-size // 64) * 64
+        return torch.from_numpy(a)
+
+
 class _Timeline:
     """One shard's timeline: the cache's arrays (memory-mapped, or decoded in memory) and its per-user offsets."""
 
@@ -174,19 +225,25 @@ class _Timeline:
             start = np.maximum(start, end - max_events)
         return start, end
 
-    def gather(self, start: np.ndarray, end: np.ndarray, validate: bool, pin: bool) -> TimelineBatch:
-        """Rows ``[start[b], end[b])`` as one batch, written straight into (pinned) output tensors; the narrow
-        on-disk types (``dv365.data.cache``) are widened by the copy."""
+    def shapes(self, rows: int, n: int) -> list[tuple[tuple[int, ...], np.dtype]]:
+        """The output arrays of a batch of ``rows`` rows and ``n`` events (for :class:`_Memory`)."""
+        return [((rows + 1,), _I64), ((n,), _I64), ((self.ids.shape[0], n), _I64), ((self.cats.shape[0], n), _I8),
+                ((self.floats.shape[0], n), _F32)]
+
+    def gather(self, start: np.ndarray, end: np.ndarray, validate: bool, mem: _Memory) -> TimelineBatch:
+        """Rows ``[start[b], end[b])`` as one batch, written straight into ``mem``'s (pinned or reused) tensors;
+        the narrow on-disk types (``dv365.data.cache``) are widened by the copy."""
         lengths = end - start
         rows = lengths.size
-        offsets = torch.zeros(rows + 1, dtype=torch.int64, pin_memory=pin)
+        offsets = mem.empty((rows + 1,), _I64)
         off = offsets.numpy()
+        off[0] = 0
         np.cumsum(lengths, out=off[1:])
         n = int(off[-1])
-        ts = torch.empty(n, dtype=torch.int64, pin_memory=pin)
-        ids = torch.empty(self.ids.shape[0], n, dtype=torch.int64, pin_memory=pin)
-        cats = torch.empty(self.cats.shape[0], n, dtype=torch.int8, pin_memory=pin)
-        floats = torch.empty(self.floats.shape[0], n, dtype=torch.float32, pin_memory=pin)
+        ts = mem.empty((n,), _I64)
+        ids = mem.empty((self.ids.shape[0], n), _I64)
+        cats = mem.empty((self.cats.shape[0], n), _I8)
+        floats = mem.empty((self.floats.shape[0], n), _F32)
         ts_out = ts.numpy()
         outs = [(ts_out, self.ts), (ids.numpy(), self.ids), (cats.numpy(), self.cats), (floats.numpy(), self.floats)]
         if n >= _RUN_MIN_EVENTS * rows:
@@ -215,6 +272,15 @@ class _Timeline:
         return (TimelineBatch if validate else TimelineBatch.trusted)(
             kind=self.kind, offsets=offsets, ids=ids, ts=ts, cats=cats, floats=floats
         )
+
+
+def _gather(tl: dict[str, _Timeline], user: np.ndarray, cutoff: np.ndarray, max_events: int | None, validate: bool,
+            pin: bool, arenas: _Arenas) -> list[TimelineBatch]:
+    """Both timelines of a batch, their tensors from one :class:`_Memory`."""
+    bounds = [tl[kind].bounds(user, cutoff, max_events) for kind in _KINDS]
+    shapes = [s for kind, (a, b) in zip(_KINDS, bounds) for s in tl[kind].shapes(user.size, int((b - a).sum()))]
+    mem = _Memory(shapes, pin, arenas)
+    return [tl[kind].gather(a, b, validate, mem) for kind, (a, b) in zip(_KINDS, bounds)]
 
 
 def _nan_to(col: np.ndarray, value: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,8 +314,8 @@ class _Shards:
     """The shards' timelines (and examples), from the columnar cache or decoded from Parquet; the most recent
     ``keep`` stay referenced. Thread-safe: concurrent workers wait for a shard another one is loading."""
 
-    def __init__(self, dataset: Dataset, fill_missing: float | None, who: str, cache, keep: int = 3):
-        self.dataset, self.fill_missing, self.who, self.keep = dataset, fill_missing, who, keep
+    def __init__(self, dataset: Dataset, fill_missing: float | None, cache, keep: int = 3):
+        self.dataset, self.fill_missing, self.keep = dataset, fill_missing, keep
         root = cache_dir(dataset, cache)
         self.cache = ShardCache(dataset, root) if root is not None else None
         self.has_missing = any(dataset.has_missing(IMPLICIT, c) for c in FLOAT_FIELDS[IMPLICIT])
@@ -383,7 +449,8 @@ class Loader:
         self.fingerprint = dataset_fingerprint(dataset)
         self._rows = {k: dataset.manifest["shards"][k]["files"][EXAMPLES]["rows"] for k in self.shards}
         self.workers = _default_workers() if workers is None else int(workers)
-        self._shards = _Shards(dataset, fill_missing, "Loader", cache)
+        self._shards = _Shards(dataset, fill_missing, cache)
+        self._arenas = _Arenas(keep=self.workers + max(0, prefetch) + 4)
         self.epoch = 0
         self._batches = 0  # batches of this epoch the consumer has received
 
@@ -451,8 +518,7 @@ class Loader:
         ex = {c: arrays[f"{EXAMPLES}.{c}"][sel] for c in _EXAMPLE_COLUMNS}
         user, req = ex["user_id"], ex["request_ts"]
         cutoff = req - self.gap
-        timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), self.validate, self.pin_memory)
-                     for kind in _KINDS]
+        timelines = _gather(tl, user, cutoff, self.max_events, self.validate, self.pin_memory, self._arenas)
         labels = np.stack([ex[c] for c in LABEL_COLUMNS], axis=1)
         label_mask = ~np.isnan(labels)
         dur, dur_ok = _nan_to(ex["video_duration"], 0.0)
@@ -540,7 +606,8 @@ class UserLoader:
         self.fingerprint = dataset_fingerprint(dataset)
         self._only_digest = None if only_users is None else hashlib.sha256(only_users.tobytes()).hexdigest()[:16]
         self.workers = _default_workers() if workers is None else int(workers)
-        self._shards = _Shards(dataset, fill_missing, "UserLoader", cache)
+        self._shards = _Shards(dataset, fill_missing, cache)
+        self._arenas = _Arenas(keep=self.workers + max(0, prefetch) + 4)
         self._users = {k: self._shard_users(k) for k in self.shards}
         self._batches = 0
 
@@ -596,8 +663,7 @@ class UserLoader:
         k, user = task
         tl, _ = self._shards.get(k)
         cutoff = np.full(user.size, self.cutoff, dtype=np.int64)
-        timelines = [tl[kind].gather(*tl[kind].bounds(user, cutoff, self.max_events), False, self.pin_memory)
-                     for kind in _KINDS]
+        timelines = _gather(tl, user, cutoff, self.max_events, False, self.pin_memory, self._arenas)
         user_id, request_ts = torch.from_numpy(user), torch.from_numpy(cutoff + self.gap)
         if self.pin_memory:
             user_id, request_ts = user_id.pin_memory(), request_ts.pin_memory()
