@@ -425,3 +425,18 @@ def test_to_and_pin_memory_do_not_revalidate(data, monkeypatch):
     monkeypatch.setattr(TimelineBatch, "validate", lambda self: pytest.fail("re-validated a trusted batch"))
     moved = b.to("cpu")
     assert _timeline_equal(moved.implicit, b.implicit)
+
+
+def test_reused_memory_never_overwrites_a_held_batch(data):
+    ds, _ = data
+    ref = list(UserLoader(ds, 2, cutoff=2**40, cache=False, prefetch=0, pin_memory=False))
+    loader = UserLoader(ds, 2, cutoff=2**40, workers=2, prefetch=1, pin_memory=False)
+    held = {}
+    for i, b in enumerate(loader):
+        assert _timeline_equal(b.implicit, ref[i].implicit) and _timeline_equal(b.explicit, ref[i].explicit)
+        if i % 3 == 0:
+            held[i] = b  # kept while later batches are built; the others are dropped and their memory reused
+    for i, b in held.items():
+        assert _timeline_equal(b.implicit, ref[i].implicit) and _timeline_equal(b.explicit, ref[i].explicit), i
+    pool = loader._arenas
+    assert 1 <= len(pool.arenas) <= pool.keep < len(ref)
