@@ -3,13 +3,23 @@
 - :func:`export` — η over every user at a cut-off, int4 rows, parts written by one or many workers, one
   atomic publish with a manifest; resumable after a kill; incremental with ``since``
 - :func:`users_to_reexport` / :func:`boundary_offsets` — which users an incremental export recomputes
+
+Names resolve on first use, so that ``dv365 --help`` (which imports the command module) loads no torch.
 """
 
-from .exporter import (DEFAULT_PART_SIZE, FORMAT, ExportError, ExportResult, default_version_name, export,
-                       part_bounds, resolve_cutoff, worker_parts)
-from .incremental import boundary_offsets, users_to_reexport
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_PART_SIZE", "FORMAT", "ExportError", "ExportResult", "boundary_offsets", "default_version_name",
-    "export", "part_bounds", "resolve_cutoff", "users_to_reexport", "worker_parts",
-]
+import importlib
+
+_NAMES = {
+    "DEFAULT_PART_SIZE": "exporter", "FORMAT": "exporter", "ExportError": "exporter", "ExportResult": "exporter",
+    "default_version_name": "exporter", "export": "exporter", "part_bounds": "exporter", "resolve_cutoff": "exporter",
+    "worker_parts": "exporter", "boundary_offsets": "incremental", "users_to_reexport": "incremental",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'dv365.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
