@@ -368,26 +368,34 @@ def test_total_loss_is_the_mean_per_task_plus_weighted_mse():
 def test_short_training_run_lowers_the_loss(dataset, batches):
     torch.manual_seed(0)
     model = _model(dataset)
-    dense = torch.optim.Adam(model.dense_parameters(), lr=3e-3)
-    sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=3e-3)
+    dense = torch.optim.Adam(model.dense_parameters(), lr=5e-3)
+    sparse = torch.optim.Adagrad(model.sparse_parameters(), lr=0.05)
+    train = batches[:4]
 
-    def eval_loss() -> float:
+    def eval_loss() -> tuple[float, float]:
         model.eval()
         with torch.no_grad():
-            sums, counts = map(sum, zip(*(model.loss_terms(model(b), b) for b in batches)))
+            sums, counts = map(sum, zip(*(model.loss_terms(model(b), b) for b in train)))
         model.train()
-        return DV365Model.total_loss(sums, counts, model.config.watch_time_weight).item()
+        bce = DV365Model.total_loss(sums, counts, 0.0).item()
+        return bce, DV365Model.total_loss(sums, counts, 1.0).item() - bce
 
-    before = eval_loss()
-    for _ in range(6):
-        for b in batches:
-            dense.zero_grad()
-            sparse.zero_grad()
-            model.loss(model(b), b).backward()
-            dense.step()
-            sparse.step()
-    after = eval_loss()
-    assert after < 0.8 * before, (before, after)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: with other jobs on the cores, OpenMP waits dominate at 2 threads
+    try:
+        before = eval_loss()
+        for _ in range(5):
+            for b in train:
+                dense.zero_grad()
+                sparse.zero_grad()
+                model.loss(model(b), b).backward()
+                dense.step()
+                sparse.step()
+        after = eval_loss()
+    finally:
+        torch.set_num_threads(threads)
+    # both the nine BCE terms and the watch-time MSE fall
+    assert after[0] < 0.9 * before[0] and after[1] < 0.5 * before[1], (before, after)
 
 
 def test_bf16_autocast_keeps_outputs_and_losses_float32(dataset, batches):
