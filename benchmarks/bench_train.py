@@ -1,0 +1,204 @@
+"""One DV365 training step, stage by stage: where the time goes (paper 2.3: pooling + user tower + backbone).
+
+Stages, each timed alone with a device sync around it (medians over the timed steps):
+loader (one batch, no prefetch), host-to-device copy, pooling forward (the fused ``sliced_pool``), tower +
+backbone forward and loss, their backward, the pooling backward (sparse rows or dense table gradients), the
+dense optimizer and the sparse optimizer. A separate "step" row times the whole step without the syncs
+(the loader prefetching beside it), i.e. what training runs at.
+
+    python benchmarks/bench_train.py                         # CPU size: 8 users of ~4,000 events, D = 64
+    python benchmarks/bench_train.py --w40k                  # W40K: 32 users of 10k-70k events, D = 256, FSA (GPU)
+    python benchmarks/bench_train.py --w40k --compile --out r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import dv365_ops  # noqa: F401
+from dv365.data import Loader, SynthConfig, generate, open_dataset
+from dv365.train import TrainConfig
+from dv365.train.trainer import build_model, build_optimizers
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import environment  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                _sync(timer.device)
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                _sync(timer.device)
+                timer.times.setdefault(name, []).append(time.perf_counter() - self.t0)
+
+        return _Ctx()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--w40k", action="store_true", help="the W40K workload (32 users, 10k-70k events, D = 256, 1M/200K/10K ids)")
+    p.add_argument("--users", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--tower", default="FSA")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--dense-tables", action="store_true", help="dense table gradients instead of sparse rows")
+    p.add_argument("--compile", action="store_true", help="torch.compile the tower + backbone")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on CUDA)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", default=None, help="an existing dataset (default: generate one)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    w40k = args.w40k
+    users = args.users or (64 if w40k else 16)
+    batch = args.batch_size or (32 if w40k else 8)
+    dim = args.dim or (256 if w40k else 64)
+    bf16 = args.bf16 or device.type == "cuda"
+    if w40k:  # lengths uniform-ish in 10k-70k around a 40k mean, W40K's id vocabularies
+        synth = SynthConfig(mean_length=40_000, length_sigma=0.35, num_items=1_000_000, num_authors=200_000,
+                            num_topics=10_000, users_per_shard=64, examples_per_user=1)
+    else:
+        synth = SynthConfig(mean_length=4_000, num_items=100_000, num_authors=10_000, num_topics=1_000,
+                            users_per_shard=16, examples_per_user=1)
+    with tempfile.TemporaryDirectory(prefix="dv365-bench-train-") as tmp:
+        path = args.data or str(pathlib.Path(tmp) / "data")
+        t0 = time.perf_counter()
+        if args.data is None:
+            generate(users, seed=0, config=synth).write(path)
+        gen_s = time.perf_counter() - t0
+        ds = open_dataset(path)
+        cfg = TrainConfig.from_dict({
+            "device": str(device), "autocast": "bf16" if bf16 else "off",
+            "data": {"path": path, "batch_size": batch},
+            "model": {"dim": dim, "sparse": not args.dense_tables, "tower": {"name": args.tower}},
+        })
+        torch.manual_seed(0)
+        torch.sparse.check_sparse_tensor_invariants.disable()
+        from dv365.spec import load_default_spec
+
+        model = build_model(load_default_spec(), cfg.model, ds.vocab_sizes, device)
+        optimizers = build_optimizers(model, cfg)
+        if args.compile:
+            model.compile_head()
+        loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=0, drop_last=True)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(device.type, enabled=False)
+        timer = Timer(device)
+        events: list[int] = []
+
+        def batches():
+            while True:
+                yield from loader
+
+        it = batches()
+        a = cfg.model.watch_time_weight
+        for step in range(args.steps + 2):  # two warm-up steps (compile, allocator)
+            with timer("loader (1 batch, no prefetch)"):
+                b = next(it)
+            with timer("host-to-device copy"):
+                b = b.to(device, non_blocking=True)
+            ex = b.examples
+            with timer("pooling forward (sliced_pool)"), autocast:
+                pooled = model.pooling(b.explicit, b.implicit, ex.request_ts)
+            leaf = pooled.detach().requires_grad_()
+            with timer("tower + backbone forward, loss"), autocast:
+                lengths = torch.stack([b.explicit.offsets.diff(), b.implicit.offsets.diff()], dim=1)
+                head = model._compiled_head or model.head
+                logits, watch, emb = head(leaf, lengths, ex.user_id, ex.item_id, ex.author_id, ex.topic_id,
+                                          ex.media_type, ex.video_duration, ex.video_duration_mask)
+                from dv365.models import ModelOutput
+
+                loss = model.total_loss(*model.loss_terms(ModelOutput(logits, watch, emb), b), a)
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            with timer("tower + backbone backward"):
+                loss.backward()
+            with timer("pooling backward"):
+                pooled.backward(leaf.grad)
+            with timer("dense optimizer"):
+                optimizers["dense"].step()
+            if "sparse" in optimizers:
+                with timer("sparse optimizer (tables)"):
+                    optimizers["sparse"].step()
+            events.append((int(b.explicit.offsets[-1]) + int(b.implicit.offsets[-1])) / len(ex))
+            if step < 2:
+                timer.times.clear()
+                events.clear()
+
+        # the whole step as training runs it: no syncs between stages, the loader prefetching
+        loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=2, drop_last=True)
+        it = batches()
+        for b in [next(it) for _ in range(2)]:
+            _step(model, optimizers, b.to(device), autocast, a)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            _step(model, optimizers, next(it).to(device, non_blocking=True), autocast, a)
+        _sync(device)
+        step_s = (time.perf_counter() - t0) / args.steps
+
+    med = {k: statistics.median(v) for k, v in timer.times.items()}
+    compute = sum(v for k, v in med.items() if not k.startswith("loader"))
+    rows = [{"stage": k, "ms": v * 1e3, "share_of_step": v / compute if not k.startswith("loader") else None}
+            for k, v in med.items()]
+    info = {"environment": environment(), "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "workload": "W40K" if w40k else "cpu", "users_in_data": users, "batch": batch, "dim": dim,
+            "tower": args.tower, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": args.compile,
+            "mean_events_per_example": float(np.mean(events)), "generate_s": gen_s,
+            "params": sum(p.numel() for p in model.parameters()),
+            "table_params": sum(p.numel() for p in model.pooling.tables.values())}
+    result = {"info": info, "stages": rows, "sum_of_stages_ms": compute * 1e3, "step_ms": step_s * 1e3,
+              "examples_per_s": batch / step_s}
+    print(f"# training step, {info['workload']} ({batch} examples of {info['mean_events_per_example']:,.0f} events, "
+          f"D = {dim}, {args.tower}, {'sparse' if not args.dense_tables else 'dense'} tables, "
+          f"{'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}) on {info['gpu'] or 'CPU'}")
+    print(f"\n{info['environment']}\n")
+    print("| stage | ms | share of the step's compute |")
+    print("| --- | ---: | ---: |")
+    for r in rows:
+        share = f"{100 * r['share_of_step']:.0f} %" if r["share_of_step"] is not None else "(overlapped)"
+        print(f"| {r['stage']} | {r['ms']:.2f} | {share} |")
+    print(f"| **sum of the compute stages** | **{compute * 1e3:.2f}** | |")
+    print(f"| **whole step, no syncs, loader prefetching** | **{step_s * 1e3:.2f}** | "
+          f"{batch / step_s:,.0f} examples/s |")
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _step(model, optimizers, b, autocast, a) -> None:
+    with autocast:
+        out = model(b)
+    loss = model.total_loss(*model.loss_terms(out, b), a)
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers.values():
+        opt.step()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
