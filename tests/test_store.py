@@ -21,6 +21,7 @@ import torch
 
 import dv365_ops
 from dv365.store import PartInfo, StoreError, open_store
+from dv365.store.base import HEADER
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from store_helpers import SHAPE, RedisServer, records_for, write_version  # noqa: E402
@@ -214,7 +215,7 @@ def corrupt_record(url: str, store, version: str, user: int, byte: int = 100) ->
         r = store._r
         key = store._k("r", int(r.hget(store._k("published"), version) or r.hget(store._k("vid"), version)), user)
         v = bytearray(r.get(key))
-        v[8 + byte] ^= 0x5A
+        v[HEADER.size + byte] ^= 0x5A
         r.set(key, bytes(v))
         return
     import lmdb
@@ -228,7 +229,7 @@ def corrupt_record(url: str, store, version: str, user: int, byte: int = 100) ->
         db = env.open_db(b"records", txn=txn)
         key = record_keys(vid, np.array([user], dtype=np.int64))[0]
         v = bytearray(txn.get(key, db=db))
-        v[8 + byte] ^= 0x5A
+        v[HEADER.size + byte] ^= 0x5A
         txn.put(key, bytes(v), db=db)
     env.close()
 
@@ -332,7 +333,7 @@ def test_gc_keeps_last_and_current(store):
 
 # --- crashes and concurrency -----------------------------------------------------------------------------------
 def test_atomic_publish_under_sigkill(url, store):
-    users, parts = 1000, 4
+    users, parts = 600, 4
     ids = np.arange(users, dtype=np.int64) * 3 + 1  # the helper's users
     t0 = time.monotonic()
     write_version(store, "v1", ids, tag=1, parts=2)

@@ -49,6 +49,7 @@ from .base import (
     iso_age_seconds,
     now_iso,
     part_checksum,
+    record_part,
     select_parts,
     store_manifest,
     unknown_version,
@@ -285,19 +286,19 @@ class LMDBStore(EmbeddingStore):
             if old_ids is not None:  # a re-run of this part: its earlier records go first
                 for k in record_keys(vid, np.frombuffer(old_ids, dtype="<i8")):
                     txn.delete(k, db=records)
-            crcs = np.empty(len(ids), dtype="<u4")
+            sums = np.empty(len(ids), dtype="<u8")
             for s in range(0, len(ids), _CHUNK):
                 chunk = ids[s:s + _CHUNK]
-                values, crcs[s:s + len(chunk)] = encode_records(chunk, buf[s:s + _CHUNK], part)
+                values, sums[s:s + len(chunk)] = encode_records(chunk, buf[s:s + _CHUNK], part)
                 for uid, k, v in zip(chunk.tolist(), record_keys(vid, chunk), values):
                     prev = txn.get(k, db=records)
                     if prev is not None:
-                        owner = struct.unpack_from("<I", prev, 4)[0]
+                        owner = record_part(prev)
                         raise StoreError(f"{where}: user {uid} is already in part {owner} of this version")
                     txn.put(k, v, db=records)
                 if s == 0:
                     _crash_point("write_part:records")
-            result = PartInfo(part, len(ids), part_checksum(ids, crcs))
+            result = PartInfo(part, len(ids), part_checksum(ids, sums))
             txn.put(pkey, ids.astype("<i8", copy=False).tobytes(), db=self._db["pids"])
             txn.put(pkey, dumps({"count": result.count, "checksum": result.checksum}), db=self._db["parts"])
             info["updated"] = now_iso()
