@@ -1,6 +1,7 @@
 """dv365.models: the table-1 user towers, FSA against a plain-torch Algorithm 1, the DLRM backbone, DV365Model
 (forward, gradients, loss masking, a short training run, torch.compile of the head) and the config."""
 
+import dataclasses
 import math
 import types
 
@@ -459,13 +460,30 @@ def test_config_round_trips_through_yaml():
     ({"tower": {"nme": "FSA"}}, r"config key 'tower.nme' is unknown \(did you mean 'name'\?\)"),
     ({"backbone": {"top": [1]}}, r"config key 'backbone.top' is unknown \(did you mean 'top_mlp'\?\)"),
     ({"dims": 3}, r"config key 'dims' is unknown \(did you mean 'dim'\?\)"),
-    ({"tower": {"name": "FZA"}}, r"config key 'tower.name': unknown tower 'FZA' \(did you mean 'FSA'\?\)"),
-    ({"tower": {"args": {"blcks": 2}}}, r"config key 'tower.args.blcks': tower 'FSA' has no such argument "
+    ({"tower": {"name": "FZA"}}, r"^tower: TowerConfig.name: unknown tower 'FZA' \(did you mean 'FSA'\?\)"),
+    ({"tower": {"name": "fsa"}}, r"^tower: TowerConfig.name: unknown tower 'fsa' \(did you mean 'FSA'\?\)"),
+    ({"tower": {"args": {"blcks": 2}}}, r"^tower: TowerConfig.args.blcks: tower 'FSA' has no such argument "
                                         r"\(did you mean 'blocks'\?\)"),
     ({"backbone": {"top_mlp": 5}}, r"backbone.top_mlp: expected a list, got 5"),
-    ({"dim": 0}, r"config key 'dim': must be an integer >= 1, got 0"),
+    ({"backbone": {"user_buckets": -1}}, r"^backbone: BackboneConfig.user_buckets: must be >= 0 \(0 = no user-id"),
+    ({"dim": 0}, r"ModelConfig.dim: must be an integer >= 1, got 0"),
     ({"sparse": "yes"}, r"sparse: expected true or false, got 'yes'"),
 ])
 def test_config_errors_name_the_key(data, message):
-    with pytest.raises(ModelConfigError, match=message):
+    with pytest.raises(ValueError, match=message):
         ModelConfig.from_dict(data)
+
+
+def test_config_errors_nested_in_the_training_config_carry_the_full_path():
+    from dv365.configs import ConfigError, from_dict
+
+    @dataclasses.dataclass
+    class Outer:
+        model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+
+    with pytest.raises(ConfigError, match=r"^model.tower: TowerConfig.name: unknown tower 'FZA'"):
+        from_dict(Outer, {"model": {"tower": {"name": "FZA"}}})
+    with pytest.raises(ConfigError, match=r"^config key 'model.backbone.top' is unknown"):
+        from_dict(Outer, {"model": {"backbone": {"top": [3]}}})
+    with pytest.raises(ModelConfigError, match=r"^TowerConfig.args.blcks: tower 'FSA' has no such argument"):
+        TowerConfig("FSA", {"blcks": 2})

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping
 from typing import Any
 
+from ..configs import from_dict, to_dict
 from .registry import TOWERS, suggest, tower_arguments
 
 
 class ModelConfigError(ValueError):
-    """A model config key or value that does not fit the config's dataclasses.
-
-    ``key`` / ``detail``: the field of the dataclass that raised it and the bare message, so that
-    :meth:`ModelConfig.from_dict` can name the key by its dotted path.
-    """
-
-    def __init__(self, message: str, key: str | None = None, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.key, self.detail = key, detail or message
+    """A model config value that does not fit (unknown tower, tower argument, bad size); ``from_dict`` reports it
+    under the section's dotted path (``model.tower: TowerConfig.name: unknown tower 'FZA' (did you mean 'FSA'?)``)."""
 
 
 def _bad(obj: Any, key: str, detail: str) -> ModelConfigError:
-    return ModelConfigError(f"{type(obj).__name__}.{key}: {detail}", key=key, detail=detail)
+    return ModelConfigError(f"{type(obj).__name__}.{key}: {detail}")
 
 
 def _hint(key: str, known) -> str:
@@ -93,64 +86,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        """The config of plain data (as ``to_dict`` writes it); unknown keys are errors naming their dotted path."""
-        return _from_dict(cls, data, "")
+        """The config of plain data (as ``to_dict`` writes it); missing keys keep their defaults, an unknown key
+        is a :class:`~dv365.configs.ConfigError` naming its dotted path and the closest known key."""
+        return from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (dicts, lists, numbers, strings) for YAML."""
-        return _to_dict(self)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return value if isinstance(value, tp) else _from_dict(tp, value, where)
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
-            raise ModelConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ModelConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool and not isinstance(value, bool):
-        raise ModelConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ModelConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ModelConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str and not isinstance(value, str):
-        raise ModelConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ModelConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            raise ModelConfigError(f"config key {path!r} is unknown{_hint(str(key), fields)}")
-        kwargs[key] = _coerce(hints[key], value, path)
-    try:
-        return cls(**kwargs)
-    except ModelConfigError as e:
-        if e.key is None:
-            raise
-        path = f"{where}.{e.key}" if where else e.key
-        raise ModelConfigError(f"config key {path!r}: {e.detail}", key=path, detail=e.detail) from None
-
-
-def _to_dict(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_to_dict(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {k: _to_dict(v) for k, v in obj.items()}
-    return obj
+        return to_dict(self)
