@@ -40,6 +40,7 @@ def register(sub) -> None:
                    help="bf16 autocast of the tower (default: the training config's setting)")
     p.add_argument("--part-size", type=int, default=None, metavar="USERS",
                    help="users per part, the unit of resume and of the store's checksums (default 8192)")
+    p.add_argument("--workers", type=int, default=None, help="loader worker threads (default: the loader's)")
     p.add_argument("--progress-dir", default=None, help="where the resume files live (default ~/.cache/dv365/export)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -57,7 +58,7 @@ def _export(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, half_scale_bias=args.half_scale_bias, since=args.since,
                      part=args.part, parts=args.parts, publish_only=args.publish_only, keep=args.keep,
                      device=args.device, autocast=args.autocast, part_size=args.part_size or DEFAULT_PART_SIZE,
-                     progress_dir=args.progress_dir, progress=not args.quiet)
+                     progress_dir=args.progress_dir, progress=not args.quiet, workers=args.workers)
     except (ExportError, CheckpointError, DataError, StoreError) as e:
         msg = str(e)
         print(msg if msg.startswith("dv365") else f"dv365 export: {msg}", file=sys.stderr)

@@ -203,6 +203,7 @@ def export(
     progress_dir: str | os.PathLike | None = None,
     progress: bool = True,
     profile: bool = False,
+    workers: int | None = None,
 ) -> ExportResult:
     """Export every user of dataset ``data`` at ``cutoff`` with the user tower of ``checkpoint`` into ``store``
     (a URL / directory for :func:`dv365.store.open_store`, or an open store) as version ``version`` (default: a
@@ -214,7 +215,7 @@ def export(
     rank 0); ``publish_only``: verify and publish what the workers wrote. ``keep``: after publishing, keep only
     the newest ``keep`` published versions. ``autocast``: ``bf16``, ``off`` or ``auto`` (bf16 on CUDA; default:
     the training config's). ``progress_dir``: where the per-worker progress files live (default
-    ``~/.cache/dv365/export``). ``profile``: synchronize the device per stage for an exact time split."""
+    ``~/.cache/dv365/export``). ``profile``: synchronize the device per stage for an exact time split. ``workers``: the loader's threads."""
     t_start = time.perf_counter()
     from .. import faults
     from ..data import UserLoader, open_dataset
@@ -334,6 +335,7 @@ def export(
                 total = sum(_eta_ids(reexport, base_users, *bounds[k]).size for k in todo)
             bar = tqdm(total=total, desc=f"export {version}", unit="user", dynamic_ncols=True, smoothing=0.1)
 
+        t_loop = time.perf_counter()
         try:
             for run in _runs(todo):
                 lo, hi = bounds[run[0]][0], bounds[run[-1]][1]
@@ -342,7 +344,7 @@ def export(
                     only = np.concatenate([_eta_ids(reexport, base_users, *bounds[k]) for k in run])
                 loader = UserLoader(dataset, batch_size, cut, gap, users=(lo, hi), only_users=only,
                                     max_events=cfg.data.max_events, fill_missing=cfg.data.fill_missing,
-                                    pin_memory=dev.type == "cuda")
+                                    pin_memory=dev.type == "cuda", workers=workers)
                 pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in run}
                 queue = iter(run)
                 current = next(queue)
@@ -392,7 +394,7 @@ def export(
                 bar.close()
 
         seconds = time.perf_counter() - t_start
-        timings = dict(timer.seconds)
+        timings = dict(timer.seconds, loop=time.perf_counter() - t_loop)
         busy = timer.gpu_busy_seconds()
         if busy is not None:
             timings["gpu_busy"] = busy
