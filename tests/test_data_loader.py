@@ -316,13 +316,13 @@ def test_cache_build_layout_and_env(data, tmp_path, monkeypatch):
     arrays = sc.get(1)
     assert isinstance(arrays["implicit.ids"], np.memmap) and arrays["implicit.ids"].dtype == np.int32
     assert arrays["implicit.ts"].dtype == np.uint32 and arrays["implicit.offsets"].shape == (8,)
-    assert not any(p.name.startswith(".") for p in root.iterdir()), "no temporary directory is left behind"
+    assert not [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".")], "no temporary directory is left"
     monkeypatch.setenv("DV365_DATA_CACHE", "0")
     assert cache_dir(ds) is None and cache_dir(ds, True) == ds.path / ".dv365-cache"
     monkeypatch.setenv("DV365_DATA_CACHE", str(tmp_path / "env"))
     assert cache_dir(ds).parent == tmp_path / "env"
     list(UserLoader(ds, 8, cutoff=0))
-    assert [p.name for p in sorted(cache_dir(ds).iterdir())] == ["shard-00000", "shard-00001", "shard-00002"]
+    assert sorted(p.name for p in cache_dir(ds).iterdir() if p.is_dir()) == ["shard-00000", "shard-00001", "shard-00002"]
 
 
 def _fresh(tmp_path, name, seed=5, users=9):
@@ -377,13 +377,18 @@ def test_killed_build_leaves_nothing_and_concurrent_builders_agree(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         ShardCache(ds, root).get(0)
     monkeypatch.setattr(cache_module.np, "save", real_save)
-    assert list(root.iterdir()) == []
-    # two builders of one entry at once (separate objects: separate locks, like two ranks)
+    assert [p for p in root.iterdir() if p.is_dir()] == []
+    # builders of one entry at once (separate objects, like ranks: only the file lock orders them; flock excludes
+    # separate opens of the lock file in one process as between processes): one decodes, the others load its entry
+    decoded = []
+    real_decode = cache_module.decode_shard
+    monkeypatch.setattr(cache_module, "decode_shard", lambda d, k: decoded.append(k) or real_decode(d, k))
     caches = [ShardCache(ds, root) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda c: c.get(1)["implicit.ts"][:].copy(), caches))
-    assert all(np.array_equal(got[0], g) for g in got)
-    assert ShardCache(ds, root).load(1) is not None and sorted(p.name for p in root.iterdir()) == ["shard-00001"]
+    assert all(np.array_equal(got[0], g) for g in got) and decoded == [1]
+    assert ShardCache(ds, root).load(1) is not None
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["shard-00001"]
 
 
 def test_wide_types_fall_back_to_int64(tmp_path):
@@ -440,3 +445,4 @@ def test_reused_memory_never_overwrites_a_held_batch(data):
         assert _timeline_equal(b.implicit, ref[i].implicit) and _timeline_equal(b.explicit, ref[i].explicit), i
     pool = loader._arenas
     assert 1 <= len(pool.arenas) <= pool.keep < len(ref)
+

@@ -29,6 +29,7 @@ puts it under ``DIR``; otherwise ``<dataset>/.dv365-cache`` when the dataset dir
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -39,6 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent builders each build, and one rename wins
+    fcntl = None
 
 from ..timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT
 from .parquet import Dataset
@@ -170,13 +176,27 @@ class ShardCache:
             lock = self._locks.setdefault(k, threading.Lock())
         with lock:
             arrays = self.load(k)
-            if arrays is None:
-                try:
-                    arrays = self.build(k)
-                except OSError as e:
-                    raise DataError(f"data cache: cannot write {self.path(k)} ({e}); set {ENV}=DIR to put the "
-                                    f"cache elsewhere or {ENV}=0 to read Parquet directly") from None
-            return arrays
+            if arrays is not None:
+                return arrays
+            try:
+                with self._file_lock(k):  # other processes (ranks) wait for one build instead of repeating it
+                    arrays = self.load(k)
+                    return arrays if arrays is not None else self.build(k)
+            except OSError as e:
+                raise DataError(f"data cache: cannot build {self.path(k)} ({e}); set {ENV}=DIR to put the "
+                                f"cache elsewhere or {ENV}=0 to read Parquet directly") from None
+
+    @contextlib.contextmanager
+    def _file_lock(self, k: int):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".shard-{k:05d}.lock", "a") as f:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(f, fcntl.LOCK_UN)
 
     def status(self) -> dict[str, Any]:
         """``{"root", "valid": [shards], "stale_or_missing": [shards], "bytes"}`` without building anything."""
