@@ -20,7 +20,8 @@ A shard's entry is valid while its ``meta.json`` names the same SHA-256 for each
 dataset's manifest and every file has its recorded size; otherwise (new data written over the dataset, a
 truncated file) it is rebuilt from Parquet, whose checksum is verified on that read (a corrupted source file
 is a :class:`DataError`). Entries are built in a private directory and renamed into place, so a killed build
-leaves nothing half-written and concurrent builders (data-parallel ranks) never see each other's partial files.
+leaves nothing half-written and concurrent builders never see each other's partial files; a lock file per shard
+lets one process (data-parallel rank) build an entry while the others wait for it.
 
 Location (:func:`cache_dir`): ``DV365_DATA_CACHE=0`` (or ``off``) disables the cache; ``DV365_DATA_CACHE=DIR``
 puts it under ``DIR``; otherwise ``<dataset>/.dv365-cache`` when the dataset directory is writable, else
