@@ -256,7 +256,7 @@ def _ffn_dim(where: str, width: int, ffn_multiplier) -> int:
 
 
 class _Transformer(UserTower):
-    """Shared body of ``T-L_d`` / ``T-L_t``: ``layers`` :class:`EncoderLayer` s, then N_out tokens.
+    """Both vanilla transformer towers run ``layers`` :class:`EncoderLayer` s (eq. 11), then keep N_out tokens.
 
     Paper 3.4 says the vanilla transformer towers "take the last N_out output embeddings" while table 1 calls
     them "Transformer + LCE". We default to ``compress="lce"``: a :class:`LinearCompression` over all N outputs,
@@ -327,7 +327,7 @@ class TransformerDimWise(_Transformer):
     dimensions (model width D) — then N_out tokens (``compress``; see below). N_out = ``num_out`` (58).
     """
 
-    __doc__ = (__doc__ or "") + (_Transformer.__doc__ or "")
+    __doc__ = f"{__doc__}\n{_Transformer.__doc__}"
     name = "T-L_d"
     token_wise = False
 
@@ -337,7 +337,7 @@ class TransformerTokenWise(_Transformer):
     dimensions, features the N slice values (model width N) — then N_out tokens. N_out = ``num_out`` (58).
     """
 
-    __doc__ = (__doc__ or "") + (_Transformer.__doc__ or "")
+    __doc__ = f"{__doc__}\n{_Transformer.__doc__}"
     name = "T-L_t"
     token_wise = True
 
