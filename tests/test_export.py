@@ -284,3 +284,20 @@ def test_cli_errors_are_clear(env, tmp_path, capsys):
     assert "--cutoff must be seconds" in cli("--store", str(tmp_path / "s"), "--cutoff", "yesterday")
     export(env["model"], env["data"], str(tmp_path / "s"), version="v", **_opts(tmp_path))
     assert "--since 'v0' is not a published version" in cli("--store", str(tmp_path / "s"), "--since", "v0")
+
+
+def test_torchrun_ranks_write_their_parts_and_rank_0_publishes(env, tmp_path):
+    store, clean = str(tmp_path / "store"), str(tmp_path / "clean")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "dv365.cli", "export", env["model"], "--data", env["data"], "--store", store, "--version", "t",
+           "--part-size", "8", "--batch-size", "4", "--progress-dir", str(tmp_path / "progress"), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "published version t" in r.stdout and "wrote parts" in r.stdout  # rank 0 publishes, rank 1 only writes
+    assert _ask(store, "current") == "t"
+    export(env["model"], env["data"], clean, version="t", **_opts(tmp_path / "c"))
+    assert torch.equal(_records(store, "t", 37), _records(clean, "t", 37))

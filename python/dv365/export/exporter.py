@@ -244,6 +244,8 @@ def export(
         raise ExportError("dv365 export: --publish-only publishes what every worker wrote; leave out --part/--parts")
 
     dev = resolve_device(device)
+    if distributed is not None and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
     dataset = open_dataset(data)
     model, cfg, ckpt = load_model(checkpoint, dev)
     check_data_fits(ckpt, dataset, "dv365 export")
