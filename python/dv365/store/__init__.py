@@ -1,7 +1,8 @@
 """Versioned embedding store (paper 2.4-2.5; docs/store.md): exported user embeddings, int4 rows per user,
 written in parts, published atomically, served by user id.
 
-- :func:`open_store` — ``"path/to/dir"`` or ``"lmdb:///abs/path"`` (embedded LMDB), ``"redis://host:port/db?prefix=p"``
+- :func:`open_store` — ``"path/to/dir"`` or ``"lmdb:///abs/path"`` (embedded LMDB),
+  ``"redis://host:port/db?prefix=p"`` (Redis)
 - :class:`EmbeddingStore` — ``stage`` / ``publish`` / ``get`` / ``lookup`` / ``versions`` / ``gc`` / ``verify``
 """
 

@@ -239,7 +239,8 @@ def encode_records(ids: np.ndarray, buf: np.ndarray, part: int) -> tuple[list[by
 
 
 def part_checksum(ids: np.ndarray, sums: np.ndarray) -> int:
-    return xxh3_64_intdigest(ids.astype("<i8", copy=False).tobytes() + np.ascontiguousarray(sums, dtype="<u8").tobytes())
+    raw = ids.astype("<i8", copy=False).tobytes() + np.ascontiguousarray(sums, dtype="<u8").tobytes()
+    return xxh3_64_intdigest(raw)
 
 
 def check_part_records(part: int, info: dict, ids: np.ndarray, values: Sequence[Any], nbytes: int
@@ -430,8 +431,11 @@ class EmbeddingStore:
         packed = res.records.reshape(n, -1).view(torch.uint8).reshape(n * layout.num_tokens, layout.row_bytes)
         emb = dv365_ops.int4_dequantize(packed, half_scale_bias=layout.half_scale_bias)
         emb = emb.reshape(n, layout.num_tokens, layout.dim)
-        # Zero records dequantize to zeros already (scale = bias = 0); the mask states it rather than relying on it.
-        res.embeddings = emb * res.found.to(emb.device)[:, None, None]
+        # Zero records dequantize to zeros already (scale = bias = 0); zeroing the missing rows states it rather
+        # than relying on it, in place (a masked multiply would write the whole output again).
+        if not bool(res.found.all()):
+            emb[~res.found.to(emb.device)] = 0
+        res.embeddings = emb
         return res
 
     def _get_arrays(self, user_ids: Any, version: str | None) -> tuple[str | None, np.ndarray, np.ndarray, np.ndarray]:

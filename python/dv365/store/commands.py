@@ -33,7 +33,8 @@ def _ls(args: argparse.Namespace) -> int:
                       v.created[:19], (v.published or "-")[:19]))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
-        print("  ".join(c.rjust(w) if i in (3, 4, 5) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        cells = (c.rjust(w) if i in (3, 4, 5) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        print("  ".join(cells).rstrip())
     return 0
 
 
@@ -71,7 +72,8 @@ def _lookup(args: argparse.Namespace) -> int:
         elif args.raw:
             rec = res.records[i]
             raw = rec.reshape(-1).view(torch.uint8)[:count].tolist()
-            print(f"user {uid}: found, version {res.version}, record {list(rec.shape)} {str(rec.dtype).split('.')[-1]}, "
+            dtype = str(rec.dtype).split(".")[-1]
+            print(f"user {uid}: found, version {res.version}, record {list(rec.shape)} {dtype}, "
                   f"first bytes {bytes(raw).hex(' ')}")
         else:
             emb = res.embeddings[i]

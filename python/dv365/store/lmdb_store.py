@@ -30,7 +30,6 @@ import json
 import os
 import struct
 import threading
-from typing import Any
 
 import numpy as np
 

@@ -136,7 +136,8 @@ class RedisStore(EmbeddingStore):
                 self._r.setnx(self._k("format"), FORMAT)
                 fmt = self._r.get(self._k("format"))
             if fmt.decode() != FORMAT:
-                raise StoreError(f"open_store: {self.url} has store format {fmt.decode()!r}, this dv365 reads {FORMAT!r}")
+                raise StoreError(f"open_store: {self.url} has store format {fmt.decode()!r}, "
+                                 f"this dv365 reads {FORMAT!r}")
             self._resolve_script = self._r.register_script(_RESOLVE_LUA)
             self._stage_script = self._r.register_script(_STAGE_LUA)
 
@@ -326,7 +327,8 @@ class RedisStore(EmbeddingStore):
     def _layout(self, vid: int) -> RecordLayout:
         layout = self._layouts.get(vid)
         if layout is None:
-            layout = self._layouts[vid] = RecordLayout.from_json(json.loads(self._r.get(self._k("info", vid)))["layout"])
+            info = json.loads(self._r.get(self._k("info", vid)))
+            layout = self._layouts[vid] = RecordLayout.from_json(info["layout"])
         return layout
 
     def _read(self, ids: np.ndarray, version: str | None, decode) -> str | None:
