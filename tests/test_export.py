@@ -301,3 +301,13 @@ def test_torchrun_ranks_write_their_parts_and_rank_0_publishes(env, tmp_path):
     assert _ask(store, "current") == "t"
     export(env["model"], env["data"], clean, version="t", **_opts(tmp_path / "c"))
     assert torch.equal(_records(store, "t", 37), _records(clean, "t", 37))
+
+
+def test_reexport_set_is_the_same_from_the_cache_and_from_parquet(env, monkeypatch):
+    ds = open_dataset(env["data"])
+    spec = SliceSpec.from_dict(load_model(env["model"])[2]["spec"])
+    c1 = ds.manifest["time_range"]["max_ts"] + 1
+    cached = users_to_reexport(ds, spec, c1 - 2 * DAY, c1, 86_400)
+    monkeypatch.setenv("DV365_DATA_CACHE", "0")
+    parquet = users_to_reexport(ds, spec, c1 - 2 * DAY, c1, 86_400)
+    assert cached.size and np.array_equal(cached, parquet)

@@ -52,12 +52,33 @@ def users_to_reexport(dataset: Dataset, spec: SliceSpec, old_cutoff: int, new_cu
         from tqdm import tqdm
 
         shards = tqdm(shards, desc="changed users", unit="shard", dynamic_ncols=True)
+    cache = _cache(dataset)
     for k in shards:
         for kind in _KINDS:
-            cols = dataset.read_table(k, kind, ["user_id", "ts"])
-            ts = cols["ts"]
+            user, ts = _events(dataset, cache, k, kind)
             hit = np.zeros(ts.shape, dtype=bool)
             for o in offsets:
                 hit |= (ts >= old_cutoff + o) & (ts < new_cutoff + o)
-            found.append(np.unique(cols["user_id"][hit]))
+            found.append(np.unique(user[hit]))
     return np.unique(np.concatenate(found)).astype(np.int64)
+
+
+def _cache(dataset: Dataset):
+    """The loader's decoded columnar cache (built on first use, shared with the export's loader), or None."""
+    from ..data.cache import ShardCache, cache_dir
+
+    root = cache_dir(dataset)
+    return ShardCache(dataset, root) if root is not None else None
+
+
+def _events(dataset: Dataset, cache, k: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every event's user id and time (int64) of shard ``k``'s ``kind`` timeline."""
+    if cache is not None:
+        arrays = cache.get(k)
+        offsets = np.asarray(arrays[f"{kind}.offsets"])
+        first, _ = dataset.shard_users(k)
+        user = np.repeat(np.arange(first, first + offsets.size - 1, dtype=np.int64), np.diff(offsets))
+        ts = np.asarray(arrays[f"{kind}.ts"]).astype(np.int64) + int(arrays[f"{kind}.ts_base"][0])
+        return user, ts
+    cols = dataset.read_table(k, kind, ["user_id", "ts"])
+    return cols["user_id"], cols["ts"]
