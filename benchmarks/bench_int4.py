@@ -1,4 +1,4 @@
-"""int4 rowwise quantize / dequantize against plain torch and fbgemm (DESIGN.md 1.6: 58 rows of 136 bytes per user).
+"""int4 rowwise quantize / dequantize against plain torch and fbgemm (docs/design.md#int4-rows: 58 rows of 136 bytes per user).
 
 Peers, on the same rows:
 - ``reference``: ``dv365_ops.reference.int4_quantize`` / ``int4_dequantize`` (plain torch, written for clarity).

@@ -1,4 +1,4 @@
-"""Jagged weighted mean pooling (DESIGN §2) against ``F.embedding_bag`` on the same inputs.
+"""Jagged weighted mean pooling (docs/design.md#ops-contract) against ``F.embedding_bag`` on the same inputs.
 
 Peers: ``embedding_bag(mode="sum", per_sample_weights=w)`` divided by the per-bag weight sum (weighted), and
 ``embedding_bag(mode="mean")`` (unweighted); backward through autograd, dense and ``sparse=True``.

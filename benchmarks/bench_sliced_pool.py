@@ -1,4 +1,4 @@
-"""Fused ``sliced_pool`` against the plain-torch ways to slice and pool (DESIGN.md §3, W40K-cpu).
+"""Fused ``sliced_pool`` against the plain-torch ways to slice and pool (docs/design.md#w40k-workload, W40K-cpu).
 
 Every provider gets the same W40K inputs (``dv365_ops.testing.w40k_workload``) and evaluates the slice
 predicates inside its timed region:
@@ -241,7 +241,7 @@ def header(batch: int, dim: int) -> str:
     except OSError:
         commit = "?"
     return (
-        f"W40K-cpu (DESIGN.md §3): B={batch}, D={dim}, fp32, 3 tables (1M / 200K / 10K rows), S=200 slices; "
+        f"W40K-cpu (docs/design.md#w40k-workload): B={batch}, D={dim}, fp32, 3 tables (1M / 200K / 10K rows), S=200 slices; "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} {platform.processor() or ''}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, commit {commit}"
     )

@@ -1,4 +1,4 @@
-"""int4 rowwise codes for exported user embeddings (paper 2.3.2 / A.2; DESIGN.md section 1.6).
+"""int4 rowwise codes for exported user embeddings (paper 2.3.2 / A.2; docs/design.md#int4-rows).
 
 Each row of ``x [R, D]`` (D even) becomes D/2 code bytes (column 2j in the low nibble of byte j, 2j+1 in
 the high nibble) followed by its scale and bias: fp32 by default (``D/2 + 8`` bytes, 136 for D = 256, i.e.

@@ -1,4 +1,4 @@
-"""Jagged weighted mean pooling: ``out[m] = Σ_i w_i · table[ids_i] / Σ_i w_i`` over each bag (DESIGN §2).
+"""Jagged weighted mean pooling: ``out[m] = Σ_i w_i · table[ids_i] / Σ_i w_i`` over each bag (docs/design.md#ops-contract).
 
 This is the pooling of the paper's §2 slices (each slice of a user's history pools to one embedding); the
 semantics are :func:`dv365_ops.reference.jagged_mean_pool`. The ops are ``dv365::jagged_mean_pool`` and its

@@ -1,4 +1,4 @@
-"""Multi-slicing (paper eq. 2-6, DESIGN.md §1.2): ``slice_timeline`` and the fused ``sliced_pool``.
+"""Multi-slicing (paper eq. 2-6, docs/design.md#slices): ``slice_timeline`` and the fused ``sliced_pool``.
 
 A slice program (layout in :mod:`dv365_ops.program`) declares ~200 slices of a timeline; the reference
 semantics live in :mod:`dv365_ops.reference` (``slice_membership``, ``slice_timeline``, ``sliced_pool``).

@@ -1,4 +1,4 @@
-"""Random valid timelines and slice programs for tests and benchmarks, and the W40K workload (DESIGN.md §3).
+"""Random valid timelines and slice programs for tests and benchmarks, and the W40K workload (docs/design.md#w40k-workload).
 
 Every builder returns tensors laid out as the slicing ops take them (``dv365_ops.program`` documents the
 program; ``python/dv365/timeline.py`` the timeline): ``offsets [B+1]``, ``ts [N]`` ascending per user,
@@ -112,7 +112,7 @@ def random_program(
 
 
 def w40k_program(table_rows: tuple[int, ...] = W40K_TABLE_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 200 W40K slices (DESIGN.md §3), 4 windows each: action (7) on media ids, dwell buckets (8) on
+    """The 200 W40K slices (docs/design.md#w40k-workload), 4 windows each: action (7) on media ids, dwell buckets (8) on
     media ids, watch-ratio buckets (4 at beta = 1, 4 at beta = 0.5) on author ids, debiased-score weighted (5)
     on author ids, media type x action (21) on topic ids, and "all" on media ids."""
     rows_i: list[list[int]] = []
@@ -156,7 +156,7 @@ def w40k_workload(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> dict:
-    """The W40K benchmark workload (DESIGN.md §3) as the keyword arguments of ``sliced_pool``: ``batch``
+    """The W40K benchmark workload (docs/design.md#w40k-workload) as the keyword arguments of ``sliced_pool``: ``batch``
     users with histories uniform in [10 000, 70 000] events over a year, ids uniform over tables of
     1 000 000 / 200 000 / 10 000 rows of ``dim`` columns, and the 200-slice :func:`w40k_program`."""
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Token-axis strided mean pooling between funnel blocks (paper 2.3.2; DESIGN.md section 2).
+"""Token-axis strided mean pooling between funnel blocks (paper 2.3.2; docs/design.md#ops-contract).
 
 ``token_pool(x, stride)`` maps ``x [..., N]`` to ``[..., ceil(N / stride)]``: each output is the mean of a
 window of ``stride`` tokens along the last axis, the last window averaging what it has

@@ -1,4 +1,4 @@
-"""Parquet storage and loader of UniTi datasets (dv365.data; DESIGN.md 1.1)."""
+"""Parquet storage and loader of UniTi datasets (dv365.data; docs/design.md#uniti-timelines)."""
 
 import json
 

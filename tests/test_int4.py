@@ -1,5 +1,5 @@
 """int4_quantize / int4_dequantize: byte-identical to dv365_ops.reference (and, for the half variant, to
-fbgemm's FloatToFusedNBitRowwiseQuantizedSBHalf); DESIGN.md 1.6."""
+fbgemm's FloatToFusedNBitRowwiseQuantizedSBHalf); docs/design.md#int4-rows."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""MultiSlicePooling and sliced_kjt (paper eq. 2-6, mean / weighted mean pooling; DESIGN.md 1.2) against a
+"""MultiSlicePooling and sliced_kjt (paper eq. 2-6, mean / weighted mean pooling; docs/design.md#slices) against a
 naive per-slice pooling built from the per-event oracle, and against TorchRec's EmbeddingBagCollection."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """SliceSpec: validation, YAML round trip and family syntax, the compiler against a naive oracle, the
-default spec, and the ``dv365 spec`` commands (paper section 2.2; DESIGN.md 1.2)."""
+default spec, and the ``dv365 spec`` commands (paper section 2.2; docs/design.md#slices)."""
 
 from __future__ import annotations
 

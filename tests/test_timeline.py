@@ -1,4 +1,4 @@
-"""TimelineBatch: the layout contract (DESIGN.md 1.1), cut(), and the KeyedJaggedTensor round trip."""
+"""TimelineBatch: the layout contract (docs/design.md#uniti-timelines), cut(), and the KeyedJaggedTensor round trip."""
 
 from __future__ import annotations
 

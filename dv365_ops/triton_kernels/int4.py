@@ -1,4 +1,4 @@
-"""Triton kernels for int4 rowwise codes (DESIGN §1.6): ``dv365::int4_quantize_triton`` and
+"""Triton kernels for int4 rowwise codes (docs/design.md#int4-rows): ``dv365::int4_quantize_triton`` and
 ``dv365::int4_dequantize_triton``, byte-identical to :func:`dv365_ops.reference.int4_quantize`.
 
 Row layout: D/2 code bytes (column 2j in the low nibble of byte j, 2j+1 in the high nibble), then scale and

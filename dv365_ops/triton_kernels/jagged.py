@@ -1,4 +1,4 @@
-"""Triton kernels for jagged weighted mean pooling (DESIGN §2): ``dv365::jagged_mean_pool_triton`` and its
+"""Triton kernels for jagged weighted mean pooling (docs/design.md#ops-contract): ``dv365::jagged_mean_pool_triton`` and its
 two backward ops, same schemas and semantics as the native ops (:func:`dv365_ops.reference.jagged_mean_pool`).
 
 Forward, bag ``m = [offsets[m], offsets[m+1])``::

@@ -1,4 +1,4 @@
-"""Triton kernels for the fused sliced pooling (DESIGN §1.2, §2, paper eq. 2–6): ``dv365::sliced_pool_triton``
+"""Triton kernels for the fused sliced pooling (docs/design.md#slices and #ops-contract, paper eq. 2–6): ``dv365::sliced_pool_triton``
 and its backward ops ``sliced_pool_backward_triton`` (dense table grads) and
 ``sliced_pool_backward_rows_triton`` (per-event rows), same schemas and semantics as the native ops
 (:func:`dv365_ops.reference.sliced_pool`, program layout in :mod:`dv365_ops.program`).

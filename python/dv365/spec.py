@@ -1,4 +1,4 @@
-"""Declarative multi-slicing (paper section 2.2, eq. 2-6; DESIGN.md 1.2).
+"""Declarative multi-slicing (paper section 2.2, eq. 2-6; docs/design.md#slices).
 
 A :class:`SliceSpec` lists the ≈200 sliced features of a DV365 model: each :class:`Slice` names a timeline,
 the id field it pools, the embedding :class:`Table` it pools from, and ANDed filters (action / media type /
@@ -224,7 +224,7 @@ class CompiledProgram:
 
 @dataclasses.dataclass(frozen=True)
 class SliceSpec:
-    """An ordered list of slices, the tables they pool from, and the embedding dim (DESIGN.md 1.2)."""
+    """An ordered list of slices, the tables they pool from, and the embedding dim (docs/design.md#slices)."""
 
     slices: tuple[Slice, ...]
     tables: tuple[Table, ...]

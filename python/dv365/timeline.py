@@ -1,4 +1,4 @@
-"""UniTi timeline batches (paper section 2.1; DESIGN.md 1.1).
+"""UniTi timeline batches (paper section 2.1; docs/design.md#uniti-timelines).
 
 A batch of B users' explicit or implicit timelines, struct-of-arrays and jagged by ``offsets``:
 

@@ -1,4 +1,4 @@
-"""On-disk schema of a UniTi dataset (DESIGN.md 1.1): one Arrow schema per table, checked on every read.
+"""On-disk schema of a UniTi dataset (docs/design.md#uniti-timelines): one Arrow schema per table, checked on every read.
 
 Tables (all sharded by user, rows sorted by ``user_id`` then ``ts`` / ``request_ts``):
 
@@ -19,7 +19,8 @@ from ..timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT, 
 
 SCHEMA_VERSION = 1
 
-# The 9 binary tasks of the backbone, in label-column order (DESIGN.md 1.4); watch_time is the regression task.
+# The 9 binary tasks of the backbone, in label-column order (docs/design.md#user-towers-and-backbone);
+# watch_time is the regression task.
 TASKS = ("video_complete", "skip", "reshare", "profile_visit", "external_share", "follow", "liked", "save", "comment")
 LABEL_COLUMNS = tuple(f"label_{t}" for t in TASKS)
 

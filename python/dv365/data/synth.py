@@ -1,4 +1,4 @@
-"""Synthetic UniTi histories with a long-history signal (``dv365 synth``; DESIGN.md 1.1).
+"""Synthetic UniTi histories with a long-history signal (``dv365 synth``; docs/design.md#uniti-timelines).
 
 Generative model (all draws vectorized with numpy, deterministic by ``seed``):
 
