@@ -311,3 +311,33 @@ def test_reexport_set_is_the_same_from_the_cache_and_from_parquet(env, monkeypat
     monkeypatch.setenv("DV365_DATA_CACHE", "0")
     parquet = users_to_reexport(ds, spec, c1 - 2 * DAY, c1, 86_400)
     assert cached.size and np.array_equal(cached, parquet)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    import shutil
+
+    from store_helpers import RedisServer
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(str(tmp_path))
+    try:
+        yield server.url("dv365test")
+    finally:
+        server.stop()
+
+
+def test_full_and_incremental_export_into_redis(env, tmp_path, redis_url):
+    ds = open_dataset(env["data"])
+    c1 = ds.manifest["time_range"]["max_ts"] + 1
+    export(env["model"], env["data"], redis_url, cutoff=c1 - 2 * DAY, version="c0", **_opts(tmp_path))
+    inc = export(env["model"], env["data"], redis_url, cutoff=c1, version="inc", since="c0", **_opts(tmp_path))
+    export(env["model"], env["data"], redis_url, cutoff=c1, version="full", keep=2, **_opts(tmp_path))
+    assert inc.carried > 0
+    with open_store(redis_url) as st:
+        assert [v.name for v in st.versions()] == ["inc", "full"] and st.current() == "full"
+        got = {v: st.get(torch.arange(37), version=v).records for v in ("inc", "full")}
+    assert torch.equal(got["inc"], got["full"]) and torch.equal(got["full"], _expected(env, c1))

@@ -209,3 +209,17 @@ def test_stability_numbers_on_a_hand_built_store(tmp_path):
     s = summarize(sims)
     assert s["users"] == 5 and sum(s["histogram"]["counts"]) == 5 and s["histogram"]["counts"][0] == 1
     assert s["min"] == pytest.approx(-1.0, abs=1e-6) and s["quantiles"]["p50"] == pytest.approx(np.median(ref))
+
+
+def test_cli(env, tmp_path, capsys):
+    from dv365.cli import main
+
+    args = ["refresh", env["config"], "--store", str(tmp_path / "store"), "--state", str(tmp_path / "state"), "--quiet"]
+    assert main([*args, "--data", env["d1"]]) == 0
+    out = capsys.readouterr().out
+    assert "cycle 1: published version cycle-0001" in out and str(tmp_path / "state" / "cycle-0001" / "stability.json") in out
+    assert main([*args, "--data", env["d1"]]) == 0
+    assert "is already done (version cycle-0001)" in capsys.readouterr().out
+    assert main([*args, "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dv365 refresh: ") and "is not a dataset" in err
