@@ -166,6 +166,10 @@ def test_workers_then_publish_only(env, tmp_path):
         export(env["model"], env["data"], store, publish_only=True, **opts)
     b = export(env["model"], env["data"], store, part=1, parts=2, **opts)
     assert b.parts_written == [2, 3, 4]
+    with pytest.raises(StoreError, match="not in the parts to publish"):  # the workers used 5 parts of 8 users
+        export(env["model"], env["data"], store, publish_only=True, **dict(opts, part_size=10))
+    with pytest.raises(ExportError, match="'nope' is not staged"):
+        export(env["model"], env["data"], store, publish_only=True, **dict(opts, version="nope"))
     done = export(env["model"], env["data"], store, publish_only=True, **opts)
     assert done.published and _ask(store, "current") == "w"
     export(env["model"], env["data"], clean, version="w", **_opts(tmp_path / "c"))

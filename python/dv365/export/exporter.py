@@ -308,6 +308,7 @@ def export(
                                              progress=progress)
 
         if publish_only:
+            _check_staged(st, version, dataset.num_users, len(bounds))
             _publish(st, version, manifest, len(bounds), keep)
             return ExportResult(version, True, False, 0, 0, [], list(range(len(bounds))), time.perf_counter() - t_start,
                                 st.manifest(version), {})
@@ -484,6 +485,19 @@ def _check_base(base: dict[str, Any], since: str, manifest: dict[str, Any], ckpt
     if manifest["users"] < base["users"]:
         raise ExportError(f"{where} has {base['users']} users, the data only {manifest['users']}: the new snapshot "
                           "must extend the old one; run a full export")
+
+
+def _check_staged(st, version: str, users: int, num_parts: int) -> None:
+    """Before a ``--publish-only``: the staged parts must be this export's (its user count and part count)."""
+    staged = {v.name: v for v in st.versions() if v.state == "staged"}
+    info = staged.get(version)
+    if info is None:
+        raise ExportError(f"dv365 export: --publish-only: version {version!r} is not staged in {st.url} (run the "
+                          "workers first, with the same --version)")
+    if info.parts == num_parts and info.users != users:
+        raise ExportError(f"dv365 export: --publish-only: the {info.parts} staged parts of {version!r} hold "
+                          f"{info.users} users, this export's data has {users}: were the workers given other "
+                          "--data or --part-size?")
 
 
 def _publish(st, version: str, manifest: dict[str, Any], num_parts: int, keep: int | None) -> dict[str, Any]:
