@@ -69,8 +69,9 @@ class Run:
         return self.events / max(self.cpu_s, 1e-9)
 
     def row(self) -> str:
-        unit = "examples" if self.path == "train" else "users"
-        return (f"| {self.path} | {self.variant} | {self.workers} | {self.items_per_s:,.0f} {unit} | "
+        unit = {"train": "examples", "export": "users", "build": "users"}.get(self.path)
+        rate = f"{self.items_per_s:,.0f} {unit}" if unit else "-"
+        return (f"| {self.path} | {self.variant} | {self.workers} | {rate} | "
                 f"{self.events_per_s / 1e6:,.1f} | {self.cpu_s / self.wall_s:.2f} | {self.events_per_cpu_s / 1e6:,.1f} |")
 
 
@@ -104,6 +105,31 @@ def _measure(path: str, variant: str, workers: int, make_loader, seconds: float,
             break
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     return Run(path, variant, workers, items, events, wall, cpu)
+
+
+def _memcpy_floor(threads: int, seconds: float) -> Run:
+    """The copy ceiling: ``threads`` threads each copying 64 MiB between reused buffers, counted as events at the
+    40 bytes a batch holds per event (the loader reads ~24 and writes ~40 per event: it cannot beat this)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = 8 << 20
+    bufs = [(np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)) for _ in range(threads)]
+
+    def work(i: int) -> int:
+        src, dst = bufs[i]
+        copies, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            dst[:] = src
+            copies += 1
+        return copies
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(threads)))  # fault the pages in
+        w0, c0 = time.perf_counter(), time.process_time()
+        copies = sum(pool.map(work, range(threads)))
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    events = copies * n * 8 // 40
+    return Run("floor", "memcpy 40 B per event, reused buffers (ceiling)", threads, 0, events, wall, cpu)
 
 
 def _same(a, b) -> bool:
@@ -208,15 +234,17 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(_measure("export", "cache, pinned + H2D copy", w, lambda: export(w, True), args.seconds, device))
             print(*(r.row() for r in runs[-4:]), sep="\n", flush=True)
 
+    for w in sorted({1, max(workers)}):
+        runs.append(_memcpy_floor(w, min(args.seconds, 3.0)))
+        print(runs[-1].row(), flush=True)
+
     header = ["| path | variant | workers | per s (wall) | M events/s | CPU s / wall s | M events / CPU s |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     title = (f"Loader throughput, {ds.num_users} users, {events_total:,} events (mean {events_total / ds.num_users:,.0f} "
              f"per user), {ds.num_shards} shards; B = {B} (train), {EB} (export); {info['machine']}, {cores} cores, "
              f"torch {info['torch']}, numpy {info['numpy']}, pyarrow {info['pyarrow']}, commit {info['commit']}, "
              f"{info['date']}{', ' + info['cuda'] if info['cuda'] else ''}")
-    table = "\n".join([title, "", *header, *(r.row() for r in runs),
-                       f"| build | {build.variant} | {build.workers} | {build.items_per_s:,.0f} users | "
-                       f"{build.events_per_s / 1e6:,.1f} | {build.cpu_s / build.wall_s:.2f} | {build.events_per_cpu_s / 1e6:,.1f} |",
+    table = "\n".join([title, "", *header, *(r.row() for r in runs), build.row(),
                        "", f"Cache: {cache_bytes / events_total:.1f} bytes per event on disk ({cache_bytes / 2**30:.2f} GiB)."])
     print("\n" + table)
     out = {"info": info, "users": ds.num_users, "events": events_total, "shards": ds.num_shards, "batch_size": B,
