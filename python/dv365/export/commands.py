@@ -12,11 +12,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "export",
         help="export every user's embedding (user tower + int4) to a versioned store and publish it",
-        description="Run the user tower of CHECKPOINT over every user of --data at --cutoff (histories ts < cutoff, "
-        "request_ts = cutoff + the training gap), quantize each row to int4 and publish the result as one version of "
-        "--store. A killed export resumes where it stopped when rerun with the same arguments. Workers: --part K "
-        "--parts P on each, then --publish-only once (or torchrun, which publishes from rank 0).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run the user tower of CHECKPOINT over every user of --data at --cutoff (histories ts < cutoff,\n"
+        "request_ts = cutoff + the training gap), quantize each row to int4 and publish the result as one\n"
+        "version of --store. A killed export resumes where it stopped when rerun with the same arguments.\n"
+        "Workers: --part K --parts P on each, then --publish-only once (or torchrun: rank 0 publishes).\n"
+        "See docs/export.md.",
     )
     p.add_argument("checkpoint", help="checkpoint file or training run folder (its newest checkpoint)")
     p.add_argument("--data", required=True, help="dataset folder (dv365 synth / ingest)")

@@ -12,11 +12,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "refresh",
         help="one cycle of the recurring job: warm-started training on new data, export, publish, stability report",
-        description="Run (or finish) one refresh cycle on NEW_DATA: train from the previous cycle's model (cold the "
-        "first time), export every user, publish the version, and report the per-user cosine similarity to the "
-        "previous version (JSON + PNG) and the NE on the config's data.eval_path. Each stage is recorded when done; "
-        "rerunning after a failure resumes, rerunning a finished cycle does nothing.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run (or finish) one refresh cycle on --data: train from the previous cycle's model (cold the\n"
+        "first time), export every user, publish the version, and report the per-user cosine similarity to\n"
+        "the previous version (JSON + PNG) and the NE on the config's data.eval_path. Each stage is recorded\n"
+        "when done: a rerun after a failure resumes, a rerun of a finished cycle does nothing.\n"
+        "See docs/export.md.",
     )
     p.add_argument("config", nargs="?", default=None, help="training config YAML (as dv365 train)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, values in YAML syntax")
