@@ -518,11 +518,11 @@ def test_cli_user_errors(tmp_path, capsys):
 
     assert main(["store", "ls", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert "dv365 store ls: open_store:" in err and "does not exist" in err and "Traceback" not in err
+    assert "dv365 store ls: error: open_store:" in err and "does not exist" in err and "Traceback" not in err
     s = open_store(str(tmp_path / "s"), create=True)
     write_version(s, "v1", np.arange(3), tag=1, parts=1)
     s.close()
     assert main(["lookup", "1", "--store", str(tmp_path / "s"), "--version", "v7"]) == 2
-    assert "dv365 lookup: version 'v7' is not a published version" in capsys.readouterr().err
+    assert "dv365 lookup: error: version 'v7' is not a published version" in capsys.readouterr().err
     assert main(["store", "gc", str(tmp_path / "s"), "--keep", "-1"]) == 2
     assert "keep_last must be an int >= 0, got -1" in capsys.readouterr().err

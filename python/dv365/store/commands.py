@@ -90,7 +90,7 @@ def _guard(name: str, fn):
         try:
             return fn(args)
         except StoreError as e:
-            print(f"dv365 {name}: {e}", file=sys.stderr)
+            print(f"dv365 {name}: error: {e}", file=sys.stderr)
             return 2
 
     return run
