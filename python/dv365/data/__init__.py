@@ -1,7 +1,9 @@
 """UniTi data: Parquet storage, loader, synthetic generator, ingestion (docs/data.md; docs/design.md#uniti).
 
 - :func:`write_dataset` / :func:`open_dataset` — sharded Parquet with a manifest (``dv365.data.parquet``)
-- :class:`Loader` — ``Batch(explicit, implicit, examples)``, histories cut ``gap`` before each request
+- :class:`Loader` — ``Batch(explicit, implicit, examples)``, histories cut ``gap`` before each request; resumable,
+  rank-sharded; :class:`UserLoader` — one row per user at an export cut-off (``dv365.data.loader``), both reading
+  the shards' columnar cache (``dv365.data.cache``)
 - :func:`generate` — synthetic users with a long-history signal (``dv365.data.synth``)
 - :func:`ingest` — CSV / Parquet interaction logs to a dataset (``dv365.data.ingest``)
 
