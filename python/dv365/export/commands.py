@@ -78,8 +78,9 @@ def _export(args: argparse.Namespace) -> int:
         done = (f"published version {res.version}" if res.published
                 else f"wrote parts {_ranges(res.parts_written)} of version {res.version} (publish with --publish-only)")
         skipped = f", {len(res.parts_skipped)} parts already done" if res.parts_skipped else ""
+        loop = res.timings.get("loop", res.seconds)
         print(f"{done}: {res.exported:,} users exported, {res.carried:,} carried over{skipped}, "
-              f"{res.seconds:.1f} s ({res.users_per_s:,.0f} users/s)")
+              f"{res.seconds:.1f} s ({(res.exported + res.carried) / max(loop, 1e-9):,.0f} users/s after loading)")
     return 0
 
 

@@ -394,6 +394,7 @@ def export(
                     flush(k)
         finally:
             if bar is not None:
+                bar.set_postfix(parts=f"{len(written)}/{len(todo)}", refresh=False)
                 bar.close()
 
         seconds = time.perf_counter() - t_start
