@@ -176,7 +176,7 @@ def test_workers_then_publish_only(env, tmp_path):
     assert torch.equal(_records(store, "w", 37), _records(clean, "w", 37))
 
 
-def test_a_full_disk_leaves_the_previous_version_served(env, tmp_path, monkeypatch):
+def test_a_full_disk_leaves_the_previous_version_served(env, tmp_path, monkeypatch, capsys):
     from dv365.store.base import StagedVersion
 
     store = str(tmp_path / "store")
@@ -195,6 +195,13 @@ def test_a_full_disk_leaves_the_previous_version_served(env, tmp_path, monkeypat
     with pytest.raises(OSError) as e:
         export(env["model2"], env["data"], store, version="new", **_opts(tmp_path))
     assert e.value.errno == errno.ENOSPC
+    from dv365.cli import main
+
+    calls["n"] = 2  # the CLI's next write_part fails too, on another version
+    assert main(["export", env["model2"], "--data", env["data"], "--store", store, "--version", "new2", "--quiet",
+                 "--progress-dir", str(tmp_path / "progress")]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "current version is unchanged" in err and "Traceback" not in err
     assert _ask(store, "current") == "old" and torch.equal(_records(store, "old", 37), before)
     monkeypatch.setattr(StagedVersion, "write_part", real)
     res = export(env["model2"], env["data"], store, version="new", **_opts(tmp_path))
@@ -345,3 +352,20 @@ def test_full_and_incremental_export_into_redis(env, tmp_path, redis_url):
         assert [v.name for v in st.versions()] == ["inc", "full"] and st.current() == "full"
         got = {v: st.get(torch.arange(37), version=v).records for v in ("inc", "full")}
     assert torch.equal(got["inc"], got["full"]) and torch.equal(got["full"], _expected(env, c1))
+
+
+def test_incremental_onto_a_grown_snapshot(env, tmp_path):
+    """The base was exported from an older snapshot with fewer users: the new users are computed, not carried."""
+    from dv365.data import write_dataset
+
+    ds = open_dataset(env["data"])
+    old = tmp_path / "old-data"
+    write_dataset(old, [ds.read_shard(k) for k in range(3)])  # users 0..23 of the 37
+    store = str(tmp_path / "store")
+    c1 = ds.manifest["time_range"]["max_ts"] + 1
+    export(env["model"], str(old), store, cutoff=c1 - DAY, version="old", **_opts(tmp_path))
+    inc = export(env["model"], env["data"], store, cutoff=c1, version="inc", since="old", **_opts(tmp_path))
+    assert inc.carried > 0 and inc.exported >= 37 - 24
+    assert torch.equal(_records(store, "inc", 37), _expected(env, c1))
+    with pytest.raises(ExportError, match="has 37 users, the data only 24"):
+        export(env["model"], str(old), store, cutoff=c1, version="back", since="inc", **_opts(tmp_path))
