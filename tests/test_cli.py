@@ -109,19 +109,6 @@ def test_flag_names():
                                   "3 users; --like-threshold is required; my_max_bad_fraction stays")
 
 
-def test_demo_prints_a_path_that_exists(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the default output folder goes under tmp_path
-    code, out, _ = _run(capsys, "demo", "--users", "3", "--mean-length", "300", "--dim", "8", "--batch-size", "2")
-    assert code == 0
-    path = re.search(r"done: embeddings in (\S+)", out).group(1)
-    saved = torch.load(path)  # exists after the command returned
-    assert saved["format"] == "dv365-int4-rowwise-fp32-scale-bias" and saved["dim"] == 8
-    codes = saved["codes"]
-    assert codes.shape == (saved["user_id"].numel(), saved["tokens"], 8 // 2 + 8)
-    x = dv365_ops.int4_dequantize(codes.flatten(0, 1)).view(-1, saved["tokens"], saved["dim"])
-    assert x.shape == (saved["user_id"].numel(), saved["tokens"], 8) and torch.isfinite(x).all()
-
-
 # The Python API's errors name the argument and the fix.
 
 def test_api_errors_for_lists_and_int32():

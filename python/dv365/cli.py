@@ -90,8 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _finish(sub: argparse._SubParsersAction, path: list[str]) -> None:
-    """Every command parser gets ``--debug`` and records its name and parser for error messages."""
+    """Every command parser shows its defaults, gets ``--debug`` and records its name and parser for error
+    messages."""
     for name, p in sub.choices.items():
+        if p.formatter_class in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+            p.formatter_class = HelpFormatter  # ours is raw-description too, and adds the defaults
         nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
         if nested:
             _finish(nested[0], path + [name])

@@ -1,4 +1,4 @@
-"""UniTi data: Parquet storage, loader, synthetic generator, ingestion (docs/data.md; docs/design.md#uniti).
+"""UniTi data: Parquet storage, loader, synthetic generator, ingestion (docs/data.md; docs/design.md#uniti-timelines).
 
 - :func:`write_dataset` / :func:`open_dataset` — sharded Parquet with a manifest (``dv365.data.parquet``)
 - :class:`Loader` — ``Batch(explicit, implicit, examples)``, histories cut ``gap`` before each request; resumable,
