@@ -1,5 +1,6 @@
 """The installed package: the build report, the CLI entry points and the demo job."""
 
+import json
 import subprocess
 import sys
 
@@ -23,12 +24,22 @@ def test_python_m_dv365_ops_prints_the_table():
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert cli_main(["demo", "--users", "6", "--mean-length", "600", "--dim", "8", "--batch-size", "4", "--out", str(tmp_path)]) == 0
-    saved = torch.load(tmp_path / "embeddings_int4.pt")
-    rows = saved["user_id"].numel()
-    assert rows > 0 and saved["codes"].shape[0] == rows and saved["codes"].dtype == torch.uint8
-    assert (tmp_path / "data" / "manifest.json").exists()
-    assert "int4 export" in capsys.readouterr().out
+    args = ["demo", "--users", "8", "--eval-users", "4", "--mean-length", "300", "--steps", "4", "--batch-size", "8",
+            "--dim", "8", "--out", str(tmp_path)]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "mean NE delta of DV365" in out and f"output folder: {tmp_path}" in out
+    state = json.loads((tmp_path / "refresh" / "refresh.json").read_text())
+    assert [c["done"] for c in state["cycles"]] == [True, True]
+    report = json.loads((tmp_path / "refresh" / "cycle-0002" / "stability.json").read_text())
+    assert report["previous_version"] == "cycle-0001" and report["stability"]["users"] == 8
+    from dv365.store import open_store
+
+    with open_store(str(tmp_path / "store")) as st:
+        assert st.current() == "cycle-0002"
+        res = st.lookup([0, 7, 8])
+    assert tuple(res.embeddings.shape) == (3, 58, 8) and res.found.tolist() == [True, True, False]
+    assert (tmp_path / "baseline" / "metrics.json").exists()
 
 
 def test_cpu_kernels_are_built_with_openmp():

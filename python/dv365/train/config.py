@@ -23,7 +23,8 @@ class DataConfig:
     max_events: int | None = None  # keep only each timeline's most recent events (the short-history baseline)
     shuffle: bool = True
     fill_missing: float | None = None  # value for unknown durations / dwell times in the timelines (NaN in the data)
-    prefetch: int = 2
+    prefetch: int = 2  # batches prepared ahead of the step
+    workers: int | None = None  # loader threads (None: the usable cores, split between local ranks)
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ def evaluate_model(model, dataset: Dataset, data: DataConfig, device: torch.devi
     was_training = model.training
     model.eval()
     loader = Loader(dataset, data.batch_size, data.gap, max_events=data.max_events, shuffle=False,
-                    prefetch=data.prefetch, fill_missing=data.fill_missing)
+                    prefetch=data.prefetch, fill_missing=data.fill_missing, workers=data.workers)
     metrics = MetricSet(device=device)
     batches = loader
     if progress:

@@ -191,7 +191,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
     model = build_model(spec, cfg.model, vocab, device)
     optimizers = build_optimizers(model, cfg)
     loader = Loader(dataset, cfg.data.batch_size, cfg.data.gap, max_events=cfg.data.max_events,
-                    shuffle=cfg.data.shuffle, seed=cfg.seed, prefetch=cfg.data.prefetch,
+                    shuffle=cfg.data.shuffle, seed=cfg.seed, prefetch=cfg.data.prefetch, workers=cfg.data.workers,
                     fill_missing=cfg.data.fill_missing, rank=info.rank, world_size=info.world_size,
                     drop_last=info.enabled)
     if len(loader) == 0:
