@@ -49,10 +49,10 @@ run() {  # name, seconds, command...
   { echo; echo "## $name"; echo; echo '`'"$*"'`'; echo; grep -v "^\s*$" "$LOGS/$name.log" | grep -E "^\||^#|users/s|examples/s" | head -60; } >>"$MD"
 }
 run train_step 150 $PY benchmarks/bench_train.py --w40k --data $DATA --steps 10 --out "$OUT/train_w40k.json"
-run train_step_compiled 150 $PY benchmarks/bench_train.py --w40k --data $DATA --steps 10 --compile --out "$OUT/train_w40k_compiled.json"
-run towers 90 $PY benchmarks/bench_towers.py --bf16 --json "$OUT/towers.json"
-run export 150 $PY benchmarks/bench_export.py --device cuda --dir /tmp/export-work --out "$OUT/export_w40k.json"
-run loader 150 $PY benchmarks/bench_loader.py --dir $DATA --workers 1,4,8,16 --seconds 4 --out "$OUT/loader_w40k.json"
-run tests_cuda 120 $PY -m pytest -q -x tests/test_models.py tests/test_metrics.py tests/test_store.py -k "not redis"
+run export 150 $PY benchmarks/bench_export.py --device cuda --users 512 --repeats 1 --dir /tmp/export-work --out "$OUT/export_w40k.json"
+run loader 120 $PY benchmarks/bench_loader.py --dir $DATA --workers 1,8,16 --seconds 3 --out "$OUT/loader_w40k.json"
+run towers 60 $PY benchmarks/bench_towers.py --bf16 --json "$OUT/towers.json"
+run train_step_compiled 120 $PY benchmarks/bench_train.py --w40k --data $DATA --steps 10 --compile --out "$OUT/train_w40k_compiled.json"
+run tests_cuda 90 $PY -m pytest -q -x tests/test_models.py tests/test_metrics.py -k "cuda or bf16 or compile"
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
 stamp done
