@@ -107,8 +107,10 @@ class IngestReport:
         return lines
 
     def __str__(self) -> str:
+        skipped = [f"{n} {what}" for n, what in ((self.header_rows, "repeated header rows"),
+                                                 (self.blank_lines, "blank lines")) if n]
         lines = [f"rows read {self.rows_read}, kept {self.rows_kept}, bad {self.rows_read - self.rows_kept}"
-                 + (f" (also skipped: {self.header_rows} repeated header rows)" if self.header_rows else ""),
+                 + (f" (also skipped: {', '.join(skipped)})" if skipped else ""),
                  f"users {self.users}, items {self.items}, explicit {self.explicit_events}, "
                  f"implicit {self.implicit_events}, examples {self.examples}"]
         lines += self.bad_lines()
