@@ -292,3 +292,13 @@ def test_cli_ingest_flags(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "c")]) == 2
     assert "more than --max-bad-fraction 0.1" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "c"), "--max-bad-fraction", "0.5"]) == 0
+
+
+def test_progress_bar(tmp_path, capsys):
+    p = _write(tmp_path, "u,i,r,t\n" + "".join(f"{k % 4},{k},4,{1_600_000_000 + 86_400 * k}\n" for k in range(40)))
+    m = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    ingest(p, tmp_path / "a", m, like_threshold=4, users_per_shard=2, progress=True)
+    err = capsys.readouterr().err
+    assert "dv365 ingest:" in err and "writing shards" in err  # tqdm on stderr, one step per stage and shard
+    ingest(p, tmp_path / "b", m, like_threshold=4)
+    assert capsys.readouterr().err == ""  # off by default in the Python API
