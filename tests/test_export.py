@@ -307,8 +307,9 @@ def test_torchrun_ranks_write_their_parts_and_rank_0_publishes(env, tmp_path):
            "--part-size", "8", "--batch-size", "4", "--progress-dir", str(tmp_path / "progress"), "--quiet"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "published version t" in r.stdout and "wrote parts" in r.stdout  # rank 0 publishes, rank 1 only writes
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    # rank 0 publishes, rank 1 only writes
+    assert "published version t" in r.stdout and "wrote parts" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
     assert _ask(store, "current") == "t"
     export(env["model"], env["data"], clean, version="t", **_opts(tmp_path / "c"))
     assert torch.equal(_records(store, "t", 37), _records(clean, "t", 37))

@@ -279,8 +279,20 @@ def export(
     }
 
     own = not hasattr(store, "stage")
-    st = open_store(str(store), create=True) if own else store
-    with contextlib.closing(st) if own else contextlib.nullcontext(st):
+    with contextlib.ExitStack() as stack:
+        group = None
+        if distributed is not None:
+            from ..train.distributed import barrier, init_distributed, shutdown
+
+            group = init_distributed(torch.device("cpu"))
+            stack.callback(shutdown, group)
+            if not group.is_main:
+                barrier(group)  # rank 0 opens (creates) the store first: concurrent creation would race
+        st = open_store(str(store), create=True) if own else store
+        if own:
+            stack.callback(st.close)
+        if group is not None and group.is_main:
+            barrier(group)
         url = getattr(st, "url", str(store))
         published = {v.name: v for v in st.versions() if v.state == "published"}
         if version in published:
@@ -403,18 +415,12 @@ def export(
         if busy is not None:
             timings["gpu_busy"] = busy
         result = ExportResult(version, False, False, exported, carried, written, skipped, seconds, None, timings)
-        if distributed is not None:
-            from ..train.distributed import barrier, init_distributed, shutdown
-
-            info = init_distributed(torch.device("cpu"))
-            try:
-                barrier(info)  # every rank's parts are written
-                if info.is_main:
-                    result.manifest = _publish(st, version, manifest, len(bounds), keep)
-                    result.published = True
-                barrier(info)
-            finally:
-                shutdown(info)
+        if group is not None:
+            barrier(group)  # every rank's parts are written
+            if group.is_main:
+                result.manifest = _publish(st, version, manifest, len(bounds), keep)
+                result.published = True
+            barrier(group)
         elif parts is None:
             result.manifest = _publish(st, version, manifest, len(bounds), keep)
             result.published = True
