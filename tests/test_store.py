@@ -334,6 +334,14 @@ def test_gc_keeps_last_and_current(store):
     np.testing.assert_array_equal(store.get(ids).records.numpy(), records_for(ids, 11))
 
 
+def test_gc_keeping_more_than_there_are_removes_nothing(store):
+    ids = np.arange(10)
+    write_version(store, "v1", ids, tag=1, parts=1)
+    write_version(store, "v2", ids, tag=2, parts=1)
+    assert store.gc(keep_last=3) == []
+    assert [v.name for v in store.versions()] == ["v1", "v2"]
+
+
 # --- crashes and concurrency -----------------------------------------------------------------------------------
 def test_atomic_publish_under_sigkill(url, store):
     users, parts = 600, 4

@@ -107,6 +107,17 @@ def test_data_without_manifest(data, tmp_path):
         train(cfg, progress=False)
 
 
+def test_eval_data_beyond_the_tables_fails_before_work(data, tmp_path):
+    import dataclasses
+
+    bigger = tmp_path / "bigger"
+    generate(4, seed=3, config=dataclasses.replace(TINY, num_items=4000)).write(bigger)
+    cfg = TrainConfig.from_dict(_config(data, tmp_path / "run", **{"data.eval_path": str(bigger)}))
+    with pytest.raises(CheckpointError, match=r"data\.eval_path: .* has ids beyond the tables .*media_id"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_errors_are_messages_not_tracebacks(data, tmp_path):
     path = _write(_config(data, tmp_path / "run", **{"schedule.stpes": 3}), tmp_path / "bad.yaml")
     res = _run_cli(["train", str(path), "--quiet"])

@@ -521,6 +521,11 @@ class EmbeddingStore:
         raise NotImplementedError
 
 
+def newest(published: list[str], keep_last: int) -> set[str]:
+    """The ``keep_last`` most recently published names of ``published`` (oldest first); all when fewer."""
+    return set(published[max(len(published) - keep_last, 0):]) if keep_last > 0 else set()
+
+
 def select_parts(name: str, written: dict[int, dict], expected: dict[int, PartInfo | None] | None) -> list[int]:
     """The parts ``publish`` checks: all written ones, or exactly ``expected`` (then each must be written, none
     written may be left out, and a given PartInfo must match what was recorded)."""

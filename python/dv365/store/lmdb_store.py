@@ -34,6 +34,7 @@ import threading
 import numpy as np
 
 from .base import (
+    newest,
     FORMAT,
     EmbeddingStore,
     PartInfo,
@@ -475,7 +476,7 @@ class LMDBStore(EmbeddingStore):
             cur = txn.get(b"current", db=self._db["meta"])
             cur = None if cur is None else bytes(cur).decode()
             published = self._published_names(txn)
-            keep = set(published[len(published) - keep_last:] if keep_last else []) | {cur}
+            keep = newest(published, keep_last) | {cur}
             doomed = []
             for k, v in txn.cursor(db=self._db["index"]):
                 name = bytes(k).decode()

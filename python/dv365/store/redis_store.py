@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .base import (
+    newest,
     FORMAT,
     EmbeddingStore,
     PartInfo,
@@ -447,7 +448,7 @@ class RedisStore(EmbeddingStore):
             for vid in sorted(int(v) for v in self._r.smembers(self._k("trash"))):  # a gc that was killed
                 self._purge(vid, crash=False)
             published = self._published_names()
-            keep = set(published[len(published) - keep_last:] if keep_last else [])
+            keep = newest(published, keep_last)
             vids = {n.decode(): int(v) for n, v in self._r.hgetall(self._k("vid")).items()}
             doomed = []
             for name, vid in vids.items():

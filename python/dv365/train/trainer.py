@@ -187,6 +187,11 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
         raise CheckpointError(f"resume: {ckpt['path']} was built for vocabularies {ckpt['vocab_sizes']} but "
                               f"{cfg.data.path} has {vocab}; start a new run_dir with --init-from to warm-start")
 
+    if cfg.data.eval_path:  # before any work: the tables are sized by the training data's vocabularies
+        from .evaluate import check_data_fits
+
+        check_data_fits({"vocab_sizes": vocab, "path": cfg.data.path}, open_dataset(cfg.data.eval_path),
+                        "data.eval_path")
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.model, vocab, device)
     optimizers = build_optimizers(model, cfg)
