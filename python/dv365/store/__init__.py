@@ -8,18 +8,18 @@ written in parts, published atomically, served by user id.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .base import (
-    EmbeddingStore,
-    LookupResult,
-    PartInfo,
-    RecordLayout,
-    StagedVersion,
-    StoreError,
-    VerifyReport,
-    VersionInfo,
-)
+# loaded on first use (numpy, xxhash), so that ``dv365 --help`` imports neither
+_BASE_NAMES = ("EmbeddingStore", "LookupResult", "PartInfo", "RecordLayout", "StagedVersion", "StoreError",
+               "VerifyReport", "VersionInfo")
+
+
+def __getattr__(name: str):
+    if name in _BASE_NAMES:
+        return getattr(importlib.import_module(".base", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(url: str, *, create: bool = False, readonly: bool = False, on_corrupt: str = "mask",
@@ -30,6 +30,8 @@ def open_store(url: str, *, create: bool = False, readonly: bool = False, on_cor
     ``create=True`` makes an empty store where there is none; otherwise a missing store is a :class:`StoreError`.
     ``on_corrupt``: ``"mask"`` (default) serves a corrupted record as not found (``corrupt=True``), ``"raise"``
     raises."""
+    from .base import StoreError
+
     if not isinstance(url, str) or not url:
         raise StoreError(f"open_store: url must be a non-empty string, got {url!r}")
     if url.startswith(("redis://", "rediss://", "unix://")):
