@@ -239,3 +239,75 @@ def test_baseline_isa_copy_matches_reference():
     )
     env = dict(os.environ, DV365_CPU_BASELINE="1")
     subprocess.run([sys.executable, "-c", script], check=True, env=env)
+
+
+# ---- edge cases: signed zeros, denormal and overflowing ranges (docs/design.md#int4-rows)
+
+
+def _signed_zero_rows(d: int, dtype: torch.dtype, device, seed: int = 0) -> torch.Tensor:
+    """Rows whose minimum is 0 held as both -0.0 and +0.0 in varied places (plus all -0 and all +0 rows)."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.tensor([0.0, -0.0, 0.5, 1.0, 2.0])
+    x = values[torch.randint(0, len(values), (40, d), generator=g)]
+    x[0], x[1] = -0.0, 0.0
+    x[2] = torch.where(torch.arange(d) % 3 == 0, -0.0, 0.0)  # a constant row of mixed zeros: scale +0
+    return x.to(device=device, dtype=dtype)
+
+
+@pytest.mark.skipif(not HAS_FBGEMM, reason="fbgemm_gpu not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("d", [4, 8, 12, 20, 36, 64, 260])
+def test_signed_zero_minimum_matches_fbgemm(dtype, d):
+    # fbgemm's bias byte depends on where each zero sits (its AVX2 min order), not on torch.amin's choice
+    x = _signed_zero_rows(d, dtype, "cpu", seed=d)
+    theirs = torch.ops.fbgemm.FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf(x, 4)
+    assert torch.equal(dv365_ops.int4_quantize(x, half_scale_bias=True), theirs)
+    assert torch.equal(R.int4_quantize(x, True), theirs)
+
+
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [2, 8, 30, 256, 258, 2064])  # 2064: CUDA's loop kernel (rows over 2048 columns)
+def test_signed_zero_minimum_matches_reference(device, half, dtype, d):
+    x = _signed_zero_rows(d, dtype, device, seed=d)
+    assert torch.equal(dv365_ops.int4_quantize(x, half_scale_bias=half).cpu(), R.int4_quantize(x.cpu(), half))
+    assert torch.equal(dv365_ops.int4_quantize(x[:, 1:-1], half_scale_bias=half).cpu(), R.int4_quantize(x[:, 1:-1].cpu(), half))
+
+
+def test_denormal_range_encodes(device):
+    # (max - min) / 15 is a denormal whose inverse overflows: the scale becomes FLT_MIN, the codes stay exact
+    x = torch.tensor([[0, 1.5e-38, 7e-39, 1e-39], [5e-39, 0, 5e-39, 0]], device=device)
+    packed = dv365_ops.int4_quantize(x)
+    assert torch.equal(packed.cpu(), R.int4_quantize(x.cpu()))
+    scale = packed[0, 2:6].cpu().clone().view(torch.float32)
+    assert float(scale) == torch.finfo(torch.float32).tiny
+    y = dv365_ops.int4_dequantize(packed)
+    assert bool((y - x).abs().max() <= float(scale) / 2) and bool((y[0] != 0).any())  # not all decoded to 0
+
+
+@pytest.mark.parametrize(
+    "half, row, message",
+    [
+        (False, [-3e38, 3e38, 0, 1], r"row 1 of x spans \[-3e\+38, 3e\+38\], too wide for float32 codes"),
+        (False, [-3.4e38, 1e38, 1, 2], r"row 1 of x spans \[-3\.4e\+38, 1e\+38\], too wide for float32 codes"),
+        (True, [-1e5, 0, 1, 2], r"row 1 of x spans \[-100000, 2\], beyond float16 scale/bias"),
+        (True, [0, 1e6, 1, 2], r"row 1 of x spans \[0, 1e\+06\], beyond float16 scale/bias"),
+        (True, [7e4, 7e4, 7e4, 7e4], r"row 1 of x spans \[70000, 70000\], beyond float16 scale/bias"),
+    ],
+)
+def test_rows_beyond_the_format_raise(device, half, row, message):
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], row], device=device)
+    with pytest.raises(RuntimeError, match=r"dv365::int4_quantize: " + message):
+        dv365_ops.int4_quantize(x, half_scale_bias=half)
+    with pytest.raises(RuntimeError, match=r"dv365::int4_quantize: " + message):
+        R.int4_quantize(x, half)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_rows_at_the_edge_of_the_format_encode(device, half):
+    # the largest rows each format holds: finite bias and scale, every value back within its bound
+    big = [-65504.0, 0.0, 65504.0, 1.0] if half else [-3.4e38, 0.0, 1.0, 2.0]
+    x = torch.tensor([big], device=device)
+    packed = dv365_ops.int4_quantize(x, half_scale_bias=half)
+    assert torch.equal(packed.cpu(), R.int4_quantize(x.cpu(), half))
+    assert bool(torch.isfinite(dv365_ops.int4_dequantize(packed, half_scale_bias=half)).all())

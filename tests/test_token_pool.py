@@ -169,3 +169,14 @@ def test_baseline_isa_copy_matches_reference():
     )
     env = dict(os.environ, DV365_CPU_BASELINE="1")
     subprocess.run([sys.executable, "-c", script], check=True, env=env)
+
+
+@pytest.mark.parametrize("stride", [2**31, 2**32 + 1, 2**63 - 1])
+def test_stride_beyond_32_bits_pools_the_whole_row(device, stride):
+    # a stride past N is one window of the whole row; the CUDA kernels take 32-bit strides where indices fit
+    x = torch.randn(3, 5, 37, device=device, requires_grad=True)
+    out = dv365_ops.token_pool(x, stride)
+    assert out.shape == (3, 5, 1)
+    assert_close(out, x.detach().mean(-1, keepdim=True))
+    out.sum().backward()
+    assert_close(x.grad, torch.full_like(x, 1 / 37))

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -100,6 +101,28 @@ DV365_ALWAYS_INLINE bool row_min_max(const T* __restrict__ x, int64_t d, float& 
   return nonfinite == 0;
 }
 
+// The sign of a zero row minimum, as fbgemm's AVX2 kernel picks it (dv365_ops.reference._int4_row_min): lane
+// j % 8 of the first D / 8 * 8 columns keeps its last zero (min_ps returns its second operand on a tie), the
+// lanes merge from lane 0 keeping the first, then the remaining columns keep the first. The order keys above
+// rank -0 below +0, which fbgemm's bias bytes do not.
+template <typename T>
+DV365_ALWAYS_INLINE float fbgemm_zero(const T* __restrict__ x, int64_t d) {
+  const int64_t nv = d / 8 * 8;
+  for (int64_t lane = 0; lane < 8; ++lane) {
+    for (int64_t j = nv - 8 + lane; j >= 0; j -= 8) {
+      const float v = to_float(x[j]);
+      if (v == 0.0f) return v;
+    }
+  }
+  for (int64_t j = nv; j < d; ++j) {
+    const float v = to_float(x[j]);
+    if (v == 0.0f) return v;
+  }
+  return 0.0f;
+}
+
+enum class RowStatus : uint8_t { kOk, kNotFinite, kTooWide };
+
 // clamp(round_half_even(v), 0, 15) for the v a finite row yields (|v| stays near [0, 15], far below 2^31):
 // adding and subtracting 2^23 rounds half-to-even under the default rounding mode (a negative v lands at
 // or below 0), and the clamp runs on the integer, where it vectorizes. NaN converts to INT32_MIN, then 0,
@@ -113,11 +136,14 @@ DV365_ALWAYS_INLINE uint8_t code(float v) {
 }
 
 template <typename T>
-DV365_ALWAYS_INLINE bool quantize_row(const T* __restrict__ x, int64_t d, bool half_scale_bias,
-                                      uint8_t* __restrict__ out, uint16_t* __restrict__ scratch) {
+DV365_ALWAYS_INLINE RowStatus quantize_row(const T* __restrict__ x, int64_t d, bool half_scale_bias,
+                                           uint8_t* __restrict__ out, uint16_t* __restrict__ scratch) {
   float mn, mx;
   if (!row_min_max(x, d, mn, mx)) {
-    return false;
+    return RowStatus::kNotFinite;
+  }
+  if (mn == 0.0f) {
+    mn = fbgemm_zero(x, d);
   }
   float scale, bias, inv;
   if (half_scale_bias) {
@@ -135,13 +161,24 @@ DV365_ALWAYS_INLINE bool quantize_row(const T* __restrict__ x, int64_t d, bool h
       scale = 1.0f;
       inv = 1.0f;
     }
+    // fbgemm would store an infinite fp16 bias or scale here (|min| >= 65520, or a range beyond ~982800)
+    if (std::isinf(scale) || std::isinf(bias)) {
+      return RowStatus::kTooWide;
+    }
     // the header's inline conversions: c10::Half's operator float is an out-of-line call, twice per row
     const uint16_t sb[2] = {c10::detail::fp16_ieee_from_fp32_value(scale), bias_h};
     std::memcpy(out + d / 2, sb, sizeof(sb));
   } else {
     bias = mn;
-    scale = (mx - mn) / 15.0f;
+    // a denormal scale would have an infinite inverse (and flush to 0 where denormals do): FLT_MIN instead
+    const float range = mx - mn;
+    // a constant row gets +0 whichever signed zeros its max and min are
+    scale = range > 0.0f ? (range < 15.0f * FLT_MIN ? FLT_MIN : range / 15.0f) : 0.0f;
     inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    // the top code must decode to a finite value (max - min overflows float32 for e.g. [-3e38, 3e38])
+    if (std::isinf(15.0f * scale + bias)) {
+      return RowStatus::kTooWide;
+    }
     const float sb[2] = {scale, bias};
     std::memcpy(out + d / 2, sb, sizeof(sb));
   }
@@ -154,25 +191,25 @@ DV365_ALWAYS_INLINE bool quantize_row(const T* __restrict__ x, int64_t d, bool h
     const uint16_t pair = scratch[j];  // little-endian: column 2j in the low byte
     out[j] = static_cast<uint8_t>((pair | (pair >> 4)) & 0xFF);
   }
-  return true;
+  return RowStatus::kOk;
 }
 
-// rows [lo, hi); *finite becomes false at the first row holding a NaN or an Inf
+// rows [lo, hi); stops at the first row that cannot be encoded, leaving its index in *bad_row
 template <typename T>
 DV365_ALWAYS_INLINE void quantize_rows(const T* x, int64_t row_stride, int64_t d, bool half_scale_bias, uint8_t* out,
-                                       int64_t w, int64_t lo, int64_t hi, bool* finite) {
+                                       int64_t w, int64_t lo, int64_t hi, int64_t* bad_row) {
   std::vector<uint16_t> scratch(d / 2 + 1);
   std::vector<float> widened(std::is_same_v<T, c10::Half> ? d : 0);
   for (int64_t i = lo; i < hi; ++i) {
-    bool ok;
+    RowStatus st;
     if constexpr (std::is_same_v<T, c10::Half>) {
       half_to_float(x + i * row_stride, widened.data(), d);
-      ok = quantize_row(widened.data(), d, half_scale_bias, out + i * w, scratch.data());
+      st = quantize_row(widened.data(), d, half_scale_bias, out + i * w, scratch.data());
     } else {
-      ok = quantize_row(x + i * row_stride, d, half_scale_bias, out + i * w, scratch.data());
+      st = quantize_row(x + i * row_stride, d, half_scale_bias, out + i * w, scratch.data());
     }
-    if (!ok) {
-      *finite = false;
+    if (st != RowStatus::kOk) {
+      *bad_row = i;
       return;
     }
   }
@@ -196,20 +233,34 @@ at::Tensor int4_quantize_cpu(const at::Tensor& x_in, bool half_scale_bias) {
     return out;
   }
   uint8_t* out_p = out.data_ptr<uint8_t>();
-  bool all_finite = true;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int4_quantize", [&] {
     const scalar_t* x_p = x.const_data_ptr<scalar_t>();
-    std::atomic<bool> finite{true};
+    std::atomic<int64_t> first_bad{r};
     at::parallel_for(0, r, kGrainRows, [&](int64_t lo, int64_t hi) {
-      bool ok = true;
-      quantize_rows_dispatch(x_p, row_stride, d, half_scale_bias, out_p, w, lo, hi, &ok);
-      if (!ok) {
-        finite.store(false, std::memory_order_relaxed);
+      int64_t bad = -1;
+      quantize_rows_dispatch(x_p, row_stride, d, half_scale_bias, out_p, w, lo, hi, &bad);
+      int64_t cur = first_bad.load(std::memory_order_relaxed);
+      while (bad >= 0 && bad < cur && !first_bad.compare_exchange_weak(cur, bad)) {
       }
     });
-    all_finite = finite.load();
+    // the first row that cannot be encoded names the error (messages as dv365_ops.reference.int4_quantize's)
+    const int64_t i = first_bad.load();
+    if (i < r) {
+      float mn, mx;
+      DV365_CHECK(row_min_max(x_p + i * row_stride, d, mn, mx), op, "x must be finite (found NaN or Inf)");
+      if (mn == 0.0f) {
+        mn = fbgemm_zero(x_p + i * row_stride, d);
+      }
+      if (half_scale_bias) {
+        DV365_RAISE("dv365::", op, ": row ", i, " of x spans [", mn, ", ", mx,
+                    "], beyond float16 scale/bias (half_scale_bias=True): fp16(min) or fp16((max - bias) / 15) is "
+                    "infinite; keep |min| < 65520 and max - min < 982800, or use half_scale_bias=False");
+      }
+      DV365_RAISE("dv365::", op, ": row ", i, " of x spans [", mn, ", ", mx,
+                  "], too wide for float32 codes: its top code decodes to 15 * scale + bias = inf (keep max - min "
+                  "below about 3.4e38)");
+    }
   });
-  DV365_CHECK(all_finite, op, "x must be finite (found NaN or Inf)");
   return out;
 }
 

@@ -88,6 +88,7 @@ inline std::string error_bits_message(int32_t bits) {
   if (bits & kTableOutOfRange) what += "prog_i TABLE column must index the tables list; ";
   if (bits & kWeightsBad) what += "weights must be finite and non-negative; ";
   if (bits & kNotFinite) what += "x must be finite; ";
+  if (bits & kNotEncodable) what += "a row of x is too wide for its scale/bias format; ";
   if (bits & kTsOrder) what += "ts must be ascending within each user; ";
   if (bits & kTsOverflow) what += "request_ts - ts overflows int64; ";
   if (bits & kInternal) what += "internal error: a kernel's launch did not match its plan (please report); ";

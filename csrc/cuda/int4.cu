@@ -14,6 +14,7 @@
 // unaligned rows, or rows too long for registers (> 2048 columns) take the loop kernels: a warp per row,
 // scalar (or vector) loads, the row read twice.
 #include <algorithm>
+#include <cfloat>
 
 #include "cuda/device.cuh"
 #include "cuda/int4.h"
@@ -92,6 +93,28 @@ struct ScaleBias {
   float scale, bias, inv;
 };
 
+// The sign of a zero row minimum, picked in fbgemm's AVX2 order (dv365_ops.reference._int4_row_min): column
+// j < nv = D / 8 * 8 ranks by lane j % 8, then the last j of the lane first; the remaining columns rank after
+// them, the first first. The rank and the value's sign bit pack into one key; the smallest key wins.
+constexpr unsigned long long kNoZero = ~0ull;
+
+__device__ __forceinline__ unsigned long long zero_key(int64_t j, int64_t nv, float v) {
+  const unsigned long long rank = j < nv ? (static_cast<unsigned long long>(j % 8) << 40) + (nv - 1 - j) / 8
+                                         : (8ull << 40) + static_cast<unsigned long long>(j - nv);
+  return (rank << 1) | (__float_as_uint(v) >> 31);
+}
+
+__device__ __forceinline__ unsigned long long min_key(unsigned long long a, unsigned long long b) {
+  return b < a ? b : a;
+}
+
+// The smallest key over the `lanes` lanes of a row (a power of two, every lane of the warp taking part),
+// turned into the signed zero it names.
+__device__ __forceinline__ float reduce_zero(unsigned long long key, int lanes) {
+  for (int o = lanes / 2; o > 0; o /= 2) key = min_key(key, __shfl_xor_sync(0xffffffffu, key, o));
+  return __uint_as_float(static_cast<uint32_t>(key & 1) << 31);
+}
+
 // The row's scale, bias and inverse scale from its min and max (exactly the reference's formulas).
 template <bool kHalf>
 __device__ __forceinline__ ScaleBias scale_bias(float mn, float mx) {
@@ -107,10 +130,23 @@ __device__ __forceinline__ ScaleBias scale_bias(float mn, float mx) {
     }
   } else {
     s.bias = mn;
-    s.scale = __fdiv_rn(__fsub_rn(mx, mn), 15.f);
+    const float rng = __fsub_rn(mx, mn);
+    // a denormal scale would have an infinite inverse: FLT_MIN instead, decided on the range
+    // a constant row gets +0 whichever signed zeros its max and min are
+    s.scale = rng > 0.f ? (rng < 15.f * FLT_MIN ? FLT_MIN : __fdiv_rn(rng, 15.f)) : 0.f;
     s.inv = s.scale > 0.f ? __fdiv_rn(1.f, s.scale) : 0.f;
   }
   return s;
+}
+
+// Whether the format holds the row: fp16 scale and bias finite; in fp32, the top code decodes to a finite value.
+template <bool kHalf>
+__device__ __forceinline__ bool encodable(const ScaleBias& s) {
+  if constexpr (kHalf) {
+    return !isinf(s.scale) && !isinf(s.bias);
+  } else {
+    return !isinf(dequant(15u, s.scale, s.bias));
+  }
 }
 
 template <bool kHalf>
@@ -173,9 +209,26 @@ __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __rest
     }
   }
   reduce_min_max(mn, mx, lanes);
+  // a zero minimum takes its sign in fbgemm's order; the shuffles need every lane, whichever rows need it
+  if (__any_sync(0xffffffffu, live && mn == 0.f)) {
+    unsigned long long key = kNoZero;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t c = lane + static_cast<int64_t>(k) * lanes;
+      if (live && c < chunks) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (v[k][i] == 0.f) key = min_key(key, zero_key(8 * c + i, 8 * chunks, v[k][i]));
+        }
+      }
+    }
+    const float zero = reduce_zero(key, lanes);
+    if (mn == 0.f) mn = zero;
+  }
   if (!live) return;
   if (bad != 0.f) set_error(flag, kNotFinite);
   const ScaleBias s = scale_bias<kHalf>(mn, mx);
+  if (!encodable<kHalf>(s)) set_error(flag, kNotEncodable);
   uint8_t* o = out + row * out_width;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -212,9 +265,18 @@ __global__ void __launch_bounds__(kThreads) quantize_loop_kernel(const T* __rest
     for (int64_t j = lane; j < d; j += 32) min_max(to_float(p[j]), mn, mx, bad);
   }
   reduce_min_max(mn, mx, 32);
+  if (mn == 0.f) {  // the same for the whole warp: a warp is one row
+    unsigned long long key = kNoZero;
+    for (int64_t j = lane; j < d; j += 32) {
+      const float v = to_float(p[j]);
+      if (v == 0.f) key = min_key(key, zero_key(j, d / 8 * 8, v));
+    }
+    mn = reduce_zero(key, 32);
+  }
   if (d == 0) mn = mx = 0.f;
   if (bad != 0.f) set_error(flag, kNotFinite);
   const ScaleBias s = scale_bias<kHalf>(mn, mx);
+  if (!encodable<kHalf>(s)) set_error(flag, kNotEncodable);
   uint8_t* o = out + row * out_width;
   if constexpr (kVec) {
     for (int64_t g = lane; g < d / 8; g += 32) {

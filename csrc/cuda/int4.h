@@ -6,7 +6,8 @@
 namespace dv365::cuda {
 
 // out [rows, out_width] (uint8) = codes of x [rows, d] (row stride `row_stride` elements, unit column stride;
-// dtype float32, bfloat16 or float16). Sets kNotFinite in `flag` for a row with a non-finite value.
+// dtype float32, bfloat16 or float16). Sets kNotFinite in `flag` for a row with a non-finite value,
+// kNotEncodable for one whose scale or bias overflows its format.
 cudaError_t launch_int4_quantize(const void* x, DType dtype, int64_t rows, int64_t d, int64_t row_stride,
                                  bool half_scale_bias, uint8_t* out, int64_t out_width, int32_t* flag,
                                  cudaStream_t stream);

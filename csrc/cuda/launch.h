@@ -23,6 +23,7 @@ enum ErrorBit : int32_t {
   kTsOrder = 64,
   kTsOverflow = 128,
   kInternal = 256,  // a kernel found its launch inconsistent with the data (a bug: please report)
+  kNotEncodable = 512,  // int4: a row whose scale or bias overflows its format
 };
 
 inline constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

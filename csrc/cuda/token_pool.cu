@@ -294,10 +294,19 @@ bool with_vec_stride(int64_t stride, F&& f) {
   }
 }
 
+// A stride past n pools one window of the whole row, as stride n does: clamping keeps every index (and the
+// kernels' stride argument, 32-bit where every index fits) within range for any int64 stride.
+int64_t effective_stride(int64_t n, int64_t stride) { return std::min(stride, std::max<int64_t>(n, 1)); }
+
+bool small_indices(int64_t rows, int64_t n, int64_t stride) {
+  return fits_u32(rows * n) && n + stride < (int64_t(1) << 32);  // lo + stride is formed before min(n, .)
+}
+
 }  // namespace
 
-cudaError_t launch_token_pool(const void* x, int64_t rows, int64_t n, int64_t stride, void* out, DType dtype,
+cudaError_t launch_token_pool(const void* x, int64_t rows, int64_t n, int64_t stride_in, void* out, DType dtype,
                               cudaStream_t stream) {
+  const int64_t stride = effective_stride(n, stride_in);
   const int64_t n_out = ceil_div(n, stride);
   const int64_t total_out = rows * n_out;
   return with_dtype(dtype, [&](auto tag) {
@@ -315,7 +324,7 @@ cudaError_t launch_token_pool(const void* x, int64_t rows, int64_t n, int64_t st
       return;
     }
     const unsigned grid = grid_for(total_out, int64_t(kThreads) * kScalarUnroll);
-    if (fits_u32(rows * n)) {
+    if (small_indices(rows, n, stride)) {
       token_pool_kernel<T, uint32_t><<<grid, kThreads, 0, stream>>>(xp, rows, n, stride, n_out, op);
     } else {
       token_pool_kernel<T, int64_t><<<grid, kThreads, 0, stream>>>(xp, rows, n, stride, n_out, op);
@@ -323,8 +332,9 @@ cudaError_t launch_token_pool(const void* x, int64_t rows, int64_t n, int64_t st
   });
 }
 
-cudaError_t launch_token_pool_backward(const void* grad, int64_t rows, int64_t n, int64_t stride, void* out,
+cudaError_t launch_token_pool_backward(const void* grad, int64_t rows, int64_t n, int64_t stride_in, void* out,
                                        DType dtype, cudaStream_t stream) {
+  const int64_t stride = effective_stride(n, stride_in);
   const int64_t n_out = ceil_div(n, stride);
   const int64_t total_out = rows * n_out;
   return with_dtype(dtype, [&](auto tag) {
@@ -348,7 +358,7 @@ cudaError_t launch_token_pool_backward(const void* grad, int64_t rows, int64_t n
       return;
     }
     const unsigned grid = grid_for(rows * n, int64_t(kThreads) * kScalarUnroll);
-    if (fits_u32(rows * n)) {
+    if (small_indices(rows, n, stride)) {
       token_pool_backward_kernel<T, uint32_t><<<grid, kThreads, 0, stream>>>(gp, rows, n, stride, n_out, op);
     } else {
       token_pool_backward_kernel<T, int64_t><<<grid, kThreads, 0, stream>>>(gp, rows, n, stride, n_out, op);

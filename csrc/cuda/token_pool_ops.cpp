@@ -10,6 +10,9 @@
 namespace dv365::cuda {
 namespace {
 
+// ceil(n / stride) without forming n + stride - 1, which overflows for a stride near INT64_MAX
+int64_t num_windows(int64_t n, int64_t stride) { return n == 0 ? 0 : (n - 1) / stride + 1; }
+
 // The kernels write a contiguous result; a token-major input (token_pool_layout.h) gets it copied into that
 // layout, as the CPU kernel returns it.
 at::Tensor in_layout_of(const at::Tensor& like, const at::Tensor& result) {
@@ -28,7 +31,7 @@ at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
   }, [&] { rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t)>("dv365::token_pool", x.cpu(), stride); });
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.size(-1);
-  const int64_t n_out = ceil_div(n, stride);
+  const int64_t n_out = num_windows(n, stride);
   auto sizes = x.sizes().vec();
   sizes.back() = n_out;
   auto out = at::empty(sizes, x.options());
@@ -47,7 +50,7 @@ at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int6
     DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
     DV365_CHECK(n >= 0, op, "n must be >= 0, got ", n);
     DV365_CHECK(grad.dim() >= 1, op, "grad must have at least 1 dimension, got a 0-d tensor");
-    DV365_CHECK(grad.size(-1) == ceil_div(n, stride), op, "grad must have ceil(n / stride) = ", ceil_div(n, stride),
+    DV365_CHECK(grad.size(-1) == num_windows(n, stride), op, "grad must have ceil(n / stride) = ", num_windows(n, stride),
                 " entries on its last axis, got ", grad.size(-1));
     DV365_CHECK(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
   }, [&] {

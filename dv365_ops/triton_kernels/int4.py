@@ -4,9 +4,14 @@
 Row layout: D/2 code bytes (column 2j in the low nibble of byte j, 2j+1 in the high nibble), then scale and
 bias (fp32, or fp16 with ``half_scale_bias``, fbgemm's ``FusedNBitRowwiseQuantizedSBHalf``)::
 
-    fp32:  bias = min(x), scale = (max(x) - min(x)) / 15, q = clamp(rne((x - bias) * (1 / scale)), 0, 15)
+    fp32:  bias = min(x), scale = max((max(x) - min(x)) / 15, FLT_MIN) (0 for a constant row),
+           q = clamp(rne((x - bias) * (1 / scale)), 0, 15)
     fp16:  bias = fp16(min), scale = fp16((max - bias) / 15) (1 when the range is 0 or 1/scale is infinite)
     x'   = q * scale + bias
+
+``min`` gives a zero minimum the sign fbgemm's AVX2 kernel gives it (reference ``_int4_row_min``). A row with a
+NaN or an infinity, or one its format cannot hold (the reference's rules), is flagged per row in ``status``;
+the wrapper then re-runs the CPU kernel for its message, as the native CUDA op does.
 
 Exactness: ``/`` is ``tl.math.div_rn`` (IEEE division, not the approximate default), round-half-to-even is
 built from ``floor`` (libdevice ``rint`` is not available under the interpreter), and both kernels are
@@ -44,7 +49,7 @@ def _rne(v):
 
 @triton.jit(do_not_specialize=["R"])  # the row count: no variant per "== 1" or "% 16 == 0"
 def _quantize_kernel(
-    x, out, R, H, stride_x, stride_o,
+    x, out, status, R, H, stride_x, stride_o,
     HALF: tl.constexpr,  # fp16 scale/bias (4 tail bytes) instead of fp32 (8)
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -54,11 +59,24 @@ def _quantize_kernel(
     ok = (r < R)[:, None] & (j < H)[None, :]
     # whole rows, loaded contiguously, then split into even and odd columns
     c = tl.arange(0, 2 * BLOCK_H)
-    xx = tl.load(x + r[:, None] * stride_x + c[None, :], mask=(r < R)[:, None] & (c < 2 * H)[None, :], other=0.0)
-    xe, xo = tl.split(tl.reshape(xx.to(tl.float32), [BLOCK_R, BLOCK_H, 2]))
+    c_ok = (r < R)[:, None] & (c < 2 * H)[None, :]
+    xx = tl.load(x + r[:, None] * stride_x + c[None, :], mask=c_ok, other=0.0)
+    xf = xx.to(tl.float32)
+    xe, xo = tl.split(tl.reshape(xf, [BLOCK_R, BLOCK_H, 2]))
     inf = float("inf")
+    not_finite = tl.max(((xf != xf) | (tl.abs(xf) == inf)).to(tl.int32), axis=1) > 0
     mn = tl.minimum(tl.min(tl.where(ok, xe, inf), axis=1), tl.min(tl.where(ok, xo, inf), axis=1))
     mx = tl.maximum(tl.max(tl.where(ok, xe, -inf), axis=1), tl.max(tl.where(ok, xo, -inf), axis=1))
+    # a zero minimum takes its sign in fbgemm's order: lane c % 8 of the first D // 8 * 8 columns, the last zero
+    # of a lane first, lanes from 0; then the remaining columns, the first first (the smallest key wins)
+    d = 2 * H
+    nv = d // 8 * 8
+    zero = (xf == 0.0) & c_ok
+    key = tl.where(c < nv, (c % 8) * (d + 1) + (d - c), 8 * (d + 1) + c)[None, :]
+    key = tl.where(zero, key, 9 * (d + 1) + d)
+    first = tl.min(key, axis=1)
+    neg = tl.max((zero & (key == first[:, None]) & (xf.to(tl.int32, bitcast=True) < 0)).to(tl.uint32), axis=1)
+    mn = tl.where(mn == 0.0, (neg << 31).to(tl.float32, bitcast=True), mn)
     mn = tl.where(H > 0, mn, 0.0)
     mx = tl.where(H > 0, mx, 0.0)
     if HALF:
@@ -69,10 +87,18 @@ def _quantize_kernel(
         bad = (scale == 0.0) | (tl.abs(inv) == inf)
         scale = tl.where(bad, 1.0, scale)
         inv = tl.where(bad, 1.0, inv)
+        too_wide = (tl.abs(scale) == inf) | (tl.abs(bias) == inf)
     else:
         bias = mn
-        scale = tl.math.div_rn(mx - mn, 15.0)
+        # at least FLT_MIN, decided on the range so that no denormal is formed (flushed to 0 where libdevice
+        # flushes): a denormal scale would have an infinite inverse
+        rng = mx - mn
+        flt_min = 1.1754943508222875e-38
+        scale = tl.where(rng < 15.0 * flt_min, flt_min, tl.math.div_rn(rng, 15.0))
+        scale = tl.where(rng > 0.0, scale, 0.0)  # +0 for a constant row, whichever signed zeros it holds
         inv = tl.where(scale > 0.0, tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale), 0.0)
+        too_wide = tl.abs(15.0 * scale + bias) == inf
+    tl.store(status + r, tl.where(not_finite, 1, tl.where(too_wide, 2, 0)).to(tl.int8), mask=r < R)
     qe = tl.minimum(tl.maximum(_rne((xe - bias[:, None]) * inv[:, None]), 0.0), 15.0).to(tl.uint8)
     qo = tl.minimum(tl.maximum(_rne((xo - bias[:, None]) * inv[:, None]), 0.0), 15.0).to(tl.uint8)
     dst = out + r[:, None] * stride_o
@@ -135,10 +161,15 @@ def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tenso
     r, h = x.shape[0], x.shape[1] // 2
     if r:
         block_h, block_r = _config(h, 2048)
+        status = torch.empty(r, dtype=torch.int8, device=x.device)
         _quantize_kernel[(triton.cdiv(r, block_r),)](
-            x, out, r, h, x.stride(0), out.stride(0),
+            x, out, status, r, h, x.stride(0), out.stride(0),
             HALF=half_scale_bias, BLOCK_R=block_r, BLOCK_H=block_h, num_warps=4, enable_fp_fusion=False,
         )
+        if _util.checks_enabled(x.device) and bool(status.any()):
+            # the CPU kernel holds the messages (which row, why); it raises on these rows
+            torch.ops.dv365.int4_quantize.default(x.cpu(), half_scale_bias)
+            _util.check(False, "int4_quantize", "x has a row that cannot be encoded (checked on the device)")
     return out
 
 
