@@ -37,6 +37,9 @@ enum Flag : int64_t {
 };
 constexpr int64_t kNumCatFilters = 3;
 constexpr int64_t kMaxCatValue = 63;
+// the largest weight a debiased score gives (dv365_ops/program.py MAX_SCORE): a near-zero duration cannot
+// overflow a slice's weighted sum
+constexpr double kMaxScore = 65536.0;
 }  // namespace prog
 
 }  // namespace dv365

@@ -16,13 +16,27 @@ A slice program for one timeline is a pair of tensors with one row per slice ``s
     ``DWELL_LO, DWELL_HI``     kept iff ``DWELL_LO <= dwell <= DWELL_HI`` (when ``DWELL_FILTER``)
     ``RATIO_LO, RATIO_HI``     kept iff ``RATIO_LO <= dwell / duration ** BETA <= RATIO_HI`` (when ``RATIO_FILTER``)
     ``BETA, GAMMA, S0``        when ``WEIGHTED``: ``s = log1p(dwell) / log1p(GAMMA * duration)``; kept iff the
-                               denominator is > 0 and ``s > S0``; the event's weight is ``s`` (else 1).
+                               denominator is > 0 and ``s > S0``; the event's weight is ``min(s, MAX_SCORE)``
+                               (else 1).
+
+Bounds are inclusive. An open bound is compiled as the adjacent float64 (``math.nextafter``): the dwell is a
+float32 and the ratio a float64, and no float64 lies between a bound and its neighbour, so ``dwell < 3`` and
+``dwell <= nextafter(3, -inf)`` keep exactly the same events (``dv365.spec`` writes them ``"[0, 3)"``).
 
 The ratio and the score are computed in float64 from the float32 fields (so that every backend agrees on
 which side of a bound an event falls), comparisons follow IEEE rules (NaN fails every bound), and the
-weight is rounded to float32. Float fields: ``floats[0]`` video_duration, ``floats[1]`` dwell_time; a
+weight is rounded to float32. Float fields: ``floats[0]`` video_duration, ``floats[1]`` dwell_time, seconds; a
 timeline without them passes ``floats`` of shape ``[0, N]`` and its program may not use dwell, ratio or
 weight. ``csrc/dv365.h`` mirrors these indices for the kernels.
+
+Fields outside their domain are *unknown*, whether the caller validated them or not: a dwell that is NaN,
+negative or infinite, and a duration that is NaN, negative, infinite or 0, are read as NaN. So an event with an
+unknown dwell is in no dwell, ratio or weighted slice; one with an unknown duration is in no ratio or weighted
+slice (its dwell slices are unaffected). A duration of 0 (a photo) has no watch ratio (``dwell / 0``) and no
+debiased score (the denominator ``log1p(0)`` is 0): photos enter unfiltered and dwell slices only. A duration
+so short that ``s`` explodes (``1e-45`` s gives ``s`` near ``1e45``) is capped by ``MAX_SCORE`` = 2^16, far above
+any real score (``s`` reaches 2^16 only when ``GAMMA * duration`` is below about 2e-4 while the dwell is long),
+so one bad event cannot overflow a slice's ``Σ w·e`` in float32.
 """
 
 TABLE = 0
@@ -52,3 +66,5 @@ NO_UPPER_BOUND = 2**63 - 1
 
 FLOAT_DURATION = 0
 FLOAT_DWELL = 1
+
+MAX_SCORE = 65536.0

@@ -49,21 +49,76 @@ def token_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
     return (sums / counts).to(x.dtype)
 
 
+def _int4_row_min(xf: torch.Tensor) -> torch.Tensor:
+    """Each row's minimum, the sign of a zero minimum picked as fbgemm's AVX2 kernel picks it.
+
+    ``torch.amin`` leaves the sign of a zero minimum to its reduction order; the half variant's bias bytes must
+    match fbgemm's for every finite row, so every backend follows fbgemm's order: eight lanes over the first
+    ``D // 8 * 8`` columns (column ``j`` in lane ``j % 8``), each lane keeping its *last* zero (``min_ps``
+    returns its second operand on a tie), the lanes merged from lane 0 keeping the *first*, then the remaining
+    columns, keeping the first. The same rule gives the fp32 variant's bias.
+    """
+    r, d = xf.shape
+    if d == 0:
+        return xf.new_zeros(r)
+    mn = xf.amin(1)
+    nv = d // 8 * 8
+    cols = torch.arange(d, device=xf.device)
+    # lower key wins: lane-major, the last zero of a lane first; then the tail in column order
+    key = torch.where(cols < nv, (cols % 8) * (d + 1) + (d - cols), 8 * (d + 1) + cols)
+    key = torch.where(xf == 0, key, 9 * (d + 1) + d)
+    chosen = xf.gather(1, key.argmin(1, keepdim=True))[:, 0]
+    return torch.where(mn == 0, chosen, mn)
+
+
+def _int4_check_encodable(xf, mn, mx, scale, bias, half_scale_bias: bool) -> None:
+    """Rows whose scale or bias cannot be stored raise, as the kernels do (docs/design.md#int4-rows)."""
+    if half_scale_bias:
+        bad = torch.isinf(scale) | torch.isinf(bias)
+    else:
+        bad = torch.isinf(15.0 * scale + bias)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise RuntimeError(_int4_range_message(i, float(mn[i]), float(mx[i]), half_scale_bias))
+
+
+def _int4_range_message(row: int, mn: float, mx: float, half_scale_bias: bool) -> str:
+    """The kernels' message for a row whose scale or bias overflows its format (csrc/cpu/int4.cpp)."""
+    if half_scale_bias:
+        return (
+            f"dv365::int4_quantize: row {row} of x spans [{mn:g}, {mx:g}], beyond float16 scale/bias "
+            "(half_scale_bias=True): fp16(min) or fp16((max - bias) / 15) is infinite; keep |min| < 65520 and "
+            "max - min < 982800, or use half_scale_bias=False"
+        )
+    return (
+        f"dv365::int4_quantize: row {row} of x spans [{mn:g}, {mx:g}], too wide for float32 codes: its top "
+        "code decodes to 15 * scale + bias = inf (keep max - min below about 3.4e38)"
+    )
+
+
 def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tensor:
     """Rowwise int4 codes: ``x [R, D]`` (D even) -> uint8 ``[R, D/2 + 8]`` (``[R, D/2 + 4]`` with half scale/bias).
 
     Row layout: D/2 code bytes (column 2j in the low nibble of byte j, column 2j+1 in the high nibble), then
-    the scale, then the bias, little-endian. fp32 variant: ``bias = min``, ``scale = (max - min) / 15``,
-    ``q = clamp(round_half_even((x - bias) * (1 / scale)), 0, 15)`` (``q = 0`` when ``scale == 0``).
-    Half variant (fbgemm's ``FloatToFusedNBitRowwiseQuantizedSBHalf(x, 4)``): ``bias = fp16(min)``,
-    ``scale = fp16((max - bias) / 15)``, and a zero or infinite-inverse scale becomes 1.
+    the scale, then the bias, little-endian. fp32 variant: ``bias = min``, ``scale = (max - min) / 15``, or
+    ``FLT_MIN`` (2^-126) when ``0 < max - min < 15 * FLT_MIN`` (a denormal scale would have an infinite inverse
+    and decode every value to the bias), ``q = clamp(round_half_even((x - bias) * (1 / scale)), 0, 15)``
+    (``scale = +0`` and ``q = 0`` for a constant row). Half variant (fbgemm's ``FloatToFusedNBitRowwiseQuantizedSBHalf(x, 4)``): ``bias =
+    fp16(min)``, ``scale = fp16((max - bias) / 15)``, and a zero or infinite-inverse scale becomes 1.
+    ``min`` picks the sign of a zero minimum as fbgemm does (:func:`_int4_row_min`).
+
+    A row that its format cannot hold raises: fp32, when the top code would decode to infinity
+    (``15 * scale + bias`` overflows, e.g. ``[-3e38, 3e38]``); half, when ``fp16(min)`` or the fp16 scale is
+    infinite (|min| >= 65520, or max - min beyond about 982 800), where fbgemm would store an infinity.
     """
     xf = x.float()
+    if not bool(torch.isfinite(xf).all()):
+        raise RuntimeError("dv365::int4_quantize: x must be finite (found NaN or Inf)")
     # Divisions are tensor by tensor: torch turns a division by a Python scalar on CUDA into a multiply by its
     # rounded reciprocal, and the format must not depend on the device (fbgemm divides, on every device).
     fifteen = torch.full((xf.shape[0],), 15.0, device=xf.device)
     one = torch.ones_like(fifteen)
-    mn = xf.amin(1) if xf.shape[1] else xf.new_zeros(xf.shape[0])
+    mn = _int4_row_min(xf)
     mx = xf.amax(1) if xf.shape[1] else xf.new_zeros(xf.shape[0])
     if half_scale_bias:
         bias = mn.half().float()
@@ -73,11 +128,17 @@ def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tenso
         bad = (scale == 0) | torch.isinf(inv)
         scale = torch.where(bad, torch.ones_like(scale), scale)
         inv = torch.where(bad, torch.ones_like(inv), inv)
+        _int4_check_encodable(xf, mn, mx, scale, bias, True)
         tail = torch.stack([scale.half(), bias.half()], 1).view(torch.uint8)
     else:
         bias = mn
-        scale = (mx - mn) / fifteen
+        rng = mx - mn
+        tiny = torch.finfo(torch.float32).tiny
+        # rng > 0 or a +0 scale: a zero range is -0 where the max is -0 and the min +0, as reductions may pick
+        scale = torch.where(rng < 15 * tiny, torch.full_like(rng, tiny), rng / fifteen)
+        scale = torch.where(rng > 0, scale, torch.zeros_like(rng))
         inv = torch.where(scale > 0, one / scale, torch.zeros_like(scale))
+        _int4_check_encodable(xf, mn, mx, scale, bias, False)
         tail = torch.stack([scale, bias], 1).view(torch.uint8)
     q = torch.round((xf - bias[:, None]) * inv[:, None]).clamp(0, 15).to(torch.uint8)
     codes = q[:, 0::2] | (q[:, 1::2] << 4)
@@ -128,6 +189,11 @@ def slice_membership(
         return keep & ((flags & (P.WEIGHTED | P.DWELL_FILTER | P.RATIO_FILTER)) == 0), weight
     dur = floats[P.FLOAT_DURATION].double()[None, :]
     dwell = floats[P.FLOAT_DWELL].double()[None, :]
+    # outside its domain a field is unknown (program.py): NaN fails every bound, so such an event is in no slice
+    # that reads the field; a duration of 0 (a photo) has no watch ratio and no debiased score
+    nan = torch.full_like(dur, float("nan"))
+    dwell = torch.where(torch.isfinite(dwell) & (dwell >= 0), dwell, nan)
+    dur = torch.where(torch.isfinite(dur) & (dur > 0), dur, nan)
     f = prog_f.double()
     in_dwell = (dwell >= f[:, P.DWELL_LO, None]) & (dwell <= f[:, P.DWELL_HI, None])
     keep &= ((flags & P.DWELL_FILTER) == 0) | in_dwell
@@ -141,7 +207,7 @@ def slice_membership(
     score = torch.log1p(dwell) / denom
     weighted = (flags & P.WEIGHTED) != 0
     keep &= ~weighted | ((denom > 0) & (score > f[:, P.S0, None]))
-    weight = torch.where(weighted & keep, score, 1.0).float()
+    weight = torch.where(weighted & keep, score.clamp(max=P.MAX_SCORE), 1.0).float()
     return keep, weight
 
 

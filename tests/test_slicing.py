@@ -79,6 +79,7 @@ def test_header_enums_match_program_py():
         "kRatioFilter": P.RATIO_FILTER,
         "kNumCatFilters": P.NUM_CAT_FILTERS,
         "kMaxCatValue": P.MAX_CAT_VALUE,
+        "kMaxScore": int(P.MAX_SCORE),
     }
     for j in range(P.NUM_CAT_FILTERS):
         expected[f"kCatField{j}"] = P.CAT_FIELD[j]
@@ -189,16 +190,36 @@ def test_window_and_gap_boundaries(device, t_ub):
 
 def test_dwell_and_ratio_bounds_inclusive(device):
     dur = [4.0, 4.0, 4.0, 4.0, 0.0, 0.0]
-    dwell = [2.0, 3.0, 1.9, 3.5, 0.0, 2.0]  # ratios 0.5, 0.75, 0.475, 0.875, nan, inf
+    dwell = [2.0, 3.0, 1.9, 3.5, 0.0, 2.0]  # ratios 0.5, 0.75, 0.475, 0.875; photos (dur = 0) have none
     a = _manual([10, 20, 30, 40, 50, 60], dur, dwell, device)
     kept, _ = _kept(a, *_one_slice(device, flags=P.DWELL_FILTER, DWELL_LO=2.0, DWELL_HI=3.0))
-    assert kept == [0, 1, 5]
+    assert kept == [0, 1, 5]  # a photo's dwell still counts
     kept, _ = _kept(a, *_one_slice(device, flags=P.RATIO_FILTER, RATIO_LO=0.5, RATIO_HI=0.75, BETA=1.0))
     assert kept == [0, 1]
     kept, _ = _kept(a, *_one_slice(device, flags=P.RATIO_FILTER, RATIO_LO=0.5, RATIO_HI=math.inf, BETA=1.0))
-    assert kept == [0, 1, 3, 5]  # dur = 0: dwell > 0 is an infinite ratio, 0 / 0 fails every bound
+    assert kept == [0, 1, 3]  # dur = 0: no watch ratio, not an infinite one
     kept, _ = _kept(a, *_one_slice(device, flags=P.RATIO_FILTER, RATIO_LO=0.0, RATIO_HI=math.inf, BETA=0.5))
-    assert kept == [0, 1, 2, 3, 5]
+    assert kept == [0, 1, 2, 3]
+
+
+def test_unknown_fields_never_select_and_never_weigh(device):
+    # the op called directly, no TimelineBatch validation: a negative, NaN or infinite dwell is unknown; so is a
+    # negative, NaN, infinite or zero duration (program.py)
+    nan, inf = math.nan, math.inf
+    dur = [10.0, 10.0, 10.0, 10.0, -5.0, nan, inf, 0.0, 1e-45, 10.0]
+    dwell = [-1.0, -0.5, nan, inf, 5.0, 5.0, 5.0, 5.0, 60.0, 5.0]
+    a = _manual([10 * (i + 1) for i in range(10)], dur, dwell, device)
+    kept, _ = _kept(a, *_one_slice(device, flags=P.DWELL_FILTER, DWELL_LO=-math.inf, DWELL_HI=math.inf))
+    assert kept == [4, 5, 6, 7, 8, 9]  # every finite, non-negative dwell; the duration does not matter here
+    kept, _ = _kept(a, *_one_slice(device, flags=P.RATIO_FILTER, RATIO_LO=-math.inf, RATIO_HI=math.inf, BETA=1.0))
+    assert kept == [8, 9]  # a known dwell over a known, positive duration
+    pi, pf = _one_slice(device, flags=P.WEIGHTED, GAMMA=1.0, S0=-1.0)
+    kept, weights = _kept(a, pi, pf)
+    assert kept == [8, 9]
+    # 1e-45 s gives a score near 3e46: capped, so the pooled row stays finite
+    assert sorted(weights.tolist()) == [pytest.approx(math.log1p(5.0) / math.log1p(10.0)), P.MAX_SCORE]
+    pooled, wsum = dv365_ops.sliced_pool([torch.randn(100, 4, device=device)], *_timeline_args(dict(a, prog_i=pi, prog_f=pf)))
+    assert torch.isfinite(pooled).all() and bool((wsum > 0).all()) and bool((weights >= 0).all())
 
 
 def test_ratio_beta_half_at_bounds(device):

@@ -9,7 +9,9 @@ from timeline_data import naive_slices, random_batch, random_request_ts, random_
 from tolerances import assert_close
 
 from dv365 import cli
-from dv365.spec import DAY, DebiasedScore, Slice, SliceSpec, SpecError, Table, load_default_spec
+import math
+
+from dv365.spec import DAY, DebiasedScore, Range, Slice, SliceSpec, SpecError, Table, load_default_spec
 from dv365.timeline import ACTION_TYPES, MEDIA_TYPES, SURFACES
 from dv365_ops import program as P
 from dv365_ops import reference
@@ -263,15 +265,78 @@ def test_default_spec_covers_the_paper_families():
         assert {s.id_field for s in timeline} == {"media_id", "author_id", "topic_id"}
         everything = [s for s in timeline if not (s.action_types or s.media_types or s.surfaces or s.dwell or s.watch_ratio or s.weight)]
         assert {s.window for s in everything} == windows
-    assert any(s.gap == DAY for s in exp) and any(s.gap == DAY for s in imp)
+    # distant interest beyond the loader's 24 h cut (a gap of 1 d or less would equal its gap-0 twin)
+    assert any(s.gap == 7 * DAY for s in exp) and any(s.gap == 7 * DAY for s in imp)
+    assert not any(0 < s.gap <= DAY for s in spec.slices)
     # tables are shared by group: weighted and unweighted, positive and negative, explicit and implicit never mix
     by_table = {t.name: [s for s in spec.slices if s.table == t.name] for t in spec.tables}
     for name, slices in by_table.items():
         assert slices, name
         assert len({s.timeline for s in slices}) == 1 and len({s.weighted for s in slices}) == 1, name
-    neg = {s.table for s in imp if s.dwell == (0, 3)} - {"imp_media", "imp_topic"}
-    pos = {s.table for s in imp if s.dwell == (15, float("inf"))} - {"imp_media", "imp_topic"}
+    neg = {s.table for s in imp if s.dwell == Range(0, 3, hi_open=True)} - {"imp_media", "imp_topic"}
+    pos = {s.table for s in imp if s.dwell == Range(15, math.inf, lo_open=True)} - {"imp_media", "imp_topic"}
     assert neg and pos and not neg & pos
+
+
+def _bucket_of(spec: SliceSpec, family: str, dwell: list[float], duration: list[float]) -> list[list[str]]:
+    """For each event (all at Δt = 2 d), the labels of the default slices ``family.format(label)`` that keep it."""
+    prog = spec.compile()["implicit"]
+    n = len(dwell)
+    floats = torch.tensor([duration, dwell], dtype=torch.float32)
+    req = torch.tensor([10 * DAY])
+    keep, _ = reference.slice_membership(torch.tensor([0, n]), torch.full((n,), 8 * DAY), torch.zeros(2, n, dtype=torch.int8),
+                                         floats, req, prog.prog_i, prog.prog_f)
+    rows = {name: r for r, name in enumerate(prog.slice_names)}
+    labels = [lab for lab in ("0to3", "3to15", "gt15", "0to20", "50to100", "ge100") if family.format(lab) in rows]
+    return [[lab for lab in labels if keep[rows[family.format(lab)], e]] for e in range(n)]
+
+
+def test_default_buckets_are_half_open():
+    # the paper's "< 3 s" and "> 15 s": an event exactly on a bound lands in one bucket, as does a ratio of 1.0
+    spec = load_default_spec()
+    def f32_step(x: float, toward: float) -> float:  # dwell is float32: its neighbours are float32 steps
+        return float(torch.nextafter(torch.tensor(x), torch.tensor(toward)))
+
+    dwell = [0.0, f32_step(3.0, 0.0), 3.0, 15.0, f32_step(15.0, 99.0), 60.0]
+    got = _bucket_of(spec, "imp_dwell_{}_media_inf", dwell, [10.0] * len(dwell))
+    assert got == [["0to3"], ["0to3"], ["3to15"], ["3to15"], ["gt15"], ["gt15"]]
+    got = _bucket_of(spec, "imp_ratio_{}_media_inf", [0.0, 1.0, 10.0, 20.0, 5.0], [10.0, 10.0, 10.0, 10.0, 0.0])
+    # ratios 0, 0.1, 1.0, 2.0; a photo (duration 0) has no watch ratio
+    assert got == [["0to20"], ["0to20"], ["ge100"], ["ge100"], []]
+
+
+def test_open_bounds_compile_to_the_adjacent_float64():
+    s = _imp(dwell="(3, 15)", watch_ratio="[0.5, 1.0)")
+    assert s.dwell == Range(3.0, 15.0, lo_open=True, hi_open=True) and s.dwell != (3.0, 15.0)
+    assert str(s.dwell) == "(3, 15)" and str(s.watch_ratio) == "[0.5, 1)"
+    f = _spec(s).compile()["implicit"].prog_f[0].tolist()
+    assert f[P.DWELL_LO] == math.nextafter(3.0, math.inf) and f[P.DWELL_HI] == math.nextafter(15.0, -math.inf)
+    assert (f[P.RATIO_LO], f[P.RATIO_HI]) == (0.5, math.nextafter(1.0, -math.inf))
+    # exact for float64 values: nothing lies between a bound and its neighbour
+    for v in (3.0, math.nextafter(3.0, 9), 15.0, math.nextafter(15.0, 0), 7.0, float("nan")):
+        assert s.dwell.contains(v) == (f[P.DWELL_LO] <= v <= f[P.DWELL_HI])
+    assert Range(0, 3) == (0, 3) and Range(0, 3, hi_open=True) != (0, 3) and hash(Range(0, 3)) != hash(Range(0, 3, True))
+    assert SliceSpec.from_yaml(_spec(s).to_yaml()) == _spec(s)
+    assert "dwell: (3, 15)" in _spec(s).to_yaml() and "dwell: [3.0, 15.0]" in _spec(_imp(dwell=(3, 15))).to_yaml()
+    with pytest.raises(SpecError, match=r"slice 'y': dwell is an empty range: \[3, 3\) holds no value"):
+        _imp(dwell="[3, 3)")
+    with pytest.raises(SpecError, match=r"slice 'y': dwell must be a pair \(lo, hi\) or an interval such as"):
+        _imp(dwell="3 to 15")
+    assert _imp(dwell="[3, inf]").dwell == (3.0, math.inf) and _imp(dwell="[-inf, 2]").dwell == (-math.inf, 2.0)
+
+
+def test_default_gap_beyond_the_loader_cut():
+    # under the loader's 24 h cut every event is older than 1 d: a 1d-gap slice equals its gap-0 twin, which is
+    # why the default distant slices skip 7 d instead
+    twins = _spec(_imp("a", dwell=(15, math.inf)), _imp("b", dwell=(15, math.inf), gap="1d"), _imp("c", dwell=(15, math.inf), gap="7d"))
+    prog = twins.compile()["implicit"]
+    n = 200
+    dt = torch.randint(DAY + 1, 30 * DAY, (n,)).sort(descending=True).values  # ages after the loader's cut
+    req = torch.tensor([40 * DAY])
+    floats = torch.stack([torch.full((n,), 30.0), torch.rand(n) * 60])
+    keep, _ = reference.slice_membership(torch.tensor([0, n]), req - dt, torch.zeros(2, n, dtype=torch.int8), floats, req,
+                                         prog.prog_i, prog.prog_f)
+    assert torch.equal(keep[0], keep[1]) and not torch.equal(keep[0], keep[2])
 
 
 def test_default_spec_is_installed_with_the_package():
@@ -311,6 +376,9 @@ def test_cli_spec_show_one_timeline(capsys, tmp_path):
     assert cli.main(["spec", "show", "--spec", str(path), "--timeline", "implicit"]) == 0
     out = capsys.readouterr().out
     assert "only_imp" in out and "only_exp" not in out and "dwell∈[1, 2]" in out
+    path.write_text(_spec(_imp("open_imp", dwell="(15, inf]")).to_yaml())
+    assert cli.main(["spec", "show", "--spec", str(path)]) == 0
+    assert "dwell∈(15, inf]" in capsys.readouterr().out
 
 
 def test_cli_spec_validate(capsys, tmp_path):

@@ -159,6 +159,35 @@ def test_int4_bad_inputs(device):
         T.int4_dequantize_triton(torch.ones(3, 6, dtype=torch.uint8, device=device))
 
 
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_int4_signed_zero_minimum_and_denormal_range(device, dtype, half):
+    # a zero minimum takes the sign fbgemm gives it (the reference's rule), a denormal range a FLT_MIN scale
+    g = torch.Generator().manual_seed(0)
+    for d in (8, 30, 260):
+        x = torch.tensor([0.0, -0.0, 0.5, 2.0])[torch.randint(0, 4, (9, d), generator=g)]
+        x[0], x[1] = -0.0, 0.0
+        x = x.to(device=device, dtype=dtype)
+        assert torch.equal(T.int4_quantize_triton(x, half).cpu(), reference.int4_quantize(x.cpu(), half)), d
+    tiny = torch.tensor([[0, 1.5e-38, 7e-39, 1e-39]], device=device)
+    assert torch.equal(T.int4_quantize_triton(tiny, False).cpu(), reference.int4_quantize(tiny.cpu(), False))
+
+
+@pytest.mark.parametrize(
+    "half, row, message",
+    [
+        (False, [0.0, float("nan"), 1.0, 2.0], "x must be finite"),
+        (True, [float("-inf"), 0.0, 1.0, 2.0], "x must be finite"),
+        (False, [-3e38, 3e38, 0.0, 1.0], r"row 1 of x spans \[-3e\+38, 3e\+38\], too wide for float32 codes"),
+        (True, [-1e5, 0.0, 1.0, 2.0], r"row 1 of x spans \[-100000, 2\], beyond float16 scale/bias"),
+    ],
+)
+def test_int4_rows_that_cannot_be_encoded_raise(device, half, row, message):
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], row], device=device)
+    with pytest.raises(RuntimeError, match="dv365::int4_quantize: " + message):
+        T.int4_quantize_triton(x, half)
+
+
 # ---- sliced pooling
 
 
@@ -227,6 +256,31 @@ def test_sliced_pool_matches_reference(device, dtype, with_floats, num_cats, uni
     assert pooled.dtype == dtype and weight_sum.dtype == torch.float32
     assert_close(pooled, ref_pooled)
     assert_close(weight_sum, ref_weight_sum)
+
+
+def test_sliced_pool_unknown_fields(device):
+    # negative, NaN and infinite fields and a 1e-45 s duration, as a direct caller may pass them (program.py)
+    args = list(_slicing_inputs(device, uniform=True, max_len=40))
+    floats = args[5].clone()
+    n = floats.shape[1]
+    odd = torch.tensor([-1.0, float("nan"), float("inf"), 0.0, 1e-45, -0.0])
+    floats[0] = torch.where(torch.rand(n, device=device) < 0.5, odd[torch.randint(0, 6, (n,))].to(device), floats[0])
+    floats[1] = torch.where(torch.rand(n, device=device) < 0.3, odd[torch.randint(0, 6, (n,))].to(device), floats[1])
+    args[5] = floats
+    args[8][:, P.S0] = -1.0  # keep every scored event: the capped weights reach the pooled rows
+    pooled, weight_sum = T.sliced_pool_triton(*args)
+    ref_pooled, ref_weight_sum = reference.sliced_pool(*args)
+    assert bool(torch.isfinite(pooled).all()) and bool(torch.isfinite(weight_sum).all())
+    assert_close(pooled, ref_pooled)
+    assert_close(weight_sum, ref_weight_sum)
+
+
+def test_triton_max_score_mirrors_program():
+    import inspect
+
+    from dv365_ops.triton_kernels import slicing as TS
+
+    assert f"tl.minimum(score, {P.MAX_SCORE!r})" in inspect.getsource(TS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -13,7 +13,8 @@ import random
 
 import torch
 
-from dv365.spec import DAY, DebiasedScore, Slice, SliceSpec, Table
+from dv365_ops import program as P
+from dv365.spec import DAY, DebiasedScore, Range, Slice, SliceSpec, Table
 from dv365.timeline import ACTION_TYPES, CAT_FIELDS, EXPLICIT, MEDIA_TYPES, SURFACES, TimelineBatch
 
 VOCAB_SIZE = {"action_type": len(ACTION_TYPES), "media_type": len(MEDIA_TYPES), "surface": len(SURFACES)}
@@ -92,11 +93,16 @@ def naive_event(s: Slice, batch: TimelineBatch, e: int, request_ts: int) -> tupl
         return True, 1.0
     duration = float(batch.column("video_duration")[e])
     dwell = float(batch.column("dwell_time")[e])
-    if s.dwell is not None and not (s.dwell[0] <= dwell <= s.dwell[1]):
+    # unknown fields (dv365_ops/program.py): a dwell must be finite and >= 0, a duration finite and > 0
+    if not (math.isfinite(dwell) and dwell >= 0):
+        dwell = math.nan
+    if not (math.isfinite(duration) and duration > 0):
+        duration = math.nan
+    if s.dwell is not None and not s.dwell.contains(dwell):
         return False, 0.0
     if s.watch_ratio is not None:
         ratio = _div(dwell, duration**s.beta)
-        if not (s.watch_ratio[0] <= ratio <= s.watch_ratio[1]):
+        if not s.watch_ratio.contains(ratio):
             return False, 0.0
     if s.weight is None:
         return True, 1.0
@@ -104,7 +110,7 @@ def naive_event(s: Slice, batch: TimelineBatch, e: int, request_ts: int) -> tupl
     if not denom > 0:
         return False, 0.0
     score = math.log1p(dwell) / denom
-    return (True, score) if score > s.weight.s0 else (False, 0.0)
+    return (True, min(score, P.MAX_SCORE)) if score > s.weight.s0 else (False, 0.0)
 
 
 def naive_slices(spec: SliceSpec, batches: dict[str, TimelineBatch], request_ts: torch.Tensor):
@@ -125,6 +131,12 @@ def naive_slices(spec: SliceSpec, batches: dict[str, TimelineBatch], request_ts:
     return out
 
 
+def _random_ends(lo: float, hi: float, rng: random.Random) -> Range:
+    """``[lo, hi]``, or with one end open now and then (never an empty range)."""
+    end = rng.choice(["", "", "lo", "hi"]) if lo < hi else ""
+    return Range(lo, hi, lo_open=end == "lo", hi_open=end == "hi")
+
+
 def _random_slice(name: str, rng: random.Random) -> Slice:
     timeline = rng.choice(["explicit", "implicit"])
     table = rng.choice(["em", "ea"] if timeline == "explicit" else ["im", "it"])
@@ -138,10 +150,10 @@ def _random_slice(name: str, rng: random.Random) -> Slice:
     if timeline == "implicit":
         if rng.random() < 0.4:
             lo = rng.choice([0.0, 3.0, 15.0, rng.uniform(0, 100)])
-            kw["dwell"] = (lo, rng.choice([lo, lo + rng.uniform(0, 100), float("inf")]))
+            kw["dwell"] = _random_ends(lo, rng.choice([lo, lo + rng.uniform(0, 100), float("inf")]), rng)
         if rng.random() < 0.4:
             lo = rng.choice([0.0, 0.2, 1.0, rng.uniform(0, 2)])
-            kw["watch_ratio"] = (lo, rng.choice([lo + rng.uniform(0, 2), float("inf"), 1.0 if lo <= 1 else lo]))
+            kw["watch_ratio"] = _random_ends(lo, rng.choice([lo + rng.uniform(0, 2), float("inf"), 1.0 if lo <= 1 else lo]), rng)
             kw["beta"] = rng.choice([1.0, 0.5, rng.uniform(0.1, 2.0)])
         if rng.random() < 0.3:
             kw["weight"] = DebiasedScore(rng.choice([1.0, 0.5, rng.uniform(0.1, 3)]), rng.choice([0.0, 0.5, rng.uniform(-1, 2)]))

@@ -30,7 +30,10 @@
 // The plan (groups, blocks, bounds, items) is built on the device, so the op never synchronizes with the host
 // and can be captured in a CUDA graph. The backward passes reuse the plan and the membership step, and
 // scatter sum_g w_g(e) * sum_{s in g covering the segment} grad[b, s] / weight_sum[b, s] into each event's row.
+#include <math_constants.h>
+
 #include <algorithm>
+#include <cfloat>
 #include <cstdint>
 #include <mutex>
 #include <utility>
@@ -160,8 +163,12 @@ __device__ __forceinline__ Event load_event(const Timeline& tl, int64_t e, const
     const uint64_t byte = (v < 0 || v > prog::kMaxCatValue) ? 0xFFu : static_cast<uint64_t>(v);
     ev.cats |= byte << (8 * f);
   }
-  ev.dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
-  ev.dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
+  // outside its domain a field is unknown, read as NaN (dv365_ops/program.py): a dwell must be finite and >= 0,
+  // a duration finite and > 0 (0, a photo, has no ratio and no score)
+  const double dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
+  const double dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
+  ev.dur = (dur > 0.0 && dur <= DBL_MAX) ? dur : CUDART_NAN;
+  ev.dwell = (dwell >= 0.0 && dwell <= DBL_MAX) ? dwell : CUDART_NAN;
   ev.has_beta = ev.has_gamma = false;
   ev.beta = ev.ratio = ev.gamma = ev.den = ev.score = ev.log_dwell = 0.0;
   return ev;
@@ -195,7 +202,7 @@ __device__ __forceinline__ bool float_keep(const GroupProg& p, const Timeline& t
     const double den = ev.den;
     const double s = ev.score;
     if (!(den > 0 && s > p.s0)) return false;
-    w = static_cast<float>(s);
+    w = static_cast<float>(fmin(s, prog::kMaxScore));
   }
   return true;
 }

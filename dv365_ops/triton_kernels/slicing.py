@@ -188,6 +188,10 @@ def _membership(
         if tl.max(keep.to(tl.int32)) > 0:
             dur_e = tl.load(floats + e, mask=e_ok, other=0.0).to(tl.float64)
             dwell_e = tl.load(floats + stride_f + e, mask=e_ok, other=0.0).to(tl.float64)
+            # outside its domain a field is unknown, read as NaN (program.py): a dwell must be finite and >= 0,
+            # a duration finite and > 0 (0, a photo, has no ratio and no score)
+            dur_e = tl.where((dur_e > 0.0) & (dur_e < float("inf")), dur_e, float("nan"))
+            dwell_e = tl.where((dwell_e >= 0.0) & (dwell_e < float("inf")), dwell_e, float("nan"))
             dur = dur_e[None, :]
             dwell = dwell_e[None, :]
             if has_dwell:
@@ -210,7 +214,7 @@ def _membership(
                     denom = _log1p(gamma[:, None] * dur, INTERPRET)
                     score = _log1p(dwell, INTERPRET) / denom
                 keep &= ~weighted[:, None] | ((denom > 0) & (score > s0[:, None]))
-                weight = tl.where(weighted[:, None] & keep, score, 1.0).to(tl.float32)
+                weight = tl.where(weighted[:, None] & keep, tl.minimum(score, 65536.0), 1.0).to(tl.float32)  # P.MAX_SCORE
     else:
         keep &= ((flags & 7) == 0)[:, None]
     return tl.where(keep, weight, 0.0), tl.max(keep.to(tl.int32)) > 0

@@ -49,6 +49,74 @@ class SpecError(ValueError):
     """A slice spec that cannot be compiled; the message names the slice (or table) and the field."""
 
 
+class Range(tuple):
+    """A dwell or watch-ratio range ``(lo, hi)``, each end closed or open (paper eq. 3, 4).
+
+    A pair ``(lo, hi)`` or ``[lo, hi]`` is closed at both ends. Interval notation sets either end open:
+    ``"[0, 3)"`` is the paper's "< 3 s", ``"(15, inf]"`` its "> 15 s", so that adjacent buckets
+    ``[0, 3)``, ``[3, 15]``, ``(15, inf]`` share no value. It is still the tuple ``(lo, hi)``; it equals a plain
+    pair only when closed. The compiler writes an open end as the adjacent float64 (:mod:`dv365_ops.program`).
+    """
+
+    lo_open: bool
+    hi_open: bool
+
+    def __new__(cls, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Range:
+        self = super().__new__(cls, (lo, hi))
+        self.lo_open, self.hi_open = bool(lo_open), bool(hi_open)
+        return self
+
+    @property
+    def lo(self) -> float:
+        return self[0]
+
+    @property
+    def hi(self) -> float:
+        return self[1]
+
+    @property
+    def closed(self) -> bool:
+        return not (self.lo_open or self.hi_open)
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the range (NaN never does)."""
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return bool(above and below)
+
+    def compiled(self) -> tuple[float, float]:
+        """The inclusive float64 bounds the kernels compare with: an open end becomes its neighbour, exact for
+        every float64 value (no float64 lies between a number and its neighbour)."""
+        lo = math.nextafter(self.lo, math.inf) if self.lo_open else self.lo
+        hi = math.nextafter(self.hi, -math.inf) if self.hi_open else self.hi
+        return lo, hi
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Range):
+            return tuple(self) == tuple(other) and (self.lo_open, self.hi_open) == (other.lo_open, other.hi_open)
+        return self.closed and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.lo_open, self.hi_open))
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            if math.isinf(x):
+                return "inf" if x > 0 else "-inf"
+            return f"{x:g}" if float(f"{x:g}") == x else repr(x)  # exact, so that YAML round-trips
+
+        return f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
+
+    def __repr__(self) -> str:
+        return f"Range({str(self)!r})" if not self.closed else f"Range({self.lo!r}, {self.hi!r})"
+
+    def __reduce__(self):
+        return (Range, (self.lo, self.hi, self.lo_open, self.hi_open))
+
+
 @dataclasses.dataclass(frozen=True)
 class DebiasedScore:
     """Paper eq. 5: weight ``s = ln(dwell + 1) / ln(γ·duration + 1)``; the event is kept only where ``s > s0``."""
@@ -84,10 +152,16 @@ class Slice:
     """One sliced feature: the events of ``timeline`` that pass every filter, pooled from ``table`` by ``id_field``.
 
     Filters (all optional, ANDed): ``action_types`` (explicit only, eq. 2), ``media_types``, ``surfaces``
-    (sets of names); ``dwell = (lo, hi)`` seconds, inclusive (eq. 3); ``watch_ratio = (lo, hi)`` on
-    ``dwell / duration ** beta`` (eq. 4); ``Δt = request_ts - ts ∈ (gap, window]`` seconds (eq. 6;
-    ``window=None`` is the full horizon; durations may be written ``"3d"``, ``"24h"``). ``weight`` is None
-    (mean pooling) or :class:`DebiasedScore` (weighted mean, eq. 5).
+    (sets of names); ``dwell`` seconds (eq. 3) and ``watch_ratio`` on ``dwell / duration ** beta`` (eq. 4), each a
+    :class:`Range`: a pair ``(lo, hi)`` is inclusive, ``"[0, 3)"`` / ``"(15, inf]"`` open an end;
+    ``Δt = request_ts - ts ∈ (gap, window]`` seconds (eq. 6; ``window=None`` is the full horizon; durations may be
+    written ``"3d"``, ``"24h"``). ``weight`` is None (mean pooling) or :class:`DebiasedScore` (weighted mean, eq. 5).
+
+    Unknown fields (a NaN, negative or infinite dwell; a NaN, negative, infinite or zero duration) pass no filter
+    that reads them: a photo (duration 0) has no watch ratio and no debiased score (:mod:`dv365_ops.program`).
+    The 24 h cut of the distant-interest objective (paper eq. 9) belongs to the loader (``Loader(gap=86400)``
+    removes the last 24 h from the whole history); a slice's own ``gap`` skips further back from the request,
+    so a slice ``gap`` at or below the loader's changes nothing.
     """
 
     name: str
@@ -97,8 +171,8 @@ class Slice:
     action_types: frozenset[str] | None = None
     media_types: frozenset[str] | None = None
     surfaces: frozenset[str] | None = None
-    dwell: tuple[float, float] | None = None
-    watch_ratio: tuple[float, float] | None = None
+    dwell: Range | None = None
+    watch_ratio: Range | None = None
     beta: float = 1.0
     window: int | None = None
     gap: int = 0
@@ -171,7 +245,7 @@ class Slice:
         for field in ("dwell", "watch_ratio"):
             value = getattr(self, field)
             if value is not None:
-                out[field] = list(value)
+                out[field] = list(value) if value.closed else str(value)
         if self.beta != 1.0:
             out["beta"] = self.beta
         out["window"] = format_duration(self.window)
@@ -498,18 +572,47 @@ def _number(where: str, field: str, value: Any) -> float:
     return float(value)
 
 
-def _range(where: str, field: str, value: Any) -> tuple[float, float]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
+_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
+
+
+def _range(where: str, field: str, value: Any) -> Range:
+    if isinstance(value, Range):
+        lo_open, hi_open, pair = value.lo_open, value.hi_open, [value.lo, value.hi]
+    elif isinstance(value, str):
+        m = _INTERVAL.match(value)
+        if m is None:
+            raise SpecError(
+                f"{where}: {field} must be a pair (lo, hi) or an interval such as '[0, 3)' or '(15, inf]', got {value!r}"
+            )
+        lo_open, hi_open, pair = m.group(1) == "(", m.group(4) == ")", [m.group(2), m.group(3)]
+    elif isinstance(value, Iterable):
+        lo_open, hi_open, pair = False, False, list(value)
+        if len(pair) != 2:
+            raise SpecError(f"{where}: {field} must be a pair (lo, hi), got {value!r}")
+    else:
         raise SpecError(f"{where}: {field} must be a pair (lo, hi), got {value!r}")
-    pair = list(value)
-    if len(pair) != 2:
-        raise SpecError(f"{where}: {field} must be a pair (lo, hi), got {value!r}")
-    lo, hi = (_number(where, field, v) for v in pair)
+    lo, hi = (_number(where, field, _float_text(v)) for v in pair)
     if math.isnan(lo) or math.isnan(hi):
         raise SpecError(f"{where}: {field} bounds must not be NaN, got {value!r}")
+    r = Range(lo, hi, lo_open, hi_open)
+    clo, chi = r.compiled()
     if lo > hi:
         raise SpecError(f"{where}: {field} is an empty range: lo {lo:g} > hi {hi:g}")
-    return lo, hi
+    if clo > chi:
+        raise SpecError(f"{where}: {field} is an empty range: {r} holds no value")
+    return r
+
+
+def _float_text(v: Any) -> Any:
+    """An interval's bound as written (``"3"``, ``"1e-3"``, ``"inf"``) as a number; anything else unchanged."""
+    if isinstance(v, str) and v.strip().lower() not in ("inf", "+inf", ".inf", "-inf", "-.inf"):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    if isinstance(v, str) and v.strip().lower() in ("-inf", "-.inf"):
+        return -math.inf
+    return v
 
 
 def _weight_from_yaml(name: str, value: Any) -> DebiasedScore:
@@ -555,10 +658,10 @@ def _compile_timeline(spec: SliceSpec, kind: str) -> CompiledProgram:
         floats[P.GAMMA] = 1.0
         if s.dwell is not None:
             flags |= P.DWELL_FILTER
-            floats[P.DWELL_LO], floats[P.DWELL_HI] = s.dwell
+            floats[P.DWELL_LO], floats[P.DWELL_HI] = s.dwell.compiled()
         if s.watch_ratio is not None:
             flags |= P.RATIO_FILTER
-            floats[P.RATIO_LO], floats[P.RATIO_HI] = s.watch_ratio
+            floats[P.RATIO_LO], floats[P.RATIO_HI] = s.watch_ratio.compiled()
         if s.weight is not None:
             flags |= P.WEIGHTED
             floats[P.GAMMA], floats[P.S0] = s.weight.gamma, s.weight.s0
@@ -584,6 +687,7 @@ __all__ = [
     "Slice",
     "SliceSpec",
     "SpecError",
+    "Range",
     "Table",
     "expand_family",
     "format_duration",

@@ -16,10 +16,6 @@ if TYPE_CHECKING:
 _SHORT = {"action_types": "action", "media_types": "media", "surfaces": "surface"}
 
 
-def _num(x: float) -> str:
-    return "inf" if x == float("inf") else f"{x:g}"
-
-
 def describe_filters(s: Slice) -> str:
     """The slice's filters, e.g. ``action∈{like,save} dwell∈[15, inf] ratio(β=0.5)∈[0, 1]``."""
     from .spec import SET_FILTERS
@@ -30,10 +26,10 @@ def describe_filters(s: Slice) -> str:
         if names is not None:
             parts.append(f"{_SHORT[field]}∈{{{','.join(n for n in vocab if n in names)}}}")
     if s.dwell is not None:
-        parts.append(f"dwell∈[{_num(s.dwell[0])}, {_num(s.dwell[1])}]")
+        parts.append(f"dwell∈{s.dwell}")
     if s.watch_ratio is not None:
         beta = "" if s.beta == 1.0 else f"(β={s.beta:g})"
-        parts.append(f"ratio{beta}∈[{_num(s.watch_ratio[0])}, {_num(s.watch_ratio[1])}]")
+        parts.append(f"ratio{beta}∈{s.watch_ratio}")
     return " ".join(parts) or "-"
 
 
