@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: a result row, a median timer, and the markdown table every bench prints."""
+"""Shared benchmark helpers: a result row, the one timer every bench uses, and the markdown table they print."""
 
 from __future__ import annotations
 
@@ -23,28 +23,57 @@ class Result:
         return self.bytes_floor / self.seconds / 1e9
 
 
-def median_time(fn: Callable[[], object], min_time: float = 0.3, max_reps: int = 50) -> float:
-    """Median seconds per call after one warm-up call, over at least 3 calls or ``min_time`` seconds."""
+def _sync() -> None:
+    """Wait for queued CUDA work, so that a timed call includes its kernels (a no-op without CUDA)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    repeats: int = 50,
+    min_time: float = 0.3,
+    stat: str = "median",
+    slow_after: float | None = None,
+) -> float:
+    """Seconds per call of ``fn``: the one timer of the benchmarks.
+
+    One warm-up call, then timed calls, CUDA-synchronized on both sides: at least 3 (at most ``repeats``) and
+    until ``min_time`` seconds have passed; ``min_time=0`` times exactly ``repeats`` calls. ``stat`` is
+    ``"median"``, or ``"min"`` on a shared, loaded machine, where the minimum is the stable statistic. A warm-up
+    slower than ``slow_after`` seconds is itself the measurement (slow peers).
+    """
+    if stat not in ("median", "min"):
+        raise ValueError(f"measure: stat must be 'median' or 'min', got {stat!r}")
+    _sync()
+    t0 = time.perf_counter()
     fn()
+    _sync()
+    first = time.perf_counter() - t0
+    if slow_after is not None and first > slow_after:
+        return first
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < 3 or time.perf_counter() - start < min_time):
+    while len(times) < repeats and (len(times) < min(3, repeats) or time.perf_counter() - start < min_time):
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     times.sort()
-    return times[len(times) // 2]
+    return times[0] if stat == "min" else times[len(times) // 2]
+
+
+def median_time(fn: Callable[[], object], min_time: float = 0.3, max_reps: int = 50) -> float:
+    """:func:`measure`'s median over at least 3 calls or ``min_time`` seconds."""
+    return measure(fn, repeats=max_reps, min_time=min_time)
 
 
 def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` runs after a warm-up: on a shared machine the minimum is the stable statistic."""
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """:func:`measure`'s minimum over ``repeats`` calls: on a shared machine the minimum is the stable statistic."""
+    return measure(run, repeats=repeats, min_time=0.0, stat="min")
 
 
 def markdown_table(results: Sequence[Result], ours: str = "dv365") -> str:

@@ -17,10 +17,10 @@ table (``--batch``, ``--dim``, ``--repeat``); ``pytest benchmarks --benchmark-on
 from __future__ import annotations
 
 import argparse
+import pathlib
 import platform
-import statistics
 import subprocess
-import time
+import sys
 from datetime import datetime, timezone
 
 import torch
@@ -29,6 +29,10 @@ import torch.nn.functional as F
 import dv365_ops
 from dv365_ops import program as P
 from dv365_ops.testing import w40k_workload
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import measure  # noqa: E402
+
 
 def _membership(w: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The slice predicates as a plain-torch user would evaluate them: one pass of vector ops per slice,
@@ -40,6 +44,9 @@ def _membership(w: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cats_l = cats.long()
     bit = torch.arange(64)
     dur, dwell = floats[P.FLOAT_DURATION].double(), floats[P.FLOAT_DWELL].double()
+    # unknown fields read as NaN (program.py): photos (duration 0) have no ratio and no score
+    dwell = torch.where(torch.isfinite(dwell) & (dwell >= 0), dwell, float("nan"))
+    dur = torch.where(torch.isfinite(dur) & (dur > 0), dur, float("nan"))
     log1p_dwell = torch.log1p(dwell)
     ratios: dict[float, torch.Tensor] = {}
     denoms: dict[float, torch.Tensor] = {}
@@ -66,7 +73,7 @@ def _membership(w: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
                 denoms[gamma] = torch.log1p(gamma * dur)
             score = log1p_dwell / denoms[gamma]
             k &= (denoms[gamma] > 0) & (score > f[P.S0])
-            weight[s] = torch.where(k, score, 1.0).float()
+            weight[s] = torch.where(k, score.clamp(max=P.MAX_SCORE), 1.0).float()
         keep[s] = k
     return keep, weight, user
 
@@ -168,17 +175,8 @@ def _backward_peer(w: dict, sparse: bool):
 
 
 def time_it(fn, repeat: int) -> float:
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    if first > 2.0:  # slow peers: the warm-up run is the measurement
-        return first
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    # slow peers: a warm-up over 2 s is the measurement
+    return measure(fn, repeats=repeat, min_time=0.0, slow_after=2.0)
 
 
 def check(w: dict) -> None:
