@@ -105,3 +105,79 @@ def environment() -> str:
         commit = "unknown"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"{date}, {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, commit {commit}"
+
+
+# results layout ------------------------------------------------------------------------------------
+# benchmarks/results/: one file per GPU run, <date>_<gpu>_<commit>.md (+ .json), every run's rows appended to
+# ledger.csv, and LATEST.md pointing at the newest run (the README links to LATEST.md).
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+LEDGER = RESULTS / "ledger.csv"
+LEDGER_COLUMNS = ("date", "gpu", "commit", "op", "case", "provider", "ms", "gbs", "floor_ms", "vs_best_peer", "source")
+
+
+def run_basename(date: str, gpu: str, commit: str) -> str:
+    """``2026-12-01_h200_dcb0318``: a run's file name without suffix (date ``YYYY-MM-DD``, short commit)."""
+    gpu_tag = gpu.lower().replace("nvidia", "").strip().replace(" ", "-") or "gpu"
+    return f"{date[:10]}_{gpu_tag}_{commit.split()[0][:7]}"
+
+
+def ledger_rows(run: dict, source: str) -> list[dict]:
+    """The ledger rows of one bench_gpu.py run (``{"info": ..., "rows": [...]}``): one per (op, case, provider),
+    with the best peer's time over this row's (``vs_best_peer``, empty for peers and where no peer ran)."""
+    info = run["info"]
+    best: dict[tuple[str, str], float] = {}
+    for r in run["rows"]:
+        if r.get("peer"):
+            key = (r["group"], r["case"])
+            best[key] = min(best.get(key, float("inf")), r["ms"])
+    out = []
+    for r in run["rows"]:
+        peer_ms = best.get((r["group"], r["case"]))
+        out.append({
+            "date": info["date"][:10],
+            "gpu": info.get("gpu", ""),
+            "commit": str(info.get("commit", "")).split()[0][:7],
+            "op": r["group"],
+            "case": r["case"],
+            "provider": r["impl"],
+            "ms": f"{r['ms']:.4f}",
+            "gbs": f"{r['gbs']:.1f}" if r.get("gbs") is not None else "",
+            "floor_ms": f"{r['floor_ms']:.4f}" if r.get("floor_ms") is not None else "",
+            "vs_best_peer": f"{peer_ms / r['ms']:.2f}" if peer_ms and not r.get("peer") else "",
+            "source": source,
+        })
+    return out
+
+
+def append_to_ledger(json_path: pathlib.Path, ledger: pathlib.Path = LEDGER) -> int:
+    """Append a run's rows to the ledger (header first if new); a run already in it (same source) is skipped, so
+    re-running is harmless. Returns the number of rows added."""
+    import csv
+    import json
+
+    data = json.loads(pathlib.Path(json_path).read_text())
+    runs = data["runs"] if "runs" in data else [data]
+    source = pathlib.Path(json_path).name
+    have = set()
+    if ledger.exists():
+        with ledger.open(newline="") as f:
+            have = {row["source"] for row in csv.DictReader(f)}
+    if source in have:
+        return 0
+    rows = [row for run in runs for row in ledger_rows(run, source)]
+    new = not ledger.exists()
+    with ledger.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LEDGER_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Append GPU runs (bench_gpu.py JSON) to benchmarks/results/ledger.csv.")
+    parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run JSON files, e.g. results/2026-12-01_h200_dcb0318.json")
+    for path in parser.parse_args().runs:
+        print(f"{path.name}: {append_to_ledger(path)} rows added to {LEDGER}")
