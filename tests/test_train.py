@@ -221,3 +221,28 @@ def test_ddp_two_processes_match_one(data, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
     assert load_checkpoint(tmp_path / "two")["world_size"] == 2
+
+
+def test_rowwise_adagrad_matches_its_formula():
+    from dv365.train.optim import RowWiseAdagrad
+
+    rows, dim, lr = 40, 6, 0.1
+    start = torch.randn(rows, dim, dtype=torch.float64)
+    sparse_p, dense_p = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opts = [RowWiseAdagrad([sparse_p], lr=lr), RowWiseAdagrad([dense_p], lr=lr)]
+    acc, w = torch.zeros(rows, dtype=torch.float64), start.clone()
+    for _ in range(3):
+        idx = torch.randint(0, rows // 2, (100,))  # duplicates; half the rows never touched
+        vals = torch.randn(100, dim, dtype=torch.float64)
+        sparse_p.grad = torch.sparse_coo_tensor(idx[None], vals, (rows, dim), check_invariants=False)
+        g = torch.zeros(rows, dim, dtype=torch.float64).index_add_(0, idx, vals)
+        dense_p.grad = g.clone()
+        for o in opts:
+            o.step()
+        touched = torch.unique(idx)
+        acc[touched] += g[touched].square().mean(1)
+        w[touched] -= lr * g[touched] / (acc[touched].sqrt() + 1e-10)[:, None]
+    torch.testing.assert_close(sparse_p.detach(), w)
+    torch.testing.assert_close(dense_p.detach(), w)
+    assert opts[0].state[sparse_p]["sum"].shape == (rows,)
+    assert torch.equal(sparse_p.detach()[rows // 2:], start[rows // 2:])

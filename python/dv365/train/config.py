@@ -40,8 +40,9 @@ def _dense_default() -> OptimizerConfig:
 
 
 def _sparse_default() -> OptimizerConfig:
-    # Row-wise adaptive steps suit embedding tables whose rows are touched rarely (as fbgemm's TBE optimizers).
-    return OptimizerConfig(name="adagrad", lr=0.05, eps=1e-10)
+    # Row-wise adaptive steps suit embedding tables whose rows are touched rarely (fbgemm's TBE default); one
+    # accumulator per row, and only the touched rows are read and written (dv365.train.optim)
+    return OptimizerConfig(name="rowwise_adagrad", lr=0.05, eps=1e-10)
 
 
 @dataclasses.dataclass
@@ -110,7 +111,7 @@ class TrainConfig:
 
 
 DENSE_OPTIMIZERS = ("adamw", "adam", "sgd", "adagrad")
-SPARSE_OPTIMIZERS = ("adagrad", "sparse_adam", "sgd")
+SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sparse_adam", "sgd")
 
 
 def load_config(path: str | None, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -53,6 +53,10 @@ def build_model(spec: SliceSpec, model_cfg: ModelConfig, vocab_sizes: dict[str, 
 def _optimizer(cfg, params: list[torch.nn.Parameter], sparse: bool) -> torch.optim.Optimizer | None:
     if not params:
         return None
+    if cfg.name == "rowwise_adagrad":
+        from .optim import RowWiseAdagrad
+
+        return RowWiseAdagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=0.0 if sparse else cfg.weight_decay)
     if cfg.name == "adagrad":
         # foreach kernels do not take sparse gradients
         return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=0.0 if sparse else cfg.weight_decay,

@@ -1,0 +1,76 @@
+"""Row-wise Adagrad for embedding tables (as fbgemm's ``EXACT_ROWWISE_ADAGRAD``): one accumulator per row.
+
+The fused pooling op's sparse gradient has one row per *event* that a table pools (uncoalesced: a popular item
+appears thousands of times in one batch). torch's sparse Adagrad coalesces it with a sort, keeps a full
+``[rows, dim]`` state and masks it with more sorts: on a W40K step (32 users of 40,000 events, D = 256) that was
+224 ms of a 250 ms step on an H100. Here the duplicates are summed once (``unique`` + ``index_add_``), the state is
+one float per row (the mean of the squared gradient over the row, so D× less memory), and only the touched rows
+are read and written:
+
+    G_r += mean_d(g_rd²);   w_r -= lr · g_r / (√G_r + eps)
+
+Dense gradients are accepted too (every row is then "touched").
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class RowWiseAdagrad(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 0.05, eps: float = 1e-10, weight_decay: float = 0.0) -> None:
+        if not lr > 0:
+            raise ValueError(f"RowWiseAdagrad: lr must be > 0, got {lr}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"RowWiseAdagrad: eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"RowWiseAdagrad: parameters must be 2-D tables, got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                rows, grad = _rows_and_sums(p.grad)
+                if rows is not None and rows.numel() == 0:
+                    continue
+                state = self.state[p]
+                if "sum" not in state:
+                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+                acc = state["sum"]
+                w = p if rows is None else p.index_select(0, rows)
+                g = grad.float()
+                if wd:
+                    g = g + wd * w.float()
+                if rows is None:
+                    acc.add_(g.square().mean(1))
+                    scale = acc.sqrt().add_(eps).reciprocal_().mul_(-lr)
+                    p.add_((g * scale[:, None]).to(p.dtype))
+                else:
+                    acc.index_add_(0, rows, g.square().mean(1))
+                    scale = acc.index_select(0, rows).sqrt_().add_(eps).reciprocal_().mul_(-lr)
+                    # rows are unique, so index_add_ is a scatter of the updated rows
+                    p.index_add_(0, rows, (g * scale[:, None]).to(p.dtype))
+        return loss
+
+
+def _rows_and_sums(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(unique rows, their summed gradient) of a sparse COO gradient; (None, grad) for a dense one."""
+    if not grad.is_sparse:
+        return None, grad
+    if grad.is_coalesced():
+        return grad.indices()[0], grad.values()
+    idx, values = grad._indices()[0], grad._values()
+    rows, inverse = torch.unique(idx, return_inverse=True)
+    sums = torch.zeros((rows.numel(), *values.shape[1:]), dtype=values.dtype, device=values.device)
+    sums.index_add_(0, inverse, values)
+    return rows, sums
