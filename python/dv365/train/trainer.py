@@ -33,12 +33,17 @@ from .distributed import DistInfo, all_reduce_, barrier, init_distributed, shutd
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but this torch has no CUDA device")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for but this torch has no CUDA device")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {device} does not exist: this host has {torch.cuda.device_count()} GPU(s) "
+                             "(with torchrun, at most one process per GPU: --nproc-per-node)")
     return device
 
 
