@@ -56,6 +56,10 @@ if $PY -m pip show dv365 2>/dev/null | grep -q "^Editable project location"; the
 fi
 $PY -m venv --system-site-packages "$WORK/venv"
 VPY=$WORK/venv/bin/python
+# --system-site-packages reaches the base interpreter's packages only; where $PY is itself a virtualenv (the GPU
+# image's torch lives in one), its packages are added behind the new venv's own with a .pth file
+$PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+  >"$($VPY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/dv365-parent-env.pth"
 $VPY -m pip install --no-index --no-deps "$WHEEL" >"$LOGS/install.log" 2>&1
 rc=$?
 stamp "install rc=$rc"
