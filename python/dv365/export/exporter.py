@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import atomic_write_json
+
 FORMAT = "dv365-embeddings"
 FORMAT_VERSION = 1
 DEFAULT_PART_SIZE = 8192  # 8192 users x 58 x 136 B = 65 MB of records held per part at D = 256
@@ -90,16 +92,6 @@ def default_version_name(cutoff: int, plan: dict[str, Any]) -> str:
     return f"{stamp}-{_digest(plan)[:8]}"
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class _Progress:
     """The parts this process finished, in a JSON file replaced atomically after every part.
 
@@ -127,7 +119,7 @@ class _Progress:
 
     def done(self, part: int, info: dict[str, Any]) -> None:
         self.parts[part] = info
-        _atomic_write_json(self.path, {"plan": self.plan, "parts": {str(k): v for k, v in self.parts.items()}})
+        atomic_write_json(self.path, {"plan": self.plan, "parts": {str(k): v for k, v in self.parts.items()}}, sort_keys=True)
 
     def forget(self) -> None:
         self.parts = {}

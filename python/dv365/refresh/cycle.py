@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_json
+
 STATE_FILE = "refresh.json"
 STAGES = ("train", "export", "publish", "report")
 
@@ -30,23 +32,6 @@ class RefreshError(ValueError):
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_plain)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _plain(x: Any) -> Any:
-    """JSON for the tensors / numpy values inside metrics."""
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    raise TypeError(f"not JSON-serializable: {type(x).__name__}")
 
 
 class _State:
@@ -64,7 +49,7 @@ class _State:
         return self.data["cycles"]
 
     def save(self) -> None:
-        _write_json(self.path, self.data)
+        atomic_write_json(self.path, self.data)
 
 
 def refresh(
@@ -204,7 +189,7 @@ def _report(cycle: dict[str, Any], prev: dict[str, Any] | None, store: str, ckpt
             report["ne"]["baseline_skipped"] = str(e)
     else:
         report["ne_skipped"] = "the config has no data.eval_path"
-    _write_json(folder / "stability.json", report)
+    atomic_write_json(folder / "stability.json", report)
     return out
 
 

@@ -4,7 +4,6 @@ of the cosine similarity of their dequantized embeddings, flattened to ``N_out *
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,12 +55,9 @@ def summarize(sims: np.ndarray) -> dict[str, Any]:
 
 def plot_histogram(summary: dict[str, Any], path: str | os.PathLike, title: str) -> None:
     """The histogram of :func:`summarize` as a PNG (paper figure 4), written atomically."""
-    import matplotlib
+    from ..files import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot()
     edges = np.asarray(summary["histogram"]["edges"])
     counts = np.asarray(summary["histogram"]["counts"])
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -74,8 +70,4 @@ def plot_histogram(summary: dict[str, Any], path: str | os.PathLike, title: str)
     ax.set_ylabel("users")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

@@ -9,7 +9,10 @@ written in parts, published atomically, served by user id.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .base import EmbeddingStore
 
 # loaded on first use (numpy, xxhash), so that ``dv365 --help`` imports neither
 _BASE_NAMES = ("EmbeddingStore", "LookupResult", "PartInfo", "RecordLayout", "StagedVersion", "StoreError",

@@ -12,7 +12,6 @@ at any point and restarted with the same config continues as if it had never sto
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from .. import faults
+from ..files import atomic_write_json
 from ..data import DataError, Loader, open_dataset
 from ..models import DV365Model, ModelConfig
 from ..spec import SliceSpec, load_default_spec
@@ -349,10 +349,7 @@ def _finish(cfg, model, device, info: DistInfo, history, run_dir: Path) -> dict[
         out["eval"] = evaluate_model(model, open_dataset(cfg.data.eval_path), cfg.data, device, autocast=_autocast(cfg, device))
     if info.is_main:
         metrics = {"config": cfg.to_dict(), "steps": history[-1]["step"] if history else 0, "history": history, **out}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1))
-        os.replace(tmp, run_dir / "metrics.json")
+        atomic_write_json(run_dir / "metrics.json", metrics)
         plot_loss_curve(history, run_dir / "loss_curve.png", title=f"{cfg.model.tower.name}: {run_dir.name}")
     barrier(info)
     return out
@@ -361,19 +358,12 @@ def _finish(cfg, model, device, info: DistInfo, history, run_dir: Path) -> dict[
 def plot_loss_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
     if not history:
         return
-    import matplotlib
+    from ..files import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6, 3.5), dpi=100)
     ax.plot([h["step"] for h in history], [h["loss"] for h in history])
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (Σ BCE + a·MSE)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
