@@ -10,7 +10,7 @@ A slice program for one timeline is a pair of tensors with one row per slice ``s
                                (seconds; ``WIN_HI = INT64_MAX`` for no upper bound; ``WIN_LO`` is the gap,
                                e.g. 86 400 for the paper's 24 h cut).
     ``FLAGS``                  bit 0 ``WEIGHTED`` (debiased watch score), bit 1 ``DWELL_FILTER``,
-                               bit 2 ``RATIO_FILTER``.
+                               bit 2 ``RATIO_FILTER``; ``ALL_FLAGS`` is their union.
 
 ``prog_f`` float64 ``[S, 7]``
     ``DWELL_LO, DWELL_HI``     kept iff ``DWELL_LO <= dwell <= DWELL_HI`` (when ``DWELL_FILTER``)
@@ -27,7 +27,10 @@ The ratio and the score are computed in float64 from the float32 fields (so that
 which side of a bound an event falls), comparisons follow IEEE rules (NaN fails every bound), and the
 weight is rounded to float32. Float fields: ``floats[0]`` video_duration, ``floats[1]`` dwell_time, seconds; a
 timeline without them passes ``floats`` of shape ``[0, N]`` and its program may not use dwell, ratio or
-weight. ``csrc/dv365.h`` mirrors these indices for the kernels.
+weight.
+
+This module is the one definition of the layout: the Triton kernels read it from here; the C++ and CUDA
+kernels read the mirror ``csrc/dv365_prog.h``, which ``tests/test_program_layout.py`` compares with it.
 
 Fields outside their domain are *unknown*, whether the caller validated them or not: a dwell that is NaN,
 negative or infinite, and a duration that is NaN, negative, infinite or 0, are read as NaN. So an event with an
@@ -59,6 +62,7 @@ NUM_FLOAT = 7
 WEIGHTED = 1
 DWELL_FILTER = 2
 RATIO_FILTER = 4
+ALL_FLAGS = WEIGHTED | DWELL_FILTER | RATIO_FILTER
 
 NUM_CAT_FILTERS = 3
 MAX_CAT_VALUE = 63

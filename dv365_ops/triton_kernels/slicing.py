@@ -53,6 +53,30 @@ if not _util.INTERPRET:
 
 _PRECISIONS = ("tf32x3", "ieee", "tf32")
 
+# The program layout (program.py, the one place it is defined) as compile-time constants: a Triton kernel
+# reads only globals that are tl.constexpr.
+_NUM_INT = tl.constexpr(P.NUM_INT)
+_NUM_FLOAT = tl.constexpr(P.NUM_FLOAT)
+_WIN_LO = tl.constexpr(P.WIN_LO)
+_WIN_HI = tl.constexpr(P.WIN_HI)
+_FLAGS = tl.constexpr(P.FLAGS)
+_CAT_FIELD0, _CAT_FIELD1, _CAT_FIELD2 = (tl.constexpr(c) for c in P.CAT_FIELD)
+_CAT_MASK0, _CAT_MASK1, _CAT_MASK2 = (tl.constexpr(c) for c in P.CAT_MASK)
+_DWELL_LO = tl.constexpr(P.DWELL_LO)
+_DWELL_HI = tl.constexpr(P.DWELL_HI)
+_RATIO_LO = tl.constexpr(P.RATIO_LO)
+_RATIO_HI = tl.constexpr(P.RATIO_HI)
+_BETA = tl.constexpr(P.BETA)
+_GAMMA = tl.constexpr(P.GAMMA)
+_S0 = tl.constexpr(P.S0)
+_WEIGHTED = tl.constexpr(P.WEIGHTED)
+_DWELL_FILTER = tl.constexpr(P.DWELL_FILTER)
+_RATIO_FILTER = tl.constexpr(P.RATIO_FILTER)
+_ALL_FLAGS = tl.constexpr(P.ALL_FLAGS)
+_MAX_SCORE = tl.constexpr(P.MAX_SCORE)
+_FLOAT_DURATION = tl.constexpr(P.FLOAT_DURATION)
+_FLOAT_DWELL = tl.constexpr(P.FLOAT_DWELL)
+
 
 def _dot_precision() -> str:
     precision = os.environ.get("DV365_TRITON_DOT_PRECISION", "tf32x3")
@@ -117,24 +141,24 @@ def _pow(x, y, INTERPRET: tl.constexpr):
 def _slice_params(prog_i, prog_f, order, si, s_ok):
     """The program rows of the slices at sorted positions ``si``."""
     s = tl.load(order + si, mask=s_ok, other=0)
-    pi = prog_i + s * 10  # P.NUM_INT
-    pf = prog_f + s * 7  # P.NUM_FLOAT
-    win_lo = tl.load(pi + 7, mask=s_ok, other=0)
-    win_hi = tl.load(pi + 8, mask=s_ok, other=0)
-    flags = tl.load(pi + 9, mask=s_ok, other=0)
-    f0 = tl.load(pi + 1, mask=s_ok, other=-1)
-    m0 = tl.load(pi + 2, mask=s_ok, other=0)
-    f1 = tl.load(pi + 3, mask=s_ok, other=-1)
-    m1 = tl.load(pi + 4, mask=s_ok, other=0)
-    f2 = tl.load(pi + 5, mask=s_ok, other=-1)
-    m2 = tl.load(pi + 6, mask=s_ok, other=0)
-    dlo = tl.load(pf + 0, mask=s_ok, other=0.0)
-    dhi = tl.load(pf + 1, mask=s_ok, other=0.0)
-    rlo = tl.load(pf + 2, mask=s_ok, other=0.0)
-    rhi = tl.load(pf + 3, mask=s_ok, other=0.0)
-    beta = tl.load(pf + 4, mask=s_ok, other=0.0)
-    gamma = tl.load(pf + 5, mask=s_ok, other=0.0)
-    s0 = tl.load(pf + 6, mask=s_ok, other=0.0)
+    pi = prog_i + s * _NUM_INT
+    pf = prog_f + s * _NUM_FLOAT
+    win_lo = tl.load(pi + _WIN_LO, mask=s_ok, other=0)
+    win_hi = tl.load(pi + _WIN_HI, mask=s_ok, other=0)
+    flags = tl.load(pi + _FLAGS, mask=s_ok, other=0)
+    f0 = tl.load(pi + _CAT_FIELD0, mask=s_ok, other=-1)
+    m0 = tl.load(pi + _CAT_MASK0, mask=s_ok, other=0)
+    f1 = tl.load(pi + _CAT_FIELD1, mask=s_ok, other=-1)
+    m1 = tl.load(pi + _CAT_MASK1, mask=s_ok, other=0)
+    f2 = tl.load(pi + _CAT_FIELD2, mask=s_ok, other=-1)
+    m2 = tl.load(pi + _CAT_MASK2, mask=s_ok, other=0)
+    dlo = tl.load(pf + _DWELL_LO, mask=s_ok, other=0.0)
+    dhi = tl.load(pf + _DWELL_HI, mask=s_ok, other=0.0)
+    rlo = tl.load(pf + _RATIO_LO, mask=s_ok, other=0.0)
+    rhi = tl.load(pf + _RATIO_HI, mask=s_ok, other=0.0)
+    beta = tl.load(pf + _BETA, mask=s_ok, other=0.0)
+    gamma = tl.load(pf + _GAMMA, mask=s_ok, other=0.0)
+    s0 = tl.load(pf + _S0, mask=s_ok, other=0.0)
     return s, win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0
 
 
@@ -186,8 +210,8 @@ def _membership(
     weight = tl.full(keep.shape, 1.0, tl.float32)
     if HAS_FLOATS:
         if tl.max(keep.to(tl.int32)) > 0:
-            dur_e = tl.load(floats + e, mask=e_ok, other=0.0).to(tl.float64)
-            dwell_e = tl.load(floats + stride_f + e, mask=e_ok, other=0.0).to(tl.float64)
+            dur_e = tl.load(floats + _FLOAT_DURATION * stride_f + e, mask=e_ok, other=0.0).to(tl.float64)
+            dwell_e = tl.load(floats + _FLOAT_DWELL * stride_f + e, mask=e_ok, other=0.0).to(tl.float64)
             # outside its domain a field is unknown, read as NaN (program.py): a dwell must be finite and >= 0,
             # a duration finite and > 0 (0, a photo, has no ratio and no score)
             dur_e = tl.where((dur_e > 0.0) & (dur_e < float("inf")), dur_e, float("nan"))
@@ -196,16 +220,16 @@ def _membership(
             dwell = dwell_e[None, :]
             if has_dwell:
                 in_dwell = (dwell >= dlo[:, None]) & (dwell <= dhi[:, None])
-                keep &= ((flags & 2) == 0)[:, None] | in_dwell
+                keep &= ((flags & _DWELL_FILTER) == 0)[:, None] | in_dwell
             if has_ratio:
-                is_ratio = (flags & 4) != 0
+                is_ratio = (flags & _RATIO_FILTER) != 0
                 if beta_same:
                     ratio = tl.broadcast_to((dwell_e / _pow(dur_e, beta_one, INTERPRET))[None, :], keep.shape)
                 else:
                     ratio = dwell / _pow(dur, beta[:, None], INTERPRET)
                 keep &= ~is_ratio[:, None] | ((ratio >= rlo[:, None]) & (ratio <= rhi[:, None]))
             if has_weighted:
-                weighted = (flags & 1) != 0
+                weighted = (flags & _WEIGHTED) != 0
                 if gamma_same:
                     denom_e = _log1p(gamma_one * dur_e, INTERPRET)
                     denom = tl.broadcast_to(denom_e[None, :], keep.shape)
@@ -214,9 +238,9 @@ def _membership(
                     denom = _log1p(gamma[:, None] * dur, INTERPRET)
                     score = _log1p(dwell, INTERPRET) / denom
                 keep &= ~weighted[:, None] | ((denom > 0) & (score > s0[:, None]))
-                weight = tl.where(weighted[:, None] & keep, tl.minimum(score, 65536.0), 1.0).to(tl.float32)  # P.MAX_SCORE
+                weight = tl.where(weighted[:, None] & keep, tl.minimum(score, _MAX_SCORE), 1.0).to(tl.float32)
     else:
-        keep &= ((flags & 7) == 0)[:, None]
+        keep &= ((flags & _ALL_FLAGS) == 0)[:, None]
     return tl.where(keep, weight, 0.0), tl.max(keep.to(tl.int32)) > 0
 
 
@@ -225,10 +249,11 @@ def _block_summary(f0, f1, f2, flags, beta, gamma, s_ok):
     """What the block's slices use, reduced once per block rather than per chunk: categorical filters,
     dwell / ratio / weighted flags, and whether the ratio (weighted) slices share one BETA (GAMMA)."""
     f = tl.where(s_ok, flags, 0)
-    beta_same, beta_one = _uniform(beta, ((f & 4) != 0) & s_ok)
-    gamma_same, gamma_one = _uniform(gamma, ((f & 1) != 0) & s_ok)
+    beta_same, beta_one = _uniform(beta, ((f & _RATIO_FILTER) != 0) & s_ok)
+    gamma_same, gamma_one = _uniform(gamma, ((f & _WEIGHTED) != 0) & s_ok)
     return (
-        tl.max(f0) >= 0, tl.max(f1) >= 0, tl.max(f2) >= 0, tl.max(f & 2) > 0, tl.max(f & 4) > 0, tl.max(f & 1) > 0,
+        tl.max(f0) >= 0, tl.max(f1) >= 0, tl.max(f2) >= 0,
+        tl.max(f & _DWELL_FILTER) > 0, tl.max(f & _RATIO_FILTER) > 0, tl.max(f & _WEIGHTED) > 0,
         beta_same, beta_one, gamma_same, gamma_one,
     )
 
@@ -418,7 +443,7 @@ class _Plan:
         self.num_tables, self.b, self.s, self.n = len(ids), offsets.numel() - 1, prog_i.shape[0], ts.numel()
         table = self.prog_i[:, P.TABLE]
         # slices sorted by (table, flags): a block holds one table, and like filters run together
-        key = table.clamp(0, self.num_tables) * 8 + (self.prog_i[:, P.FLAGS] & 7)
+        key = table.clamp(0, self.num_tables) * (P.ALL_FLAGS + 1) + (self.prog_i[:, P.FLAGS] & P.ALL_FLAGS)
         self.order = torch.sort(key, stable=True).indices
         counts = (table[None, :] == torch.arange(self.num_tables, device=table.device)[:, None]).sum(1)
         self.table_start = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
@@ -434,7 +459,7 @@ class _Plan:
             ((o[0] != 0) | (o[-1] != self.n), f"offsets must start at 0 and end at N={self.n} (ts.numel())"),
             ((o.diff() < 0).any(), "offsets must be non-decreasing"),
             (((table < 0) | (table >= self.num_tables)).any(), f"prog_i TABLE entries must lie in [0, {self.num_tables})"),
-            (((flags < 0) | (flags > 7)).any(), "prog_i FLAGS must use only WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4"),
+            (((flags < 0) | (flags > P.ALL_FLAGS)).any(), "prog_i FLAGS must use only WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4"),
             ((fields >= self.cats.shape[0]).any(), f"prog_i CAT_FIELD entries must be -1 or lie in [0, {self.cats.shape[0]})"),
         ]
         if self.floats.shape[0] == 0:

@@ -1,0 +1,136 @@
+"""The slice program layout has one definition, :mod:`dv365_ops.program`; these tests guard its mirrors.
+
+The C++ and CUDA kernels cannot import Python, so ``csrc/dv365_prog.h`` restates the layout: every constant it
+defines must equal its program.py counterpart, every program.py constant the kernels need must be there, and no
+other C++/CUDA file may define a second copy. The Triton kernels read program.py itself: their source must hold
+no literal offsets or flag bits.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from dv365_ops import program as P
+
+ROOT = pathlib.Path(__file__).parents[1]
+HEADER = ROOT / "csrc" / "dv365_prog.h"
+TRITON_SLICING = ROOT / "dv365_ops" / "triton_kernels" / "slicing.py"
+
+# `kName = value` in an enum or a constexpr; values are integer or floating literals
+_CONST = re.compile(r"\b(k[A-Z]\w*)\s*=\s*([-+]?[0-9][0-9.eE+-]*)\s*[,;]")
+
+# program.py constants with no header mirror, and why: the C++ kernels spell these as their C meaning
+# (INT64_MAX, the float rows 0 and 1 of ``floats``, the union of the flags) rather than by name
+PYTHON_ONLY = {"NO_UPPER_BOUND", "FLOAT_DURATION", "FLOAT_DWELL", "ALL_FLAGS"}
+
+
+def _snake(header_name: str) -> str:
+    """``kCatField0`` -> ``CAT_FIELD0``, ``kS0`` -> ``S0``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", header_name[1:]).upper()
+
+
+def _python_value(header_name: str):
+    """The program.py value a header constant mirrors (tuples such as ``CAT_FIELD`` are indexed by the digit)."""
+    name = _snake(header_name)
+    if hasattr(P, name):
+        return name, getattr(P, name)
+    m = re.fullmatch(r"(\w+?)(\d+)", name)
+    if m and isinstance(getattr(P, m[1], None), tuple):
+        return f"{m[1]}[{m[2]}]", getattr(P, m[1])[int(m[2])]
+    return name, None
+
+
+def _header_constants(text: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for name, literal in _CONST.findall(text):
+        assert name not in found, f"{HEADER.name} defines {name} twice"
+        found[name] = float(literal)
+    return found
+
+
+def _layout_names() -> set[str]:
+    return {n for n in vars(P) if n.isupper() and not n.startswith("_")}
+
+
+def test_header_constants_equal_program_py():
+    consts = _header_constants(HEADER.read_text())
+    assert len(consts) >= 20, f"parsed only {sorted(consts)} from {HEADER}: has its syntax changed?"
+    mismatched = {}
+    for name, value in consts.items():
+        py_name, py_value = _python_value(name)
+        assert py_value is not None, f"{HEADER.name} defines {name}, which has no program.py counterpart {py_name}"
+        if float(py_value) != value:
+            mismatched[name] = (value, f"program.py {py_name} = {py_value!r}")
+    assert not mismatched, f"{HEADER.name} disagrees with program.py: {mismatched}"
+
+
+def test_every_program_py_constant_is_mirrored_or_listed_python_only():
+    mirrored: set[str] = set()
+    for name in _header_constants(HEADER.read_text()):
+        mirrored.add(re.sub(r"\[\d+\]$", "", _python_value(name)[0]))
+    missing = _layout_names() - mirrored - PYTHON_ONLY
+    assert not missing, f"program.py constants {sorted(missing)} have no mirror in {HEADER.name}"
+    stale = PYTHON_ONLY - _layout_names()
+    assert not stale, f"PYTHON_ONLY names {sorted(stale)} are not in program.py any more"
+
+
+def test_tuple_constants_have_one_entry_per_filter():
+    assert len(P.CAT_FIELD) == len(P.CAT_MASK) == P.NUM_CAT_FILTERS
+    ints = [P.TABLE, *P.CAT_FIELD, *P.CAT_MASK, P.WIN_LO, P.WIN_HI, P.FLAGS]
+    assert sorted(ints) == list(range(P.NUM_INT)), "prog_i columns must be 0..NUM_INT-1, each once"
+    floats = [P.DWELL_LO, P.DWELL_HI, P.RATIO_LO, P.RATIO_HI, P.BETA, P.GAMMA, P.S0]
+    assert sorted(floats) == list(range(P.NUM_FLOAT)), "prog_f columns must be 0..NUM_FLOAT-1, each once"
+    assert P.ALL_FLAGS == P.WEIGHTED | P.DWELL_FILTER | P.RATIO_FILTER
+    assert {P.WEIGHTED, P.DWELL_FILTER, P.RATIO_FILTER} == {1, 2, 4}
+
+
+def test_the_parser_catches_a_drift():
+    # the guard itself: a header with one value changed must fail the comparison
+    text = HEADER.read_text()
+    drifted = re.sub(r"\bkWinHi\s*=\s*\d+", f"kWinHi = {P.WIN_HI + 1}", text)
+    assert drifted != text
+    consts = _header_constants(drifted)
+    assert consts["kWinHi"] != _python_value("kWinHi")[1]
+    assert _header_constants(text)["kMaxScore"] == P.MAX_SCORE
+
+
+def test_no_other_native_file_redefines_the_layout():
+    names = set(_header_constants(HEADER.read_text()))
+    offenders = []
+    for path in sorted((ROOT / "csrc").rglob("*")):
+        if path == HEADER or path.suffix not in (".h", ".cuh", ".cu", ".cpp", ".inc"):
+            continue
+        for name, _ in _CONST.findall(path.read_text()):
+            if name in names:
+                offenders.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not offenders, f"the program layout is defined again outside {HEADER.name}: {offenders}"
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"\bp[if]\s*\+\s*\d",  # a column offset into a program row
+        r"\bs\s*\*\s*\d",  # a row stride
+        r"\bf(?:lags)?\s*&\s*\d",  # a flag bit
+        r"65536",  # MAX_SCORE
+    ],
+)
+def test_triton_kernels_hold_no_layout_literals(pattern):
+    source = TRITON_SLICING.read_text()
+    hits = [line.strip() for line in source.splitlines() if re.search(pattern, line)]
+    assert not hits, f"{TRITON_SLICING.name} spells the program layout as literals (read it from program.py): {hits}"
+
+
+def test_triton_constants_come_from_program_py():
+    from dv365_ops.triton_kernels import slicing as TS
+
+    for name in ("NUM_INT", "NUM_FLOAT", "WIN_LO", "WIN_HI", "FLAGS", "DWELL_LO", "DWELL_HI", "RATIO_LO", "RATIO_HI",
+                 "BETA", "GAMMA", "S0", "WEIGHTED", "DWELL_FILTER", "RATIO_FILTER", "ALL_FLAGS", "MAX_SCORE",
+                 "FLOAT_DURATION", "FLOAT_DWELL"):
+        assert getattr(TS, f"_{name}").value == getattr(P, name), name
+    for j in range(P.NUM_CAT_FILTERS):
+        assert getattr(TS, f"_CAT_FIELD{j}").value == P.CAT_FIELD[j]
+        assert getattr(TS, f"_CAT_MASK{j}").value == P.CAT_MASK[j]
