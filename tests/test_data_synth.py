@@ -105,3 +105,22 @@ def test_config_errors():
         SynthConfig(mean_length=80_000)
     with pytest.raises(ValueError, match="num_users must be >= 1"):
         generate(0)
+
+
+def test_catalogue_seed_gives_held_out_users_the_same_items():
+    import dataclasses
+
+    import numpy as np
+
+    from dv365.data import SynthConfig, generate
+
+    cfg = dataclasses.replace(SynthConfig(), mean_length=200, num_items=500, num_authors=50, num_topics=20,
+                              users_per_shard=4)
+    train, held_out, other = generate(4, seed=0, config=cfg), generate(4, seed=1, config=cfg, catalogue_seed=0), \
+        generate(4, seed=1, config=cfg)
+    for name in train.items:
+        np.testing.assert_array_equal(held_out.items[name], train.items[name])
+    assert not np.array_equal(other.items["topic_id"], train.items["topic_id"])
+    a, b = train.shard(0), held_out.shard(0)
+    assert not np.array_equal(a.implicit["media_id"][:50], b.implicit["media_id"][:50])  # other users
+    assert held_out.source()["catalogue_seed"] == 0

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _dataset(root: Path, users: int, seed: int) -> str:
     path = root / f"data-{users}-{seed}"
-    if not (path / "manifest.json").exists():
-        generate(users, seed=seed, config=TINY).write(path, overwrite=True)
+    if not (path / "manifest.json").exists():  # other users, one catalogue: item ids mean the same items
+        generate(users, seed=seed, config=TINY, catalogue_seed=0).write(path, overwrite=True)
     return str(path)
 
 

@@ -88,7 +88,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dv365-exp-") as tmp:
         root = Path(tmp)
         generate(args.users, seed=100, config=synth).write(root / "train")
-        generate(args.eval_users, seed=200, config=synth).write(root / "eval")
+        generate(args.eval_users, seed=200, config=synth, catalogue_seed=100).write(root / "eval")  # same items
         eval_ds = open_dataset(root / "eval")
         events = sum(open_dataset(root / "train").counts[k] for k in ("explicit", "implicit"))
         runs = [("baseline", "LCE", args.short_events)] + [(t, t, None) for t in towers]
@@ -115,7 +115,7 @@ def main() -> int:
             "cpus": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
             "train_users": args.users, "eval_users": args.eval_users, "train_events": events,
             "eval_examples": eval_ds.counts["examples"], "mean_length": args.mean_length, "seeds": seeds,
-            "data_seeds": {"train": 100, "eval": 200}, "steps": args.steps, "batch_size": args.batch_size,
+            "data_seeds": {"train": 100, "eval": 200, "eval_catalogue": 100}, "steps": args.steps, "batch_size": args.batch_size,
             "dim": args.dim, "num_out": args.num_out, "short_events": args.short_events,
             "minutes": (time.perf_counter() - t_start) / 60,
         }

@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace, out: pathlib.Path) -> int:
     day2, day1, held_out = out / "data-day2", out / "data-day1", out / "data-eval"
     generate(args.users, seed=args.seed, config=synth).write(day2, overwrite=True)
     _snapshot(day2, open_dataset(day2).manifest["time_range"]["max_ts"] + 1 - DAY, day1)
-    generate(args.eval_users, seed=args.seed + 1, config=synth).write(held_out, overwrite=True)
+    # other users, the same catalogue: item ids mean the same items as in training
+    generate(args.eval_users, seed=args.seed + 1, config=synth, catalogue_seed=args.seed).write(held_out, overwrite=True)
     d1 = open_dataset(day1)
     events = d1.counts["explicit"] + d1.counts["implicit"]
     clock.step("synthesize data", f"day 1: {events:,} events, {d1.counts['examples']:,} examples; day 2 and held-out users")

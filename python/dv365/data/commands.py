@@ -30,7 +30,7 @@ def _synth(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)
                  if getattr(args, f.name, None) is not None}
     cfg = SynthConfig(**overrides)
-    gen = generate(args.users, seed=args.seed, config=cfg)
+    gen = generate(args.users, seed=args.seed, config=cfg, catalogue_seed=args.catalogue_seed)
     start = time.perf_counter()
     done = {"users": 0, "events": 0}
 
@@ -82,6 +82,9 @@ def register(sub) -> None:
     p.add_argument("--users", type=int, required=True, help="number of users (>= 1)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed and flags: same bytes)")
+    p.add_argument("--catalogue-seed", type=int, default=None,
+                   help="seed of the item catalogue (default: --seed); give held-out users the training data's "
+                        "catalogue seed so that their item ids mean the same items")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     lazy_arguments(p, _config_flags)

@@ -463,9 +463,10 @@ class Generated:
     """The lazy result of :func:`generate`: iterate for the shards (generated on demand, deterministic), or
     write them with :meth:`write`. ``catalogue`` and ``items`` are built eagerly."""
 
-    def __init__(self, num_users: int, seed: int, config: SynthConfig):
+    def __init__(self, num_users: int, seed: int, config: SynthConfig, catalogue_seed: int | None = None):
         self.num_users, self.seed, self.config = num_users, seed, config
-        self.catalogue = Catalogue.build(config, np.random.default_rng([seed, 0]))
+        self.catalogue_seed = seed if catalogue_seed is None else catalogue_seed
+        self.catalogue = Catalogue.build(config, np.random.default_rng([self.catalogue_seed, 0]))
         self.num_shards = -(-num_users // config.users_per_shard)
 
     def __len__(self) -> int:
@@ -497,7 +498,8 @@ class Generated:
         return (self.shard(k) for k in range(self.num_shards))
 
     def source(self) -> dict:
-        return {"generator": "dv365.data.synth", "seed": self.seed, "num_users": self.num_users,
+        return {"generator": "dv365.data.synth", "seed": self.seed, "catalogue_seed": self.catalogue_seed,
+                "num_users": self.num_users,
                 "config": dataclasses.asdict(self.config)}
 
     def write(self, path, overwrite: bool = False, progress=None) -> dict:
@@ -530,11 +532,16 @@ def _ahead(shards: Iterator[Shard]) -> Iterator[Shard]:
         yield item
 
 
-def generate(num_users: int, seed: int = 0, config: SynthConfig | None = None) -> Generated:
-    """Synthetic UniTi data for ``num_users`` users (module docstring); shards are generated lazily."""
+def generate(num_users: int, seed: int = 0, config: SynthConfig | None = None,
+             catalogue_seed: int | None = None) -> Generated:
+    """Synthetic UniTi data for ``num_users`` users (module docstring); shards are generated lazily.
+
+    ``catalogue_seed`` (default: ``seed``) draws the items, authors and topics. Held-out users for evaluating a
+    model trained on another generated dataset need that dataset's catalogue (``seed`` different,
+    ``catalogue_seed`` the same): item 17 is then the same item, with the same topic and author, in both."""
     if num_users < 1:
         raise ValueError(f"generate: num_users must be >= 1, got {num_users}")
-    return Generated(num_users, seed, config or SynthConfig())
+    return Generated(num_users, seed, config or SynthConfig(), catalogue_seed)
 
 
 def topic_share_auc(history_topics: list[np.ndarray], candidate_topic: np.ndarray, label: np.ndarray) -> float:
