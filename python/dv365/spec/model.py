@@ -1,38 +1,34 @@
-"""Declarative multi-slicing (paper section 2.2, eq. 2-6; docs/design.md#slices).
+"""The slice spec's data model (paper section 2.2, eq. 2-6; docs/design.md#slices).
 
 A :class:`SliceSpec` lists the ≈200 sliced features of a DV365 model: each :class:`Slice` names a timeline,
 the id field it pools, the embedding :class:`Table` it pools from, and ANDed filters (action / media type /
 surface sets, a dwell-time range (eq. 3), a watch-ratio range with exponent β (eq. 4), a time window
-``Δt ∈ (gap, T_ub]`` (eq. 6)) and optionally the debiased watch-score weight (eq. 5). :meth:`SliceSpec.compile`
-turns it into one slice program per timeline (layout: :mod:`dv365_ops.program`) that the slicing ops evaluate.
-
-Specs are written in Python or YAML; YAML also has a compact family syntax (a ``product:`` block) so that
-"action × window" is one entry. The default spec ships as ``dv365/specs/default.yaml``
-(:func:`load_default_spec`).
+``Δt ∈ (gap, T_ub]`` (eq. 6)) and optionally the debiased watch-score weight (eq. 5). Every value is checked
+when an object is built (ranges, durations such as ``"3d"``, vocabularies, table references), so a spec that
+exists can be compiled. Its YAML form lives in :mod:`dv365.spec.yaml_io`, its compilation into slice programs
+in :mod:`dv365.spec.compiler`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
-import pathlib
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import torch
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from dv365_ops import program as P
 
-from .timeline import ACTION_TYPES, CAT_FIELDS, EXPLICIT, ID_FIELDS, KINDS, MEDIA_TYPES, SURFACES, TimelineBatch
+from ..timeline import ACTION_TYPES, EXPLICIT, ID_FIELDS, KINDS, MEDIA_TYPES, SURFACES
+
+if TYPE_CHECKING:
+    import pathlib
+
+    from .compiler import CompiledProgram
 
 DAY = 86_400
 HOUR = 3_600
-
-DEFAULT_SPEC_PATH = pathlib.Path(__file__).parent / "specs" / "default.yaml"
 
 # slice field holding a set of names -> (categorical column, vocabulary)
 SET_FILTERS = {
@@ -43,6 +39,9 @@ SET_FILTERS = {
 # filters that read implicit-only columns (video_duration, dwell_time) or explicit-only ones (action_type)
 IMPLICIT_ONLY = ("dwell", "watch_ratio", "weight")
 EXPLICIT_ONLY = ("action_types",)
+
+# The serialization and compilation methods below delegate to yaml_io and compiler, which build on the classes
+# of this module (so they import it, and it imports them where called).
 
 
 class SpecError(ValueError):
@@ -237,63 +236,15 @@ class Slice:
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form: required fields, then only the filters that are set."""
-        out: dict[str, Any] = {"name": self.name, "timeline": self.timeline, "id_field": self.id_field, "table": self.table}
-        for field, (_, vocab) in SET_FILTERS.items():
-            value = getattr(self, field)
-            if value is not None:
-                out[field] = [n for n in vocab if n in value]
-        for field in ("dwell", "watch_ratio"):
-            value = getattr(self, field)
-            if value is not None:
-                out[field] = list(value) if value.closed else str(value)
-        if self.beta != 1.0:
-            out["beta"] = self.beta
-        out["window"] = format_duration(self.window)
-        if self.gap:
-            out["gap"] = format_duration(self.gap)
-        if self.weight is not None:
-            out["weight"] = {"debiased_score": {"gamma": self.weight.gamma, "s0": self.weight.s0}}
-        return out
+        from .yaml_io import slice_to_dict
+
+        return slice_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Slice:
-        name = data.get("name", "?")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"slice {name!r}: unknown field(s) {unknown} (known: {sorted(known)})")
-        missing = [f for f in ("name", "timeline", "id_field", "table") if f not in data]
-        if missing:
-            raise SpecError(f"slice {name!r}: missing field(s) {missing}")
-        kwargs = dict(data)
-        if kwargs.get("weight") is not None:
-            kwargs["weight"] = _weight_from_yaml(name, kwargs["weight"])
-        return cls(**kwargs)
+        from .yaml_io import slice_from_dict
 
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class CompiledProgram:
-    """One timeline's slice program (layout: :mod:`dv365_ops.program`) plus what a caller needs to run it.
-
-    ``prog_i[s, TABLE]`` indexes ``tables`` / ``id_fields``; ``slice_index[s]`` is the position of the
-    timeline's slice ``s`` in the spec.
-    """
-
-    timeline: str
-    prog_i: torch.Tensor
-    prog_f: torch.Tensor
-    tables: tuple[str, ...]
-    id_fields: tuple[str, ...]
-    slice_index: torch.Tensor
-    slice_names: tuple[str, ...]
-
-    @property
-    def num_slices(self) -> int:
-        return len(self.slice_names)
-
-    def ids(self, batch: TimelineBatch) -> list[torch.Tensor]:
-        """The id column each table pools, in program table order (views of ``batch.ids``, no copy)."""
-        return [batch.column(f) for f in self.id_fields]
+        return slice_from_dict(data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,165 +320,37 @@ class SliceSpec:
 
     @functools.cached_property
     def _compiled(self) -> dict[str, CompiledProgram]:
-        return {kind: _compile_timeline(self, kind) for kind in KINDS}
+        from .compiler import compile_spec
+
+        return compile_spec(self)
 
     # serialization ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        tables = {}
-        for t in self.tables:
-            entry: dict[str, Any] = {"id_field": t.id_field}
-            if t.num_rows is not None:
-                entry["num_rows"] = t.num_rows
-            if t.group:
-                entry["group"] = t.group
-            tables[t.name] = entry
-        return {"dim": self.dim, "tables": tables, "slices": [s.to_dict() for s in self.slices]}
+        from .yaml_io import spec_to_dict
+
+        return spec_to_dict(self)
 
     def to_yaml(self) -> str:
         """Expanded YAML (one entry per slice); ``SliceSpec.from_yaml(spec.to_yaml()) == spec``."""
-        return yaml.dump(self.to_dict(), Dumper=_FlowListDumper, sort_keys=False, width=120)
+        from .yaml_io import spec_to_yaml
+
+        return spec_to_yaml(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SliceSpec:
-        if not isinstance(data, Mapping):
-            raise SpecError(f"spec: expected a mapping with dim, tables and slices, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"dim", "tables", "slices"})
-        if unknown:
-            raise SpecError(f"spec: unknown top-level field(s) {unknown} (known: dim, tables, slices)")
-        raw_tables = data.get("tables") or {}
-        if not isinstance(raw_tables, Mapping):
-            raise SpecError("spec: tables must be a mapping of table name to {id_field, num_rows, group}")
-        tables = []
-        for name, entry in raw_tables.items():
-            entry = dict(entry or {})
-            bad = sorted(set(entry) - {"id_field", "num_rows", "group"})
-            if bad:
-                raise SpecError(f"table {name!r}: unknown field(s) {bad} (known: group, id_field, num_rows)")
-            if "id_field" not in entry:
-                raise SpecError(f"table {name!r}: missing field 'id_field'")
-            tables.append(Table(name=name, **entry))
-        slices = []
-        for entry in data.get("slices") or []:
-            if not isinstance(entry, Mapping):
-                raise SpecError(f"spec: each slice must be a mapping, got {entry!r}")
-            slices.extend(expand_family(entry) if "product" in entry else [Slice.from_dict(entry)])
-        return cls(slices=tuple(slices), tables=tuple(tables), dim=data.get("dim", 256))
+        from .yaml_io import spec_from_dict
+
+        return spec_from_dict(data)
 
     @classmethod
     def from_yaml(cls, source: str | pathlib.Path) -> SliceSpec:
         """Load from a YAML file path or YAML text (expanded entries and ``product:`` families may mix)."""
-        if isinstance(source, pathlib.Path) or ("\n" not in source and pathlib.Path(source).suffix in (".yaml", ".yml")):
-            text = pathlib.Path(source).read_text()
-        else:
-            text = source
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SpecError(f"spec: invalid YAML: {e}") from e
-        return cls.from_dict(data)
+        from .yaml_io import spec_from_yaml
+
+        return spec_from_yaml(source)
 
 
-def load_default_spec(num_rows: Mapping[str, int] | None = None) -> SliceSpec:
-    """The ≈200-slice default spec shipped with the package (``dv365/specs/default.yaml``), mirroring the
-    paper's families (section 2.2); ``num_rows`` sets table capacities by table name or id field."""
-    spec = _default_spec()
-    return spec.with_num_rows(num_rows) if num_rows else spec
-
-
-@functools.cache
-def _default_spec() -> SliceSpec:
-    return SliceSpec.from_yaml(DEFAULT_SPEC_PATH)
-
-
-class _FlowListDumper(yaml.SafeDumper):
-    """Lists of scalars (sets of names, ranges) on one line: ``action_types: [like, save]``."""
-
-
-_FlowListDumper.add_representer(
-    list,
-    lambda dumper, data: dumper.represent_sequence(
-        "tag:yaml.org,2002:seq", data, flow_style=all(not isinstance(x, (dict, list)) for x in data)
-    ),
-)
-
-
-# family syntax ------------------------------------------------------------------------------------
-def expand_family(entry: Mapping[str, Any]) -> list[Slice]:
-    """Expand a ``product:`` block: the cartesian product of its axes, first axis outermost.
-
-    An axis named after a slice field takes a list of values (each labelled by its value) or a mapping
-    ``label: value``; a name for a set field is shorthand for the one-element set. An axis with any other
-    name is a *variant* axis: a mapping ``label: {field: value, ...}`` that sets several fields at once (e.g.
-    a dwell bucket together with its positive or negative table). ``name`` is a template whose ``{axis}``
-    placeholders take the labels. Example::
-
-        - name: "imp_dwell_{bucket}_media_{window}"
-          timeline: implicit
-          id_field: media_id
-          product:
-            bucket:
-              lt3: {dwell: [0, 3], table: imp_neg_media}
-              ge15: {dwell: [15, .inf], table: imp_pos_media}
-            window: [3d, 7d, inf]
-    """
-    template = entry.get("name")
-    axes = entry["product"]
-    where = f"family {template!r}"
-    if not isinstance(template, str):
-        raise SpecError(f"{where}: needs a name template with {{axis}} placeholders")
-    if not isinstance(axes, Mapping) or not axes:
-        raise SpecError(f"{where}: product must be a non-empty mapping of axis to values")
-    known = {f.name for f in dataclasses.fields(Slice)} - {"name"}
-    base = {k: v for k, v in entry.items() if k not in ("product", "name")}
-    # each axis: a list of (label, {field: value})
-    labelled: list[list[tuple[str, dict[str, Any]]]] = []
-    for axis, values in axes.items():
-        if axis in known:
-            if isinstance(values, Mapping) and values:
-                labelled.append([(str(label), {axis: value}) for label, value in values.items()])
-            elif isinstance(values, list) and values:
-                labelled.append([(_label(v), {axis: v}) for v in values])
-            else:
-                raise SpecError(f"{where}: product.{axis} must be a non-empty list or a mapping label: value")
-        elif isinstance(values, Mapping) and values and all(isinstance(v, Mapping) for v in values.values()):
-            for label, fields in values.items():
-                bad = sorted(set(fields) - known)
-                if bad:
-                    raise SpecError(f"{where}: product.{axis}.{label} has unknown field(s) {bad} (known: {sorted(known)})")
-            labelled.append([(str(label), dict(fields)) for label, fields in values.items()])
-        else:
-            raise SpecError(
-                f"{where}: product has unknown field {axis!r} (a variant axis maps labels to field mappings; "
-                f"known fields: {sorted(known)})"
-            )
-    out = []
-    for combo in itertools.product(*labelled):
-        labels = {axis: label for axis, (label, _) in zip(axes, combo)}
-        try:
-            name = template.format(**labels)
-        except (KeyError, IndexError, ValueError) as e:
-            raise SpecError(f"{where}: name template needs placeholders from the product axes {list(axes)}: {e}") from e
-        fields = dict(base, name=name)
-        for _, values in combo:
-            clash = sorted(set(values) & set(fields))
-            if clash:
-                raise SpecError(f"{where}: field(s) {clash} set twice (in the family and its product, or by two axes)")
-            fields.update(values)
-        out.append(Slice.from_dict(fields))
-    return out
-
-
-def _label(value: Any) -> str:
-    if value is None:
-        return "inf"
-    if isinstance(value, (list, tuple)):
-        return "_".join(_label(v) for v in value)
-    if isinstance(value, float):
-        return "inf" if value == math.inf else f"{value:g}"
-    return str(value)
-
-
-# durations --------------------------------------------------------------------------------------
+# values: durations, numbers, ranges (what the constructors above check) -----------------------------
 _UNITS = {"d": DAY, "h": HOUR, "m": 60, "s": 1}
 _DURATION = re.compile(r"^\s*(\d+)\s*([dhms]?)\s*$")
 
@@ -613,84 +436,3 @@ def _float_text(v: Any) -> Any:
     if isinstance(v, str) and v.strip().lower() in ("-inf", "-.inf"):
         return -math.inf
     return v
-
-
-def _weight_from_yaml(name: str, value: Any) -> DebiasedScore:
-    if isinstance(value, DebiasedScore):
-        return value
-    if not isinstance(value, Mapping) or set(value) != {"debiased_score"} or not isinstance(value["debiased_score"], Mapping):
-        raise SpecError(f"slice {name!r}: weight must be {{debiased_score: {{gamma: ..., s0: ...}}}}, got {value!r}")
-    params = dict(value["debiased_score"])
-    if set(params) != {"gamma", "s0"}:
-        raise SpecError(f"slice {name!r}: weight.debiased_score needs exactly gamma and s0, got {sorted(params)}")
-    return DebiasedScore(**params)
-
-
-# compiler -----------------------------------------------------------------------------------------
-def _compile_timeline(spec: SliceSpec, kind: str) -> CompiledProgram:
-    positions = [i for i, s in enumerate(spec.slices) if s.timeline == kind]
-    used = {spec.slices[i].table for i in positions}
-    tables = tuple(t.name for t in spec.tables if t.name in used)
-    id_fields = tuple(spec.table(name).id_field for name in tables)
-    prog_i = torch.zeros(len(positions), P.NUM_INT, dtype=torch.int64)
-    prog_f = torch.zeros(len(positions), P.NUM_FLOAT, dtype=torch.float64)
-    cat_columns = CAT_FIELDS[kind]
-    for row, i in enumerate(positions):
-        s = spec.slices[i]
-        ints = [0] * P.NUM_INT
-        floats = [0.0] * P.NUM_FLOAT
-        ints[P.TABLE] = tables.index(s.table)
-        filters = [
-            (cat_columns.index(column), vocab, getattr(s, field))
-            for field, (column, vocab) in SET_FILTERS.items()
-            if getattr(s, field) is not None
-        ]
-        for j in range(P.NUM_CAT_FILTERS):
-            ints[P.CAT_FIELD[j]] = -1
-        for j, (column, vocab, names) in enumerate(filters):
-            mask = sum(1 << vocab.index(n) for n in names)
-            ints[P.CAT_FIELD[j]] = column
-            ints[P.CAT_MASK[j]] = mask - (1 << 64) if mask >= 1 << 63 else mask
-        ints[P.WIN_LO] = s.gap
-        ints[P.WIN_HI] = P.NO_UPPER_BOUND if s.window is None else s.window
-        flags = 0
-        floats[P.BETA] = s.beta
-        floats[P.GAMMA] = 1.0
-        if s.dwell is not None:
-            flags |= P.DWELL_FILTER
-            floats[P.DWELL_LO], floats[P.DWELL_HI] = s.dwell.compiled()
-        if s.watch_ratio is not None:
-            flags |= P.RATIO_FILTER
-            floats[P.RATIO_LO], floats[P.RATIO_HI] = s.watch_ratio.compiled()
-        if s.weight is not None:
-            flags |= P.WEIGHTED
-            floats[P.GAMMA], floats[P.S0] = s.weight.gamma, s.weight.s0
-        ints[P.FLAGS] = flags
-        prog_i[row] = torch.tensor(ints, dtype=torch.int64)
-        prog_f[row] = torch.tensor(floats, dtype=torch.float64)
-    return CompiledProgram(
-        timeline=kind,
-        prog_i=prog_i,
-        prog_f=prog_f,
-        tables=tables,
-        id_fields=id_fields,
-        slice_index=torch.tensor(positions, dtype=torch.int64),
-        slice_names=tuple(spec.slices[i].name for i in positions),
-    )
-
-
-__all__ = [
-    "DAY",
-    "HOUR",
-    "CompiledProgram",
-    "DebiasedScore",
-    "Slice",
-    "SliceSpec",
-    "SpecError",
-    "Range",
-    "Table",
-    "expand_family",
-    "format_duration",
-    "load_default_spec",
-    "parse_duration",
-]
