@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
+from . import _backend, _checks
 
 __all__ = ["as_int64", "from_int64", "int4_dequantize", "int4_quantize"]
 
@@ -55,14 +55,33 @@ def from_int64(codes: torch.Tensor) -> torch.Tensor:
     return codes.view(torch.uint8)
 
 
+def _check_quantize(x: torch.Tensor) -> None:
+    """The compiled kernels' argument checks (csrc/cpu/int4.cpp), with their messages."""
+    op = "int4_quantize"
+    _checks.check(op, x.dim() == 2, lambda: f"x must be 2-D [R, D], got {x.dim()}-D")
+    _checks.check(op, x.dtype in (torch.float32, torch.bfloat16, torch.float16),
+                  lambda: f"x must be float32, bfloat16 or float16, got {_checks.dtype_name(x.dtype)}")
+    _checks.check(op, x.shape[1] % 2 == 0,
+                  lambda: f"x must have an even number of columns D (two codes per byte), got D = {x.shape[1]}")
+
+
+def _check_dequantize(packed: torch.Tensor, half_scale_bias: bool, dtype: torch.dtype | None) -> None:
+    op = "int4_dequantize"
+    tail = _tail_bytes(half_scale_bias)
+    _checks.check(op, packed.dim() == 2, lambda: f"packed must be 2-D [R, D/2 + {tail}], got {packed.dim()}-D")
+    _checks.check(op, packed.dtype == torch.uint8,
+                  lambda: f"packed must be uint8, got {_checks.dtype_name(packed.dtype)}")
+    _checks.check(op, packed.shape[1] >= tail,
+                  lambda: f"packed must have D/2 code bytes plus {tail} scale/bias bytes per row (at least {tail} "
+                  f"columns), got {packed.shape[1]}")
+    out_dtype = dtype or torch.float32
+    _checks.check(op, out_dtype in (torch.float32, torch.bfloat16, torch.float16),
+                  lambda: f"dtype must be float32, bfloat16 or float16, got {_checks.dtype_name(out_dtype)}")
+
+
 @torch.library.register_fake("dv365::int4_quantize")
 def _fake_int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tensor:
-    torch._check(x.dim() == 2, lambda: f"dv365::int4_quantize: x must be 2-D [R, D], got {x.dim()}-D")
-    torch._check(
-        x.dtype in (torch.float32, torch.bfloat16, torch.float16),
-        lambda: f"dv365::int4_quantize: x must be float32, bfloat16 or float16, got {x.dtype}",
-    )
-    torch._check(x.shape[1] % 2 == 0, lambda: "dv365::int4_quantize: x must have an even number of columns D")
+    _check_quantize(x)
     return x.new_empty(x.shape[0], x.shape[1] // 2 + _tail_bytes(half_scale_bias), dtype=torch.uint8)
 
 
@@ -70,13 +89,6 @@ def _fake_int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch
 def _fake_int4_dequantize(
     packed: torch.Tensor, half_scale_bias: bool = False, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    tail = _tail_bytes(half_scale_bias)
-    torch._check(packed.dim() == 2, lambda: f"dv365::int4_dequantize: packed must be 2-D, got {packed.dim()}-D")
-    torch._check(packed.dtype == torch.uint8, lambda: f"dv365::int4_dequantize: packed must be uint8, got {packed.dtype}")
-    torch._check(packed.shape[1] >= tail, lambda: f"dv365::int4_dequantize: packed must have at least {tail} columns")
+    _check_dequantize(packed, half_scale_bias, dtype)
     out_dtype = dtype or torch.float32
-    torch._check(
-        out_dtype in (torch.float32, torch.bfloat16, torch.float16),
-        lambda: f"dv365::int4_dequantize: dtype must be float32, bfloat16 or float16, got {out_dtype}",
-    )
-    return packed.new_empty(packed.shape[0], 2 * (packed.shape[1] - tail), dtype=out_dtype)
+    return packed.new_empty(packed.shape[0], 2 * (packed.shape[1] - _tail_bytes(half_scale_bias)), dtype=out_dtype)

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
+from . import _backend, _checks
 
 __all__ = ["jagged_mean_pool"]
-
-_FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
 
 def jagged_mean_pool(
     table: torch.Tensor,
@@ -47,32 +44,26 @@ def jagged_mean_pool(
     return _backend.resolve("jagged_mean_pool", table.device)(table, ids, offsets, weights, sparse)
 
 
-def _check(op: str, cond: bool, message: str) -> None:
-    if not cond:
-        raise RuntimeError(f"dv365::{op}: {message}")
-
-
 def _check_jagged(op: str, ids, offsets, weights, dense, dense_name: str) -> None:
-    """The metadata checks of the compiled kernels (csrc/cpu/jagged_pool.cpp), with the same messages."""
-    _check(op, dense.dim() == 2, f"{dense_name} must be 2-D [rows, D], got {dense.dim()}-D")
-    _check(op, dense.dtype in _FLOAT_TYPES,
-           f"{dense_name} must be float32, bfloat16, float16 or float64, got {dense.dtype}")
-    _check(op, ids.dim() == 1, f"ids must be 1-D, got {ids.dim()}-D")
-    _check(op, ids.dtype == torch.int64, f"ids must be int64, got {ids.dtype}")
-    _check(op, offsets.dim() == 1, f"offsets must be 1-D, got {offsets.dim()}-D")
-    _check(op, offsets.dtype == torch.int64, f"offsets must be int64, got {offsets.dtype}")
-    _check(op, offsets.shape[0] >= 1, "offsets must have at least one element (offsets[0] == 0)")
-    _check(op, ids.device == dense.device,
-           f"ids must be on the same device as {dense_name} ({dense.device}), got {ids.device}")
-    _check(op, offsets.device == dense.device,
-           f"offsets must be on the same device as {dense_name} ({dense.device}), got {offsets.device}")
+    """The metadata checks of the compiled kernels (csrc/cpu/jagged_pool.cpp), with the same messages; the fakes
+    and the Triton wrappers call it."""
+    c = _checks.check
+    c(op, dense.dim() == 2, lambda: f"{dense_name} must be 2-D [rows, D], got {dense.dim()}-D")
+    c(op, dense.dtype in _checks.FLOAT_TYPES,
+      lambda: f"{dense_name} must be float32, bfloat16, float16 or float64, got {_checks.dtype_name(dense.dtype)}")
+    c(op, ids.dim() == 1, lambda: f"ids must be 1-D, got {ids.dim()}-D")
+    c(op, ids.dtype == torch.int64, lambda: f"ids must be int64, got {_checks.dtype_name(ids.dtype)}")
+    c(op, offsets.dim() == 1, lambda: f"offsets must be 1-D, got {offsets.dim()}-D")
+    c(op, offsets.dtype == torch.int64, lambda: f"offsets must be int64, got {_checks.dtype_name(offsets.dtype)}")
+    c(op, offsets.shape[0] >= 1, lambda: "offsets must have at least one element (offsets[0] == 0)")
+    _checks.check_same_device(op, "ids", ids, dense, dense_name)
+    _checks.check_same_device(op, "offsets", offsets, dense, dense_name)
     if weights is not None:
-        _check(op, weights.dim() == 1 and weights.shape[0] == ids.shape[0],
-               f"weights must have shape [N] = [{ids.shape[0]}] like ids, got {list(weights.shape)}")
-        _check(op, weights.dtype in _FLOAT_TYPES,
-               f"weights must be float32, float64, bfloat16 or float16, got {weights.dtype}")
-        _check(op, weights.device == dense.device,
-               f"weights must be on the same device as {dense_name} ({dense.device}), got {weights.device}")
+        c(op, weights.dim() == 1 and weights.shape[0] == ids.shape[0],
+          lambda: f"weights must have shape [N] = [{ids.shape[0]}] like ids, got {_checks.sizes(weights)}")
+        c(op, weights.dtype in _checks.FLOAT_TYPES,
+          lambda: f"weights must be float32, float64, bfloat16 or float16, got {_checks.dtype_name(weights.dtype)}")
+        _checks.check_same_device(op, "weights", weights, dense, dense_name)
 
 
 @torch.library.register_fake("dv365::jagged_mean_pool")
@@ -81,22 +72,24 @@ def _fake_jagged_mean_pool(table, ids, offsets, weights=None, sparse=False):
     return table.new_empty(offsets.shape[0] - 1, table.shape[1])
 
 
+def _check_jagged_backward(op: str, grad, ids, offsets, weights, num_rows=None) -> None:
+    """The backward ops' metadata checks (``num_rows`` is None for the per-event rows op)."""
+    _check_jagged(op, ids, offsets, weights, grad, "grad")
+    if num_rows is not None:
+        _checks.check(op, num_rows >= 0, lambda: f"num_rows must be non-negative, got {num_rows}")
+    _checks.check(op, grad.shape[0] == offsets.shape[0] - 1,
+                  lambda: f"grad must have one row per bag ({offsets.shape[0] - 1}), got {grad.shape[0]}")
+
+
 @torch.library.register_fake("dv365::jagged_mean_pool_backward")
 def _fake_jagged_mean_pool_backward(grad, ids, offsets, weights, num_rows):
-    op = "jagged_mean_pool_backward"
-    _check_jagged(op, ids, offsets, weights, grad, "grad")
-    torch._check(grad.shape[0] == offsets.shape[0] - 1,
-                 lambda: f"dv365::{op}: grad must have one row per bag ({offsets.shape[0] - 1}), got {grad.shape[0]}")
-    torch._check(num_rows >= 0, lambda: f"dv365::{op}: num_rows must be non-negative, got {num_rows}")
+    _check_jagged_backward("jagged_mean_pool_backward", grad, ids, offsets, weights, num_rows)
     return grad.new_empty(num_rows, grad.shape[1])
 
 
 @torch.library.register_fake("dv365::jagged_mean_pool_backward_rows")
 def _fake_jagged_mean_pool_backward_rows(grad, ids, offsets, weights):
-    op = "jagged_mean_pool_backward_rows"
-    _check_jagged(op, ids, offsets, weights, grad, "grad")
-    torch._check(grad.shape[0] == offsets.shape[0] - 1,
-                 lambda: f"dv365::{op}: grad must have one row per bag ({offsets.shape[0] - 1}), got {grad.shape[0]}")
+    _check_jagged_backward("jagged_mean_pool_backward_rows", grad, ids, offsets, weights)
     return grad.new_empty(ids.shape[0], grad.shape[1])
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
+from . import _backend, _checks
+from . import program as P
 
 
 def slice_timeline(
@@ -66,8 +67,95 @@ def _check_timeline(op, tables, ids, offsets, ts, cats, floats, request_ts, prog
         _backend.check_tensor(op, name, x, index)
 
 
+def _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_tables=None) -> None:
+    """The metadata checks (devices, dtypes, ranks, shapes) that every slicing kernel makes on the timeline and the
+    program, with the compiled kernels' messages (csrc/cpu/slicing.cpp ``check_timeline`` and ``compile_program``,
+    csrc/cuda/slicing_ops.cpp). The fakes and the Triton wrappers call it; the data checks (offsets, ascending ts,
+    categorical values, program entries, id ranges) need the values and stay with each kernel."""
+    c, name_of, sizes = _checks.check, _checks.dtype_name, _checks.sizes
+    # every tensor on the timeline's device, the program included (the CPU kernels read it on the CPU, CUDA
+    # and Triton on the GPU)
+    for name, x in (("offsets", offsets), ("cats", cats), ("floats", floats), ("request_ts", request_ts),
+                    ("prog_i", prog_i), ("prog_f", prog_f)):
+        _checks.check_same_device(op, name, x, ts, "ts")
+    for x in ids:
+        _checks.check_same_device(op, "ids", x, ts, "ts")
+    for name, x in (("offsets", offsets), ("ts", ts), ("request_ts", request_ts)):
+        c(op, x.dtype == torch.int64, lambda: f"{name} must be Long, got {name_of(x.dtype)}")
+        c(op, x.dim() == 1, lambda: f"{name} must be 1-D, got shape {sizes(x)}")
+    c(op, offsets.shape[0] >= 1, lambda: "offsets must have B + 1 >= 1 entries")
+    b, n = offsets.shape[0] - 1, ts.shape[0]
+    c(op, request_ts.shape[0] == b, lambda: f"request_ts must have shape [B={b}], got {sizes(request_ts)}")
+    c(op, cats.dim() == 2 and cats.shape[1] == n, lambda: f"cats must have shape [C, N={n}], got {sizes(cats)}")
+    c(op, not (cats.dtype.is_floating_point or cats.dtype.is_complex or cats.dtype == torch.bool),
+      lambda: f"cats must be an integer tensor (int8), got {name_of(cats.dtype)}")
+    c(op, floats.dtype == torch.float32, lambda: f"floats must be float32, got {name_of(floats.dtype)}")
+    c(op, floats.dim() == 2 and floats.shape[1] == n, lambda: f"floats must have shape [F, N={n}], got {sizes(floats)}")
+    cpu = _checks.cpu_word(ts.device)
+    for t, x in enumerate(ids):
+        c(op, x.dtype == torch.int64 and x.dim() == 1 and x.shape[0] == n,
+          lambda: f"ids[{t}] must be a 1-D int64 {cpu}tensor of N={n} events, got {name_of(x.dtype)} {sizes(x)}"
+          + (f" on {x.device}" if cpu else ""))
+    c(op, prog_i.dim() == 2 and prog_i.shape[1] == P.NUM_INT and prog_i.dtype == torch.int64,
+      lambda: f"prog_i must be an int64 tensor of shape [S, {P.NUM_INT}], got {name_of(prog_i.dtype)} {sizes(prog_i)}")
+    c(op, prog_f.dim() == 2 and prog_f.shape[0] == prog_i.shape[0] and prog_f.shape[1] == P.NUM_FLOAT
+      and prog_f.dtype == torch.float64,
+      lambda: f"prog_f must be a float64 tensor of shape [S={prog_i.shape[0]}, {P.NUM_FLOAT}], got "
+      f"{name_of(prog_f.dtype)} {sizes(prog_f)}")
+    if num_tables is not None:
+        c(op, len(ids) == num_tables, lambda: f"ids must hold one tensor per table ({num_tables}), got {len(ids)}")
+
+
+def _check_tables(op, tables, ids, ts) -> None:
+    """The tables' checks (csrc/cpu/slicing.cpp ``check_tables``): one dtype, one width D, 2-D, on ts's device."""
+    c, name_of = _checks.check, _checks.dtype_name
+    c(op, len(tables) >= 1, lambda: "tables must hold at least one table")
+    c(op, len(ids) == len(tables), lambda: f"ids must hold one tensor per table ({len(tables)}), got {len(ids)}")
+    dt = tables[0].dtype
+    c(op, dt in _checks.FLOAT_TYPES, lambda: f"tables must be float32, bfloat16, float16 or float64, got {name_of(dt)}")
+    for t, x in enumerate(tables):
+        _checks.check_same_device(op, "tables", x, ts, "ts")
+        c(op, x.dim() == 2, lambda: f"tables[{t}] must be 2-D [rows, D], got {_checks.sizes(x)}")
+        c(op, x.dtype == dt, lambda: f"tables must share one dtype: tables[0] is {name_of(dt)}, tables[{t}] is "
+          f"{name_of(x.dtype)}")
+        c(op, x.shape[1] == tables[0].shape[1],
+          lambda: f"tables must share D: tables[0] has {tables[0].shape[1]}, tables[{t}] has {x.shape[1]}")
+
+
+def _check_sliced_pool(tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f) -> None:
+    op = "sliced_pool"
+    _check_tables(op, tables, ids, ts)
+    _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, len(tables))
+
+
+def _check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f,
+                    num_rows=None) -> None:
+    """The backward ops' metadata checks (csrc/cpu/slicing.cpp ``check_backward``); ``num_rows`` is None for the
+    per-event rows op."""
+    c, name_of, sizes = _checks.check, _checks.dtype_name, _checks.sizes
+    _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
+    _checks.check_same_device(op, "grad", grad, ts, "ts")
+    _checks.check_same_device(op, "weight_sum", weight_sum, ts, "ts")
+    b, s = offsets.shape[0] - 1, prog_i.shape[0]
+    c(op, grad.dtype in _checks.FLOAT_TYPES,
+      lambda: f"grad must be float32, bfloat16, float16 or float64, got {name_of(grad.dtype)}")
+    device_word = "CPU" if ts.device.type == "cpu" else "floating point"
+    c(op, grad.dim() == 3 and grad.shape[0] == b and grad.shape[1] == s,
+      lambda: f"grad must be a {device_word} tensor of shape [B={b}, S={s}, D], got {sizes(grad)}")
+    c(op, weight_sum.dtype == torch.float32 and weight_sum.dim() == 2 and weight_sum.shape[0] == b
+      and weight_sum.shape[1] == s,
+      lambda: f"weight_sum must be a float32 {_checks.cpu_word(ts.device)}tensor of shape [B={b}, S={s}], got "
+      f"{name_of(weight_sum.dtype)} {sizes(weight_sum)}")
+    if num_rows is not None:
+        c(op, len(num_rows) == len(ids),
+          lambda: f"num_rows must hold one entry per table ({len(ids)}), got {len(num_rows)}")
+        for r in num_rows:
+            c(op, r >= 0, lambda: f"num_rows must be >= 0, got {r}")
+
+
 @torch.library.register_fake("dv365::slice_timeline")
 def _fake_slice_timeline(ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f):
+    _check_timeline_args("slice_timeline", ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
     total = torch.library.get_ctx().new_dynamic_size()
     lengths = ts.new_empty((prog_i.shape[0] * (offsets.shape[0] - 1),), dtype=torch.int64)
     return ts.new_empty((total,), dtype=torch.int64), ts.new_empty((total,), dtype=torch.float32), lengths
@@ -75,18 +163,22 @@ def _fake_slice_timeline(ids, offsets, ts, cats, floats, request_ts, prog_i, pro
 
 @torch.library.register_fake("dv365::sliced_pool")
 def _fake_sliced_pool(tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, sparse=False):
-    torch._check(len(tables) >= 1, lambda: "dv365::sliced_pool: tables must hold at least one table")
+    _check_sliced_pool(tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
     b, s, d = offsets.shape[0] - 1, prog_i.shape[0], tables[0].shape[1]
     return tables[0].new_empty((b, s, d)), tables[0].new_empty((b, s), dtype=torch.float32)
 
 
 @torch.library.register_fake("dv365::sliced_pool_backward")
 def _fake_sliced_pool_backward(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
+    _check_backward("sliced_pool_backward", grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i,
+                    prog_f, num_rows)
     return [grad.new_empty((r, grad.shape[2])) for r in num_rows]
 
 
 @torch.library.register_fake("dv365::sliced_pool_backward_rows")
 def _fake_sliced_pool_backward_rows(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f):
+    _check_backward("sliced_pool_backward_rows", grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i,
+                    prog_f)
     return [grad.new_empty((t.shape[0], grad.shape[2])) for t in ids]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
+from . import _backend, _checks
 
 __all__ = ["token_pool"]
 
@@ -39,17 +39,40 @@ def _empty_like_layout(like: torch.Tensor, last) -> torch.Tensor:
     return like.new_empty(sizes)
 
 
+def _check_float(op: str, name: str, x: torch.Tensor) -> None:
+    _checks.check(op, x.dtype in _checks.FLOAT_TYPES,
+                  lambda: f"{name} must be float32, float64, bfloat16 or float16, got {_checks.dtype_name(x.dtype)}")
+
+
+def _check_token_pool(x: torch.Tensor, stride: int) -> None:
+    """The compiled kernels' checks (csrc/cpu/token_pool.cpp), with their messages."""
+    op = "token_pool"
+    _checks.check(op, stride >= 1, lambda: f"stride must be >= 1, got {stride}")
+    _checks.check(op, x.dim() >= 1,
+                  lambda: "x must have at least 1 dimension (tokens on the last axis), got a 0-d tensor")
+    _check_float(op, "x", x)
+
+
+def _check_token_pool_backward(grad: torch.Tensor, stride: int, n) -> None:
+    op = "token_pool_backward"
+    _checks.check(op, stride >= 1, lambda: f"stride must be >= 1, got {stride}")
+    _checks.check(op, n >= 0, lambda: f"n must be >= 0, got {n}")
+    _checks.check(op, grad.dim() >= 1, lambda: "grad must have at least 1 dimension, got a 0-d tensor")
+    _check_float(op, "grad", grad)
+    n_out = _num_windows(n, stride)
+    _checks.check(op, grad.shape[-1] == n_out,
+                  lambda: f"grad must have ceil(n / stride) = {n_out} entries on its last axis, got {grad.shape[-1]}")
+
+
 @torch.library.register_fake("dv365::token_pool")
 def _fake_token_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
-    torch._check(stride >= 1, lambda: f"dv365::token_pool: stride must be >= 1, got {stride}")
-    torch._check(x.dim() >= 1, lambda: "dv365::token_pool: x must have at least 1 dimension")
+    _check_token_pool(x, stride)
     return _empty_like_layout(x, _num_windows(x.shape[-1], stride))
 
 
 @torch.library.register_fake("dv365::token_pool_backward")
 def _fake_token_pool_backward(grad: torch.Tensor, stride: int, n) -> torch.Tensor:
-    torch._check(stride >= 1, lambda: f"dv365::token_pool_backward: stride must be >= 1, got {stride}")
-    torch._check(grad.dim() >= 1, lambda: "dv365::token_pool_backward: grad must have at least 1 dimension")
+    _check_token_pool_backward(grad, stride, n)
     return _empty_like_layout(grad, n)
 
 

@@ -155,7 +155,7 @@ def test_int4_bad_inputs(device):
         T.int4_dequantize_triton(torch.ones(3, 12, dtype=torch.uint8, device=device), dtype=torch.float64)
     with pytest.raises(RuntimeError, match="dv365::int4_dequantize: packed must be uint8"):
         T.int4_dequantize_triton(torch.ones(3, 12, device=device))
-    with pytest.raises(RuntimeError, match=r"dv365::int4_dequantize: packed must have at least 8 columns"):
+    with pytest.raises(RuntimeError, match=r"dv365::int4_dequantize: packed must have D/2 code bytes .* 8 columns\), got 6"):
         T.int4_dequantize_triton(torch.ones(3, 6, dtype=torch.uint8, device=device))
 
 
@@ -329,11 +329,11 @@ def test_sliced_pool_bad_inputs(device):
     bad_prog[0, P.TABLE] = 2
     with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_i TABLE entries must lie in \[0, 2\)"):
         T.sliced_pool_triton(tables, ids, offsets, ts, cats, floats, request_ts, bad_prog, prog_f)
-    with pytest.raises(RuntimeError, match="dv365::sliced_pool: tables and ids must have the same length"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: ids must hold one tensor per table \(1\), got 2"):
         T.sliced_pool_triton(tables[:1], ids, *rest)
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_f must be a float64 tensor \[S, 7\]"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: prog_f must be a float64 tensor of shape \[S=4, 7\], got Float \[4, 7\]"):
         T.sliced_pool_triton(tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f.float())
-    with pytest.raises(RuntimeError, match="dv365::sliced_pool_backward_rows: weight_sum must be a float32 tensor"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: weight_sum must be a float32 (CPU )?tensor of shape \[B=2, S=4\]"):
         grad = torch.zeros(2, 4, 13, device=device)
         T.sliced_pool_backward_rows_triton(grad, torch.zeros(2, 3, device=device), ids, *rest)
 

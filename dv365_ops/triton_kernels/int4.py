@@ -167,10 +167,19 @@ def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tenso
             HALF=half_scale_bias, BLOCK_R=block_r, BLOCK_H=block_h, num_warps=4, enable_fp_fusion=False,
         )
         if _util.checks_enabled(x.device) and bool(status.any()):
-            # the CPU kernel holds the messages (which row, why); it raises on these rows
-            torch.ops.dv365.int4_quantize.default(x.cpu(), half_scale_bias)
-            _util.check(False, "int4_quantize", "x has a row that cannot be encoded (checked on the device)")
+            _raise_for_row(x, int(status.nonzero()[0, 0]), half_scale_bias)
     return out
+
+
+def _raise_for_row(x: torch.Tensor, i: int, half_scale_bias: bool) -> None:
+    """Raise the compiled kernel's message (why the row cannot be encoded) for row ``i`` of ``x``: the CPU kernel
+    holds the messages, and only that row is copied to the host for it."""
+    try:
+        torch.ops.dv365.int4_quantize.default(x[i : i + 1].cpu(), half_scale_bias)
+    except RuntimeError as e:
+        # the one-row copy is row 0 to the CPU kernel
+        raise RuntimeError(str(e).replace("row 0 of x", f"row {i} of x", 1)) from None
+    _util.check(False, "int4_quantize", f"row {i} of x cannot be encoded (checked on the device)")
 
 
 def int4_dequantize(

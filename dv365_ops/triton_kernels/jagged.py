@@ -149,8 +149,7 @@ def jagged_mean_pool(
 
 
 def _backward(op: str, grad, ids, offsets, weights, num_rows: int | None) -> torch.Tensor:
-    _family._check_jagged(op, ids, offsets, weights, grad, "grad")
-    _util.check(grad.shape[0] == offsets.numel() - 1, op, f"grad must have one row per bag ({offsets.numel() - 1}), got {grad.shape[0]}")
+    _family._check_jagged_backward(op, grad, ids, offsets, weights, num_rows)
     _util.check_device(op, grad)
     _check_data(op, ids, offsets, weights, num_rows)
     dense = num_rows is not None
@@ -176,7 +175,6 @@ def _backward(op: str, grad, ids, offsets, weights, num_rows: int | None) -> tor
 def jagged_mean_pool_backward(
     grad: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor | None, num_rows: int
 ) -> torch.Tensor:
-    _util.check(num_rows >= 0, "jagged_mean_pool_backward", f"num_rows must be non-negative, got {num_rows}")
     return _backward("jagged_mean_pool_backward", grad, ids, offsets, weights, num_rows)
 
 

@@ -386,48 +386,6 @@ def _backward_kernel(
                     tl.store(dst, (prev + rows).to(out.dtype.element_ty), mask=mask)
 
 
-def _check_inputs(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f) -> None:
-    n = ts.numel()
-    _util.check(ts.dim() == 1 and ts.dtype == torch.int64, op, "ts must be a 1-D int64 tensor")
-    _util.check(
-        offsets.dim() == 1 and offsets.dtype in (torch.int32, torch.int64) and offsets.numel() >= 1,
-        op, "offsets must be a 1-D int32/int64 tensor with at least one element",
-    )
-    b = offsets.numel() - 1
-    _util.check(
-        request_ts.dim() == 1 and request_ts.dtype == torch.int64 and request_ts.numel() == b,
-        op, "request_ts must be a 1-D int64 tensor with one entry per user (offsets.numel() - 1)",
-    )
-    _util.check(len(ids) >= 1, op, "ids must hold one tensor per table")
-    for t, i in enumerate(ids):
-        _util.check(
-            i.dim() == 1 and i.dtype in (torch.int32, torch.int64) and i.numel() == n,
-            op, f"ids[{t}] must be a 1-D int32/int64 tensor with one id per event (ts.numel())",
-        )
-    _util.check(
-        cats.dim() == 2 and cats.shape[1] == n and not cats.is_floating_point() and not cats.is_complex(),
-        op, "cats must be a 2-D integer tensor [C, N]",
-    )
-    _util.check(
-        floats.dim() == 2 and floats.shape[1] == n and floats.dtype == torch.float32 and floats.shape[0] in (0, 2),
-        op, "floats must be a float32 tensor [2, N] (duration, dwell) or [0, N]",
-    )
-    _util.check(
-        prog_i.dim() == 2 and prog_i.dtype == torch.int64 and prog_i.shape[1] == P.NUM_INT,
-        op, f"prog_i must be an int64 tensor [S, {P.NUM_INT}]",
-    )
-    _util.check(
-        prog_f.dim() == 2 and prog_f.dtype == torch.float64 and prog_f.shape == (prog_i.shape[0], P.NUM_FLOAT),
-        op, f"prog_f must be a float64 tensor [S, {P.NUM_FLOAT}] (S = prog_i.shape[0])",
-    )
-    for name, x in [("offsets", offsets), ("cats", cats), ("floats", floats), ("request_ts", request_ts)] + [
-        (f"ids[{t}]", i) for t, i in enumerate(ids)
-    ]:
-        _util.check(x.device == ts.device, op, f"{name} must be on the same device as ts")
-    for name, x in (("prog_i", prog_i), ("prog_f", prog_f)):
-        _util.check(x.device in (ts.device, torch.device("cpu")), op, f"{name} must be on the CPU or on ts's device")
-
-
 class _Plan:
     """What every launch needs: contiguous inputs, the slice order, and grid sizes (exact after the checks'
     device read, upper bounds under graph capture)."""
@@ -438,8 +396,7 @@ class _Plan:
         self.offsets, self.ts, self.request_ts = offsets.contiguous(), ts.contiguous(), request_ts.contiguous()
         self.cats = cats.contiguous()
         self.floats = floats.contiguous()
-        # the program may live on the CPU (the compiled CPU kernels want it there)
-        self.prog_i, self.prog_f = prog_i.to(ts.device).contiguous(), prog_f.to(ts.device).contiguous()
+        self.prog_i, self.prog_f = prog_i.contiguous(), prog_f.contiguous()
         self.num_tables, self.b, self.s, self.n = len(ids), offsets.numel() - 1, prog_i.shape[0], ts.numel()
         table = self.prog_i[:, P.TABLE]
         # slices sorted by (table, flags): a block holds one table, and like filters run together
@@ -462,9 +419,9 @@ class _Plan:
             (((flags < 0) | (flags > P.ALL_FLAGS)).any(), "prog_i FLAGS must use only WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4"),
             ((fields >= self.cats.shape[0]).any(), f"prog_i CAT_FIELD entries must be -1 or lie in [0, {self.cats.shape[0]})"),
         ]
-        if self.floats.shape[0] == 0:
-            failures.append(((flags != 0).any(), "floats has 0 rows but a slice uses dwell, ratio or weight "
-                             "(needs rows video_duration, dwell_time)"))
+        if self.floats.shape[0] < 2:
+            failures.append(((flags != 0).any(), f"floats has {self.floats.shape[0]} rows but a slice uses dwell, "
+                             "ratio or weight (needs rows video_duration, dwell_time)"))
         if self.n > 1:
             starts = torch.zeros(self.n, dtype=torch.bool, device=ts.device)
             starts[o[:-1].clamp(max=self.n - 1)] = True
@@ -480,7 +437,7 @@ class _Plan:
 
     def common(self, cfg: dict) -> dict:
         return dict(
-            NUM_CATS=self.cats.shape[0], HAS_FLOATS=self.floats.shape[0] > 0, USE_DOT=cfg["USE_DOT"],
+            NUM_CATS=self.cats.shape[0], HAS_FLOATS=self.floats.shape[0] >= 2, USE_DOT=cfg["USE_DOT"],
             PRECISION=_dot_precision(), INTERPRET=_util.INTERPRET,
             ACC=tl.float64 if self.dtype == torch.float64 else tl.float32,
             BLOCK_S=cfg["BLOCK_S"], BLOCK_E=cfg["BLOCK_E"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
@@ -496,15 +453,8 @@ def sliced_pool(
     prog_f: torch.Tensor, sparse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     op = "sliced_pool"
-    _check_inputs(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
-    _util.check(len(tables) == len(ids), op, "tables and ids must have the same length (one ids tensor per table)")
-    for t, tab in enumerate(tables):
-        _util.check(tab.dim() == 2 and tab.is_floating_point(), op, f"tables[{t}] must be a 2-D floating tensor")
-        _util.check(
-            tab.dtype == tables[0].dtype and tab.shape[1] == tables[0].shape[1],
-            op, "tables must share one dtype and one row width D",
-        )
-        _util.check(tab.device == ts.device, op, f"tables[{t}] must be on the same device as ts")
+    # the native op's checks, with its messages (the family's, shared with the fakes)
+    _family._check_sliced_pool(tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
     _util.check_device(op, ts)
     plan = _Plan(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, [t.shape[0] for t in tables], tables[0].dtype)
     acc, wsum = _pool(plan, tables)
@@ -538,22 +488,10 @@ def _pool(plan: "_Plan", tables: list[torch.Tensor]) -> tuple[torch.Tensor, torc
 
 
 def _backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
-    _check_inputs(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
-    b, s = offsets.numel() - 1, prog_i.shape[0]
-    _util.check(
-        grad.dim() == 3 and grad.is_floating_point() and grad.shape[:2] == (b, s),
-        op, "grad must be a floating tensor [B, S, D] (B = offsets.numel() - 1, S = prog_i.shape[0])",
-    )
-    _util.check(
-        weight_sum.dtype == torch.float32 and weight_sum.shape == (b, s), op, "weight_sum must be a float32 tensor [B, S]"
-    )
-    for name, x in (("grad", grad), ("weight_sum", weight_sum)):
-        _util.check(x.device == ts.device, op, f"{name} must be on the same device as ts")
+    _family._check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows)
     _util.check_device(op, ts)
+    s = prog_i.shape[0]
     dense = num_rows is not None
-    if dense:
-        _util.check(len(num_rows) == len(ids), op, "num_rows must have one entry per table")
-        _util.check(all(r >= 0 for r in num_rows), op, "num_rows must be >= 0")
     plan = _Plan(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows or [2**63 - 1] * len(ids), grad.dtype)
     d = grad.shape[2]
     grad, weight_sum = grad.contiguous(), weight_sum.contiguous()
