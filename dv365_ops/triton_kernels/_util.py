@@ -42,15 +42,23 @@ def checks_enabled(device: torch.device) -> bool:
     return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
-def raise_failed(op_name: str, failures: list[tuple[torch.Tensor, str]], extra: torch.Tensor | None = None):
+def raise_failed(
+    op_name: str, failures: list[tuple[torch.Tensor, str | Callable[[], str]]], extra: torch.Tensor | None = None
+):
     """Read every boolean check tensor (and the int64 ``extra`` values) in one device read, raise for the first
-    check that failed, and return ``extra`` as a list."""
+    check that failed, and return ``extra`` as a list. A callable message runs only for the failed check: it may
+    read the few values it names (the first bad index and value), as the compiled kernels' messages do."""
     parts = [cond.reshape(1).long() for cond, _ in failures] + ([extra.long().reshape(-1)] if extra is not None else [])
     values = torch.cat(parts).tolist() if parts else []
     for bad, (_, message) in zip(values, failures):
         if bad:
-            raise RuntimeError(f"dv365::{op_name}: {message}")
+            raise RuntimeError(f"dv365::{op_name}: {message() if callable(message) else message}")
     return values[len(failures) :]
+
+
+def first_true(mask: torch.Tensor) -> int:
+    """The flat index of the first True of ``mask`` (which holds one): an error path's read of one value."""
+    return int(mask.reshape(-1).nonzero()[0, 0])
 
 
 def check(cond: bool, op_name: str, message: str) -> None:

@@ -113,15 +113,35 @@ def _check_data(op: str, ids: torch.Tensor, offsets: torch.Tensor, weights, num_
     if not _util.checks_enabled(ids.device):
         return
     n = ids.numel()
+    # the messages are the compiled kernels'; their details are read only when a check fails
+    decreasing = offsets.diff() < 0
+
+    def decreasing_message():
+        b = _util.first_true(decreasing)
+        return f"offsets must be non-decreasing, but offsets[{b}] = {int(offsets[b])} > offsets[{b + 1}] = " \
+               f"{int(offsets[b + 1])}"
+
     failures = [
-        (offsets[0] != 0, "offsets[0] must be 0"),
-        (offsets[-1] != n, f"offsets[-1] must equal the number of ids ({n})"),
-        ((offsets.diff() < 0).any(), "offsets must be non-decreasing"),
+        (offsets[0] != 0, lambda: f"offsets[0] must be 0, got {int(offsets[0])}"),
+        (offsets[-1] != n, lambda: f"offsets[-1] must equal the number of ids ({n}), got {int(offsets[-1])}"),
+        (decreasing.any(), decreasing_message),
     ]
     if num_rows is not None and n:
-        failures.append((((ids < 0) | (ids >= num_rows)).any(), f"ids must be in [0, {num_rows})"))
+        out_of_range = (ids < 0) | (ids >= num_rows)
+
+        def range_message():
+            i = _util.first_true(out_of_range)
+            return f"ids must be in [0, {num_rows}), got ids[{i}] = {int(ids[i])}"
+
+        failures.append((out_of_range.any(), range_message))
     if weights is not None and n:
-        failures.append(((~torch.isfinite(weights) | (weights < 0)).any(), "weights must be finite and non-negative"))
+        bad_weight = ~torch.isfinite(weights) | (weights < 0)
+
+        def weight_message():
+            i = _util.first_true(bad_weight)
+            return f"weights must be finite and non-negative, got weights[{i}] = {float(weights[i]):g}"
+
+        failures.append((bad_weight.any(), weight_message))
     _util.raise_failed(op, failures)
 
 

@@ -412,25 +412,66 @@ class _Plan:
         o = self.offsets
         flags = self.prog_i[:, P.FLAGS]
         fields = self.prog_i[:, list(P.CAT_FIELD)]
+        num_cats, num_floats = self.cats.shape[0], self.floats.shape[0]
+        # the compiled kernels' checks, in their order and with their messages; a message's details (which user,
+        # event or slice) are read only when its check fails
+        decreasing = o.diff() < 0
         failures = [
-            ((o[0] != 0) | (o[-1] != self.n), f"offsets must start at 0 and end at N={self.n} (ts.numel())"),
-            ((o.diff() < 0).any(), "offsets must be non-decreasing"),
-            (((table < 0) | (table >= self.num_tables)).any(), f"prog_i TABLE entries must lie in [0, {self.num_tables})"),
-            (((flags < 0) | (flags > P.ALL_FLAGS)).any(), "prog_i FLAGS must use only WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4"),
-            ((fields >= self.cats.shape[0]).any(), f"prog_i CAT_FIELD entries must be -1 or lie in [0, {self.cats.shape[0]})"),
+            ((o[0] != 0) | (o[-1] != self.n), lambda: f"offsets must start at 0 and end at N={self.n} (ts.numel()), "
+             f"got {int(o[0])} .. {int(o[-1])}"),
+            (decreasing.any(), lambda: f"offsets must be non-decreasing (user {_util.first_true(decreasing)})"),
         ]
-        if self.floats.shape[0] < 2:
-            failures.append(((flags != 0).any(), f"floats has {self.floats.shape[0]} rows but a slice uses dwell, "
-                             "ratio or weight (needs rows video_duration, dwell_time)"))
         if self.n > 1:
             starts = torch.zeros(self.n, dtype=torch.bool, device=ts.device)
             starts[o[:-1].clamp(max=self.n - 1)] = True
-            failures.append((((self.ts.diff() < 0) & ~starts[1:]).any(), "ts must be ascending within each user"))
+            descending = (self.ts.diff() < 0) & ~starts[1:]
+
+            def descending_message():
+                e = _util.first_true(descending) + 1
+                b = int(torch.searchsorted(o, e, right=True)) - 1
+                return f"ts must be ascending within each user (user {b}, event {e - int(o[b])})"
+
+            failures.append((descending.any(), descending_message))
         if self.cats.numel():
-            failures.append((((self.cats < 0) | (self.cats > P.MAX_CAT_VALUE)).any(), "cats values must lie in [0, 63]"))
+            bad_cat = (self.cats < 0) | (self.cats > P.MAX_CAT_VALUE)
+
+            def cat_message():
+                i = _util.first_true(bad_cat)
+                return f"cats values must lie in [0, {P.MAX_CAT_VALUE}], got {int(self.cats.view(-1)[i])} " \
+                       f"(row {i // self.n}, event {i % self.n})"
+
+            failures.append((bad_cat.any(), cat_message))
+        bad_table = (table < 0) | (table >= self.num_tables)
+        bad_flags = (flags < 0) | (flags > P.ALL_FLAGS)
+        needs_floats = (flags != 0) & (num_floats < 2)
+        bad_field = fields >= num_cats
+        bad_slice = bad_table | bad_flags | needs_floats | bad_field.any(1)
+
+        def slice_message():
+            s = _util.first_true(bad_slice)
+            if bool(bad_table[s]):
+                return f"prog_i[{s}, TABLE] = {int(table[s])} is out of range for {self.num_tables} tables"
+            if bool(bad_flags[s]):
+                return f"prog_i[{s}, FLAGS] = {int(flags[s])} has unknown bits (WEIGHTED=1, DWELL_FILTER=2, " \
+                       "RATIO_FILTER=4)"
+            if bool(needs_floats[s]):
+                return f"floats has {num_floats} rows but slice {s} uses dwell, ratio or weight (needs rows " \
+                       "video_duration, dwell_time)"
+            j = _util.first_true(bad_field[s])
+            return f"prog_i[{s}, CAT_FIELD{j}] = {int(fields[s, j])} is out of range for cats with {num_cats} rows"
+
+        failures.append((bad_slice.any(), slice_message))
+
+        def range_message(t, ids_t, rows, bad):
+            def message():
+                e = _util.first_true(bad)
+                return f"ids[{t}][{e}] = {int(ids_t[e])} is out of range for a table of {rows} rows"
+            return message
+
         for t, (i, r) in enumerate(zip(self.ids, num_rows)):
             if i.numel():
-                failures.append((((i < 0) | (i >= r)).any(), f"ids[{t}] must lie in [0, {r})"))
+                out_of_range = (i < 0) | (i >= r)
+                failures.append((out_of_range.any(), range_message(t, i, r, out_of_range)))
         sizes = torch.cat([counts, o.diff().max().reshape(1) if self.b else counts.new_zeros(1)])
         sizes = _util.raise_failed(op, failures, sizes)
         self.counts, self.max_len = sizes[:-1], sizes[-1]
