@@ -146,6 +146,29 @@ def test_int4_round_trip_of_a_noncontiguous_input(device):
     assert torch.equal(back.cpu(), reference.int4_dequantize(reference.int4_quantize(x.cpu())))
 
 
+def test_int4_unencodable_row_copies_only_that_row(device, monkeypatch):
+    # the message comes from the CPU kernel, which sees the one bad row, not the whole table
+    from dv365_ops.triton_kernels import int4 as TI
+
+    seen = []
+
+    def spy(rows, half_scale_bias):
+        seen.append(tuple(rows.shape))
+        return quantize_on_cpu(rows, half_scale_bias)
+
+    quantize_on_cpu = TI._quantize_on_cpu
+    monkeypatch.setattr(TI, "_quantize_on_cpu", spy)
+    x = torch.randn(9, 6, device=device)
+    x[5] = torch.tensor([-3e38, 3e38, 0, 1, 0, 0])
+    x[7] = float("nan")
+    with pytest.raises(RuntimeError, match=r"^dv365::int4_quantize: row 5 of x spans \[-3e\+38, 3e\+38\], too wide"):
+        T.int4_quantize_triton(x)
+    assert seen == [(1, 6)]
+    with pytest.raises(RuntimeError, match=r"^dv365::int4_quantize: x must be finite \(found NaN or Inf\)$"):
+        T.int4_quantize_triton(x[6:])
+    assert seen == [(1, 6), (1, 6)]
+
+
 def test_int4_bad_inputs(device):
     with pytest.raises(RuntimeError, match="dv365::int4_quantize: x must have an even number of columns"):
         T.int4_quantize_triton(torch.randn(3, 5, device=device))

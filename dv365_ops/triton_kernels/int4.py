@@ -171,11 +171,15 @@ def int4_quantize(x: torch.Tensor, half_scale_bias: bool = False) -> torch.Tenso
     return out
 
 
+def _quantize_on_cpu(rows: torch.Tensor, half_scale_bias: bool) -> torch.Tensor:
+    return torch.ops.dv365.int4_quantize.default(rows.cpu(), half_scale_bias)
+
+
 def _raise_for_row(x: torch.Tensor, i: int, half_scale_bias: bool) -> None:
     """Raise the compiled kernel's message (why the row cannot be encoded) for row ``i`` of ``x``: the CPU kernel
     holds the messages, and only that row is copied to the host for it."""
     try:
-        torch.ops.dv365.int4_quantize.default(x[i : i + 1].cpu(), half_scale_bias)
+        _quantize_on_cpu(x[i : i + 1], half_scale_bias)
     except RuntimeError as e:
         # the one-row copy is row 0 to the CPU kernel
         raise RuntimeError(str(e).replace("row 0 of x", f"row {i} of x", 1)) from None
