@@ -270,7 +270,7 @@ CASES += [
          lambda a: a.update(tables=a["tables"] + [torch.randn(5, 3).double()], ids=a["ids"] * 2),
          r"tables must share one dtype: tables\[0\] is Float, tables\[1\] is Double$"),
     Case("sliced_pool_backward", "grad shape", _set("grad", lambda t: t[:, :1]),
-         rf"grad must be a (CPU|floating point) tensor of shape \[B=2, S=2, D\], got \[2, 1, 3\]$"),
+         r"grad must be a (CPU|floating point) tensor of shape \[B=2, S=2, D\], got \[2, 1, 3\]$"),
     Case("sliced_pool_backward", "int64 grad", _set("grad", lambda t: t.long()),
          r"grad must be float32, bfloat16, float16 or float64, got Long$"),
     Case("sliced_pool_backward", "float64 weight_sum", _set("weight_sum", lambda t: t.double()),
