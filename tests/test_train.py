@@ -247,3 +247,24 @@ def test_rowwise_adagrad_matches_its_formula():
     torch.testing.assert_close(dense_p.detach(), w)
     assert opts[0].state[sparse_p]["sum"].shape == (rows,)
     assert torch.equal(sparse_p.detach()[rows // 2:], start[rows // 2:])
+
+
+def test_rowwise_adagrad_shares_unique_rows_between_tables_on_one_index_tensor():
+    from dv365.train.optim import RowWiseAdagrad
+
+    rows, dim = 30, 4
+    idx = torch.randint(0, rows, (50,))
+    a, b = (torch.nn.Parameter(torch.randn(rows, dim, dtype=torch.float64)) for _ in range(2))
+    solo = [torch.nn.Parameter(p.detach().clone()) for p in (a, b)]
+    shared = RowWiseAdagrad([a, b], lr=0.1)
+    alone = [RowWiseAdagrad([p], lr=0.1) for p in solo]
+    for _ in range(2):
+        ga, gb = torch.randn(50, dim, dtype=torch.float64), torch.randn(50, dim, dtype=torch.float64)
+        for p, g in ((a, ga), (b, gb), (solo[0], ga), (solo[1], gb)):
+            # one index tensor for both tables, as the fused op returns for tables pooling one id column
+            p.grad = torch.sparse_coo_tensor(idx[None], g, (rows, dim), check_invariants=False)
+        shared.step()
+        for o in alone:
+            o.step()
+    torch.testing.assert_close(a.detach(), solo[0].detach(), rtol=0, atol=0)
+    torch.testing.assert_close(b.detach(), solo[1].detach(), rtol=0, atol=0)
