@@ -9,7 +9,7 @@ Names resolve on first use, so that ``dv365 --help`` (which imports the command 
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_names
 
 _NAMES = {
     "DEFAULT_PART_SIZE": "exporter", "FORMAT": "exporter", "ExportError": "exporter", "ExportResult": "exporter",
@@ -17,9 +17,4 @@ _NAMES = {
     "worker_parts": "exporter", "boundary_offsets": "incremental", "users_to_reexport": "incremental",
 }
 __all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'dv365.export' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -9,16 +9,11 @@ Names resolve on first use, so that ``dv365 --help`` (which imports the command 
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_names
 
 _NAMES = {
     "STAGES": "cycle", "RefreshError": "cycle", "refresh": "cycle",
     "cosine_similarities": "stability", "plot_histogram": "stability", "summarize": "stability",
 }
 __all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'dv365.refresh' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

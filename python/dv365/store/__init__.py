@@ -8,8 +8,9 @@ written in parts, published atomically, served by user id.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .base import EmbeddingStore
@@ -17,12 +18,7 @@ if TYPE_CHECKING:
 # loaded on first use (numpy, xxhash), so that ``dv365 --help`` imports neither
 _BASE_NAMES = ("EmbeddingStore", "LookupResult", "PartInfo", "RecordLayout", "StagedVersion", "StoreError",
                "VerifyReport", "VersionInfo")
-
-
-def __getattr__(name: str):
-    if name in _BASE_NAMES:
-        return getattr(importlib.import_module(".base", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(__name__, dict.fromkeys(_BASE_NAMES, "base"))
 
 
 def open_store(url: str, *, create: bool = False, readonly: bool = False, on_corrupt: str = "mask",

@@ -7,7 +7,7 @@
 Names load on first use, so ``dv365 --help`` does not import torch.
 """
 
-import importlib
+from ..lazy import lazy_names
 
 _EXPORTS = {
     "CheckpointError": "checkpoint", "latest_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
@@ -16,11 +16,7 @@ _EXPORTS = {
     "train": "trainer", "warm_start": "trainer",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)
