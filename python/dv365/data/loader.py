@@ -288,6 +288,16 @@ def _nan_to(col: np.ndarray, value: float) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.where(ok, col, np.float32(value)).astype(np.float32)), torch.from_numpy(ok)
 
 
+def _check_cut(who: str, batch_size: int, gap: int, max_events: int | None) -> None:
+    """The arguments both loaders cut histories with."""
+    if batch_size < 1:
+        raise ValueError(f"{who}: batch_size must be >= 1, got {batch_size}")
+    if gap < 0:
+        raise ValueError(f"{who}: gap must be >= 0 seconds, got {gap}")
+    if max_events is not None and max_events < 0:
+        raise ValueError(f"{who}: max_events must be >= 0 or None, got {max_events}")
+
+
 def _check_fill_missing(dataset: Dataset, fill_missing: float | None, who: str) -> None:
     if fill_missing is None:
         missing = [c for c in FLOAT_FIELDS[IMPLICIT] if dataset.has_missing(IMPLICIT, c)]
@@ -427,12 +437,7 @@ class Loader:
         workers: int | None = None,
         cache: bool | str | os.PathLike | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"Loader: batch_size must be >= 1, got {batch_size}")
-        if gap < 0:
-            raise ValueError(f"Loader: gap must be >= 0 seconds, got {gap}")
-        if max_events is not None and max_events < 0:
-            raise ValueError(f"Loader: max_events must be >= 0 or None, got {max_events}")
+        _check_cut("Loader", batch_size, gap, max_events)
         if world_size < 1:
             raise ValueError(f"Loader: world_size must be >= 1, got {world_size}")
         if not 0 <= rank < world_size:
@@ -579,12 +584,7 @@ class UserLoader:
     ):
         if cutoff is None:
             raise TypeError("UserLoader: cutoff (the export's cut-off time in seconds) is required")
-        if batch_size < 1:
-            raise ValueError(f"UserLoader: batch_size must be >= 1, got {batch_size}")
-        if gap < 0:
-            raise ValueError(f"UserLoader: gap must be >= 0 seconds, got {gap}")
-        if max_events is not None and max_events < 0:
-            raise ValueError(f"UserLoader: max_events must be >= 0 or None, got {max_events}")
+        _check_cut("UserLoader", batch_size, gap, max_events)
         if users is not None:
             lo, hi = (int(u) for u in users)
             if not 0 <= lo <= hi:
