@@ -1,9 +1,9 @@
 """Multi-process training with ``torchrun``: DDP for the dense parameters, an all-gather for the sparse tables.
 
 The embedding tables get sparse gradients (only the rows a batch touched), which NCCL cannot all-reduce and DDP
-would densify; so the tables are left out of DDP and their gradients are summed across ranks by gathering every
-rank's (row, value) pairs. Replicated tables stay identical on every rank because each applies the same summed
-gradient. Row-wise sharding of the tables is the next step for tables beyond one device.
+would densify; so the tables are left out of DDP and their gradients are averaged across ranks by gathering
+every rank's (row, value) pairs. Replicated tables stay identical on every rank because each applies the same
+averaged gradient. Row-wise sharding of the tables is the next step for tables beyond one device.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def all_reduce_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def sum_sparse_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
-    """Replace each parameter's sparse gradient by its sum over ranks (in place)."""
+def average_sparse_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Replace each parameter's sparse gradient by its mean over ranks, as DDP does for the dense ones."""
     if not info.enabled:
         return
     for p in params:
@@ -74,7 +74,7 @@ def sum_sparse_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
         # concatenated in rank order, then coalesced: the sum is the same on every rank
         rows_cat = torch.cat([r[: int(c)] for r, c in zip(all_rows, counts)])
         values_cat = torch.cat([v[: int(c)] for v, c in zip(all_values, counts)])
-        p.grad = torch.sparse_coo_tensor(rows_cat.unsqueeze(0), values_cat, p.shape).coalesce()
+        p.grad = torch.sparse_coo_tensor(rows_cat.unsqueeze(0), values_cat, p.shape).coalesce() / info.world_size
 
 
 def barrier(info: DistInfo) -> None:

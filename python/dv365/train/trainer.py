@@ -28,7 +28,7 @@ from ..spec import SliceSpec, load_default_spec
 from . import checkpoint as ckpt_io
 from .checkpoint import CheckpointError
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_, barrier, init_distributed, shutdown, sum_sparse_grads
+from .distributed import DistInfo, all_reduce_, average_sparse_grads, barrier, init_distributed, shutdown
 
 
 def resolve_device(name: str) -> torch.device:
@@ -273,10 +273,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
                 opt.zero_grad(set_to_none=True)
             loss.backward()
             if sparse_params:
-                sum_sparse_grads(sparse_params, info)
-                if info.enabled:
-                    for p in sparse_params:
-                        p.grad = p.grad / info.world_size
+                average_sparse_grads(sparse_params, info)
             if cfg.optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.dense_parameters() if cfg.model.sparse else model.parameters(),
                                                cfg.optim.grad_clip)
@@ -285,13 +282,15 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
             step += 1
             steps_this_call += 1
             faults.checkpoint("train.step")
-            window["loss"] += DV365Model.total_loss(all_reduce_(sums.detach().float().clone(), info), counts, a)
+            # this rank's share of the global batch's loss (the loss is linear in the sums): summed over ranks
+            # once per log line, not every step
+            window["loss"] += DV365Model.total_loss(sums.detach().float(), counts, a)
             window["steps"] += 1
             window["examples"] += len(batch.examples) * info.world_size
             window["users"] += users * info.world_size
             if step % cfg.schedule.log_every == 0 or step == total:
                 dt = max(time.perf_counter() - window["t0"], 1e-9)
-                mean_loss = float(window["loss"]) / window["steps"]
+                mean_loss = float(all_reduce_(window["loss"], info)) / window["steps"]
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(f"dv365 train: the loss is {mean_loss} at step {step}; lower the "
                                              "learning rates or check the data")
