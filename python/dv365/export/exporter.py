@@ -240,7 +240,7 @@ def export(
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
     dataset = open_dataset(data)
     model, cfg, ckpt = load_model(checkpoint, dev)
-    check_data_fits(ckpt, dataset, "dv365 export")
+    check_data_fits(ckpt["vocab_sizes"], ckpt["path"], dataset, "dv365 export")
     ckpt_hash = file_hash(ckpt["path"])
     cut = resolve_cutoff(dataset, cutoff)
     gap = int(cfg.data.gap)

@@ -4,6 +4,7 @@ the relative NE delta of one model against a baseline on the same examples (pape
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import torch
@@ -57,13 +58,13 @@ def load_model(checkpoint: str, device: torch.device | str = "cpu"):
     return model, cfg, ckpt
 
 
-def check_data_fits(ckpt: dict[str, Any], dataset: Dataset, what: str) -> None:
-    """The model's tables must cover the data's id vocabularies."""
-    big = {k: (v, ckpt["vocab_sizes"].get(k)) for k, v in dataset.vocab_sizes.items()
-           if ckpt["vocab_sizes"].get(k) is not None and v > ckpt["vocab_sizes"][k]}
+def check_data_fits(vocab_sizes: dict[str, int], tables_of: str, dataset: Dataset, what: str) -> None:
+    """Tables sized for ``vocab_sizes`` (those of ``tables_of``: a checkpoint or a dataset) must cover the data's
+    id vocabularies."""
+    big = {k: (v, vocab_sizes[k]) for k, v in dataset.vocab_sizes.items() if k in vocab_sizes and v > vocab_sizes[k]}
     if big:
         detail = ", ".join(f"{k}: data {v:,} > model {m:,}" for k, (v, m) in big.items())
-        raise CheckpointError(f"{what}: {dataset.path} has ids beyond the tables of {ckpt['path']} ({detail}); "
+        raise CheckpointError(f"{what}: {dataset.path} has ids beyond the tables of {tables_of} ({detail}); "
                               "warm-start a model on this data first (dv365 train --init-from)")
 
 
@@ -77,8 +78,8 @@ def evaluate_checkpoint(checkpoint: str, data_path: str, *, baseline: str | None
         if path is None:
             continue
         model, cfg, ckpt = load_model(path, dev)
-        check_data_fits(ckpt, dataset, f"dv365 eval {role}")
-        data = cfg.data if batch_size is None else type(cfg.data)(**{**cfg.data.__dict__, "batch_size": batch_size})
+        check_data_fits(ckpt["vocab_sizes"], ckpt["path"], dataset, f"dv365 eval {role}")
+        data = cfg.data if batch_size is None else dataclasses.replace(cfg.data, batch_size=batch_size)
         result[role] = {"checkpoint": ckpt["path"], "step": ckpt["step"], "tower": cfg.model.tower.name,
                         "max_events": cfg.data.max_events,
                         "metrics": evaluate_model(model, dataset, data, dev, progress=progress)}

@@ -199,8 +199,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
     if cfg.data.eval_path:  # before any work: the tables are sized by the training data's vocabularies
         from .evaluate import check_data_fits
 
-        check_data_fits({"vocab_sizes": vocab, "path": cfg.data.path}, open_dataset(cfg.data.eval_path),
-                        "data.eval_path")
+        check_data_fits(vocab, cfg.data.path, open_dataset(cfg.data.eval_path), "data.eval_path")
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.model, vocab, device)
     optimizers = build_optimizers(model, cfg)
