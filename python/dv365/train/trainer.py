@@ -196,10 +196,11 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
         raise CheckpointError(f"resume: {ckpt['path']} was built for vocabularies {ckpt['vocab_sizes']} but "
                               f"{cfg.data.path} has {vocab}; start a new run_dir with --init-from to warm-start")
 
-    if cfg.data.eval_path:  # before any work: the tables are sized by the training data's vocabularies
+    eval_dataset = open_dataset(cfg.data.eval_path) if cfg.data.eval_path else None
+    if eval_dataset is not None:  # before any work: the tables are sized by the training data's vocabularies
         from .evaluate import check_data_fits
 
-        check_data_fits(vocab, cfg.data.path, open_dataset(cfg.data.eval_path), "data.eval_path")
+        check_data_fits(vocab, cfg.data.path, eval_dataset, "data.eval_path")
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.model, vocab, device)
     optimizers = build_optimizers(model, cfg)
@@ -312,7 +313,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
         save(step)
     result: dict[str, Any] = {"step": step, "history": history, "run_dir": str(run_dir)}
     if step >= total:
-        result.update(_finish(cfg, model, device, info, history, run_dir))
+        result.update(_finish(cfg, model, eval_dataset, device, info, history, run_dir))
     return result
 
 
@@ -339,12 +340,12 @@ def _checkpoint_state(cfg, model, optimizers, loader, epoch, history, spec_dict,
     }
 
 
-def _finish(cfg, model, device, info: DistInfo, history, run_dir: Path) -> dict[str, Any]:
+def _finish(cfg, model, eval_dataset, device, info: DistInfo, history, run_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if cfg.data.eval_path and info.is_main:
+    if eval_dataset is not None and info.is_main:
         from .evaluate import evaluate_model
 
-        out["eval"] = evaluate_model(model, open_dataset(cfg.data.eval_path), cfg.data, device, autocast=_autocast(cfg, device))
+        out["eval"] = evaluate_model(model, eval_dataset, cfg.data, device, autocast=_autocast(cfg, device))
     if info.is_main:
         metrics = {"config": cfg.to_dict(), "steps": history[-1]["step"] if history else 0, "history": history, **out}
         atomic_write_json(run_dir / "metrics.json", metrics)
