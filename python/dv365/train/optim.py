@@ -2,8 +2,8 @@
 
 The fused pooling op's sparse gradient has one row per *event* that a table pools (uncoalesced: a popular item
 appears thousands of times in one batch). torch's sparse Adagrad coalesces it with a sort, keeps a full
-``[rows, dim]`` state and masks it with more sorts: on a W40K step (32 users of 40,000 events, D = 256) that was
-224 ms of a 250 ms step on an H100. Here the duplicates are summed once (``unique`` + ``index_add_``), the state is
+``[rows, dim]`` state and masks it with more sorts, which made it most of a training step at W40K size
+(docs/training.md). Here the duplicates are summed once (``unique`` + ``index_add_``), the state is
 one float per row (the mean of the squared gradient over the row, so D× less memory), and only the touched rows
 are read and written:
 
