@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import statistics
 import sys
 
 import torch
@@ -38,33 +39,34 @@ def save(path: str, batch: int, seed: int) -> None:
     print(f"saved {path}: B={batch}, {w['ts'].numel()} events, {w['prog_i'].shape[0]} slices, rows {rows}")
 
 
-def cuda_ms(fn) -> float:
-    """Median milliseconds per call: the benchmarks' one timer with CUDA events."""
-    return measure(fn, repeats=40, min_time=0.0, warmup=5, device_events=True) * 1e3
+def median_ms(fn, device: str, reps: int) -> float:
+    """Median milliseconds per call: the benchmarks' one timer, with CUDA events on a GPU."""
+    return measure(fn, repeats=reps, min_time=0.0, warmup=min(5, reps), device_events=device == "cuda") * 1e3
 
 
-def time_build(path: str, label: str, out: str, dim: int) -> None:
+def time_build(path: str, label: str, out: str, dim: int, device: str, reps: int) -> None:
     import dv365_ops  # noqa: F401  (registers torch.ops.dv365)
 
     saved = torch.load(path)
-    x = {k: ([t.cuda() for t in v] if isinstance(v, list) else v.cuda()) for k, v in saved["inputs"].items()}
+    x = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in saved["inputs"].items()}
     args = [x[k] for k in KEYS]
     ops = torch.ops.dv365
     result = {"label": label, "module": dv365_ops.__file__, "batch": saved["batch"], "events": x["ts"].numel(),
-              "torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "ms": {}}
+              "torch": torch.__version__, "reps": reps,
+              "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu", "ms": {}}
     outputs = {}
     for dtype in (torch.float32, torch.bfloat16):
-        g = torch.Generator(device="cuda").manual_seed(saved["seed"] + 1)
-        tables = [torch.randn(r, dim, generator=g, device="cuda").to(dtype) for r in saved["rows"]]
+        g = torch.Generator(device=device).manual_seed(saved["seed"] + 1)
+        tables = [torch.randn(r, dim, generator=g, device=device).to(dtype) for r in saved["rows"]]
         name = str(dtype).split(".")[-1]
         pooled, wsum = ops.sliced_pool(tables, *args)
         outputs[name] = pooled.float().cpu()
-        result["ms"][f"fwd {name}"] = cuda_ms(lambda: ops.sliced_pool(tables, *args))
-        grad = torch.randn(pooled.shape, generator=g, device="cuda").to(dtype)
+        result["ms"][f"fwd {name}"] = median_ms(lambda: ops.sliced_pool(tables, *args), device, reps)
+        grad = torch.randn(pooled.shape, generator=g, device=device).to(dtype)
         rest = args
         rows = list(saved["rows"])
-        result["ms"][f"bwd dense {name}"] = cuda_ms(lambda: ops.sliced_pool_backward(grad, wsum, *rest, rows))
-        result["ms"][f"bwd rows {name}"] = cuda_ms(lambda: ops.sliced_pool_backward_rows(grad, wsum, *rest))
+        result["ms"][f"bwd dense {name}"] = median_ms(lambda: ops.sliced_pool_backward(grad, wsum, *rest, rows), device, reps)
+        result["ms"][f"bwd rows {name}"] = median_ms(lambda: ops.sliced_pool_backward_rows(grad, wsum, *rest), device, reps)
         dense = ops.sliced_pool_backward(grad, wsum, *rest, rows)
         outputs[f"grad {name}"] = torch.stack([t.float().sum(0).cpu() for t in dense])
     torch.save(outputs, out + ".pt")
@@ -76,12 +78,17 @@ def compare(paths: list[str], md: str | None) -> None:
     runs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
     keys = list(runs[0]["ms"])
     labels = [r["label"] for r in runs]
+    # repeated runs of one build are labelled <build><n> (before1, before2): the ratio compares the builds' means
+    builds = list(dict.fromkeys(label.rstrip("0123456789") for label in labels))
+    first, last = builds[0], builds[-1]
     lines = [f"W40K sliced_pool, B={runs[0]['batch']}, {runs[0]['events']} events, {runs[0]['gpu']}, torch "
-             f"{runs[0]['torch']} (median ms of 40 CUDA-event-timed calls; same inputs, same process order as listed)", "",
-             "| case | " + " | ".join(labels) + f" | {labels[-1]} / {labels[0]} |", "|---" * (len(labels) + 2) + "|"]
+             f"{runs[0]['torch']} (median ms of {runs[0].get('reps', 40)} calls"
+             f"{', CUDA events' if runs[0]['gpu'] != 'cpu' else ''}; same inputs; runs in the order listed)", "",
+             "| case | " + " | ".join(labels) + f" | {last} / {first} (means) |", "|---" * (len(labels) + 2) + "|"]
     for k in keys:
         vals = [r["ms"].get(k, float("nan")) for r in runs]
-        lines.append(f"| {k} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {vals[-1] / vals[0]:.3f} |")
+        mean = {b: statistics.mean(v for v, lab in zip(vals, labels) if lab.rstrip("0123456789") == b) for b in builds}
+        lines.append(f"| {k} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {mean[last] / mean[first]:.3f} |")
     base = torch.load(paths[0] + ".pt")
     for p, label in zip(paths[1:], labels[1:]):
         other = torch.load(p + ".pt")
@@ -107,6 +114,8 @@ def main() -> None:
     t.add_argument("--label", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--dim", type=int, default=256)
+    t.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (slow at W40K size: use save --batch 1)")
+    t.add_argument("--reps", type=int, default=40)
     c = sub.add_parser("compare")
     c.add_argument("paths", nargs="+")
     c.add_argument("--md")
@@ -114,7 +123,7 @@ def main() -> None:
     if a.cmd == "save":
         save(a.path, a.batch, a.seed)
     elif a.cmd == "time":
-        time_build(a.path, a.label, a.out, a.dim)
+        time_build(a.path, a.label, a.out, a.dim, a.device, a.reps)
     else:
         compare(a.paths, a.md)
 
