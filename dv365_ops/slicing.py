@@ -70,7 +70,7 @@ def _check_timeline(op, tables, ids, offsets, ts, cats, floats, request_ts, prog
 def _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_tables=None) -> None:
     """The metadata checks (devices, dtypes, ranks, shapes) that every slicing kernel makes on the timeline and the
     program, with the compiled kernels' messages (csrc/cpu/slicing.cpp ``check_timeline`` and ``compile_program``,
-    csrc/cuda/slicing_ops.cpp). The fakes and the Triton wrappers call it; the data checks (offsets, ascending ts,
+    csrc/cuda/slicing/ops.cpp). The fakes and the Triton wrappers call it; the data checks (offsets, ascending ts,
     categorical values, program entries, id ranges) need the values and stay with each kernel."""
     c, name_of, sizes = _checks.check, _checks.dtype_name, _checks.sizes
     # every tensor on the timeline's device, the program included (the CPU kernels read it on the CPU, CUDA

@@ -1,4 +1,4 @@
-// Launchers of the multi-slicing CUDA kernels (csrc/cuda/slicing.cu), called from csrc/cuda/slicing_ops.cpp.
+// Launchers of the multi-slicing CUDA kernels (the .cu files of this folder), called from ops.cpp.
 #pragma once
 
 #include <algorithm>

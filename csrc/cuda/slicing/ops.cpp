@@ -1,4 +1,4 @@
-// Host side of the multi-slicing CUDA ops (kernels: csrc/cuda/slicing.cu): argument checks with the CPU
+// Host side of the multi-slicing CUDA ops (kernels: the .cu files of this folder): argument checks with the CPU
 // kernels' messages, allocation, the launches, and the device error flag.
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "cuda/host.h"
-#include "cuda/slicing.h"
+#include "cuda/slicing/slicing.h"
 
 namespace dv365::cuda {
 namespace {
@@ -49,7 +49,7 @@ using Rerun = std::function<void()>;
 
 // What the host reads from a program: whether it is valid for these inputs, and its distinct groups per table
 // (slices equal but for their window). The host's grouping must never be looser than the device plan's
-// same_group (slicing.cu): the launch grid takes the host's count as the number of blocks, so it may
+// same_group (common.cuh): the launch grid takes the host's count as the number of blocks, so it may
 // over-count (extra CTAs return) but never under-count. That is why it is not the CPU kernel's grouping,
 // which merges filters on one field and so can count fewer groups.
 // Reading the program copies prog_i and prog_f to the host, two synchronizations per call, so the facts of the
