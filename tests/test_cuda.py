@@ -432,7 +432,7 @@ def test_sliced_bad_inputs():
         ops.sliced_pool(tables, ids, offsets, ts, cats, floats, req, bad_pi, pf)
     with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: offsets must start at 0 and end at N"):
         ops.sliced_pool(tables, ids, torch.tensor([0, 50, 40], device="cuda"), ts, cats, floats, req, pi, pf)
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: grad must be a \w+ tensor of shape"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: grad must be a tensor of shape"):
         ops.sliced_pool_backward_rows(torch.zeros(2, 8, 8, device="cuda"), torch.zeros(2, 9, device="cuda"), ids,
                                       offsets, ts, cats, floats, req, pi, pf)
 
