@@ -75,16 +75,14 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
             for (int i = 0; i < C; ++i) x[u][h][i] = to_acc<acc_t>(raw[u][h].v[i]);
           }
         }
-        // four events at a time (events past nb have mask 0 and weight 0), one of two ways (L.acc: 1 takes the
-        // one that issues fewer instructions for these four, 0 / 2 force one):
+        // four events at a time (events past nb have mask 0 and weight 0), one of two ways:
         // - per group in the union of their masks: one weight vector load and one read-modify-write of the
         //   group's accumulators for the four events (groups most events share, like "all");
         // - per (event, group) kept: one read-modify-write with that event's row alone (groups that partition
         //   the events, like action types, where four events mostly fall in different groups).
-        // On the H200 at W40K with the keep pass (benchmarks/results/h200_2026-12-01-session5.md) per union took
-        // 1.79 ms in fp32 against 1.95 with the choice and 2.37 per event (bf16: 1.75 against 2.04 with the choice):
-        // the batches hold only kept events, so unions are dense. Without the keep pass the choice had been best for
-        // fp32 (2.35 against 2.40 per union, h200_2026-12-01.md), hence the default (Tuning::acc).
+        // After the keep pass the batches hold only kept events, so unions are dense and the first way always wins;
+        // without it (L.pick) the kernel takes whichever issues fewer instructions for these four events, where a
+        // lane holds two chunks of each row (docs/tuning.md has the measurements).
 #pragma unroll
         for (int q = 0; q < R; q += 4) {
           uint32_t m[4];
@@ -98,7 +96,7 @@ __global__ void __launch_bounds__(kWarp) pool_kernel(Timeline tl, Tables tabs, P
           }
           touched |= bits;
           constexpr int kGroupCost = 3 + H * (2 + 4 * C), kHitCost = 4 + H * (2 + C);
-          if (L.acc == 2 || (L.acc == 1 && hits * kHitCost < __popc(bits) * kGroupCost)) {
+          if (L.pick && hits * kHitCost < __popc(bits) * kGroupCost) {
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
               for (uint32_t eb = m[u]; eb; eb &= eb - 1) {
@@ -179,6 +177,8 @@ cudaError_t pool_typed(const Timeline& tl, const Tables& tabs, const Program& pr
   const cudaError_t err =
       shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, sc.keep, shape);
   if (err != cudaSuccess) return err;
+  // per union after the keep pass; without it the per-four-events choice where a lane holds two chunks of a row
+  shape.L.pick = sc.keep.mask == nullptr && H >= 2;
   kernel<<<shape.grid, kWarp, shape.smem, stream>>>(tl, tabs, prog, sc.plan, sc.items, shape.L,
                                                     static_cast<acc_t*>(num), static_cast<acc_t*>(wacc), flag);
   return cudaGetLastError();
@@ -195,9 +195,6 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
     using acc_t = typename AccType<scalar_t>::type;
     constexpr int C = chunk_cols<scalar_t>(), H = chunks_per_lane<scalar_t>();
     sc = with_keep(sc);
-    // per union after the keep pass (its batches hold only kept events, so unions are dense); without it the
-    // per-four-events choice where a lane holds two chunks of each row
-    if (tune.acc < 0) tune.acc = sc.keep.mask != nullptr ? 0 : (H >= 2 ? 1 : 0);
     if (tl.n > 0 && d > 0 && prog.s > 0) {
       int64_t cap = 0;
       if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, false, flag, stream, cap) != cudaSuccess) return;

@@ -150,7 +150,28 @@ std::optional<ProgramFacts> program_facts(const at::Tensor& prog_i, const at::Te
   return facts;
 }
 
-// Groups per CTA block: the most groups one table has, at most `cap` (env DV365_SP_GROUPS overrides), and the
+// The DV365_SP_* knobs (docs/tuning.md), read once per process: they compare kernel variants against the defaults,
+// each variant in a process of its own (tests/test_cuda.py, benchmarks/gpu/bench_gpu.py).
+struct Knobs {
+  int block_groups = 0;  // DV365_SP_GROUPS (1..32); 0: the op's default
+  int rows_in_flight = 8;  // DV365_SP_ROWS (8 or 16)
+  int64_t item_events = kDefaultItemEvents;  // DV365_SP_ITEM (at least 64)
+  bool keep = true;  // DV365_SP_KEEP=0 skips the keep pass
+};
+
+const Knobs& knobs() {
+  static const Knobs k = [] {
+    Knobs r;
+    if (const char* env = std::getenv("DV365_SP_GROUPS")) r.block_groups = std::clamp(std::atoi(env), 1, 32);
+    if (const char* env = std::getenv("DV365_SP_ROWS")) r.rows_in_flight = std::atoi(env) >= 16 ? 16 : 8;
+    if (const char* env = std::getenv("DV365_SP_ITEM")) r.item_events = std::max<int64_t>(64, std::atoll(env));
+    if (const char* env = std::getenv("DV365_SP_KEEP")) r.keep = std::atoi(env) != 0;
+    return r;
+  }();
+  return k;
+}
+
+// Groups per CTA block: the most groups one table has, at most `cap` (DV365_SP_GROUPS overrides), and the
 // blocks the device plan will cut when the groups are known.
 slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
   slicing::Tuning tune;
@@ -160,13 +181,12 @@ slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
     for (const int64_t g : in.groups) most = std::max(most, g);
     tune.block_groups = static_cast<int>(std::min<int64_t>(most, static_cast<int64_t>(cap)));
   }
-  if (const char* env = std::getenv("DV365_SP_GROUPS")) tune.block_groups = std::clamp(std::atoi(env), 1, 32);
+  if (knobs().block_groups > 0) tune.block_groups = knobs().block_groups;
   if (!in.groups.empty()) {
     for (const int64_t g : in.groups) tune.num_blocks += ceil_div(g, int64_t(tune.block_groups));
     tune.num_blocks = std::max<int64_t>(tune.num_blocks, 1);
   }
-  if (const char* env = std::getenv("DV365_SP_ROWS")) tune.rows_in_flight = std::atoi(env) >= 16 ? 16 : 8;
-  if (const char* env = std::getenv("DV365_SP_ACC")) tune.acc = std::clamp(std::atoi(env), 0, 2);
+  tune.rows_in_flight = knobs().rows_in_flight;
   return tune;
 }
 
@@ -318,14 +338,12 @@ void remember_plan(const Inputs& in, int64_t t_count, int bg, const at::Tensor& 
 // graph is captured with a program the host has not read, or with DV365_SP_KEEP=0 (for comparison).
 ScratchHolder make_scratch(const Inputs& in, int64_t t_count, const slicing::Tuning& tune) {
   ScratchHolder h;
-  const char* env = std::getenv("DV365_SP_ITEM");
-  h.sc.item_events = std::max<int64_t>(64, env ? std::atoll(env) : kDefaultItemEvents);
+  h.sc.item_events = knobs().item_events;
   h.plan = at::empty({slicing::plan_elems(in.s, t_count)}, in.ts.options());
   h.items = at::empty({4 * slicing::max_items(in.s, in.b, in.n, h.sc.item_events)}, in.ts.options());
   h.sc.plan = h.plan.data_ptr<int64_t>();
   h.sc.items = h.items.data_ptr<int64_t>();
-  const char* keep_env = std::getenv("DV365_SP_KEEP");
-  if (!in.groups.empty() && tune.num_blocks > 0 && in.n > 0 && !(keep_env && std::atoi(keep_env) == 0)) {
+  if (!in.groups.empty() && tune.num_blocks > 0 && in.n > 0 && knobs().keep) {
     slicing::Keep& k = h.sc.keep;
     k.n = in.n;
     k.blocks = tune.num_blocks;

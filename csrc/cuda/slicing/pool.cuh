@@ -186,7 +186,9 @@ __device__ __forceinline__ int membership_kept(const Smem<acc_t>& sh, const Keep
 struct Launch {
   int64_t d, col_tiles, max_blocks, items_cap;
   int bg;
-  int acc;  // Tuning's
+  // the forward adds four events' rows per group in the union of their masks, or, with pick, per (event, group)
+  // kept where that issues fewer instructions (see pool_kernel)
+  bool pick = false;
   Keep keep;
 };
 
@@ -332,7 +334,6 @@ cudaError_t shape_launch(K kernel, int64_t d, const Tuning& tune, const Program&
   L.d = d;
   L.col_tiles = ceil_div(d, kTile);
   L.bg = tune.block_groups;
-  L.acc = tune.acc;
   L.max_blocks = tune.num_blocks > 0 ? tune.num_blocks : ceil_div(prog.s, L.bg) + tabs.num_tables;
   L.items_cap = items_cap;
   shape.smem = smem_bytes<acc_t>(L.bg, kTile, keep.mask == nullptr);
