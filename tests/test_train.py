@@ -89,6 +89,8 @@ def test_config_overrides(tmp_path):
         ({"data": {"batch_size": "big"}}, r"data\.batch_size: expected an integer"),
         ({"optim": {"dense": {"name": "lion", "lr": 1.0}}}, r"optim\.dense\.name must be one of"),
         ({"schedule": {"steps": 0}}, r"schedule\.steps must be >= 1"),
+        ({"compile": True, "compile_mode": "reduce_overhead"}, r"compile_mode must be one of default, reduce-overhead"),
+        ({"compile_mode": "reduce-overhead"}, r"compile_mode 'reduce-overhead' needs compile: true"),
     ],
 )
 def test_config_errors(data, match):

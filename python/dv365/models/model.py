@@ -30,6 +30,9 @@ DENSE_FEATURES = (
     "video_duration_known",
 )
 VOCAB_FIELDS = ("media_id", "author_id", "topic_id")
+# torch.compile modes that run the compiled code as CUDA graphs
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclasses.dataclass
@@ -94,6 +97,7 @@ class DV365Model(nn.Module):
             sparse=config.sparse,
         )
         self._compiled_head = None
+        self._head_uses_cudagraphs = False
 
     def extra_repr(self) -> str:
         return (
@@ -139,16 +143,24 @@ class DV365Model(nn.Module):
         logits, watch_time = self.backbone(user_embedding, dense, torch.stack(ids, dim=1))
         return logits.float(), watch_time.float(), user_embedding
 
-    def compile_head(self, **compile_kwargs) -> None:
-        """Run :meth:`head` through ``torch.compile(fullgraph=True, **compile_kwargs)`` from now on (the pooling
-        op stays eager). The state dict and parameters are unchanged."""
+    def compile_head(self, mode: str | None = None, **compile_kwargs) -> None:
+        """Run :meth:`head` through ``torch.compile(fullgraph=True, mode=mode, **compile_kwargs)`` from now on (the
+        pooling op stays eager). The state dict and parameters are unchanged.
+
+        ``mode``: torch.compile's (None = "default"). At W40K the head's forward + backward is a few hundred
+        small kernels for 32 examples, so its time is launches: "reduce-overhead" replays them as CUDA graphs
+        (one graph per input shape: a short last batch records another, so training with it drops the last
+        short batch). Its outputs are copied out of the graphs' static buffers, so a caller may keep them
+        across calls (evaluation collects logits batch after batch)."""
         compile_kwargs.setdefault("fullgraph", True)
-        self._compiled_head = torch.compile(self.head, **compile_kwargs)
+        self._compiled_head = torch.compile(self.head, mode=mode, **compile_kwargs)
+        self._head_uses_cudagraphs = mode in CUDAGRAPH_MODES
 
     def __getstate__(self):
         # a compiled function does not pickle or deepcopy; a copy starts eager (call compile_head again)
         state = dict(super().__getstate__())
         state["_compiled_head"] = None
+        state["_head_uses_cudagraphs"] = False
         return state
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -156,11 +168,14 @@ class DV365Model(nn.Module):
         pooled = self.pooling(batch.explicit, batch.implicit, ex.request_ts)
         lengths = torch.stack([batch.explicit.offsets.diff(), batch.implicit.offsets.diff()], dim=1)
         head = self._compiled_head or self.head
-        logits, watch_time, user_embedding = head(
+        outputs = head(
             pooled, lengths, ex.user_id, ex.item_id, ex.author_id, ex.topic_id, ex.media_type,
             ex.video_duration, ex.video_duration_mask,
         )
-        return ModelOutput(logits, watch_time, user_embedding)
+        if self._compiled_head is not None and self._head_uses_cudagraphs:
+            # a CUDA graph's outputs live in buffers its next replay overwrites
+            outputs = tuple(o.clone() for o in outputs)
+        return ModelOutput(*outputs)
 
     # loss (paper eq. 7-8) -----------------------------------------------------------------------
     @staticmethod
