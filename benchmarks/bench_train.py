@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 import dv365_ops  # noqa: F401
 from dv365.data import Loader, SynthConfig, generate, open_dataset
@@ -66,6 +67,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--dim", type=int, default=None)
     p.add_argument("--tower", default="FSA")
+    p.add_argument("--tower-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a tower keyword argument (YAML value), e.g. head_dim=16 (FSA's default: ceil(width / heads))")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--dense-tables", action="store_true", help="dense table gradients instead of sparse rows")
     p.add_argument("--compile", action="store_true", help="torch.compile the tower + backbone")
@@ -83,6 +86,7 @@ def main() -> int:
     dim = args.dim or (256 if w40k else 64)
     bf16 = args.bf16 or device.type == "cuda"
     compile_mode = args.compile_mode or ("default" if args.compile else None)
+    tower_args = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.tower_arg)}
     if w40k:  # lengths uniform-ish in 10k-70k around a 40k mean, W40K's id vocabularies
         synth = SynthConfig(mean_length=40_000, length_sigma=0.35, num_items=1_000_000, num_authors=200_000,
                             num_topics=10_000, users_per_shard=64, examples_per_user=1)
@@ -99,7 +103,7 @@ def main() -> int:
         cfg = TrainConfig.from_dict({
             "device": str(device), "autocast": "bf16" if bf16 else "off",
             "data": {"path": path, "batch_size": batch},
-            "model": {"dim": dim, "sparse": not args.dense_tables, "tower": {"name": args.tower}},
+            "model": {"dim": dim, "sparse": not args.dense_tables, "tower": {"name": args.tower, "args": tower_args}},
         })
         torch.manual_seed(0)
         torch.sparse.check_sparse_tensor_invariants.disable()
@@ -174,7 +178,7 @@ def main() -> int:
             for k, v in med.items()]
     info = {"environment": environment(), "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "workload": "W40K" if w40k else "cpu", "users_in_data": users, "batch": batch, "dim": dim,
-            "tower": args.tower, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": compile_mode is not None,
+            "tower": args.tower, "tower_args": tower_args, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": compile_mode is not None,
             "compile_mode": compile_mode, "cudagraph_skips": _cudagraph_skips(),
             "mean_events_per_example": float(np.mean(events)), "generate_s": gen_s,
             "params": sum(p.numel() for p in model.parameters()),
