@@ -71,6 +71,9 @@ def main() -> int:
                    help="a tower keyword argument (YAML value), e.g. head_dim=16 (FSA's default: ceil(width / heads))")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--dense-tables", action="store_true", help="dense table gradients instead of sparse rows")
+    p.add_argument("--per-event-grads", action="store_true",
+                   help="for comparison: sparse table gradients with one row per event (sliced_pool_backward_rows, "
+                   "uncoalesced), the design before the touched-rows gradients")
     p.add_argument("--compile", action="store_true", help="torch.compile the tower + backbone")
     p.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                    help="torch.compile's mode for the tower + backbone (implies --compile); reduce-overhead = CUDA graphs")
@@ -80,6 +83,8 @@ def main() -> int:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.per_event_grads:
+        _use_per_event_grads()
     w40k = args.w40k
     users = args.users or (64 if w40k else 16)
     batch = args.batch_size or (32 if w40k else 8)
@@ -179,7 +184,7 @@ def main() -> int:
     info = {"environment": environment(), "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "workload": "W40K" if w40k else "cpu", "users_in_data": users, "batch": batch, "dim": dim,
             "tower": args.tower, "tower_args": tower_args, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": compile_mode is not None,
-            "compile_mode": compile_mode, "cudagraph_skips": _cudagraph_skips(),
+            "compile_mode": compile_mode, "per_event_grads": args.per_event_grads, "cudagraph_skips": _cudagraph_skips(),
             "mean_events_per_example": float(np.mean(events)), "generate_s": gen_s,
             "params": sum(p.numel() for p in model.parameters()),
             "table_params": sum(p.numel() for p in model.pooling.tables.values())}
@@ -203,6 +208,19 @@ def main() -> int:
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
+
+
+def _use_per_event_grads() -> None:
+    import dv365_ops.slicing as slicing
+    from dv365_ops import _backend
+
+    def per_event(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
+        op = _backend.resolve("sliced_pool_backward_rows", grad.device)
+        rows = op(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
+        return [torch.sparse_coo_tensor(i[None], r, (n, grad.shape[2]), check_invariants=False)
+                for i, r, n in zip(ids, rows, num_rows)]
+
+    slicing._sparse_table_grads = per_event
 
 
 def _cudagraph_skips() -> int:
