@@ -141,9 +141,7 @@ def main() -> int:
             leaf = pooled.detach().requires_grad_()
             with timer("tower + backbone forward, loss"), autocast:
                 lengths = torch.stack([b.explicit.offsets.diff(), b.implicit.offsets.diff()], dim=1)
-                head = model._compiled_head or model.head
-                logits, watch, emb = head(leaf, lengths, ex.user_id, ex.item_id, ex.author_id, ex.topic_id,
-                                          ex.media_type, ex.video_duration, ex.video_duration_mask)
+                logits, watch, emb = model.run_head(leaf, lengths, ex)
                 from dv365.models import ModelOutput
 
                 loss = model.total_loss(*model.loss_terms(ModelOutput(logits, watch, emb), b), a)

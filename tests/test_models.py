@@ -426,6 +426,29 @@ def test_compiled_head_fullgraph_matches_eager(dataset, batches):
     assert all(p.grad is not None for p in model.tower.parameters())
 
 
+def test_head_with_embeddings_looked_up_outside_equals_head(dataset, batches):
+    """The CUDA-graph path looks the backbone's embeddings up before the head: the same outputs and gradients."""
+    model = _model(dataset)
+    b = batches[0]
+    ex = b.examples
+    pooled = model.pooling(b.explicit, b.implicit, ex.request_ts).detach()
+    lengths = torch.stack([b.explicit.offsets.diff(), b.implicit.offsets.diff()], dim=1)
+    fields = (ex.user_id, ex.item_id, ex.author_id, ex.topic_id, ex.media_type)
+    results = []
+    for outside in (False, True):
+        model.zero_grad(set_to_none=True)
+        embedded = model.backbone_lookup(*fields) if outside else None
+        out = model.head(pooled, lengths, *fields, ex.video_duration, ex.video_duration_mask, embedded)
+        (out[0].sum() + out[1].sum()).backward()
+        grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in model.backbone.parameters()]
+        results.append((out, grads))
+    for a, b_ in zip(results[0][0], results[1][0]):
+        assert torch.equal(a, b_)
+    for a, b_ in zip(results[0][1], results[1][1]):
+        assert torch.equal(a, b_)
+    assert any(p.grad.is_sparse for p in model.backbone.embedding_parameters())
+
+
 @pytest.mark.compile
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_reduce_overhead_head_trains_like_eager_with_cuda_graphs(dataset, batches):
