@@ -3,7 +3,8 @@
 # 10k-70k events, 1M / 200K / 10K ids), then bench_train (D = 256, FSA, bf16, 32 examples a step) three ways in one
 # call: the default (touched-rows sparse gradients, eager head), the head as CUDA graphs (--compile-mode
 # reduce-overhead), and the previous sparse backward (--per-event-grads) for the ratio; then the CUDA tests of the
-# sparse gradients and the CUDA-graph head. Results to $OUT: train_step.md, *.json, logs.tgz.
+# sparse gradients and the CUDA-graph head. Results to $OUT: train_step.md, *.json, logs.tgz. STEPS (10), USERS (64),
+# SKIP_BUILD, HEAD_DIMS (below), DEADLINE (560 s) are optional.
 #   DV365_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu/run_train_step.sh
 set -u
 OUT=${OUT:-$PWD/gpu-out}
@@ -49,6 +50,10 @@ B="$PY benchmarks/bench_train.py --w40k --data $DATA --device cuda --bf16 --step
 run touched_rows 90 $B --out "$OUT/train_touched_rows.json"
 run cuda_graphs 150 $B --compile-mode reduce-overhead --out "$OUT/train_cuda_graphs.json"
 run per_event_rows 90 $B --per-event-grads --out "$OUT/train_per_event_rows.json"
+# optional: FSA with a fixed head width (HEAD_DIMS="16 32"; default ceil(width / heads) = 49 / 25 / 13), CUDA graphs
+for hd in ${HEAD_DIMS:-}; do
+  run head_dim_$hd 150 $B --compile-mode reduce-overhead --tower-arg head_dim=$hd --out "$OUT/train_head_dim_$hd.json"
+done
 run tests_cuda 120 $PY -m pytest -q -x tests/test_slicing.py tests/test_models.py tests/test_train.py \
   -k "sparse_grads or reduce_overhead or adagrad or cuda"
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
