@@ -484,7 +484,9 @@ def test_reduce_overhead_head_trains_like_eager_with_cuda_graphs(dataset, batche
     for a, b in zip(runs[None][0], runs["reduce-overhead"][0]):
         torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3)  # every step's logits, read after the last step
     for a, b in zip(runs[None][1], runs["reduce-overhead"][1]):
-        torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3)
+        # Adam's step is about lr whatever the gradient's size: a near-zero gradient whose rounding differs
+        # between the kernels may move a weight by up to lr (1e-3) a step the other way
+        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-2)
 
 
 def test_model_repr_reads_well(dataset):
