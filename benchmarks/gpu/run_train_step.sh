@@ -48,8 +48,8 @@ run() {  # name, seconds, command...
 }
 B="$PY benchmarks/bench_train.py --w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10}"
 run touched_rows 90 $B --out "$OUT/train_touched_rows.json"
-run cuda_graphs 150 $B --compile-mode reduce-overhead --out "$OUT/train_cuda_graphs.json"
 run per_event_rows 90 $B --per-event-grads --out "$OUT/train_per_event_rows.json"
+run cuda_graphs 150 $B --compile-mode reduce-overhead --out "$OUT/train_cuda_graphs.json"
 # optional: FSA with a fixed head width (HEAD_DIMS="16 32"; default ceil(width / heads) = 49 / 25 / 13), CUDA graphs
 for hd in ${HEAD_DIMS:-}; do
   run head_dim_$hd 150 $B --compile-mode reduce-overhead --tower-arg head_dim=$hd --out "$OUT/train_head_dim_$hd.json"
