@@ -9,6 +9,7 @@ dense optimizer and the sparse optimizer. A separate "step" row times the whole 
     python benchmarks/bench_train.py                         # CPU size: 8 users of ~4,000 events, D = 64
     python benchmarks/bench_train.py --w40k                  # W40K: 32 users of 10k-70k events, D = 256, FSA (GPU)
     python benchmarks/bench_train.py --w40k --compile --out r.json
+    python benchmarks/bench_train.py --w40k --bf16 --compile-mode reduce-overhead --out r.json   # CUDA graphs
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 import dv365_ops  # noqa: F401
 from dv365.data import Loader, SynthConfig, generate, open_dataset
 from dv365.train import TrainConfig
+from dv365.models.model import COMPILE_MODES
 from dv365.train.trainer import build_model, build_optimizers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -64,20 +67,31 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--dim", type=int, default=None)
     p.add_argument("--tower", default="FSA")
+    p.add_argument("--tower-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a tower keyword argument (YAML value), e.g. head_dim=16 (FSA's default: ceil(width / heads))")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--dense-tables", action="store_true", help="dense table gradients instead of sparse rows")
+    p.add_argument("--per-event-grads", action="store_true",
+                   help="for comparison: sparse table gradients with one row per event (sliced_pool_backward_rows, "
+                   "uncoalesced), the design before the touched-rows gradients")
     p.add_argument("--compile", action="store_true", help="torch.compile the tower + backbone")
+    p.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
+                   help="torch.compile's mode for the tower + backbone (implies --compile); reduce-overhead = CUDA graphs")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data", default=None, help="an existing dataset (default: generate one)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.per_event_grads:
+        _use_per_event_grads()
     w40k = args.w40k
     users = args.users or (64 if w40k else 16)
     batch = args.batch_size or (32 if w40k else 8)
     dim = args.dim or (256 if w40k else 64)
     bf16 = args.bf16 or device.type == "cuda"
+    compile_mode = args.compile_mode or ("default" if args.compile else None)
+    tower_args = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.tower_arg)}
     if w40k:  # lengths uniform-ish in 10k-70k around a 40k mean, W40K's id vocabularies
         synth = SynthConfig(mean_length=40_000, length_sigma=0.35, num_items=1_000_000, num_authors=200_000,
                             num_topics=10_000, users_per_shard=64, examples_per_user=1)
@@ -94,7 +108,7 @@ def main() -> int:
         cfg = TrainConfig.from_dict({
             "device": str(device), "autocast": "bf16" if bf16 else "off",
             "data": {"path": path, "batch_size": batch},
-            "model": {"dim": dim, "sparse": not args.dense_tables, "tower": {"name": args.tower}},
+            "model": {"dim": dim, "sparse": not args.dense_tables, "tower": {"name": args.tower, "args": tower_args}},
         })
         torch.manual_seed(0)
         torch.sparse.check_sparse_tensor_invariants.disable()
@@ -102,12 +116,13 @@ def main() -> int:
 
         model = build_model(load_default_spec(), cfg.model, ds.vocab_sizes, device)
         optimizers = build_optimizers(model, cfg)
-        if args.compile:
-            model.compile_head()
+        if compile_mode is not None:
+            model.compile_head(mode=compile_mode)
         loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=0, drop_last=True)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(device.type, enabled=False)
         timer = Timer(device)
         events: list[int] = []
+        users_per_batch: list[int] = []
 
         def batches():
             while True:
@@ -126,9 +141,7 @@ def main() -> int:
             leaf = pooled.detach().requires_grad_()
             with timer("tower + backbone forward, loss"), autocast:
                 lengths = torch.stack([b.explicit.offsets.diff(), b.implicit.offsets.diff()], dim=1)
-                head = model._compiled_head or model.head
-                logits, watch, emb = head(leaf, lengths, ex.user_id, ex.item_id, ex.author_id, ex.topic_id,
-                                          ex.media_type, ex.video_duration, ex.video_duration_mask)
+                logits, watch, emb = model.run_head(leaf, lengths, ex)
                 from dv365.models import ModelOutput
 
                 loss = model.total_loss(*model.loss_terms(ModelOutput(logits, watch, emb), b), a)
@@ -144,9 +157,11 @@ def main() -> int:
                 with timer("sparse optimizer (tables)"):
                     optimizers["sparse"].step()
             events.append((int(b.explicit.offsets[-1]) + int(b.implicit.offsets[-1])) / len(ex))
+            users_per_batch.append(int(ex.user_id.unique().numel()))
             if step < 2:
                 timer.times.clear()
                 events.clear()
+                users_per_batch.clear()
 
         # the whole step as training runs it: no syncs between stages, the loader prefetching
         loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=2, drop_last=True)
@@ -166,15 +181,17 @@ def main() -> int:
             for k, v in med.items()]
     info = {"environment": environment(), "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "workload": "W40K" if w40k else "cpu", "users_in_data": users, "batch": batch, "dim": dim,
-            "tower": args.tower, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": args.compile,
+            "tower": args.tower, "tower_args": tower_args, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": compile_mode is not None,
+            "compile_mode": compile_mode, "per_event_grads": args.per_event_grads, "cudagraph_skips": _cudagraph_skips(),
             "mean_events_per_example": float(np.mean(events)), "generate_s": gen_s,
             "params": sum(p.numel() for p in model.parameters()),
             "table_params": sum(p.numel() for p in model.pooling.tables.values())}
+    users_s = float(np.mean(users_per_batch)) / step_s
     result = {"info": info, "stages": rows, "sum_of_stages_ms": compute * 1e3, "step_ms": step_s * 1e3,
-              "examples_per_s": batch / step_s}
+              "examples_per_s": batch / step_s, "users_per_s": users_s}
     print(f"# training step, {info['workload']} ({batch} examples of {info['mean_events_per_example']:,.0f} events, "
           f"D = {dim}, {args.tower}, {'sparse' if not args.dense_tables else 'dense'} tables, "
-          f"{'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}) on {info['gpu'] or 'CPU'}")
+          f"{'bf16' if bf16 else 'fp32'}{f', compiled ({compile_mode})' if compile_mode else ''}) on {info['gpu'] or 'CPU'}")
     print(f"\n{info['environment']}\n")
     print("| stage | ms | share of the step's compute |")
     print("| --- | ---: | ---: |")
@@ -183,10 +200,31 @@ def main() -> int:
         print(f"| {r['stage']} | {r['ms']:.2f} | {share} |")
     print(f"| **sum of the compute stages** | **{compute * 1e3:.2f}** | |")
     print(f"| **whole step, no syncs, loader prefetching** | **{step_s * 1e3:.2f}** | "
-          f"{batch / step_s:,.0f} examples/s |")
+          f"{batch / step_s:,.0f} examples/s, {users_s:,.0f} users/s |")
+    if info["cudagraph_skips"]:
+        print(f"\nCUDA graphs were skipped {info['cudagraph_skips']} time(s) (TORCH_LOGS=perf_hints says why)")
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
+
+
+def _use_per_event_grads() -> None:
+    import dv365_ops.slicing as slicing
+    from dv365_ops import _backend
+
+    def per_event(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
+        op = _backend.resolve("sliced_pool_backward_rows", grad.device)
+        rows = op(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
+        return [torch.sparse_coo_tensor(i[None], r, (n, grad.shape[2]), check_invariants=False)
+                for i, r, n in zip(ids, rows, num_rows)]
+
+    slicing._sparse_table_grads = per_event
+
+
+def _cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def _step(model, optimizers, b, autocast, a) -> None:

@@ -309,6 +309,35 @@ def test_backward_matches_reference_autograd(device, dtype, sparse):
         torch.testing.assert_close(g.to_dense().double(), e, atol=atol * 10, rtol=rtol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("case", ["random", "empty", "unnamed table", "one hot id", "shared ids"])
+def test_sparse_grads_are_the_coalesced_touched_rows(device, dtype, case):
+    """sparse=True gives, per table, exactly the rows its ids touch (sorted, unique, coalesced), each the sum of
+    the per-event rows (sliced_pool_backward_rows) that land on it."""
+    lengths = {"empty": [0, 0], "random": [40, 0, 3, 257]}.get(case, [30, 4, 61])
+    a = _inputs(lengths, device, s=9)
+    if case == "unnamed table":  # no slice pools table 1: its touched rows get zero gradients
+        a["prog_i"][:, P.TABLE] = 0
+    if case == "one hot id":  # every event of table 0 hits one row
+        a["ids"][0] = torch.full_like(a["ids"][0], 5)
+    if case == "shared ids":  # two tables pool one id tensor (its unique is shared)
+        a["ids"][1] = a["ids"][0] % ROWS[1]
+        a["ids"] = [a["ids"][1], a["ids"][1]]
+    tables = [t.requires_grad_() for t in _tables(device, dtype, 6)]
+    pooled, wsum = dv365_ops.sliced_pool(tables, *_timeline_args(a), sparse=True)
+    grad = torch.randn_like(pooled)
+    got = torch.autograd.grad(pooled, tables, grad)
+    rows = torch.ops.dv365.sliced_pool_backward_rows(grad, wsum, *_timeline_args(a))
+    for t, (g, r, ids) in enumerate(zip(got, rows, a["ids"])):
+        assert g.is_sparse and g.is_coalesced() and g.dtype == dtype and g.shape == tables[t].shape
+        assert torch.equal(g.indices()[0], torch.unique(ids))
+        expected = torch.zeros(tables[t].shape, dtype=torch.float64, device=device).index_add_(0, ids, r.double())
+        atol, rtol = TOLERANCES[dtype]
+        torch.testing.assert_close(g.to_dense().double(), expected, atol=atol * 10, rtol=rtol)
+        if case == "unnamed table" and t == 1:
+            assert ids.numel() == 0 or torch.count_nonzero(g.values()) == 0
+
+
 def test_backward_rows_zero_for_dropped_events(device):
     a = _inputs([30, 4], device, s=5)
     a["prog_i"][:, P.TABLE] = 0

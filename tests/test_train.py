@@ -89,6 +89,8 @@ def test_config_overrides(tmp_path):
         ({"data": {"batch_size": "big"}}, r"data\.batch_size: expected an integer"),
         ({"optim": {"dense": {"name": "lion", "lr": 1.0}}}, r"optim\.dense\.name must be one of"),
         ({"schedule": {"steps": 0}}, r"schedule\.steps must be >= 1"),
+        ({"compile": True, "compile_mode": "reduce_overhead"}, r"compile_mode must be one of default, reduce-overhead"),
+        ({"compile_mode": "reduce-overhead"}, r"compile_mode 'reduce-overhead' needs compile: true"),
     ],
 )
 def test_config_errors(data, match):
@@ -247,6 +249,29 @@ def test_rowwise_adagrad_matches_its_formula():
     torch.testing.assert_close(dense_p.detach(), w)
     assert opts[0].state[sparse_p]["sum"].shape == (rows,)
     assert torch.equal(sparse_p.detach()[rows // 2:], start[rows // 2:])
+
+
+@pytest.mark.parametrize("kind", ["sorted unique", "sorted with duplicates", "unsorted unique"])
+def test_rowwise_adagrad_uses_sorted_unique_rows_as_they_are(kind):
+    """A sparse gradient not flagged coalesced (autograd's accumulation drops the flag of the pooling op's) is
+    taken as it is only when its indices are strictly increasing; otherwise its duplicates are summed."""
+    from dv365.train.optim import RowWiseAdagrad
+
+    rows, dim, lr = 50, 5, 0.1
+    idx = {"sorted unique": torch.tensor([0, 3, 4, 17, 49]), "sorted with duplicates": torch.tensor([1, 3, 3, 8, 8]),
+           "unsorted unique": torch.tensor([9, 2, 30, 5, 1])}[kind]
+    vals = torch.randn(idx.numel(), dim, dtype=torch.float64)
+    start = torch.randn(rows, dim, dtype=torch.float64)
+    p = torch.nn.Parameter(start.clone())
+    p.grad = torch.sparse_coo_tensor(idx[None], vals, (rows, dim), check_invariants=False)
+    assert not p.grad.is_coalesced()
+    RowWiseAdagrad([p], lr=lr).step()
+    g = torch.zeros(rows, dim, dtype=torch.float64).index_add_(0, idx, vals)
+    touched = torch.unique(idx)
+    w = start.clone()
+    w[touched] -= lr * g[touched] / (g[touched].square().mean(1).sqrt() + 1e-10)[:, None]
+    torch.testing.assert_close(p.detach(), w)
+    assert p.grad.is_coalesced() == (kind == "sorted unique")
 
 
 def test_rowwise_adagrad_shares_unique_rows_between_tables_on_one_index_tensor():

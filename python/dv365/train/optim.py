@@ -1,9 +1,9 @@
 """Row-wise Adagrad for embedding tables (as fbgemm's ``EXACT_ROWWISE_ADAGRAD``): one accumulator per row.
 
-The fused pooling op's sparse gradient has one row per *event* that a table pools (uncoalesced: a popular item
-appears thousands of times in one batch). torch's sparse Adagrad coalesces it with a sort, keeps a full
-``[rows, dim]`` state and masks it with more sorts, which made it most of a training step at W40K size
-(docs/training.md). Here the duplicates are summed once (``unique`` + ``index_add_``), the state is
+torch's sparse Adagrad coalesces each sparse gradient with a sort, keeps a full ``[rows, dim]`` state and masks
+it with more sorts, which made it most of a training step at W40K size (docs/training.md). Here a gradient that is
+already coalesced (the fused pooling op's: one row per touched table row) is used as it is, an uncoalesced one
+(``nn.Embedding``'s: one row per lookup) has its duplicates summed once (``unique`` + ``index_add_``), the state is
 one float per row (the mean of the squared gradient over the row, so D× less memory), and only the touched rows
 are read and written:
 
@@ -38,6 +38,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         # tables that pool the same id column get gradients on the same index tensor (15 tables, 6 columns in
         # the default spec): its unique rows are found once per step
         uniques: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        _flag_sorted_unique_grads([p for g in self.param_groups for p in g["params"]])
         for group in self.param_groups:
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -64,6 +65,27 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     # rows are unique, so index_add_ is a scatter of the updated rows
                     p.index_add_(0, rows, (g * scale[:, None]).to(p.dtype))
         return loss
+
+
+def _flag_sorted_unique_grads(params: list[torch.Tensor]) -> None:
+    """Mark as coalesced the sparse gradients whose row indices are already strictly increasing.
+
+    ``sliced_pool(sparse=True)`` returns coalesced gradients (its touched rows, summed), but autograd's gradient
+    accumulation rebuilds a sparse gradient without the flag, and summing the rows again would cost a ``unique``
+    and a pass over ``[rows, D]`` per table. The check is one comparison over the indices, and all tables' results
+    are read back together (a single device sync on CUDA)."""
+    grads = [p.grad for p in params if p.grad is not None and p.grad.is_sparse and not p.grad.is_coalesced()
+             and p.grad.sparse_dim() == 1]
+    if not grads:
+        return
+    checks = []
+    for g in grads:
+        idx = g._indices()[0]
+        checks.append((idx[1:] > idx[:-1]).all() if idx.numel() > 1 else torch.ones((), dtype=torch.bool,
+                                                                                     device=idx.device))
+    for g, ok in zip(grads, torch.stack(checks).tolist()):
+        if ok:
+            g._coalesced_(True)
 
 
 def _rows_and_sums(grad: torch.Tensor, uniques: dict) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -1,0 +1,60 @@
+#!/bin/bash
+# The W40K training step on one GPU, in one command: build (SKIP_BUILD=1 to skip), W40K data (dv365 synth: users of
+# 10k-70k events, 1M / 200K / 10K ids), then bench_train (D = 256, FSA, bf16, 32 examples a step) three ways in one
+# call: the default (touched-rows sparse gradients, eager head), the head as CUDA graphs (--compile-mode
+# reduce-overhead), and the previous sparse backward (--per-event-grads) for the ratio; then the CUDA tests of the
+# sparse gradients and the CUDA-graph head. Results to $OUT: train_step.md, *.json, logs.tgz. STEPS (10), USERS (64),
+# SKIP_BUILD, HEAD_DIMS (below), DEADLINE (175 s) are optional.
+#   DV365_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu/run_train_step.sh
+set -u
+OUT=${OUT:-$PWD/gpu-out}
+LOGS=$OUT/logs
+mkdir -p "$LOGS"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+PY=${PY:-python3}
+T0=$(date +%s)
+DEADLINE=${DEADLINE:-175}  # stages are cut to what is left: the whole call stays under 3 min
+MD=$OUT/train_step.md
+stamp() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$MD"; }
+limit() { local left=$((DEADLINE - ($(date +%s) - T0))); [ "$left" -lt "$1" ] && echo $((left > 10 ? left : 10)) || echo "$1"; }
+{
+  echo '```'
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  $PY -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
+  echo "commit ${DV365_COMMIT:-$(git rev-parse --short HEAD)}"
+  echo '```'
+} >>"$MD" 2>&1
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  $PY -m pip install --no-build-isolation --no-deps -e . -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 \
+    -Cbuild-dir=build/h200 >"$LOGS/build.log" 2>&1
+  rc=$?
+  stamp "build rc=$rc"
+  if [ $rc -ne 0 ]; then tail -40 "$LOGS/build.log" | tee -a "$MD"; exit 1; fi
+fi
+
+DATA=/tmp/w40k
+[ -d $DATA ] || timeout "$(limit 120)" $PY -m dv365.cli synth --users ${USERS:-64} --out $DATA --seed 0 >"$LOGS/synth.log" 2>&1
+stamp "synth $(tail -1 "$LOGS/synth.log" 2>/dev/null)"
+
+run() {  # name, seconds, command...
+  local name=$1 secs=$2
+  shift 2
+  timeout "$(limit "$secs")" "$@" >"$LOGS/$name.log" 2>&1
+  local rc=$?
+  stamp "$name rc=$rc"
+  { echo; echo "## $name"; echo; echo '`'"$*"'`'; echo; grep -v "^\s*$" "$LOGS/$name.log" | grep -E "^\||^#|users/s|skipped|Error" | head -40; } >>"$MD"
+}
+B="$PY benchmarks/bench_train.py --w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10}"
+run touched_rows 90 $B --out "$OUT/train_touched_rows.json"
+run per_event_rows 90 $B --per-event-grads --out "$OUT/train_per_event_rows.json"
+run cuda_graphs 150 $B --compile-mode reduce-overhead --out "$OUT/train_cuda_graphs.json"
+# optional: FSA with a fixed head width (HEAD_DIMS="16 32"; default ceil(width / heads) = 49 / 25 / 13), CUDA graphs
+for hd in ${HEAD_DIMS:-}; do
+  run head_dim_$hd 150 $B --compile-mode reduce-overhead --tower-arg head_dim=$hd --out "$OUT/train_head_dim_$hd.json"
+done
+run tests_cuda 120 $PY -m pytest -q -x tests/test_slicing.py tests/test_models.py tests/test_train.py \
+  -k "sparse_grads or reduce_overhead or adagrad or cuda"
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
+stamp done
