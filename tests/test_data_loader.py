@@ -11,6 +11,7 @@ from dv365.data import (DataError, Loader, SynthConfig, UserLoader, dataset_fing
                         users_with_new_events)
 import dv365.data.cache as cache_module
 import dv365.data.loader as loader_module
+import dv365.data.procs
 from dv365.data.cache import ShardCache, build_cache, cache_dir
 from dv365.timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT, TimelineBatch
 
@@ -452,3 +453,114 @@ def test_reused_memory_never_overwrites_a_held_batch(data, mode):
         assert len(held) < len(loader._pool.arenas) <= len(held) + 3 + 2 < len(ref)
         loader.close()
 
+
+
+# worker processes (export) -------------------------------------------------------------------------
+def _user_batches_equal(a, b):
+    return (len(a) == len(b) and all(torch.equal(x.user_id, y.user_id) and torch.equal(x.request_ts, y.request_ts)
+                                     and _timeline_equal(x.explicit, y.explicit) and _timeline_equal(x.implicit, y.implicit)
+                                     for x, y in zip(a, b)))
+
+
+def _children():
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.name.startswith("dv365-loader")]
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+@pytest.mark.parametrize("batch_size,workers,kwargs", [
+    (4, 2, {}), (3, 3, {"users": (2, 16)}), (1, 2, {"max_events": 5}), (5, 4, {"only_users": np.array([0, 2, 7, 8, 9, 16])}),
+    (2, 2, {"cutoff_shift": -5 * 86400}),
+])
+def test_process_workers_equal_threads_batch_for_batch(data, batch_size, workers, kwargs):
+    ds, shards = data
+    kwargs = dict(kwargs)
+    top = int(max(s.table(k)["ts"].max() for s in shards for k in KINDS))
+    cutoff = top + 1 + kwargs.pop("cutoff_shift", 0)
+    make = lambda mode, w: UserLoader(ds, batch_size, cutoff=cutoff, pin_memory=False, workers=w, mode=mode, **kwargs)  # noqa: E731
+    ref = list(make("thread", 1))
+    proc = make("process", workers)
+    assert proc.uses_processes
+    assert _user_batches_equal(list(proc), ref)
+    assert _user_batches_equal(list(proc), ref)  # the workers are kept for the next pass
+    proc.close()
+    assert not _children()
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_process_workers_resume_mid_pass_and_stop_early(data):
+    ds, shards = data
+    cutoff = int(max(s.table(IMPLICIT)["ts"].max() for s in shards)) - 3 * 86400
+    whole = list(UserLoader(ds, 2, cutoff=cutoff, mode="thread", workers=1, pin_memory=False))
+    first = UserLoader(ds, 2, cutoff=cutoff, mode="process", workers=3, pin_memory=False)
+    head = [b for _, b in zip(range(3), first)]  # stops with batches in flight: the workers are stopped
+    assert first._pool is None and not _children()
+    resumed = UserLoader(ds, 2, cutoff=cutoff, mode="process", workers=2, pin_memory=False)
+    resumed.load_state_dict(first.state_dict())
+    assert _user_batches_equal(head + list(resumed), whole)
+    resumed.close()
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_process_worker_killed_or_failing_is_a_clear_error(data, monkeypatch):
+    import os
+    import signal
+
+    ds, _ = data
+    loader = UserLoader(ds, 1, cutoff=2**40, mode="process", workers=2, prefetch=0, pin_memory=False)
+    it = iter(loader)
+    next(it)
+    os.kill(loader._pool.procs[1].pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"UserLoader: loader worker 1 \(pid \d+\) was killed by signal 9 while building batch"):
+        for _ in it:
+            pass
+    assert loader._pool is None and not _children()
+
+    def broken(self, start, end, outs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(loader_module._Timeline, "fill", broken)  # inherited by the forked workers
+    with pytest.raises(RuntimeError, match=r"(?s)loader worker 0 \(pid \d+\) failed on batch 0 \(shard 0, users 0..0\).*disk gone"):
+        list(UserLoader(ds, 1, cutoff=2**40, mode="process", workers=2, pin_memory=False))
+    assert not _children()
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_process_workers_stop_on_keyboard_interrupt_and_when_collected(data):
+    import gc
+    import os
+
+    ds, _ = data
+    shm = sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []
+    loader = UserLoader(ds, 1, cutoff=2**40, mode="process", workers=2, pin_memory=False)
+    with pytest.raises(KeyboardInterrupt):
+        for i, _ in enumerate(loader):
+            if i == 2:
+                raise KeyboardInterrupt
+    assert not _children()
+    loader = UserLoader(ds, 4, cutoff=2**40, mode="process", workers=2, pin_memory=False)
+    kept = list(loader)  # a finished pass keeps its workers ...
+    assert len(_children()) == 2
+    del loader
+    gc.collect()
+    assert not _children()  # ... until the loader is gone; its batches stay valid
+    ref = list(UserLoader(ds, 4, cutoff=2**40, mode="thread", workers=1, pin_memory=False))
+    assert _user_batches_equal(kept, ref)
+    assert (sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []) == shm  # arenas are memfds
+    with pytest.raises(ValueError, match="mode must be"):
+        UserLoader(ds, 4, cutoff=0, mode="fork")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_process_workers_pinned_batches_copy_to_the_device(data):
+    ds, _ = data
+    ref = list(UserLoader(ds, 2, cutoff=2**40, mode="thread", workers=1, pin_memory=False))
+    loader = UserLoader(ds, 2, cutoff=2**40, mode="process", workers=2, pin_memory=True)
+    got = []
+    for b in loader:
+        assert b.implicit.ts.is_pinned() and b.explicit.ids.is_pinned()
+        got.append(b.to("cuda", non_blocking=True))  # the host batch is dropped at once: its arena is reused
+    torch.cuda.synchronize()
+    assert _user_batches_equal([g.to("cpu") for g in got], ref)
+    loader.close()
