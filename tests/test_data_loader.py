@@ -564,3 +564,19 @@ def test_process_workers_pinned_batches_copy_to_the_device(data):
     torch.cuda.synchronize()
     assert _user_batches_equal([g.to("cpu") for g in got], ref)
     loader.close()
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(5000, dtype=np.int64), np.arange(3 * 2000, dtype=np.int32).reshape(3, 2000), np.zeros((0, 7000), np.float32),
+    np.array([7], dtype=np.int64), np.zeros((2, 0), np.int8), np.array(3.5, dtype=np.float32),
+    np.full((2, 3000), np.nan, dtype=np.float32), np.asfortranarray(np.arange(6000, dtype=np.uint32).reshape(2, 3000)),
+    np.arange(3000, dtype=">i4"), np.array([(1, 2.0)] * 700, dtype=[("a", "<i4"), ("b", "<f8")]),
+])
+def test_cache_npy_reader_matches_np_load(tmp_path, array):
+    path = tmp_path / "a.npy"
+    np.save(path, array)
+    size = path.stat().st_size
+    want = np.load(path, mmap_mode="r") if size > 4096 else np.load(path)
+    got = cache_module._open_npy(path, size)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.flags.writeable == want.flags.writeable
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -12,9 +12,10 @@ need no per-row request logic beyond ``request_ts``.
 
 Batches are cut from one shard at a time, from the shard's columnar cache (``dv365.data.cache``: decoded once,
 memory-mapped) or, with ``cache=False``, from its Parquet files. Each row's cut point is found by a binary search
-within the user's events, done for all rows at once; the rows are then copied as whole slices straight into the
-output tensors (pinned when CUDA is present, else memory the loader reuses), ``workers`` batches at a time in
-threads (numpy releases the GIL while it copies), delivered in order. Batches do not straddle shards (a shard's
+within the user's events, done for all rows at once (for the export, once per shard: every user has the same
+cut-off); the rows are then copied as whole slices straight into the output tensors (pinned when CUDA is present,
+else memory the loader reuses), ``workers`` batches at a time, delivered in order: in threads (numpy releases the
+GIL while it copies) or, for the export, in worker processes writing into shared memory (``dv365.data.procs``). Batches do not straddle shards (a shard's
 last batch may be short unless ``drop_last``).
 
 **Data-parallel training** (``rank`` / ``world_size``): the global batch of ``batch_size * world_size`` examples
@@ -351,13 +352,15 @@ class _Shards:
             return entry[1]
 
 
-def _default_workers() -> int:
-    """Worker threads per loader: the cores this process may use, shared by the local ranks, at most 8."""
+def _default_workers(processes: bool = False) -> int:
+    """Workers per loader from the cores this process may use, shared by the local ranks: threads, at most 8
+    (more do not add throughput: the GIL); processes, one core left to the consumer, at least 2, at most 16."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    mine = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(2, min(16, mine - 1)) if processes else max(1, min(8, mine))
 
 
 def _run(tasks: Iterator[Any], make: Callable[[Any], Any], workers: int, prefetch: int) -> Iterator[Any]:
@@ -561,8 +564,14 @@ class UserLoader:
     ``cutoff`` (required): the export's cut-off time in seconds. ``users=(lo, hi)``: only users ``lo <= u < hi``.
     ``only_users``: only these users (sorted ascending, e.g. from :func:`users_with_new_events`), intersected
     with ``users``. ``shards``: only these shards. Users without events get empty timelines. Batches do not
-    straddle shards. ``max_events``, ``fill_missing``, ``prefetch``, ``pin_memory``, ``workers``, ``cache`` as
-    for :class:`Loader`.
+    straddle shards. ``max_events``, ``fill_missing``, ``prefetch``, ``pin_memory``, ``cache`` as for :class:`Loader`.
+    ``mode``: who builds the batches — ``"process"``: ``workers`` forked processes writing whole batches into
+    shared memory (``dv365.data.procs``; no GIL, so they scale with the cores), ``"thread"``: ``workers`` threads
+    as in :class:`Loader`, ``"auto"`` (default): processes when ``workers >= 2`` on Linux, else threads. Both give
+    the same batches in the same order. ``workers`` default: for processes the usable cores (shared by
+    ``LOCAL_WORLD_SIZE`` ranks) minus one, 2 to 16; for threads as for :class:`Loader`. The processes are kept
+    between passes until :meth:`close` or until the loader is collected; a pass that ends early (an error, the
+    consumer stopping) stops them.
     ``state_dict`` / ``load_state_dict`` resume an interrupted export at the next batch.
     """
 
@@ -607,7 +616,7 @@ class UserLoader:
         _check_fill_missing(dataset, fill_missing, "UserLoader")
         self.fingerprint = dataset_fingerprint(dataset)
         self._only_digest = None if only_users is None else hashlib.sha256(only_users.tobytes()).hexdigest()[:16]
-        self.workers = _default_workers() if workers is None else int(workers)
+        self.workers = _default_workers(mode != "thread" and procs.available()) if workers is None else int(workers)
         if mode not in ("auto", "process", "thread"):
             raise ValueError(f"UserLoader: mode must be 'auto', 'process' or 'thread', got {mode!r}")
         if mode == "process" and not procs.available():

@@ -207,7 +207,7 @@ def export(
     rank 0); ``publish_only``: verify and publish what the workers wrote. ``keep``: after publishing, keep only
     the newest ``keep`` published versions. ``autocast``: ``bf16``, ``off`` or ``auto`` (bf16 on CUDA; default:
     the training config's). ``progress_dir``: where the per-worker progress files live (default
-    ``~/.cache/dv365/export``). ``profile``: synchronize the device per stage for an exact time split. ``workers``: the loader's threads."""
+    ``~/.cache/dv365/export``). ``profile``: synchronize the device per stage for an exact time split. ``workers``: the loader's worker processes (threads where processes are not available)."""
     t_start = time.perf_counter()
     from .. import faults
     from ..data import UserLoader, open_dataset
