@@ -319,6 +319,7 @@ def test_cache_build_layout_and_env(data, tmp_path, monkeypatch):
     base = arrays["implicit.ids"]
     while isinstance(base, np.ndarray):
         base = base.base
+    base = base.obj if isinstance(base, memoryview) else base
     assert isinstance(base, mmap.mmap) and arrays["implicit.ids"].dtype == np.int32  # memory-mapped, narrow
     assert arrays["implicit.ts"].dtype == np.uint32 and arrays["implicit.offsets"].shape == (8,)
     assert not [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".")], "no temporary directory is left"
