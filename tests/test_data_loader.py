@@ -585,3 +585,43 @@ def test_cache_npy_reader_matches_np_load(tmp_path, array):
     got = cache_module._open_npy(path, size)
     assert got.dtype == want.dtype and got.shape == want.shape and got.flags.writeable == want.flags.writeable
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_pinned_arena_is_rewritten_only_after_the_consumers_copies(monkeypatch):
+    """The fence logic without a GPU: an arena dropped while its (fake) copies are pending is not handed out while
+    another fits; at the arena limit it is waited for, never rewritten early."""
+    events = []
+
+    class FakeEvent:
+        def __init__(self):
+            self.done, self.waited = False, False
+            events.append(self)
+
+        def record(self):
+            pass
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.waited = self.done = True
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    pool = dv365.data.procs.ProcessPool(1, lambda: None, lambda state, task, buf: None, "test", keep=2)
+    try:
+        a = pool.take(1000)
+        pool.arenas[a].pinned = True  # as if page-locked
+        pool.release(a)  # delivered and dropped at once: its copy may still be in flight
+        b = pool.take(1000)
+        assert b != a and len(events) == 1 and not events[0].done  # a fence was recorded for a, b is new
+        pool.arenas[b].pinned = True
+        pool.release(b)
+        events[0].done = True  # a's copies finished
+        assert pool.take(1000) == a and len(events) == 2  # a is ready again; b got its own fence
+        pool.release(a)
+        c = pool.take(1000)  # a's new fence pending, b's pending, limit reached: wait for one, reuse it
+        assert c in (a, b) and len(pool.arenas) == 2 and any(e.waited for e in events[1:])
+    finally:
+        pool.close()

@@ -735,7 +735,8 @@ class UserLoader:
         if self._pool is None or self._pool.closed:
             dataset, fill_missing, cache = self.dataset, self.fill_missing, self._cache
             self._pool = procs.ProcessPool(self.workers, lambda: _Shards(dataset, fill_missing, cache),
-                                           _fill_in_worker, "UserLoader", pin=self.pin_memory)
+                                           _fill_in_worker, "UserLoader", pin=self.pin_memory,
+                                           keep=self.workers + max(0, self.prefetch) + 4)
         pool = self._pool
         depth = len(pool) + max(0, self.prefetch)
         window: collections.deque = collections.deque()

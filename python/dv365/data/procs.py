@@ -10,8 +10,8 @@ owns the memory; a worker only copies rows into it:
   ``/proc/<parent>/fd``. An arena is reused once every tensor of the batch that used it is gone (only the pool
   references it), like the thread loader's arenas; it is replaced when a batch needs more bytes. With
   ``pin_memory`` the parent registers each arena with CUDA (page-locked, so ``.to("cuda", non_blocking=True)``
-  is a DMA) and, before reusing one, waits for the work queued on the current CUDA stream, where the consumer's
-  copies of the batches it dropped are.
+  is a DMA) and reuses one only after the work queued on the consumer's current CUDA stream when it was dropped
+  (where its copies of that batch are) is done: an event, recorded then and queried, not a synchronisation.
 - **Order.** Batch ``i`` goes to worker ``i % workers`` and is received in order, so the batches are identical to
   the thread loader's, in the same order, and resume and user-range sharding stay exact.
 - **Failures.** A worker's exception comes back as an error naming the worker and the batch; a worker that dies
@@ -108,10 +108,10 @@ def _worker_main(index: int, conn, ppid: int, make_state, fill) -> None:
 
 
 class _Arena:
-    __slots__ = ("fd", "gen", "nbytes", "busy", "used", "pinned", "idle")
+    __slots__ = ("fd", "gen", "nbytes", "busy", "used", "pinned", "idle", "fence")
 
     def __init__(self, fd: int, gen: int, nbytes: int):
-        self.fd, self.gen, self.nbytes, self.idle = fd, gen, nbytes, 0
+        self.fd, self.gen, self.nbytes, self.idle, self.fence = fd, gen, nbytes, 0, None
         self.busy = self.used = self.pinned = False
 
 
@@ -127,11 +127,12 @@ def _unregister(ptr: int) -> None:
 class ProcessPool:
     """``workers`` forked processes and the shared arenas they write batches into (module docstring)."""
 
-    def __init__(self, workers: int, make_state, fill, who: str, pin: bool = False):
+    def __init__(self, workers: int, make_state, fill, who: str, pin: bool = False, keep: int | None = None):
         self.who, self.pin = who, pin
+        self.keep = workers + 6 if keep is None else keep  # arenas kept; more only while the consumer holds batches
         self.arenas: list[_Arena] = []
         self.bufs: list[np.ndarray] = []  # the parent's mapping of each arena
-        self._gen = 0
+        self._gen, self._warned = 0, False
         self.procs: list[mp.process.BaseProcess] = []
         self.conns: list[Any] = []
         self.closed = False
@@ -170,6 +171,10 @@ class ProcessPool:
         arena = _Arena(fd, self._gen, nbytes)
         if self.pin:
             arena.pinned = self._register(buf)
+            if not arena.pinned and not self._warned:
+                self._warned = True
+                warnings.warn(f"{self.who}: could not page-lock the loader's shared memory (cudaHostRegister); "
+                              "batches are delivered unpinned", RuntimeWarning, stacklevel=3)
         return arena, buf
 
     def _register(self, buf: np.ndarray) -> bool:
@@ -185,16 +190,40 @@ class ProcessPool:
         weakref.finalize(buf, _unregister, ptr)  # when the last batch view of this mapping is gone
         return True
 
+    def _fence(self, i: int) -> bool:
+        """Whether arena ``i`` may be written: with pinned memory, once the work queued on the consumer's current
+        CUDA stream when the arena was first seen idle is done — the consumer may have dropped a batch right after
+        queueing its non-blocking copy, whose DMA still reads the arena. An event recorded then, not a
+        synchronisation, so the consumer's next GPU step is not delayed."""
+        a = self.arenas[i]
+        if not (a.pinned and a.used):
+            return True
+        if a.fence is None:
+            import torch
+
+            if not torch.cuda.is_initialized():
+                return True
+            a.fence = torch.cuda.Event()
+            a.fence.record()
+        return a.fence.query()
+
     def take(self, nbytes: int) -> int:
         """An idle arena of at least ``nbytes`` (reused, replaced by a larger one, or new), marked busy."""
         idle = [i for i, a in enumerate(self.arenas) if not a.busy and sys.getrefcount(self.bufs[i]) == a.idle]
+        ready = {i for i in idle if self._fence(i)}
         fits = [i for i in idle if self.arenas[i].nbytes >= nbytes]
-        if fits:
+        fits_ready = [i for i in fits if i in ready]
+        if fits_ready:
+            i = min(fits_ready, key=lambda i: self.arenas[i].nbytes)
+        elif fits and len(self.arenas) >= self.keep:  # no room for another: wait for one's copies
             i = min(fits, key=lambda i: self.arenas[i].nbytes)
+            self.arenas[i].fence.synchronize()
         else:
             arena, buf = self._new_arena(nbytes)
-            if idle:  # replace the largest idle arena that is too small
+            if idle and len(self.arenas) >= self.keep:  # replace the largest idle arena that is too small
                 i = max(idle, key=lambda i: self.arenas[i].nbytes)
+                if self.arenas[i].fence is not None:
+                    self.arenas[i].fence.synchronize()  # unmapped below: no copy may still read it
                 os.close(self.arenas[i].fd)
                 self.arenas[i], self.bufs[i] = arena, buf
             else:
@@ -204,14 +233,7 @@ class ProcessPool:
             del buf  # only the pool references it now: that count is "idle" (measured, not assumed)
             self.arenas[i].idle = sys.getrefcount(self.bufs[i])
         a = self.arenas[i]
-        if a.pinned and a.used:
-            # the consumer may have dropped a batch of this arena right after queueing its non-blocking copy:
-            # wait for the work queued on its stream before the arena is written again
-            import torch
-
-            if torch.cuda.is_initialized():
-                torch.cuda.current_stream().synchronize()
-        a.busy = True
+        a.busy, a.fence = True, None
         return i
 
     def release(self, i: int) -> None:
