@@ -25,6 +25,7 @@ Workers are forked (Linux): they inherit the opened dataset and never touch torc
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import multiprocessing as mp
 import multiprocessing.connection
@@ -46,14 +47,14 @@ def layout(shapes: list[tuple[tuple[int, ...], np.dtype]]) -> tuple[list[int], i
     pos, out = 0, []
     for shape, dtype in shapes:
         out.append(pos)
-        pos += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // _ALIGN) * _ALIGN
+        pos += -(-math.prod(shape) * np.dtype(dtype).itemsize // _ALIGN) * _ALIGN
     return out, pos
 
 
 def carve(buf: np.ndarray, shapes: list[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray]:
     """Views of ``buf`` (uint8) with ``shapes`` at the offsets of :func:`layout`."""
     offsets, _ = layout(shapes)
-    return [buf[o : o + int(np.prod(shape)) * np.dtype(dt).itemsize].view(dt).reshape(shape)
+    return [buf[o : o + math.prod(shape) * np.dtype(dt).itemsize].view(dt).reshape(shape)
             for o, (shape, dt) in zip(offsets, shapes)]
 
 
