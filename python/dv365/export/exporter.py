@@ -343,6 +343,7 @@ def export(
             bar = tqdm(total=total, desc=f"export {version}", unit="user", dynamic_ncols=True, smoothing=0.1)
 
         t_loop = time.perf_counter()
+        loader = None
         try:
             for run in _runs(todo):
                 lo, hi = bounds[run[0]][0], bounds[run[-1]][1]
@@ -396,7 +397,10 @@ def export(
                 flush(current)
                 for k in queue:
                     flush(k)
+                loader.close()  # its worker processes: the next run starts its own
         finally:
+            if loader is not None:
+                loader.close()
             if bar is not None:
                 bar.set_postfix(parts=f"{len(written)}/{len(todo)}", refresh=False)
                 bar.close()
