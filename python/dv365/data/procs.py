@@ -63,6 +63,19 @@ def available() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "memfd_create") and not mp.current_process().daemon
 
 
+def _map(fd: int, nbytes: int) -> mmap.mmap:
+    """A shared mapping of an arena, with huge pages asked for (fewer page faults and TLB misses for copies of tens of
+    MB; numpy already asks for them for the thread loader's private arenas). The kernel grants them to shared memory only
+    where ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` allows; elsewhere the advice is ignored."""
+    mm = mmap.mmap(fd, nbytes)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    return mm
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -92,7 +105,7 @@ def _worker_main(index: int, conn, ppid: int, make_state, fill) -> None:
                     maps.pop(arena, None)
                     f = os.open(f"/proc/{ppid}/fd/{fd}", os.O_RDWR)
                     try:
-                        buf = np.frombuffer(mmap.mmap(f, nbytes), dtype=np.uint8)
+                        buf = np.frombuffer(_map(f, nbytes), dtype=np.uint8)
                     finally:
                         os.close(f)
                     entry = maps[arena] = (gen, buf)
@@ -160,11 +173,11 @@ class ProcessPool:
 
     # arenas ------------------------------------------------------------------------------------
     def _new_arena(self, nbytes: int) -> tuple[_Arena, np.ndarray]:
-        nbytes = max(_ALIGN, -(-(nbytes + nbytes // 4) // (1 << 20)) << 20)  # 25 % slack, whole MiB
+        nbytes = max(_ALIGN, -(-(nbytes + nbytes // 4) // (2 << 20)) * (2 << 20))  # 25 % slack, whole 2 MiB pages
         fd = os.memfd_create("dv365-loader-arena", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, nbytes)
-            buf = np.frombuffer(mmap.mmap(fd, nbytes), dtype=np.uint8)
+            buf = np.frombuffer(_map(fd, nbytes), dtype=np.uint8)
         except BaseException:
             os.close(fd)
             raise
