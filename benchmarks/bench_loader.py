@@ -171,11 +171,13 @@ def _check(reference, candidate, n: int = 3) -> None:
 
 
 def _versions() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = "?"
+    commit = os.environ.get("DV365_COMMIT", "")  # first: a copy of the tree elsewhere can carry a stale .git
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=Path(__file__).parent).stdout.strip()
+        except OSError:
+            commit = "?"
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
