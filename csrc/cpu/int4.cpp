@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "../dv365.h"
+#include "checks/int4.h"
 #include "cpu_dispatch.h"
 
 namespace dv365 {
@@ -42,7 +43,7 @@ namespace {
 
 constexpr int64_t kGrainRows = 256;
 
-inline int64_t tail_bytes(bool half_scale_bias) { return half_scale_bias ? 4 : 8; }
+using checks::int4::tail_bytes;
 
 // Row min / max, and whether every value is finite. Float selects do not vectorize under the default
 // -ftrapping-math, so the reductions run on order-preserving integer keys of the float bits (negative
@@ -218,12 +219,8 @@ DV365_CPU_DISPATCH(quantize_rows)
 
 at::Tensor int4_quantize_cpu(const at::Tensor& x_in, bool half_scale_bias) {
   constexpr const char* op = "int4_quantize";
-  DV365_CHECK(x_in.dim() == 2, op, "x must be 2-D [R, D], got ", x_in.dim(), "-D");
-  DV365_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16 ||
-                  x_in.scalar_type() == at::kHalf,
-              op, "x must be float32, bfloat16 or float16, got ", x_in.scalar_type());
+  checks::int4::quantize_args(op, x_in);
   const int64_t r = x_in.size(0), d = x_in.size(1);
-  DV365_CHECK(d % 2 == 0, op, "x must have an even number of columns D (two codes per byte), got D = ", d);
   // rows may be strided; values within a row must be adjacent
   const at::Tensor x = (x_in.stride(1) == 1 || d <= 1) ? x_in : x_in.contiguous();
   const int64_t row_stride = x.stride(0);
@@ -243,22 +240,14 @@ at::Tensor int4_quantize_cpu(const at::Tensor& x_in, bool half_scale_bias) {
       while (bad >= 0 && bad < cur && !first_bad.compare_exchange_weak(cur, bad)) {
       }
     });
-    // the first row that cannot be encoded names the error (messages as dv365_ops.reference.int4_quantize's)
+    // the first row that cannot be encoded names the error
     const int64_t i = first_bad.load();
     if (i < r) {
-      float mn, mx;
-      DV365_CHECK(row_min_max(x_p + i * row_stride, d, mn, mx), op, "x must be finite (found NaN or Inf)");
-      if (mn == 0.0f) {
-        mn = fbgemm_zero(x_p + i * row_stride, d);
+      std::vector<float> row(d);
+      for (int64_t j = 0; j < d; ++j) {
+        row[j] = static_cast<float>(x_p[i * row_stride + j]);
       }
-      if (half_scale_bias) {
-        DV365_RAISE("dv365::", op, ": row ", i, " of x spans [", mn, ", ", mx,
-                    "], beyond float16 scale/bias (half_scale_bias=True): fp16(min) or fp16((max - bias) / 15) is "
-                    "infinite; keep |min| < 65520 and max - min < 982800, or use half_scale_bias=False");
-      }
-      DV365_RAISE("dv365::", op, ": row ", i, " of x spans [", mn, ", ", mx,
-                  "], too wide for float32 codes: its top code decodes to 15 * scale + bias = inf (keep max - min "
-                  "below about 3.4e38)");
+      checks::int4::raise_unencodable_row(op, i, row.data(), d, half_scale_bias);
     }
   });
   return out;
@@ -295,15 +284,9 @@ DV365_CPU_DISPATCH(dequantize_rows)
 
 at::Tensor int4_dequantize_cpu(const at::Tensor& packed_in, bool half_scale_bias, std::optional<at::ScalarType> dtype) {
   constexpr const char* op = "int4_dequantize";
-  DV365_CHECK(packed_in.dim() == 2, op, "packed must be 2-D [R, D/2 + ", tail_bytes(half_scale_bias), "], got ",
-              packed_in.dim(), "-D");
-  DV365_CHECK(packed_in.scalar_type() == at::kByte, op, "packed must be uint8, got ", packed_in.scalar_type());
-  const int64_t tb = tail_bytes(half_scale_bias);
-  DV365_CHECK(packed_in.size(1) >= tb, op, "packed must have D/2 code bytes plus ", tb,
-              " scale/bias bytes per row (at least ", tb, " columns), got ", packed_in.size(1));
   const at::ScalarType out_type = dtype.value_or(at::kFloat);
-  DV365_CHECK(out_type == at::kFloat || out_type == at::kBFloat16 || out_type == at::kHalf, op,
-              "dtype must be float32, bfloat16 or float16, got ", out_type);
+  checks::int4::dequantize_args(op, packed_in, half_scale_bias, out_type);
+  const int64_t tb = tail_bytes(half_scale_bias);
   const int64_t r = packed_in.size(0), d = 2 * (packed_in.size(1) - tb);
   const at::Tensor packed = packed_in.stride(1) == 1 ? packed_in : packed_in.contiguous();
   at::Tensor out = at::empty({r, d}, packed.options().dtype(out_type));

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../dv365.h"
+#include "checks/jagged.h"
 
 namespace dv365 {
 namespace {
@@ -190,55 +191,36 @@ void parallel_ranges(int64_t n, const F& fn) {
 }
 
 
-void check_jagged(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
-                  const std::optional<at::Tensor>& weights, const at::Tensor& dense, const char* dense_name) {
-  DV365_CHECK(dense.dim() == 2, op, dense_name, " must be 2-D [rows, D], got ", dense.dim(), "-D");
-  const auto st = dense.scalar_type();
-  DV365_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble, op, dense_name,
-              " must be float32, bfloat16, float16 or float64, got ", st);
-  DV365_CHECK(ids.dim() == 1, op, "ids must be 1-D, got ", ids.dim(), "-D");
-  DV365_CHECK(ids.scalar_type() == at::kLong, op, "ids must be int64, got ", ids.scalar_type());
-  DV365_CHECK(offsets.dim() == 1, op, "offsets must be 1-D, got ", offsets.dim(), "-D");
-  DV365_CHECK(offsets.scalar_type() == at::kLong, op, "offsets must be int64, got ", offsets.scalar_type());
-  DV365_CHECK(offsets.numel() >= 1, op, "offsets must have at least one element (offsets[0] == 0)");
-  DV365_CHECK(ids.device() == dense.device(), op, "ids must be on the same device as ", dense_name, " (",
-              dense.device(), "), got ", ids.device());
-  DV365_CHECK(offsets.device() == dense.device(), op, "offsets must be on the same device as ", dense_name, " (",
-              dense.device(), "), got ", offsets.device());
-  if (weights.has_value()) {
-    const auto& w = *weights;
-    DV365_CHECK(w.dim() == 1 && w.size(0) == ids.size(0), op, "weights must have shape [N] = [", ids.size(0),
-                "] like ids, got ", w.sizes());
-    const auto wt = w.scalar_type();
-    DV365_CHECK(wt == at::kFloat || wt == at::kDouble || wt == at::kBFloat16 || wt == at::kHalf, op,
-                "weights must be float32, float64, bfloat16 or float16, got ", wt);
-    DV365_CHECK(w.device() == dense.device(), op, "weights must be on the same device as ", dense_name, " (",
-                dense.device(), "), got ", w.device());
-  }
-}
-
-// offsets: 0 = offsets[0] <= ... <= offsets[M] = N.
-void check_offsets(const char* op, const int64_t* off, int64_t M, int64_t N) {
-  DV365_CHECK(off[0] == 0, op, "offsets[0] must be 0, got ", off[0]);
-  DV365_CHECK(off[M] == N, op, "offsets[-1] must equal the number of ids (", N, "), got ", off[M]);
-  for (int64_t b = 0; b < M; ++b) {
-    DV365_CHECK(off[b] <= off[b + 1], op, "offsets must be non-decreasing, but offsets[", b, "] = ", off[b],
-                " > offsets[", b + 1, "] = ", off[b + 1]);
-  }
-}
-
-void check_ids(const char* op, const int64_t* ids, int64_t N, int64_t R) {
-  std::atomic<int64_t> first_bad{-1};
-  at::parallel_for(0, N, 1 << 16, [&](int64_t lo, int64_t hi) {
+// The index of the first element of [0, n) for which bad(i) holds, or -1: the message names the first offender,
+// as the CUDA kernels' error record does, however the work was split.
+template <typename F>
+int64_t first_where(int64_t n, const F& bad) {
+  std::atomic<int64_t> first{n};
+  at::parallel_for(0, n, 1 << 16, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
-      if (static_cast<uint64_t>(ids[i]) >= static_cast<uint64_t>(R)) {
-        first_bad.store(i, std::memory_order_relaxed);  // any one offender is enough for the message
+      if (bad(i)) {
+        int64_t cur = first.load(std::memory_order_relaxed);
+        while (i < cur && !first.compare_exchange_weak(cur, i)) {
+        }
         return;
       }
     }
   });
-  const int64_t bad = first_bad.load();
-  DV365_CHECK(bad < 0, op, "ids must be in [0, ", R, "), got ids[", bad, "] = ", ids[bad < 0 ? 0 : bad]);
+  const int64_t i = first.load();
+  return i < n ? i : -1;
+}
+
+// offsets: 0 = offsets[0] <= ... <= offsets[M] = N.
+void check_offsets(const char* op, const int64_t* off, int64_t M, int64_t N) {
+  checks::jagged::offsets_ends(op, off[0], off[M], N);
+  for (int64_t b = 0; b < M; ++b) {
+    checks::jagged::offsets_step(op, b, off[b], off[b + 1]);
+  }
+}
+
+void check_ids(const char* op, const int64_t* ids, int64_t N, int64_t R) {
+  const int64_t bad = first_where(N, [&](int64_t i) { return static_cast<uint64_t>(ids[i]) >= static_cast<uint64_t>(R); });
+  if (bad >= 0) checks::jagged::id_in_range(op, bad, ids[bad], R);
 }
 
 // Per-event scale w_i / sum_bag(w) in the accumulation dtype (1 / count without weights), after checking
@@ -253,18 +235,8 @@ at::Tensor event_scales(const char* op, const Jagged& j, const std::optional<at:
   if (weights.has_value()) {
     w_acc = weights->to(acc_type).contiguous();
     w = w_acc.data_ptr<A>();
-    std::atomic<int64_t> first_bad{-1};
-    at::parallel_for(0, j.N, 1 << 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        if (!(w[i] >= A(0) && std::isfinite(w[i]))) {
-          first_bad.store(i, std::memory_order_relaxed);
-          return;
-        }
-      }
-    });
-    const int64_t bad = first_bad.load();
-    DV365_CHECK(bad < 0, op, "weights must be finite and non-negative, got weights[", bad, "] = ",
-                static_cast<double>(w[bad < 0 ? 0 : bad]));
+    const int64_t bad = first_where(j.N, [&](int64_t i) { return !(w[i] >= A(0) && std::isfinite(w[i])); });
+    if (bad >= 0) checks::jagged::weight_ok(op, bad, static_cast<double>(w[bad]));
   }
   const int64_t* off = j.offsets;
   at::parallel_for(0, j.M, 256, [&](int64_t b0, int64_t b1) {
@@ -312,7 +284,7 @@ Prepared prepare(const char* op, const at::Tensor& ids_in, const at::Tensor& off
 
 at::Tensor jagged_mean_pool_cpu(const at::Tensor& table_in, const at::Tensor& ids, const at::Tensor& offsets,
                                 const std::optional<at::Tensor>& weights, bool sparse) {
-  check_jagged(kFwd, ids, offsets, weights, table_in, "table");
+  checks::jagged::args(kFwd, ids, offsets, weights, table_in, "table");
   // rows may be strided (a column slice of a wider table); only a strided D axis needs a copy
   const at::Tensor table = table_in.stride(1) == 1 ? table_in : table_in.contiguous();
   const int64_t R = table.size(0), D = table.size(1);
@@ -391,19 +363,13 @@ void bwd_rows_base(const Jagged& j, const T* grad, int64_t gs, const A* scale, A
   bwd_rows_impl<T, A>(j, grad, gs, scale, dst, D, r0, r1);
 }
 
-void check_grad(const char* op, const at::Tensor& grad, int64_t M) {
-  DV365_CHECK(grad.size(0) == M, op, "grad must have one row per bag (", M, "), got ", grad.size(0));
-}
-
 at::Tensor jagged_mean_pool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& ids, const at::Tensor& offsets,
                                          const std::optional<at::Tensor>& weights, c10::SymInt num_rows_sym) {
-  check_jagged(kBwd, ids, offsets, weights, grad_in, "grad");
   const int64_t R = num_rows_sym.expect_int();
-  DV365_CHECK(R >= 0, kBwd, "num_rows must be non-negative, got ", R);
+  checks::jagged::backward_args(kBwd, grad_in, ids, offsets, weights, R);
   const at::Tensor grad = grad_in.stride(1) == 1 ? grad_in : grad_in.contiguous();
   const int64_t D = grad.size(1);
   Prepared p = prepare(kBwd, ids, offsets, weights, R, grad.scalar_type());
-  check_grad(kBwd, grad, p.j.M);
   at::Tensor out = at::zeros({R, D}, grad.options());
   if (p.j.N == 0 || D == 0) return out;
 
@@ -492,12 +458,11 @@ void rows_range_base(const Jagged& j, const T* grad, int64_t gs, const A* scale,
 
 at::Tensor jagged_mean_pool_backward_rows_cpu(const at::Tensor& grad_in, const at::Tensor& ids,
                                               const at::Tensor& offsets, const std::optional<at::Tensor>& weights) {
-  check_jagged(kRows, ids, offsets, weights, grad_in, "grad");
+  checks::jagged::backward_args(kRows, grad_in, ids, offsets, weights, std::nullopt);
   const at::Tensor grad = grad_in.stride(1) == 1 ? grad_in : grad_in.contiguous();
   const int64_t D = grad.size(1);
   // the rows are indexed by event, so ids are not checked against a table here
   Prepared p = prepare(kRows, ids, offsets, weights, -1, grad.scalar_type());
-  check_grad(kRows, grad, p.j.M);
   at::Tensor out = at::empty({p.j.N, D}, grad.options());
   if (p.j.N == 0 || D == 0) return out;
   DV365_DISPATCH_POOL_TYPES(grad.scalar_type(), kRows, [&] {

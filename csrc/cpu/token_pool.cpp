@@ -17,6 +17,7 @@
 
 #include "../dv365.h"
 #include "../token_pool_layout.h"
+#include "checks/token_pool.h"
 #include "cpu_dispatch.h"
 
 namespace dv365 {
@@ -28,13 +29,7 @@ constexpr int64_t kGrainElems = 1 << 15;
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-inline int64_t num_windows(int64_t n, int64_t stride) { return n == 0 ? 0 : (n - 1) / stride + 1; }
-
-void check_dtype(const at::Tensor& t, const char* op, const char* arg) {
-  const auto st = t.scalar_type();
-  DV365_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, op, arg,
-              " must be float32, float64, bfloat16 or float16, got ", st);
-}
+using checks::token_pool::num_windows;
 
 // dst[j] = src[j] / count, as the reference divides. Multiplying by 1 / count gives the same bits when
 // count is a power of two (the usual strides 2 and 4) and is several times cheaper than a division.
@@ -190,9 +185,7 @@ void parallel_units(int64_t units, int64_t unit_elems, const F& f) {
 
 at::Tensor token_pool_cpu(const at::Tensor& x, int64_t stride) {
   constexpr const char* op = "token_pool";
-  DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
-  DV365_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension (tokens on the last axis), got a 0-d tensor");
-  check_dtype(x, op, "x");
+  checks::token_pool::forward_args(op, x, stride);
   const int64_t n = x.size(-1), n_out = num_windows(n, stride);
   const bool transposed = token_major(x);
   at::Tensor out = empty_like_layout(x, n_out, transposed);
@@ -220,13 +213,8 @@ at::Tensor token_pool_cpu(const at::Tensor& x, int64_t stride) {
 
 at::Tensor token_pool_backward_cpu(const at::Tensor& grad, int64_t stride, int64_t n) {
   constexpr const char* op = "token_pool_backward";
-  DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
-  DV365_CHECK(n >= 0, op, "n must be >= 0, got ", n);
-  DV365_CHECK(grad.dim() >= 1, op, "grad must have at least 1 dimension, got a 0-d tensor");
-  check_dtype(grad, op, "grad");
+  checks::token_pool::backward_args(op, grad, stride, n);
   const int64_t n_out = num_windows(n, stride);
-  DV365_CHECK(grad.size(-1) == n_out, op, "grad must have ceil(n / stride) = ", n_out,
-              " entries on its last axis, got ", grad.size(-1));
   const bool transposed = token_major(grad);
   at::Tensor gx = empty_like_layout(grad, n, transposed);
   if (gx.numel() == 0) {
