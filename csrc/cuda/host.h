@@ -84,7 +84,7 @@ inline std::string error_bits_message(int32_t bits) {
   std::string what;
   if (bits & kIdOutOfRange) what += "ids must lie in [0, num_rows) of their table; ";
   if (bits & kOffsetsBad) what += "offsets must start at 0, be non-decreasing and end at the number of ids; ";
-  if (bits & kCatOutOfRange) what += "cats values must lie in [0, 63]; ";
+  if (bits & kCatOutOfRange) what += "cats values must lie in [0, " + std::to_string(prog::kMaxCatValue) + "]; ";
   if (bits & kTableOutOfRange) what += "prog_i TABLE column must index the tables list; ";
   if (bits & kWeightsBad) what += "weights must be finite and non-negative; ";
   if (bits & kNotFinite) what += "x must be finite; ";
