@@ -3,12 +3,20 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_dispatch.h"
+
 extern "C" {
-// A dummy module init so that `from dv365_ops import _C` loads this library (and runs the static
-// registrations below) without pybind11.
+// A module init without pybind11, so that `from dv365_ops import _C` loads this library (and runs the static
+// registrations below). Its one attribute, `cpu_isa`, names the copy of the CPU kernels this process runs
+// ("avx2" or "baseline", csrc/cpu/cpu_dispatch.h).
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && PyModule_AddStringConstant(module, "cpu_isa", dv365::cpu_isa_name()) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

@@ -100,7 +100,7 @@ ProgramFacts read_program(const at::Tensor& prog_i, const at::Tensor& prog_f, co
     const int64_t flags = r[prog::kFlags];
     const int64_t t = r[prog::kTable];
     f.ok = f.ok && t >= 0 && t < key.num_tables && flags >= 0 &&
-           flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter) && (flags == 0 || key.has_floats);
+           flags <= prog::kAllFlags && (flags == 0 || key.has_floats);
     for (const int64_t col : {prog::kCatField0, prog::kCatField1, prog::kCatField2}) {
       f.ok = f.ok && r[col] < key.cat_fields;
     }
