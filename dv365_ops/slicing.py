@@ -220,12 +220,16 @@ def _sparse_table_grads(grad, weight_sum, ids, offsets, ts, cats, floats, reques
             for r, v, n in zip(rows_of, values, num_rows)]
 
 
-def _unique_columns(ids: list[torch.Tensor], num_rows: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per table, ``torch.unique(ids[t], sorted=True, return_inverse=True)``, in one ``unique`` for all the
-    distinct id columns: on CUDA each ``unique`` waits for the device to learn its size, so one call over the
-    columns stacked (each shifted past the rows of the columns before it, which keeps them apart and in order)
-    and one read of where each column's rows start is two waits a step instead of one per column. The ids are
-    in range (the forward checked them), so a column's shift is the most rows of the tables that pool it."""
+def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
+                    stacked: bool | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per table, ``torch.unique(ids[t], sorted=True, return_inverse=True)``, once per distinct id column.
+
+    ``stacked`` (default: on CUDA) finds them in one ``unique`` over the columns stacked, each shifted past the
+    rows of the columns before it (which keeps them apart and in order), and one read of where each column's
+    rows start: on CUDA every ``unique`` waits for the device to learn its size, so this is two waits per call
+    instead of one per column. On the CPU there is no wait to save and one sort of all the columns is slower than
+    one per column. The ids are in range (the forward checked them), so a column's shift is the most rows of the
+    tables that pool it."""
     column_of, columns, span = {}, [], []
     for i, n in zip(ids, num_rows):
         key = _storage_key(i)
@@ -235,8 +239,10 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int]) -> tuple[list[
             span.append(0)
         c = column_of[key]
         span[c] = max(span[c], int(n))
-    if len(columns) == 1:
-        per_column = [torch.unique(columns[0], sorted=True, return_inverse=True)]
+    if stacked is None:
+        stacked = columns[0].device.type == "cuda"
+    if len(columns) == 1 or not stacked:
+        per_column = [torch.unique(c, sorted=True, return_inverse=True) for c in columns]
     else:
         shift = [0]
         for n in span[:-1]:

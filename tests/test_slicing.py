@@ -338,8 +338,9 @@ def test_sparse_grads_are_the_coalesced_touched_rows(device, dtype, case):
             assert ids.numel() == 0 or torch.count_nonzero(g.values()) == 0
 
 
+@pytest.mark.parametrize("stacked", [True, False])
 @pytest.mark.parametrize("events", [0, 1, 500])
-def test_one_unique_for_all_id_columns_equals_one_per_column(device, events):
+def test_one_unique_for_all_id_columns_equals_one_per_column(device, events, stacked):
     """The sparse backward's single ``unique`` over the stacked id columns gives each table what its own column's
     ``unique(sorted=True, return_inverse=True)`` gives: columns shared by tables (of different row counts), ids
     at 0 and at the last row, repeated ids."""
@@ -355,7 +356,7 @@ def test_one_unique_for_all_id_columns_equals_one_per_column(device, events):
     cols[0] = cols[0] % 40
     ids = [cols[0], cols[1], cols[0].view(-1), cols[2], cols[3]]
     num_rows = [50, 7, 40, 1000, 3]
-    got_rows, got_inverse = _unique_columns(ids, num_rows)
+    got_rows, got_inverse = _unique_columns(ids, num_rows, stacked)
     for t, i in enumerate(ids):
         r, inv = torch.unique(i, sorted=True, return_inverse=True)
         assert torch.equal(got_rows[t], r) and torch.equal(got_inverse[t], inv), t
