@@ -221,15 +221,21 @@ def _sparse_table_grads(grad, weight_sum, ids, offsets, ts, cats, floats, reques
 
 
 def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
-                    stacked: bool | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                    method: str | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per table, ``torch.unique(ids[t], sorted=True, return_inverse=True)``, once per distinct id column.
 
-    ``stacked`` (default: on CUDA) finds them in one ``unique`` over the columns stacked, each shifted past the
-    rows of the columns before it (which keeps them apart and in order), and one read of where each column's
-    rows start: on CUDA every ``unique`` waits for the device to learn its size, so this is two waits per call
-    instead of one per column. On the CPU there is no wait to save and one sort of all the columns is slower than
-    one per column. The ids are in range (the forward checked them), so a column's shift is the most rows of the
-    tables that pool it."""
+    On CUDA every ``unique`` waits for the device to learn its size, so the columns are renumbered together: the
+    columns stacked, each shifted past the rows of the columns before it (which keeps them apart and in order),
+    then one read of where each column's rows start. ``method``:
+
+    - ``"mark"`` (CUDA, when the tables' rows are few next to the events, as at W40K: 1.2M rows, 3.9M ids):
+      mark the touched rows in a ``[rows]`` vector, its running sum numbers them; no sort, one wait.
+    - ``"sort"`` (CUDA, many rows): one ``unique`` of the stacked columns, two waits.
+    - ``"per column"`` (the CPU): one ``unique`` per column; there is no wait to save, and both of the others
+      measured slower there (one sort of all the columns, a pass over every row).
+
+    The ids are in range (the forward checked them), so a column's shift is the most rows of the tables that
+    pool it."""
     column_of, columns, span = {}, [], []
     for i, n in zip(ids, num_rows):
         key = _storage_key(i)
@@ -239,25 +245,34 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
             span.append(0)
         c = column_of[key]
         span[c] = max(span[c], int(n))
-    if stacked is None:
-        stacked = columns[0].device.type == "cuda"
-    if len(columns) == 1 or not stacked:
+    shift = [0]
+    for n in span:
+        shift.append(shift[-1] + n)
+    device, events = columns[0].device, sum(c.numel() for c in columns)
+    if method is None:
+        method = "per column" if device.type != "cuda" else "mark" if shift[-1] <= 4 * events + (1 << 16) else "sort"
+    if method == "per column" or (method == "sort" and len(columns) == 1):
         per_column = [torch.unique(c, sorted=True, return_inverse=True) for c in columns]
     else:
-        shift = [0]
-        for n in span[:-1]:
-            shift.append(shift[-1] + n)
-        shift_t = torch.tensor(shift, dtype=torch.int64).to(columns[0].device, non_blocking=True)
-        flat = (torch.stack(columns) + shift_t[:, None]).view(-1)
-        uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
-        starts = torch.searchsorted(uniq, shift_t[1:]).tolist()
-        bounds = [0, *starts, uniq.numel()]
+        shift_t = torch.tensor(shift, dtype=torch.int64).to(device, non_blocking=True)
+        flat = (torch.stack(columns) + shift_t[:-1, None]).view(-1)
+        if method == "mark":
+            # mark[1 + row] = 1 for every touched row; csum[k] = the touched rows below row k
+            mark = torch.zeros(shift[-1] + 1, dtype=torch.int32, device=device)
+            mark[flat + 1] = 1
+            csum = torch.cumsum(mark, 0)
+            bounds = csum[shift_t].tolist()
+            uniq = torch.nonzero_static(mark[1:], size=bounds[-1]).view(-1)
+            inverse = csum[flat]
+        else:
+            uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+            bounds = [0, *torch.searchsorted(uniq, shift_t[1:-1]).tolist(), uniq.numel()]
         inverse = inverse.view(len(columns), -1)
         per_column = []
         for c in range(len(columns)):
             lo, hi = bounds[c], bounds[c + 1]
-            rows = uniq[lo:hi] - shift[c] if shift[c] else uniq[lo:hi]
-            per_column.append((rows, inverse[c] - lo if lo else inverse[c]))
+            per_column.append((uniq[lo:hi] - shift[c] if shift[c] else uniq[lo:hi],
+                               inverse[c] - lo if lo else inverse[c]))
     key_of = [column_of[_storage_key(i)] for i in ids]
     return [per_column[c][0] for c in key_of], [per_column[c][1] for c in key_of]
 

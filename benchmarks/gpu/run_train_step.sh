@@ -56,6 +56,6 @@ for hd in ${HEAD_DIMS:-}; do
   run head_dim_$hd 150 $B --compile-mode reduce-overhead --tower-arg head_dim=$hd --out "$OUT/train_head_dim_$hd.json"
 done
 run tests_cuda 120 $PY -m pytest -q -x tests/test_slicing.py tests/test_models.py tests/test_train.py \
-  -k "sparse_grads or one_unique or reduce_overhead or adagrad or cuda"
+  -k "sparse_grads or one_unique or backward_matches or reduce_overhead or adagrad or cuda"
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
 stamp done
