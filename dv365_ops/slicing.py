@@ -229,7 +229,7 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
     then one read of where each column's rows start. ``method``:
 
     - ``"mark"`` (CUDA, when the tables' rows are few next to the events, as at W40K: 1.2M rows, 3.9M ids):
-      mark the touched rows in a ``[rows]`` vector, its running sum numbers them; no sort, one wait.
+      mark the touched rows in a ``[rows]`` vector, its running sum numbers them; no sort, one wait (for the counts).
     - ``"sort"`` (CUDA, many rows): one ``unique`` of the stacked columns, two waits.
     - ``"per column"`` (the CPU): one ``unique`` per column; there is no wait to save, and both of the others
       measured slower there (one sort of all the columns, a pass over every row).
@@ -262,7 +262,11 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
             mark[flat + 1] = 1
             csum = torch.cumsum(mark, 0)
             bounds = csum[shift_t].tolist()
-            uniq = torch.nonzero_static(mark[1:], size=bounds[-1]).view(-1)
+            # touched row k goes to slot csum[k], the others to a spare last slot (its value is dropped)
+            slot = torch.where(mark[1:].bool(), csum[:-1], bounds[-1])
+            uniq = torch.empty(bounds[-1] + 1, dtype=torch.int64, device=device)
+            uniq.scatter_(0, slot, torch.arange(shift[-1], device=device))
+            uniq = uniq[:-1]
             inverse = csum[flat]
         else:
             uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
