@@ -1,6 +1,7 @@
 #!/bin/bash
 # The W40K training step on one GPU, in one command: build (SKIP_BUILD=1 to skip), W40K data (dv365 synth: users of
-# 10k-70k events, 1M / 200K / 10K ids), then bench_train (D = 256, FSA, bf16, 32 examples a step): the default
+# 10k-70k events, 1M / 200K / 10K ids), the sparse backward's renumbering of the id columns three ways
+# (bench_unique_columns), then bench_train (D = 256, FSA, bf16, 32 examples a step): the default
 # (touched-rows sparse gradients, eager head), then the head as CUDA graphs (--compile-mode reduce-overhead) with
 # 3 more steps under torch.profiler (--profile: the top kernels overall and per stage); then the CUDA tests of the
 # sparse gradients, the fused row-wise Adagrad and the CUDA-graph head. Results to $OUT: train_step.md, *.json,
@@ -47,6 +48,7 @@ run() {  # name, seconds, command...
   stamp "$name rc=$rc"
   { echo; echo "## $name"; echo; echo '`'"$*"'`'; echo; grep -v "^\s*$" "$LOGS/$name.log" | grep -E "^\||^#|users/s|skipped|Error" | head -300; } >>"$MD"
 }
+run unique_columns 40 $PY benchmarks/bench_unique_columns.py --device cuda --events 1300000 --out "$OUT/unique_columns.json"
 B="$PY benchmarks/bench_train.py --w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10}"
 run touched_rows 90 $B --out "$OUT/train_touched_rows.json"
 run cuda_graphs 150 $B --compile-mode reduce-overhead --profile 3 --out "$OUT/train_cuda_graphs.json"
