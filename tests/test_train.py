@@ -297,7 +297,7 @@ def test_rowwise_adagrad_shares_unique_rows_between_tables_on_one_index_tensor()
 
 def _rowwise_pair(device, dtype, wd, sparse, fused_first=True):
     """Two copies of a table, one updated by the fused Triton kernel and one by the torch ops (fused=False), over
-    three steps of sparse (coalesced, touched rows) or dense gradients."""
+    three steps of sparse (coalesced touched rows, or repeated unsorted rows) or dense (None) gradients."""
     from dv365.train.optim import RowWiseAdagrad
 
     g = torch.Generator().manual_seed(7)
@@ -309,9 +309,12 @@ def _rowwise_pair(device, dtype, wd, sparse, fused_first=True):
     for step in range(3):
         idx = torch.unique(torch.randint(0, rows, (120,), generator=g)).to(device)
         vals = (torch.randn(idx.numel(), dim, generator=g) * (step + 1)).to(device, dtype)
+        if sparse == "repeated":  # nn.Embedding's: one row per lookup, unsorted, repeated rows
+            idx = torch.randint(0, rows, (120,), generator=g).to(device)
+            vals = (torch.randn(idx.numel(), dim, generator=g) * (step + 1)).to(device, dtype)
         for p in (fused_p, torch_p):
-            p.grad = (torch.sparse_coo_tensor(idx[None], vals, (rows, dim), is_coalesced=True) if sparse
-                      else torch.zeros(rows, dim, device=device, dtype=dtype).index_add_(0, idx, vals))
+            p.grad = (torch.sparse_coo_tensor(idx[None], vals, (rows, dim), is_coalesced=sparse == "coalesced")
+                      if sparse else torch.zeros(rows, dim, device=device, dtype=dtype).index_add_(0, idx, vals))
         fused.step()
         plain.step()
     return fused_p, torch_p, fused.state[fused_p]["sum"], plain.state[torch_p]["sum"], start.to(device), idx
@@ -319,7 +322,7 @@ def _rowwise_pair(device, dtype, wd, sparse, fused_first=True):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("wd", [0.0, 0.03])
-@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("sparse", ["coalesced", "repeated", None])
 def test_fused_rowwise_adagrad_matches_the_torch_update(dtype, wd, sparse):
     """The Triton kernel (under TRITON_INTERPRET=1 on the CPU, on the GPU when there is one) against the torch ops
     of the same optimizer: the accumulator up to the order a row's mean sums in, the weights to the rounding of

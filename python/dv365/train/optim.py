@@ -49,13 +49,16 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if self._fused(p) and p.grad.is_sparse and not p.grad.is_coalesced():
+                    from ._adagrad_triton import rowwise_adagrad_update_repeated
+
+                    rowwise_adagrad_update_repeated(p, self._state_sum(p), p.grad._indices()[0], p.grad._values(),
+                                                    lr, eps, wd)
+                    continue
                 rows, grad = _rows_and_sums(p.grad, uniques)
                 if rows is not None and rows.numel() == 0:
                     continue
-                state = self.state[p]
-                if "sum" not in state:
-                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                acc = state["sum"]
+                acc = self._state_sum(p)
                 if self._fused(p):
                     from ._adagrad_triton import rowwise_adagrad_update
 
@@ -75,6 +78,12 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     # rows are unique, so index_add_ is a scatter of the updated rows
                     p.index_add_(0, rows, (g * scale[:, None]).to(p.dtype))
         return loss
+
+    def _state_sum(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        if "sum" not in state:
+            state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+        return state["sum"]
 
     def _fused(self, p: torch.Tensor) -> bool:
         """fused=None: the kernel for CUDA tables when Triton is installed. fused=True: always (a CPU table then
