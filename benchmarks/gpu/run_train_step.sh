@@ -48,7 +48,7 @@ run() {  # name, seconds, command...
   stamp "$name rc=$rc"
   { echo; echo "## $name"; echo; echo '`'"$*"'`'; echo; grep -v "^\s*$" "$LOGS/$name.log" | grep -E "^\||^#|users/s|skipped|Error" | head -300; } >>"$MD"
 }
-run unique_columns 40 $PY benchmarks/bench_unique_columns.py --device cuda --events 1300000 --out "$OUT/unique_columns.json"
+run unique_columns 40 $PY benchmarks/bench_unique_columns.py --device cuda --events 620000 --out "$OUT/unique_columns.json"
 B="$PY benchmarks/bench_train.py --w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10}"
 run touched_rows 90 $B --out "$OUT/train_touched_rows.json"
 run cuda_graphs 150 $B --compile-mode reduce-overhead --profile 3 --out "$OUT/train_cuda_graphs.json"
