@@ -121,6 +121,6 @@ def rowwise_adagrad_update(weight: torch.Tensor, state: torch.Tensor, rows: torc
     rows_arg = rows.contiguous() if rows is not None else grad  # an unused pointer when HAS_ROWS is False
     _rowwise_adagrad_kernel[(triton.cdiv(u, block_r),)](
         weight, state, grad, rows_arg, u, d, weight.stride(0), grad.stride(0), float(d), float(lr), float(eps),
-        float(weight_decay), HAS_ROWS=rows is not None, HAS_WD=bool(weight_decay), F64=weight.dtype == torch.float64, BLOCK_R=block_r,
-        BLOCK_D=block_d, enable_fp_fusion=False,
+        float(weight_decay), HAS_ROWS=rows is not None, HAS_WD=bool(weight_decay),
+        F64=weight.dtype == torch.float64, BLOCK_R=block_r, BLOCK_D=block_d, enable_fp_fusion=False,
     )
