@@ -228,11 +228,12 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
     columns stacked, each shifted past the rows of the columns before it (which keeps them apart and in order),
     then one read of where each column's rows start. ``method``:
 
-    - ``"mark"`` (CUDA, when the tables' rows are few next to the events, as at W40K: 1.2M rows, 3.9M ids):
-      mark the touched rows in a ``[rows]`` vector, its running sum numbers them; no sort, one wait (for the counts).
-    - ``"sort"`` (CUDA, many rows): one ``unique`` of the stacked columns, two waits.
-    - ``"per column"`` (the CPU): one ``unique`` per column; there is no wait to save, and both of the others
-      measured slower there (one sort of all the columns, a pass over every row).
+    - ``"mark"`` (when the tables' rows are at most about 4x the ids, as at W40K): mark the touched rows in a
+      ``[rows]`` vector, its running sum numbers them; no sort, one wait (for the counts). The fastest on the
+      CPU too at such sizes (``benchmarks/bench_unique_columns.py``).
+    - ``"sort"`` (CUDA, many more rows): one ``unique`` of the stacked columns, two waits.
+    - ``"per column"`` (the CPU, many more rows): one ``unique`` per column; there is no wait to save, and one
+      sort of all the columns measured slower.
 
     The ids are in range (the forward checked them), so a column's shift is the most rows of the tables that
     pool it."""
@@ -250,7 +251,10 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
         shift.append(shift[-1] + n)
     device, events = columns[0].device, sum(c.numel() for c in columns)
     if method is None:
-        method = "per column" if device.type != "cuda" else "mark" if shift[-1] <= 4 * events + (1 << 16) else "sort"
+        cuda = device.type == "cuda"
+        # the mark's passes over every row cost next to nothing on a GPU, and about what a sort of as many ids does
+        # on the CPU
+        method = "mark" if shift[-1] <= 4 * events + (1 << 16 if cuda else 0) else "sort" if cuda else "per column"
     if method == "per column" or (method == "sort" and len(columns) == 1):
         per_column = [torch.unique(c, sorted=True, return_inverse=True) for c in columns]
     else:
