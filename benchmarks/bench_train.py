@@ -181,7 +181,10 @@ def main() -> int:
         profile = None
         if args.profile:  # more staged steps, kept out of the timings
             kept = ({k: list(v) for k, v in timer.times.items()}, len(events), len(users_per_batch))
-            profile = _profile(staged_step, device, args.profile, args.profile_top)
+            try:
+                profile = _profile(staged_step, device, args.profile, args.profile_top)
+            except Exception as e:  # the timings still count when the profiler fails
+                print(f"--profile failed: {type(e).__name__}: {e}", file=sys.stderr)
             timer.times = kept[0]
             del events[kept[1]:], users_per_batch[kept[2]:]
 
