@@ -46,7 +46,7 @@ run() {  # name, seconds, command...
   timeout "$(limit "$secs")" "$@" >"$LOGS/$name.log" 2>&1
   local rc=$?
   stamp "$name rc=$rc"
-  { echo; echo "## $name"; echo; echo '`'"$*"'`'; echo; grep -v "^\s*$" "$LOGS/$name.log" | grep -E "^\||^#|users/s|skipped|Error" | head -300; } >>"$MD"
+  { echo; echo "## $name"; echo; echo '`'"$*"'`'; echo; grep -v "^\s*$" "$LOGS/$name.log" | grep -E "^\||^#|users/s|skipped|Error|failed" | head -300; } >>"$MD"
 }
 run unique_columns 40 $PY benchmarks/bench_unique_columns.py --device cuda --events 620000 --out "$OUT/unique_columns.json"
 B="$PY benchmarks/bench_train.py --w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10}"
