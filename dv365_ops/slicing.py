@@ -211,21 +211,78 @@ def _sparse_table_grads(grad, weight_sum, ids, offsets, ts, cats, floats, reques
     backward op scatters straight into a ``[unique, D]`` gradient: already summed and sorted, so no kernel is
     added and the optimizer (and DDP's gather) take the rows as they are. Tables that pool one id column share its
     ``unique``. A touched row that no slice keeps gets a zero row, as with the per-event rows."""
-    uniques: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-    local_ids, touched = [], []
-    for i in ids:
-        key = _storage_key(i)
-        if key not in uniques:
-            uniques[key] = torch.unique(i, sorted=True, return_inverse=True)
-        rows, inverse = uniques[key]
-        touched.append(rows)
-        local_ids.append(inverse)
+    rows_of, inverse_of = _unique_columns(ids, num_rows)
     op = _backend.resolve("sliced_pool_backward", grad.device)
-    values = op(grad, weight_sum, local_ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f,
-                [r.numel() for r in touched])
+    values = op(grad, weight_sum, inverse_of, offsets, ts, cats, floats, request_ts, prog_i, prog_f,
+                [r.numel() for r in rows_of])
     d = grad.shape[2]
     return [torch.sparse_coo_tensor(r[None], v, (n, d), is_coalesced=True, check_invariants=False)
-            for r, v, n in zip(touched, values, num_rows)]
+            for r, v, n in zip(rows_of, values, num_rows)]
+
+
+def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
+                    method: str | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per table, ``torch.unique(ids[t], sorted=True, return_inverse=True)``, once per distinct id column.
+
+    On CUDA every ``unique`` waits for the device to learn its size, so the columns are renumbered together: the
+    columns stacked, each shifted past the rows of the columns before it (which keeps them apart and in order),
+    then one read of where each column's rows start. ``method``:
+
+    - ``"mark"`` (when the tables' rows are at most about 4x the ids, as at W40K): mark the touched rows in a
+      ``[rows]`` vector, its running sum numbers them; no sort, one wait (for the counts). The fastest on the
+      CPU too at such sizes (``benchmarks/bench_unique_columns.py``).
+    - ``"sort"`` (CUDA, many more rows): one ``unique`` of the stacked columns, two waits.
+    - ``"per column"`` (the CPU, many more rows): one ``unique`` per column; there is no wait to save, and one
+      sort of all the columns measured slower.
+
+    The ids are in range (the forward checked them), so a column's shift is the most rows of the tables that
+    pool it."""
+    column_of, columns, span = {}, [], []
+    for i, n in zip(ids, num_rows):
+        key = _storage_key(i)
+        if key not in column_of:
+            column_of[key] = len(columns)
+            columns.append(i)
+            span.append(0)
+        c = column_of[key]
+        span[c] = max(span[c], int(n))
+    shift = [0]
+    for n in span:
+        shift.append(shift[-1] + n)
+    device, events = columns[0].device, sum(c.numel() for c in columns)
+    if method is None:
+        cuda = device.type == "cuda"
+        # the mark's passes over every row cost next to nothing on a GPU, and about what a sort of as many ids does
+        # on the CPU
+        method = "mark" if shift[-1] <= 4 * events + (1 << 16 if cuda else 0) else "sort" if cuda else "per column"
+    if method == "per column" or (method == "sort" and len(columns) == 1):
+        per_column = [torch.unique(c, sorted=True, return_inverse=True) for c in columns]
+    else:
+        shift_t = torch.tensor(shift, dtype=torch.int64).to(device, non_blocking=True)
+        flat = (torch.stack(columns) + shift_t[:-1, None]).view(-1)
+        if method == "mark":
+            # mark[1 + row] = 1 for every touched row; csum[k] = the touched rows below row k
+            mark = torch.zeros(shift[-1] + 1, dtype=torch.int32, device=device)
+            mark[flat + 1] = 1
+            csum = torch.cumsum(mark, 0)
+            bounds = csum[shift_t].tolist()
+            # touched row k goes to slot csum[k], the others to a spare last slot (its value is dropped)
+            slot = torch.where(mark[1:].bool(), csum[:-1], bounds[-1])
+            uniq = torch.empty(bounds[-1] + 1, dtype=torch.int64, device=device)
+            uniq.scatter_(0, slot, torch.arange(shift[-1], device=device))
+            uniq = uniq[:-1]
+            inverse = csum[flat]
+        else:
+            uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+            bounds = [0, *torch.searchsorted(uniq, shift_t[1:-1]).tolist(), uniq.numel()]
+        inverse = inverse.view(len(columns), -1)
+        per_column = []
+        for c in range(len(columns)):
+            lo, hi = bounds[c], bounds[c + 1]
+            per_column.append((uniq[lo:hi] - shift[c] if shift[c] else uniq[lo:hi],
+                               inverse[c] - lo if lo else inverse[c]))
+    key_of = [column_of[_storage_key(i)] for i in ids]
+    return [per_column[c][0] for c in key_of], [per_column[c][1] for c in key_of]
 
 
 def _storage_key(x: torch.Tensor) -> tuple:

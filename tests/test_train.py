@@ -293,3 +293,59 @@ def test_rowwise_adagrad_shares_unique_rows_between_tables_on_one_index_tensor()
             o.step()
     torch.testing.assert_close(a.detach(), solo[0].detach(), rtol=0, atol=0)
     torch.testing.assert_close(b.detach(), solo[1].detach(), rtol=0, atol=0)
+
+
+def _rowwise_pair(device, dtype, wd, sparse, fused_first=True):
+    """Two copies of a table, one updated by the fused Triton kernel and one by the torch ops (fused=False), over
+    three steps of sparse (coalesced touched rows, or repeated unsorted rows) or dense (None) gradients."""
+    from dv365.train.optim import RowWiseAdagrad
+
+    g = torch.Generator().manual_seed(7)
+    rows, dim, lr = 300, 37, 0.07  # an odd width: the kernel's column mask
+    start = torch.randn(rows, dim, generator=g).to(dtype)
+    fused_p, torch_p = (torch.nn.Parameter(start.clone().to(device)) for _ in range(2))
+    fused = RowWiseAdagrad([fused_p], lr=lr, weight_decay=wd, fused=True)
+    plain = RowWiseAdagrad([torch_p], lr=lr, weight_decay=wd, fused=False)
+    for step in range(3):
+        idx = torch.unique(torch.randint(0, rows, (120,), generator=g)).to(device)
+        vals = (torch.randn(idx.numel(), dim, generator=g) * (step + 1)).to(device, dtype)
+        if sparse == "repeated":  # nn.Embedding's: one row per lookup, unsorted, repeated rows
+            idx = torch.randint(0, rows, (120,), generator=g).to(device)
+            vals = (torch.randn(idx.numel(), dim, generator=g) * (step + 1)).to(device, dtype)
+        for p in (fused_p, torch_p):
+            p.grad = (torch.sparse_coo_tensor(idx[None], vals, (rows, dim), is_coalesced=sparse == "coalesced")
+                      if sparse else torch.zeros(rows, dim, device=device, dtype=dtype).index_add_(0, idx, vals))
+        fused.step()
+        plain.step()
+    return fused_p, torch_p, fused.state[fused_p]["sum"], plain.state[torch_p]["sum"], start.to(device), idx
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("wd", [0.0, 0.03])
+@pytest.mark.parametrize("sparse", ["coalesced", "repeated", None])
+def test_fused_rowwise_adagrad_matches_the_torch_update(dtype, wd, sparse):
+    """The Triton kernel (under TRITON_INTERPRET=1 on the CPU, on the GPU when there is one) against the torch ops
+    of the same optimizer: the accumulator up to the order a row's mean sums in, the weights to the rounding of
+    the table's dtype (the interpreter rounds to bfloat16 by truncation, the GPU to nearest)."""
+    triton = pytest.importorskip("triton")  # noqa: F841
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton kernel runs on the CPU only under TRITON_INTERPRET=1")
+    fused_p, torch_p, fused_acc, torch_acc, start, _ = _rowwise_pair(device, dtype, wd, sparse)
+    # bf16 with weight decay: the weights' rounding reaches the next step's gradient, so the accumulator
+    torch.testing.assert_close(fused_acc, torch_acc, rtol=2e-2 if dtype == torch.bfloat16 else 2e-6, atol=0)
+    tol = {torch.float32: (2e-6, 1e-6), torch.float64: (2e-6, 1e-6), torch.bfloat16: (3 * 2**-7, 1e-2)}[dtype]  # bf16: an ulp a step
+    torch.testing.assert_close(fused_p.detach(), torch_p.detach(), rtol=tol[0], atol=tol[1])
+    assert not torch.equal(fused_p.detach(), start)  # the step did something
+    untouched = torch_acc == 0
+    if sparse:  # rows no step touched keep their weights and a zero accumulator
+        assert untouched.any() and torch.equal(fused_p.detach()[untouched], start[untouched])
+        assert torch.equal(fused_acc[untouched], torch_acc[untouched])
+
+
+def test_fused_rowwise_adagrad_is_not_used_on_the_cpu():
+    """fused=None (the default) keeps the torch ops on the CPU: bitwise resume there relies on them."""
+    from dv365.train.optim import RowWiseAdagrad
+
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    assert not RowWiseAdagrad([p])._fused(p)
