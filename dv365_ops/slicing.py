@@ -250,11 +250,11 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
     for n in span:
         shift.append(shift[-1] + n)
     device, events = columns[0].device, sum(c.numel() for c in columns)
+    if method is None and _tracing(columns):
+        # a traced backward (torch.compile, opcheck) cannot branch on the counts a mark or a stacked sort reads back
+        method = "per column"
     if method is None:
-        cuda = device.type == "cuda"
-        # the mark's passes over every row cost next to nothing on a GPU, and about what a sort of as many ids does
-        # on the CPU
-        method = "mark" if shift[-1] <= 4 * events + (1 << 16 if cuda else 0) else "sort" if cuda else "per column"
+        method = _unique_method(device, shift[-1], events)
     if method == "per column" or (method == "sort" and len(columns) == 1):
         per_column = [torch.unique(c, sorted=True, return_inverse=True) for c in columns]
     else:
@@ -283,6 +283,17 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
                                inverse[c] - lo if lo else inverse[c]))
     key_of = [column_of[_storage_key(i)] for i in ids]
     return [per_column[c][0] for c in key_of], [per_column[c][1] for c in key_of]
+
+
+def _unique_method(device: torch.device, rows: int, events: int) -> str:
+    cuda = device.type == "cuda"
+    # the mark's passes over every row cost next to nothing on a GPU, and about what a sort of as many ids does on
+    # the CPU
+    return "mark" if rows <= 4 * events + (1 << 16 if cuda else 0) else "sort" if cuda else "per column"
+
+
+def _tracing(tensors: list[torch.Tensor]) -> bool:
+    return torch.compiler.is_compiling() or torch._guards.detect_fake_mode(tensors) is not None
 
 
 def _storage_key(x: torch.Tensor) -> tuple:

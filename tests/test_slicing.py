@@ -427,6 +427,16 @@ def test_opcheck(device, op_name):
         torch.library.opcheck(getattr(torch.ops.dv365, op_name), args)
 
 
+@pytest.mark.parametrize("method", ["mark", "sort"])
+def test_opcheck_sparse_backward_numbering(device, method, monkeypatch):
+    """The sparse backward numbers touched rows by a mark or a stacked sort when it runs eagerly (the CUDA default);
+    traced (opcheck's AOT checks, torch.compile), it cannot read the counts back and numbers per column."""
+    monkeypatch.setattr(dv365_ops.slicing, "_unique_method", lambda *a: method)
+    for args in OPCHECK_SAMPLES["sliced_pool"](device):
+        if args[-1] is True:  # the sparse samples
+            torch.library.opcheck(torch.ops.dv365.sliced_pool, args)
+
+
 class _SlicedTokens(torch.nn.Module):
     """Pools every slice of the users' histories and projects the tokens, like the user tower input."""
 
