@@ -3,11 +3,20 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "slice_plan.h"
+
 extern "C" {
-// A dummy module init so that `from dv365_ops import _C` loads this library (and runs the static
-// registrations below) without pybind11.
+// How many slice plans this process has built (tests count them to see that plans are reused per program).
+static PyObject* dv365_plan_builds(PyObject*, PyObject*) { return PyLong_FromLongLong(dv365::plan::slice_plan_builds()); }
+
+// A module init so that `from dv365_ops import _C` loads this library (and runs the static registrations below)
+// without pybind11.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"_plan_builds", dv365_plan_builds, METH_NOARGS, "slice plans built by this process"},
+      {nullptr, nullptr, 0, nullptr},
+  };
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }
@@ -36,6 +45,9 @@ TORCH_LIBRARY(dv365, m) {
   m.def(
       "sliced_pool_backward(Tensor grad, Tensor weight_sum, Tensor[] ids, Tensor offsets, Tensor ts, Tensor cats, "
       "Tensor floats, Tensor request_ts, Tensor prog_i, Tensor prog_f, SymInt[] num_rows) -> Tensor[]");
+  m.def(
+      "plan_slices(Tensor prog_i, Tensor prog_f, int num_tables, int cat_fields, int float_fields) -> "
+      "(Tensor plan_i, Tensor plan_f)");
   m.def(
       "sliced_pool_backward_rows(Tensor grad, Tensor weight_sum, Tensor[] ids, Tensor offsets, Tensor ts, "
       "Tensor cats, Tensor floats, Tensor request_ts, Tensor prog_i, Tensor prog_f) -> Tensor[]");

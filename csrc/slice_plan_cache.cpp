@@ -1,0 +1,113 @@
+// The per-program plan cache (slice_plan_cache.h) and dv365::plan_slices, the plan as tensors for Python.
+#include "slice_plan_cache.h"
+
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <list>
+
+#include "dv365.h"
+
+namespace dv365::plan {
+namespace {
+
+struct Key {
+  at::Tensor prog_i, prog_f;  // held: no other program can take their storage while the entry lives
+  int64_t vi = 0, vf = 0, T = 0, C = 0, F = 0;
+  bool same(const at::Tensor& pi, const at::Tensor& pf, int64_t t, int64_t c, int64_t f) const {
+    return pi.unsafeGetTensorImpl() == prog_i.unsafeGetTensorImpl() &&
+           pf.unsafeGetTensorImpl() == prog_f.unsafeGetTensorImpl() && static_cast<int64_t>(pi._version()) == vi &&
+           static_cast<int64_t>(pf._version()) == vf && t == T && c == C && f == F;
+  }
+};
+
+struct Cache {
+  std::mutex mu;
+  std::list<std::pair<Key, std::shared_ptr<CachedPlan>>> entries;  // most recently used first
+};
+
+// Never destroyed: entries may hold CUDA tensors, which must not be freed after the CUDA runtime shut down.
+Cache& cache() {
+  static Cache* c = new Cache;
+  return *c;
+}
+
+bool versioned(const at::Tensor& pi, const at::Tensor& pf) { return !pi.is_inference() && !pf.is_inference(); }
+
+std::shared_ptr<CachedPlan> build(const char* op, const at::Tensor& prog_i_in, const at::Tensor& prog_f_in,
+                                  int64_t T, int64_t C, int64_t F) {
+  const at::Tensor prog_i = prog_i_in.contiguous().cpu(), prog_f = prog_f_in.contiguous().cpu();
+  auto entry = std::make_shared<CachedPlan>();
+  const std::string error = build_slice_plan(prog_i.data_ptr<int64_t>(), prog_f.data_ptr<double>(), prog_i.size(0),
+                                             T, C, F, entry->plan);
+  DV365_CHECK(error.empty(), op, error);
+  std::vector<int64_t> pi;
+  std::vector<double> pf;
+  serialize_slice_plan(entry->plan, pi, pf);
+  entry->plan_i = at::empty({static_cast<int64_t>(pi.size())}, at::TensorOptions().dtype(at::kLong));
+  entry->plan_f = at::empty({static_cast<int64_t>(pf.size())}, at::TensorOptions().dtype(at::kDouble));
+  std::memcpy(entry->plan_i.data_ptr<int64_t>(), pi.data(), pi.size() * sizeof(int64_t));
+  if (!pf.empty()) std::memcpy(entry->plan_f.data_ptr<double>(), pf.data(), pf.size() * sizeof(double));
+  return entry;
+}
+
+}  // namespace
+
+std::shared_ptr<CachedPlan> find_plan(const at::Tensor& prog_i, const at::Tensor& prog_f, int64_t T, int64_t C,
+                                      int64_t F) {
+  if (!versioned(prog_i, prog_f)) return nullptr;
+  Cache& c = cache();
+  const std::lock_guard<std::mutex> lock(c.mu);
+  for (auto it = c.entries.begin(); it != c.entries.end(); ++it) {
+    if (it->first.same(prog_i, prog_f, T, C, F)) {
+      c.entries.splice(c.entries.begin(), c.entries, it);
+      return c.entries.front().second;
+    }
+  }
+  return nullptr;
+}
+
+std::shared_ptr<CachedPlan> plan_of(const char* op, const at::Tensor& prog_i, const at::Tensor& prog_f, int64_t T,
+                                    int64_t C, int64_t F) {
+  DV365_CHECK(prog_i.dim() == 2 && prog_i.size(1) == prog::kNumInt && prog_i.scalar_type() == at::kLong, op,
+              "prog_i must be an int64 tensor of shape [S, ", int64_t(prog::kNumInt), "], got ", prog_i.scalar_type(),
+              " ", prog_i.sizes());
+  const int64_t S = prog_i.size(0);
+  DV365_CHECK(prog_f.dim() == 2 && prog_f.size(0) == S && prog_f.size(1) == prog::kNumFloat &&
+                  prog_f.scalar_type() == at::kDouble,
+              op, "prog_f must be a float64 tensor of shape [S=", S, ", ", int64_t(prog::kNumFloat), "], got ",
+              prog_f.scalar_type(), " ", prog_f.sizes());
+  if (auto hit = find_plan(prog_i, prog_f, T, C, F)) return hit;
+  auto entry = build(op, prog_i, prog_f, T, C, F);
+  if (!versioned(prog_i, prog_f)) return entry;
+  Key key{prog_i, prog_f, static_cast<int64_t>(prog_i._version()), static_cast<int64_t>(prog_f._version()), T, C, F};
+  Cache& c = cache();
+  const std::lock_guard<std::mutex> lock(c.mu);
+  // another thread may have planned the same program meanwhile: keep one entry
+  for (auto it = c.entries.begin(); it != c.entries.end(); ++it) {
+    if (it->first.same(prog_i, prog_f, T, C, F)) return it->second;
+  }
+  c.entries.emplace_front(std::move(key), entry);
+  if (c.entries.size() > kMaxPrograms) c.entries.pop_back();
+  return entry;
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> plan_slices_cpu(const at::Tensor& prog_i, const at::Tensor& prog_f,
+                                                   int64_t num_tables, int64_t cat_fields, int64_t float_fields) {
+  const char* op = "plan_slices";
+  DV365_CHECK(prog_i.device().is_cpu() && prog_f.device().is_cpu(), op, "prog_i and prog_f must be CPU tensors");
+  DV365_CHECK(num_tables >= 0 && cat_fields >= 0 && float_fields >= 0, op,
+              "num_tables, cat_fields and float_fields must be >= 0, got ", num_tables, ", ", cat_fields, ", ",
+              float_fields);
+  const auto entry = plan_of(op, prog_i, prog_f, num_tables, cat_fields, float_fields);
+  // copies: the caller owns what it gets, the cache keeps its own
+  return {entry->plan_i.clone(), entry->plan_f.clone()};
+}
+
+}  // namespace
+}  // namespace dv365::plan
+
+TORCH_LIBRARY_IMPL(dv365, CPU, m) { m.impl("plan_slices", &dv365::plan::plan_slices_cpu); }
