@@ -12,13 +12,32 @@
 namespace dv365::plan {
 namespace {
 
+// A program tensor's data: its storage, view and dtype. A view of the same storage with the same geometry and dtype
+// is the same program (MultiSlicePooling passes a fresh float64 view of its int64 prog_f buffer every call); views
+// share their base's version counter.
+struct Data {
+  at::Tensor held;  // no other program can take the storage while the entry lives
+  const void* storage = nullptr;
+  int64_t offset = 0, version = 0;
+  std::vector<int64_t> sizes, strides;
+  at::ScalarType dtype = at::kLong;
+  c10::Device device = c10::Device(c10::kCPU);
+  static Data of(const at::Tensor& t) {
+    return {t, t.storage().unsafeGetStorageImpl(), t.storage_offset(), static_cast<int64_t>(t._version()),
+            t.sizes().vec(), t.strides().vec(), t.scalar_type(), t.device()};
+  }
+  bool same(const at::Tensor& t) const {
+    return t.storage().unsafeGetStorageImpl() == storage && t.storage_offset() == offset &&
+           static_cast<int64_t>(t._version()) == version && t.scalar_type() == dtype && t.device() == device &&
+           t.sizes().equals(sizes) && t.strides().equals(strides);
+  }
+};
+
 struct Key {
-  at::Tensor prog_i, prog_f;  // held: no other program can take their storage while the entry lives
-  int64_t vi = 0, vf = 0, T = 0, C = 0, F = 0;
+  Data prog_i, prog_f;
+  int64_t T = 0, C = 0, F = 0;
   bool same(const at::Tensor& pi, const at::Tensor& pf, int64_t t, int64_t c, int64_t f) const {
-    return pi.unsafeGetTensorImpl() == prog_i.unsafeGetTensorImpl() &&
-           pf.unsafeGetTensorImpl() == prog_f.unsafeGetTensorImpl() && static_cast<int64_t>(pi._version()) == vi &&
-           static_cast<int64_t>(pf._version()) == vf && t == T && c == C && f == F;
+    return t == T && c == C && f == F && prog_i.same(pi) && prog_f.same(pf);
   }
 };
 
@@ -81,7 +100,7 @@ std::shared_ptr<CachedPlan> plan_of(const char* op, const at::Tensor& prog_i, co
   if (auto hit = find_plan(prog_i, prog_f, T, C, F)) return hit;
   auto entry = build(op, prog_i, prog_f, T, C, F);
   if (!versioned(prog_i, prog_f)) return entry;
-  Key key{prog_i, prog_f, static_cast<int64_t>(prog_i._version()), static_cast<int64_t>(prog_f._version()), T, C, F};
+  Key key{Data::of(prog_i), Data::of(prog_f), T, C, F};
   Cache& c = cache();
   const std::lock_guard<std::mutex> lock(c.mu);
   // another thread may have planned the same program meanwhile: keep one entry

@@ -1,9 +1,10 @@
 // Plans keyed per program (slice_plan.h builds them): the CPU kernels, the CUDA host and dv365::plan_slices
 // look a program's plan up here instead of planning it on every call.
 //
-// A program is its two tensors at their versions: the cache holds the tensors (so their storage cannot be reused
-// by another program while the entry lives) and torch's version counters (an in-place write through torch bumps
-// them, so an edited program is planned again). Inference tensors have no version counter: their plan is built
+// A program is the data of its two tensors (storage, view, dtype) at their versions: the cache holds the tensors
+// (so their storage cannot be reused by another program while the entry lives) and torch's version counters (an
+// in-place write through torch bumps them, so an edited program is planned again; a write that bypasses them,
+// through .data, DLPack or another library, is not seen). Inference tensors have no version counter: their plan is built
 // on every call and not kept. The cache keeps the most recently used kMaxPrograms programs.
 #pragma once
 
