@@ -167,8 +167,11 @@ def _check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, reques
 @torch.library.register_fake("dv365::plan_slices")
 def _fake_plan_slices(prog_i, prog_f, num_tables, cat_fields, float_fields):
     op, c, name_of, sizes = "plan_slices", _checks.check, _checks.dtype_name, _checks.sizes
-    c(op, prog_i.device.type == "cpu" and prog_f.device.type == "cpu",
+    # (meta tensors stand in for CPU ones)
+    c(op, prog_i.device.type in ("cpu", "meta") and prog_f.device.type in ("cpu", "meta"),
       lambda: "prog_i and prog_f must be CPU tensors")
+    c(op, num_tables >= 0 and cat_fields >= 0 and float_fields >= 0,
+      lambda: f"num_tables, cat_fields and float_fields must be >= 0, got {num_tables}, {cat_fields}, {float_fields}")
     c(op, prog_i.dim() == 2 and prog_i.shape[1] == P.NUM_INT and prog_i.dtype == torch.int64,
       lambda: f"prog_i must be an int64 tensor of shape [S, {P.NUM_INT}], got {name_of(prog_i.dtype)} {sizes(prog_i)}")
     c(op, prog_f.dim() == 2 and prog_f.shape[0] == prog_i.shape[0] and prog_f.shape[1] == P.NUM_FLOAT

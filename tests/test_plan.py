@@ -211,9 +211,16 @@ def test_bad_plan_arguments():
         dv365_ops.plan_slices(prog_i, prog_f, -1, len(CATS), 2)
 
 
-def test_plan_slices_opcheck_and_fake():
+def _plan_sample():
     prog_i, prog_f = random_program(12, num_tables=len(ROWS), cat_cardinality=CATS)
-    torch.library.opcheck(torch.ops.dv365.plan_slices.default, (prog_i, prog_f, len(ROWS), len(CATS), 2))
+    return prog_i, prog_f, len(ROWS), len(CATS), 2
+
+
+OPCHECK_SAMPLES = {"plan_slices": _plan_sample}
+
+
+def test_opcheck():
+    torch.library.opcheck(torch.ops.dv365.plan_slices.default, OPCHECK_SAMPLES["plan_slices"]())
 
 
 # ---- every backend runs the plan, kept once per program
