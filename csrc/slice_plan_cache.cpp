@@ -7,6 +7,7 @@
 #include <cstring>
 #include <list>
 
+#include "checks/slicing.h"
 #include "dv365.h"
 
 namespace dv365::plan {
@@ -89,14 +90,7 @@ std::shared_ptr<CachedPlan> find_plan(const at::Tensor& prog_i, const at::Tensor
 
 std::shared_ptr<CachedPlan> plan_of(const char* op, const at::Tensor& prog_i, const at::Tensor& prog_f, int64_t T,
                                     int64_t C, int64_t F) {
-  DV365_CHECK(prog_i.dim() == 2 && prog_i.size(1) == prog::kNumInt && prog_i.scalar_type() == at::kLong, op,
-              "prog_i must be an int64 tensor of shape [S, ", int64_t(prog::kNumInt), "], got ", prog_i.scalar_type(),
-              " ", prog_i.sizes());
-  const int64_t S = prog_i.size(0);
-  DV365_CHECK(prog_f.dim() == 2 && prog_f.size(0) == S && prog_f.size(1) == prog::kNumFloat &&
-                  prog_f.scalar_type() == at::kDouble,
-              op, "prog_f must be a float64 tensor of shape [S=", S, ", ", int64_t(prog::kNumFloat), "], got ",
-              prog_f.scalar_type(), " ", prog_f.sizes());
+  checks::program_shapes(op, prog_i, prog_f);
   if (auto hit = find_plan(prog_i, prog_f, T, C, F)) return hit;
   auto entry = build(op, prog_i, prog_f, T, C, F);
   if (!versioned(prog_i, prog_f)) return entry;

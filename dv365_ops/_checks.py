@@ -41,9 +41,3 @@ def check_same_device(op: str, name: str, x: torch.Tensor, ref: torch.Tensor, re
     if x.device != ref.device:
         raise RuntimeError(f"dv365::{op}: {name} must be on the same device as {ref_name} ({ref.device}), "
                            f"got {x.device}")
-
-
-def cpu_word(device: torch.device) -> str:
-    """``"CPU "`` where the CPU kernel's message says "a ... CPU tensor", empty for other devices (the CUDA
-    kernels' messages say "a ... tensor")."""
-    return "CPU " if device.type == "cpu" else ""

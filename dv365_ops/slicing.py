@@ -80,8 +80,8 @@ def _check_timeline(op, tables, ids, offsets, ts, cats, floats, request_ts, prog
 
 def _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_tables=None) -> None:
     """The metadata checks (devices, dtypes, ranks, shapes) that every slicing kernel makes on the timeline and the
-    program, with the compiled kernels' messages (csrc/cpu/slicing.cpp ``check_timeline`` and ``compile_program``,
-    csrc/cuda/slicing_ops.cpp). The fakes and the Triton wrappers call it; the data checks (offsets, ascending ts,
+    program, with the compiled kernels' messages (csrc/checks/slicing.h, which the CPU and CUDA hosts share, and
+    csrc/cpu/slicing.cpp ``compile_program``). The fakes and the Triton wrappers call it; the data checks (offsets, ascending ts,
     categorical values, program entries, id ranges) need the values and stay with each kernel."""
     c, name_of, sizes = _checks.check, _checks.dtype_name, _checks.sizes
     # every tensor on the timeline's device, the program included (the CPU kernels read it on the CPU, CUDA
@@ -102,11 +102,9 @@ def _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i,
       lambda: f"cats must be an integer tensor (int8), got {name_of(cats.dtype)}")
     c(op, floats.dtype == torch.float32, lambda: f"floats must be float32, got {name_of(floats.dtype)}")
     c(op, floats.dim() == 2 and floats.shape[1] == n, lambda: f"floats must have shape [F, N={n}], got {sizes(floats)}")
-    cpu = _checks.cpu_word(ts.device)
     for t, x in enumerate(ids):
         c(op, x.dtype == torch.int64 and x.dim() == 1 and x.shape[0] == n,
-          lambda: f"ids[{t}] must be a 1-D int64 {cpu}tensor of N={n} events, got {name_of(x.dtype)} {sizes(x)}"
-          + (f" on {x.device}" if cpu else ""))
+          lambda: f"ids[{t}] must be a 1-D int64 tensor of N={n} events, got {name_of(x.dtype)} {sizes(x)}")
     c(op, prog_i.dim() == 2 and prog_i.shape[1] == P.NUM_INT and prog_i.dtype == torch.int64,
       lambda: f"prog_i must be an int64 tensor of shape [S, {P.NUM_INT}], got {name_of(prog_i.dtype)} {sizes(prog_i)}")
     c(op, prog_f.dim() == 2 and prog_f.shape[0] == prog_i.shape[0] and prog_f.shape[1] == P.NUM_FLOAT
@@ -118,7 +116,7 @@ def _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i,
 
 
 def _check_tables(op, tables, ids, ts) -> None:
-    """The tables' checks (csrc/cpu/slicing.cpp ``check_tables``): one dtype, one width D, 2-D, on ts's device."""
+    """The tables' checks (csrc/checks/slicing.h ``tables``): one dtype, one width D, 2-D, on ts's device."""
     c, name_of = _checks.check, _checks.dtype_name
     c(op, len(tables) >= 1, lambda: "tables must hold at least one table")
     c(op, len(ids) == len(tables), lambda: f"ids must hold one tensor per table ({len(tables)}), got {len(ids)}")
@@ -141,8 +139,8 @@ def _check_sliced_pool(tables, ids, offsets, ts, cats, floats, request_ts, prog_
 
 def _check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f,
                     num_rows=None) -> None:
-    """The backward ops' metadata checks (csrc/cpu/slicing.cpp ``check_backward``); ``num_rows`` is None for the
-    per-event rows op."""
+    """The backward ops' metadata checks (csrc/checks/slicing.h ``backward`` and ``num_rows``); ``num_rows`` is None
+    for the per-event rows op."""
     c, name_of, sizes = _checks.check, _checks.dtype_name, _checks.sizes
     _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
     _checks.check_same_device(op, "grad", grad, ts, "ts")
@@ -150,12 +148,11 @@ def _check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, reques
     b, s = offsets.shape[0] - 1, prog_i.shape[0]
     c(op, grad.dtype in _checks.FLOAT_TYPES,
       lambda: f"grad must be float32, bfloat16, float16 or float64, got {name_of(grad.dtype)}")
-    device_word = "CPU" if ts.device.type == "cpu" else "floating point"
     c(op, grad.dim() == 3 and grad.shape[0] == b and grad.shape[1] == s,
-      lambda: f"grad must be a {device_word} tensor of shape [B={b}, S={s}, D], got {sizes(grad)}")
+      lambda: f"grad must be a tensor of shape [B={b}, S={s}, D], got {sizes(grad)}")
     c(op, weight_sum.dtype == torch.float32 and weight_sum.dim() == 2 and weight_sum.shape[0] == b
       and weight_sum.shape[1] == s,
-      lambda: f"weight_sum must be a float32 {_checks.cpu_word(ts.device)}tensor of shape [B={b}, S={s}], got "
+      lambda: f"weight_sum must be a float32 tensor of shape [B={b}, S={s}], got "
       f"{name_of(weight_sum.dtype)} {sizes(weight_sum)}")
     if num_rows is not None:
         c(op, len(num_rows) == len(ids),

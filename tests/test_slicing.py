@@ -496,7 +496,7 @@ def test_bad_inputs_other_ops(device):
         torch.ops.dv365.sliced_pool_backward(grad, wsum, *_timeline_args(a), [ROWS[0]])
     with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward: ids\[1\]\[\d+\] = \d+ is out of range"):
         torch.ops.dv365.sliced_pool_backward(grad, wsum, *_timeline_args(a), [ROWS[0], 1])
-    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: grad must be a \w+ tensor of shape \[B=2, S=4, D\]"):
+    with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: grad must be a tensor of shape \[B=2, S=4, D\]"):
         torch.ops.dv365.sliced_pool_backward_rows(grad[:, :3], wsum, *_timeline_args(a))
     with pytest.raises(RuntimeError, match=r"dv365::sliced_pool_backward_rows: weight_sum must be a float32"):
         torch.ops.dv365.sliced_pool_backward_rows(grad, wsum.double(), *_timeline_args(a))

@@ -12,7 +12,6 @@ against the reference before timing. Writes bench.json and bench.md under --out 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -20,6 +19,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import tempfile
 import traceback
 
 import torch
@@ -170,34 +170,57 @@ def sliced_peers(w: dict):
             ("dense W bf16 matmul", dense_matmul, 1), ("index_select only (floor)", index_select_only, 0)]
 
 
-# The forward's knobs (DV365_SP_*, read per call; docs/backends.md), each against the defaults in the same run.
+# The forward's knobs (DV365_SP_*, docs/tuning.md), each against the defaults in the same run. The ops read the
+# knobs once per process, so each variant is timed in a child process (sp_variant) on the same seeded workload.
 SP_SWEEP = {
-    torch.float32: [{"KEEP": "0"}, {"ACC": "1"}, {"ACC": "2"}, {"ROWS": "16"}, {"ITEM": "512"}, {"ITEM": "2048"},
-                    {"ITEM": "512", "ROWS": "16"}, {"GROUPS": "6"}, {"GROUPS": "11"}, {"GROUPS": "16"}],
-    torch.bfloat16: [{"KEEP": "0"}, {"ACC": "1"}, {"ROWS": "16"}, {"ITEM": "512"}, {"GROUPS": "11"}],
+    torch.float32: [{"KEEP": "0"}, {"ROWS": "16"}, {"ITEM": "512"}, {"ITEM": "2048"}, {"ITEM": "512", "ROWS": "16"},
+                    {"GROUPS": "6"}, {"GROUPS": "11"}, {"GROUPS": "16"}],
+    torch.bfloat16: [{"KEEP": "0"}, {"ROWS": "16"}, {"ITEM": "512"}, {"GROUPS": "11"}],
 }
 
 
-@contextlib.contextmanager
-def sp_knobs(knobs: dict):
-    """The CUDA sliced_pool knobs DV365_SP_<name> = value (read per call) for the block, removed after it."""
-    env = {f"DV365_SP_{k}": v for k, v in knobs.items()}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k in env:
-            os.environ.pop(k)
+def sp_variant(knobs: dict, dtype: torch.dtype, batch: int, what: list, expected: str | None = None) -> dict:
+    """Milliseconds of the native sliced_pool ops named in ``what`` ("fwd", "bwd dense", "bwd rows") on
+    W40K(batch, dtype) in a fresh process whose environment sets DV365_SP_<name> = value for the knobs. With
+    ``expected`` (a torch.save'd (pooled, weight_sum)) the child first checks its forward against it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DV365_SP_")}
+    env.update({f"DV365_SP_{k}": v for k, v in knobs.items()})
+    spec = dict(dtype=str(dtype).removeprefix("torch."), batch=batch, what=what, expected=expected)
+    done = subprocess.run([sys.executable, __file__, "--sp-child", json.dumps(spec)], env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"DV365_SP {knobs}: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def sp_child(spec: dict) -> None:
+    """The child side of sp_variant: prints {what: ms} as the last line."""
+    dtype = getattr(torch, spec["dtype"])
+    w = w40k(spec["batch"], dtype)
+    args = [w[k] for k in ("tables", "ids", "offsets", "ts", "cats", "floats", "request_ts", "prog_i", "prog_f")]
+    pooled, wsum = ops.sliced_pool(*args)
+    if spec["expected"]:
+        e_pooled, e_wsum = torch.load(spec["expected"])
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(pooled.float(), e_pooled.float(), atol=tol, rtol=tol)
+        torch.testing.assert_close(wsum, e_wsum, atol=1e-3, rtol=1e-4)
+    grad = torch.randn_like(pooled)
+    rest = args[1:]
+    rows = [t.shape[0] for t in w["tables"]]
+    fns = {"fwd": lambda: ops.sliced_pool(*args),
+           "bwd dense": lambda: ops.sliced_pool_backward(grad, wsum, *rest, rows),
+           "bwd rows": lambda: ops.sliced_pool_backward_rows(grad, wsum, *rest)}
+    print(json.dumps({k: bench(fns[k]) for k in spec["what"]}))
 
 
 def sweep_sliced_pool(args, default: dict, expected, case: str, floor: int, copy_gbs: float, b: int) -> None:
     tol = 1e-4 if expected[0].dtype == torch.float32 else 2e-2
-    for knobs in SP_SWEEP[expected[0].dtype]:
-        with sp_knobs(knobs):
-            pooled, wsum = ops.sliced_pool(*args)
-            torch.testing.assert_close(pooled.float(), expected[0].float(), atol=tol, rtol=tol)
-            torch.testing.assert_close(wsum, expected[1], atol=1e-3, rtol=1e-4)
-            ms = bench(lambda: ops.sliced_pool(*args))
+    dtype = args[0][0].dtype
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "expected.pt")
+        torch.save((expected[0].cpu(), expected[1].cpu()), path)
+        times = [(knobs, sp_variant(knobs, dtype, b, ["fwd"], path)["fwd"]) for knobs in SP_SWEEP[dtype]]
+    for knobs, ms in times:
         name = " ".join(f"{k}={v}" for k, v in knobs.items())
         record("sliced_pool fwd", case, f"dv365 cuda ({name})", ms, floor, copy_gbs, users_per_s=b / ms * 1e3,
                sweep=True, vs_default=ms / default["ms"])
@@ -282,11 +305,10 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
         if impl == "dv365 cuda" and batch == 32 and dtype == torch.float32:
             # the backward's default is one block per table and the keep pass; 11-group blocks, and the predicates
             # evaluated in the pooling kernel, for comparison
-            for variant, fn in (("dense", lambda: op(grad, wsum, *rest, rows)),
-                                ("rows", lambda: ops.sliced_pool_backward_rows(grad, wsum, *rest))):
-                for knobs in ({"GROUPS": "11"}, {"KEEP": "0"}):
-                    with sp_knobs(knobs):
-                        ms = bench(fn)
+            for knobs in ({"GROUPS": "11"}, {"KEEP": "0"}):
+                times = sp_variant(knobs, dtype, batch, ["bwd dense", "bwd rows"])
+                for variant in ("dense", "rows"):
+                    ms = times[f"bwd {variant}"]
                     name = " ".join(f"DV365_SP_{k}={v}" for k, v in knobs.items())
                     record(f"sliced_pool bwd {variant}", case, f"dv365 cuda ({name})", ms, bwd_floor, copy_gbs,
                            bwd_over_fwd=ms / results["dv365 cuda"]["ms"], sweep=True)
@@ -450,7 +472,10 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="W40K only (fp32 and bf16), no other ops")
     parser.add_argument("--ops", default="sliced,jagged,token,int4", help="comma-separated subset to run")
+    parser.add_argument("--sp-child", help=argparse.SUPPRESS)  # sp_variant's child process
     args = parser.parse_args()
+    if args.sp_child:
+        return sp_child(json.loads(args.sp_child))
     todo = set(args.ops.split(","))
     if args.quick:
         todo &= {"sliced"}

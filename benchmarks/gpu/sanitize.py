@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import sys
 
 import torch
@@ -34,10 +35,37 @@ def expect_error(fn, *args) -> None:
         raise AssertionError("bad input was accepted")
 
 
+# work items of 64 events; each table in one CTA block (the per-event backward stores its rows), one group per block
+# (the zeroed-atomics path), 3-group blocks; 16 rows in flight; the predicates in the pooling kernels (no keep pass)
+SP_VARIANTS = ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "32"}, {"DV365_SP_GROUPS": "1"}, {"DV365_SP_ROWS": "16"},
+               {"DV365_SP_ROWS": "16", "DV365_SP_GROUPS": "3"}, {"DV365_SP_KEEP": "0"})
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def grouped_program(dtype) -> None:
+    """W40K's grouped program through sliced_pool and both backwards, under this process's DV365_SP_* knobs."""
+    dev = "cuda"
+    rows = (300, 200, 100)
+    tl = testing.random_timeline([700, 0, 90], table_rows=rows, cat_cardinality=testing.W40K_CAT_CARDINALITY,
+                                 span_days=10, device=dev)
+    pi, pf = (t.to(dev) for t in testing.w40k_program(rows))
+    tables = [torch.randn(r, 40, device=dev).to(dtype) for r in rows]
+    targs = (tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"], pi, pf)
+    pooled, wsum = ops.sliced_pool(tables, *targs)
+    grad = torch.randn_like(pooled)
+    ops.sliced_pool_backward(grad, wsum, *targs, list(rows))
+    ops.sliced_pool_backward_rows(grad, wsum, *targs)
+    torch.cuda.synchronize()
+
+
 def main() -> None:
+    if "--sp-variant" in sys.argv:
+        for dtype in DTYPES:
+            grouped_program(dtype)
+        return
     dev = "cuda"
     count = 0
-    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    for dtype in DTYPES:
         lengths = [37, 0, 300, 5]
         n = sum(lengths)
         offsets = random_offsets(lengths, dev)
@@ -69,24 +97,7 @@ def main() -> None:
             ops.sliced_pool_backward(grad, wsum, sids, soff, ts, cats, floats, req, pi, pf, [t.shape[0] for t in tables])
             ops.sliced_pool_backward_rows(grad, wsum, sids, soff, ts, cats, floats, req, pi, pf)
             ops.slice_timeline(sids, soff, ts, cats, floats, req, pi, pf)
-        # W40K's grouped program (each table one CTA block: the per-event backward stores its rows), with
-        # work items of 64 events, then with one group per block (the zeroed-atomics path)
-        rows = (300, 200, 100)
-        tl = testing.random_timeline([700, 0, 90], table_rows=rows, cat_cardinality=testing.W40K_CAT_CARDINALITY,
-                                     span_days=10, device=dev)
-        pi, pf = (t.to(dev) for t in testing.w40k_program(rows))
-        tables = [torch.randn(r, 40, device=dev).to(dtype) for r in rows]
-        targs = (tl["ids"], tl["offsets"], tl["ts"], tl["cats"], tl["floats"], tl["request_ts"], pi, pf)
-        for env in ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "32"}, {"DV365_SP_GROUPS": "1"},
-                    {"DV365_SP_ROWS": "16"}, {"DV365_SP_ACC": "0"}, {"DV365_SP_ACC": "2", "DV365_SP_GROUPS": "3"},
-                    {"DV365_SP_KEEP": "0"}):
-            os.environ.update(env)
-            pooled, wsum = ops.sliced_pool(tables, *targs)
-            grad = torch.randn_like(pooled)
-            ops.sliced_pool_backward(grad, wsum, *targs, list(rows))
-            ops.sliced_pool_backward_rows(grad, wsum, *targs)
-            for k in env:
-                os.environ.pop(k)
+        grouped_program(dtype)
         count += 1
     # bad inputs: rejected, never read out of bounds
     bad_ids = ids.clone()
@@ -102,7 +113,12 @@ def main() -> None:
     inputs[2] = torch.tensor([0, 400, 100, 270], device=dev)
     expect_error(ops.sliced_pool, *inputs)
     torch.cuda.synchronize()
-    print(f"sanitize.py: every CUDA kernel ran ({count} dtypes) and bad inputs were rejected")
+    # the kernel variants of the DV365_SP_* knobs, which the ops read once per process: a child process each
+    # (compute-sanitizer follows child processes)
+    for env in SP_VARIANTS:
+        subprocess.run([sys.executable, __file__, "--sp-variant"], env={**os.environ, **env}, check=True)
+    print(f"sanitize.py: every CUDA kernel ran ({count} dtypes, {len(SP_VARIANTS)} knob variants) and bad inputs "
+          "were rejected")
 
 
 if __name__ == "__main__":

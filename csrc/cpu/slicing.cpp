@@ -27,8 +27,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "../dv365.h"
-#include "../slice_plan_cache.h"
+#include "checks/slicing.h"
+#include "dv365.h"
+#include "slice_plan_cache.h"
 
 namespace dv365 {
 namespace {
@@ -127,10 +128,10 @@ bool use_avx2() {
 #define DV365_ISA_CALL(...) base::__VA_ARGS__
 #endif
 
-// The program's plan for a timeline with T tables, C categorical and F float rows (checked by the builder).
+// The program's plan for a timeline with T tables, C categorical and F float rows (its shapes and entries checked
+// by plan_of; its device, ts's, by checks::timeline).
 Program compile_program(const char* op, const at::Tensor& prog_i, const at::Tensor& prog_f, int64_t T, int64_t C,
                         int64_t F) {
-  DV365_CHECK(prog_i.device().is_cpu() && prog_f.device().is_cpu(), op, "prog_i and prog_f must be CPU tensors");
   Program p;
   p.entry = plan::plan_of(op, prog_i, prog_f, T, C, F);
   p.pl = &p.entry->plan;
@@ -145,24 +146,15 @@ Program compile_program(const char* op, const at::Tensor& prog_i, const at::Tens
   return p;
 }
 
-at::Tensor contiguous_cpu(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype, int64_t dim) {
-  DV365_CHECK(t.device().is_cpu(), op, name, " must be a CPU tensor, got ", t.device());
-  DV365_CHECK(t.scalar_type() == dtype, op, name, " must be ", dtype, ", got ", t.scalar_type());
-  DV365_CHECK(t.dim() == dim, op, name, " must be ", dim, "-D, got shape ", t.sizes());
-  return t.contiguous();
-}
-
-// Validates the timeline arguments shared by every slicing op.
+// Validates the timeline arguments shared by every slicing op: the metadata (checks/slicing.h), then the data.
 Timeline check_timeline(const char* op, at::TensorList ids, const at::Tensor& offsets_in, const at::Tensor& ts_in,
-                        const at::Tensor& cats_in, const at::Tensor& floats_in, const at::Tensor& request_ts_in) {
+                        const at::Tensor& cats_in, const at::Tensor& floats_in, const at::Tensor& request_ts_in,
+                        const at::Tensor& prog_i, const at::Tensor& prog_f) {
+  checks::timeline(op, ids, offsets_in, ts_in, cats_in, floats_in, request_ts_in, prog_i, prog_f);
   Timeline tl;
-  const at::Tensor offsets = contiguous_cpu(op, "offsets", offsets_in, at::kLong, 1);
-  const at::Tensor ts = contiguous_cpu(op, "ts", ts_in, at::kLong, 1);
-  const at::Tensor request_ts = contiguous_cpu(op, "request_ts", request_ts_in, at::kLong, 1);
-  DV365_CHECK(offsets.numel() >= 1, op, "offsets must have B + 1 >= 1 entries");
+  const at::Tensor offsets = offsets_in.contiguous(), ts = ts_in.contiguous(), request_ts = request_ts_in.contiguous();
   tl.B = offsets.numel() - 1;
   tl.N = ts.numel();
-  DV365_CHECK(request_ts.numel() == tl.B, op, "request_ts must have shape [B=", tl.B, "], got ", request_ts.sizes());
   tl.offsets = offsets.data_ptr<int64_t>();
   tl.ts = ts.data_ptr<int64_t>();
   tl.request_ts = request_ts.data_ptr<int64_t>();
@@ -181,11 +173,6 @@ Timeline check_timeline(const char* op, at::TensorList ids, const at::Tensor& of
                 op, "request_ts[", b, "] - ts overflows int64 (user ", b, ")");
   }
 
-  DV365_CHECK(cats_in.device().is_cpu(), op, "cats must be a CPU tensor, got ", cats_in.device());
-  DV365_CHECK(cats_in.dim() == 2 && cats_in.size(1) == tl.N, op, "cats must have shape [C, N=", tl.N, "], got ",
-              cats_in.sizes());
-  DV365_CHECK(at::isIntegralType(cats_in.scalar_type(), /*includeBool=*/false), op,
-              "cats must be an integer tensor (int8), got ", cats_in.scalar_type());
   tl.C = cats_in.size(0);
   at::Tensor cats = cats_in.contiguous();
   AT_DISPATCH_INTEGRAL_TYPES(cats.scalar_type(), "dv365_cats", [&] {
@@ -198,10 +185,6 @@ Timeline check_timeline(const char* op, at::TensorList ids, const at::Tensor& of
   if (cats.scalar_type() != at::kByte && cats.scalar_type() != at::kChar) cats = cats.to(at::kByte);
   tl.cats = static_cast<const uint8_t*>(cats.data_ptr());
 
-  DV365_CHECK(floats_in.device().is_cpu(), op, "floats must be a CPU tensor, got ", floats_in.device());
-  DV365_CHECK(floats_in.scalar_type() == at::kFloat, op, "floats must be float32, got ", floats_in.scalar_type());
-  DV365_CHECK(floats_in.dim() == 2 && floats_in.size(1) == tl.N, op, "floats must have shape [F, N=", tl.N, "], got ",
-              floats_in.sizes());
   const at::Tensor floats = floats_in.contiguous();
   if (floats.size(0) >= 2) {
     tl.dur = floats.data_ptr<float>();
@@ -209,10 +192,6 @@ Timeline check_timeline(const char* op, at::TensorList ids, const at::Tensor& of
   }
 
   for (size_t t = 0; t < ids.size(); ++t) {
-    DV365_CHECK(ids[t].device().is_cpu() && ids[t].scalar_type() == at::kLong && ids[t].dim() == 1 &&
-                    ids[t].numel() == tl.N,
-                op, "ids[", t, "] must be a 1-D int64 CPU tensor of N=", tl.N, " events, got ", ids[t].scalar_type(),
-                " ", ids[t].sizes(), " on ", ids[t].device());
     at::Tensor c = ids[t].contiguous();
     tl.ids.push_back(c.data_ptr<int64_t>());
     tl.holders.push_back(std::move(c));
@@ -303,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> slice_timeline_cpu(at::TensorList
                                                                   const at::Tensor& floats, const at::Tensor& request_ts,
                                                                   const at::Tensor& prog_i, const at::Tensor& prog_f) {
   const char* op = "slice_timeline";
-  const Timeline tl = check_timeline(op, ids, offsets, ts, cats, floats, request_ts);
+  const Timeline tl = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f);
   const Program p = compile_program(op, prog_i, prog_f, static_cast<int64_t>(ids.size()), tl.C, floats.size(0));
   const int64_t S = p.S, B = tl.B;
   int64_t num_slots = 0;
@@ -345,23 +324,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> slice_timeline_cpu(at::TensorList
   return {values, weights, lengths};
 }
 
-void check_tables(const char* op, at::TensorList tables, at::TensorList ids) {
-  DV365_CHECK(!tables.empty(), op, "tables must hold at least one table");
-  DV365_CHECK(ids.size() == tables.size(), op, "ids must hold one tensor per table (", tables.size(), "), got ",
-              ids.size());
-  const at::ScalarType dt = tables[0].scalar_type();
-  DV365_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
-              "tables must be float32, bfloat16, float16 or float64, got ", dt);
-  for (size_t t = 0; t < tables.size(); ++t) {
-    DV365_CHECK(tables[t].device().is_cpu(), op, "tables[", t, "] must be a CPU tensor, got ", tables[t].device());
-    DV365_CHECK(tables[t].dim() == 2, op, "tables[", t, "] must be 2-D [rows, D], got ", tables[t].sizes());
-    DV365_CHECK(tables[t].scalar_type() == dt, op, "tables must share one dtype: tables[0] is ", dt, ", tables[", t,
-                "] is ", tables[t].scalar_type());
-    DV365_CHECK(tables[t].size(1) == tables[0].size(1), op, "tables must share D: tables[0] has ", tables[0].size(1),
-                ", tables[", t, "] has ", tables[t].size(1));
-  }
-}
-
 void check_ids_in_range(const char* op, const Timeline& tl, const std::vector<int64_t>& rows) {
   for (size_t t = 0; t < rows.size(); ++t) {
     const int64_t* id = tl.ids[t];
@@ -381,8 +343,8 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cpu(at::TensorList tables, at::Te
                                                    const at::Tensor& request_ts, const at::Tensor& prog_i,
                                                    const at::Tensor& prog_f, bool sparse) {
   const char* op = "sliced_pool";
-  check_tables(op, tables, ids);
-  const Timeline tl = check_timeline(op, ids, offsets, ts, cats, floats, request_ts);
+  checks::tables(op, tables, ids, ts);
+  const Timeline tl = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f);
   const int64_t T = static_cast<int64_t>(tables.size());
   const Program p = compile_program(op, prog_i, prog_f, T, tl.C, floats.size(0));
   std::vector<int64_t> rows(T);
@@ -479,18 +441,10 @@ BackwardInputs check_backward(const char* op, const at::Tensor& grad_in, const a
                               const at::Tensor& offsets, const at::Tensor& ts, const at::Tensor& cats,
                               const at::Tensor& floats, const at::Tensor& request_ts, const at::Tensor& prog_i,
                               const at::Tensor& prog_f) {
-  BackwardInputs in{check_timeline(op, ids, offsets, ts, cats, floats, request_ts), Program{}, {}, {}};
+  BackwardInputs in{check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f), Program{}, {}, {}};
   in.p = compile_program(op, prog_i, prog_f, static_cast<int64_t>(ids.size()), in.tl.C, floats.size(0));
   const int64_t B = in.tl.B, S = in.p.S;
-  const at::ScalarType dt = grad_in.scalar_type();
-  DV365_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
-              "grad must be float32, bfloat16, float16 or float64, got ", dt);
-  DV365_CHECK(grad_in.device().is_cpu() && grad_in.dim() == 3 && grad_in.size(0) == B && grad_in.size(1) == S, op,
-              "grad must be a CPU tensor of shape [B=", B, ", S=", S, ", D], got ", grad_in.sizes());
-  DV365_CHECK(wsum_in.device().is_cpu() && wsum_in.scalar_type() == at::kFloat && wsum_in.dim() == 2 &&
-                  wsum_in.size(0) == B && wsum_in.size(1) == S,
-              op, "weight_sum must be a float32 CPU tensor of shape [B=", B, ", S=", S, "], got ", wsum_in.scalar_type(),
-              " ", wsum_in.sizes());
+  checks::backward(op, grad_in, wsum_in, ts, B, S);
   in.grad = grad_in.contiguous();
   in.wsum = wsum_in.contiguous();
   return in;
@@ -571,13 +525,9 @@ std::vector<at::Tensor> sliced_pool_backward_cpu(const at::Tensor& grad, const a
   const Program& p = in.p;
   const Timeline& tl = in.tl;
   const int64_t T = static_cast<int64_t>(ids.size()), S = p.S, D = in.grad.size(2);
-  DV365_CHECK(static_cast<int64_t>(num_rows_sym.size()) == T, op, "num_rows must hold one entry per table (", T,
-              "), got ", num_rows_sym.size());
   std::vector<int64_t> num_rows;
-  for (const auto& r : num_rows_sym) {
-    num_rows.push_back(r.guard_int(__FILE__, __LINE__));
-    DV365_CHECK(num_rows.back() >= 0, op, "num_rows must be >= 0, got ", num_rows.back());
-  }
+  for (const auto& r : num_rows_sym) num_rows.push_back(r.guard_int(__FILE__, __LINE__));
+  checks::num_rows(op, num_rows, T);
   check_ids_in_range(op, tl, num_rows);
   std::vector<at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.grad.scalar_type(), "dv365_sliced_pool_bwd", [&] {

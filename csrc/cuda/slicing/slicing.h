@@ -1,4 +1,4 @@
-// Launchers of the multi-slicing CUDA kernels (csrc/cuda/slicing.cu), called from csrc/cuda/slicing_ops.cpp.
+// Launchers of the multi-slicing CUDA kernels (the .cu files of this folder), called from ops.cpp.
 #pragma once
 
 #include <algorithm>
@@ -72,15 +72,11 @@ struct Scratch {
 
 // How the pooling kernels cut the work: groups per CTA block, in [1, kMaxBlockGroups]; the number of blocks the
 // plan will have when the host knows it (0: unknown, e.g. while a graph is captured); rows a lane has in flight
-// (8 or 16, forward only); how the forward adds four events' rows into their groups' shared-memory sums (acc):
-// 0 once per group in the union of the four masks (each group's sums read and written once for the four), 2 once
-// per (event, group) kept, 1 whichever of the two issues fewer instructions for these four, -1 (default) 0 after the
-// keep pass; without it 1 when a lane holds two 16-byte chunks of each row (4- and 8-byte dtypes), else 0.
+// (8 or 16, forward only).
 struct Tuning {
   int block_groups = 8;
   int64_t num_blocks = 0;
   int rows_in_flight = 8;
-  int acc = -1;
 };
 
 // pooled [B, S, D] (dtype) and weight_sum [B, S] float32 from num/wacc accumulators (acc dtype, zeroed).

@@ -1,5 +1,6 @@
-// Host side of the multi-slicing CUDA ops (kernels: csrc/cuda/slicing.cu): argument checks with the CPU
-// kernels' messages, allocation, the launches, and the device error flag.
+// Host side of the multi-slicing CUDA ops (kernels: the .cu files of this folder): argument checks (the metadata
+// checks of csrc/checks/slicing.h, which the CPU kernels make too), allocation, the launches, and the device error
+// flag.
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sub.h>
@@ -17,8 +18,9 @@
 #include <tuple>
 #include <vector>
 
+#include "checks/slicing.h"
 #include "cuda/host.h"
-#include "cuda/slicing.h"
+#include "cuda/slicing/slicing.h"
 
 namespace dv365::cuda {
 namespace {
@@ -49,7 +51,7 @@ using Rerun = std::function<void()>;
 
 // What the host reads from a program: whether it is valid for these inputs, and its distinct groups per table
 // (slices equal but for their window). The host's grouping must never be looser than the device plan's
-// same_group (slicing.cu): the launch grid takes the host's count as the number of blocks, so it may
+// same_group (common.cuh): the launch grid takes the host's count as the number of blocks, so it may
 // over-count (extra CTAs return) but never under-count. That is why it is not the CPU kernel's grouping,
 // which merges filters on one field and so can count fewer groups.
 // Reading the program copies prog_i and prog_f to the host, two synchronizations per call, so the facts of the
@@ -148,7 +150,28 @@ std::optional<ProgramFacts> program_facts(const at::Tensor& prog_i, const at::Te
   return facts;
 }
 
-// Groups per CTA block: the most groups one table has, at most `cap` (env DV365_SP_GROUPS overrides), and the
+// The DV365_SP_* knobs (docs/tuning.md), read once per process: they compare kernel variants against the defaults,
+// each variant in a process of its own (tests/test_cuda.py, benchmarks/gpu/bench_gpu.py).
+struct Knobs {
+  int block_groups = 0;  // DV365_SP_GROUPS (1..32); 0: the op's default
+  int rows_in_flight = 8;  // DV365_SP_ROWS (8 or 16)
+  int64_t item_events = kDefaultItemEvents;  // DV365_SP_ITEM (at least 64)
+  bool keep = true;  // DV365_SP_KEEP=0 skips the keep pass
+};
+
+const Knobs& knobs() {
+  static const Knobs k = [] {
+    Knobs r;
+    if (const char* env = std::getenv("DV365_SP_GROUPS")) r.block_groups = std::clamp(std::atoi(env), 1, 32);
+    if (const char* env = std::getenv("DV365_SP_ROWS")) r.rows_in_flight = std::atoi(env) >= 16 ? 16 : 8;
+    if (const char* env = std::getenv("DV365_SP_ITEM")) r.item_events = std::max<int64_t>(64, std::atoll(env));
+    if (const char* env = std::getenv("DV365_SP_KEEP")) r.keep = std::atoi(env) != 0;
+    return r;
+  }();
+  return k;
+}
+
+// Groups per CTA block: the most groups one table has, at most `cap` (DV365_SP_GROUPS overrides), and the
 // blocks the device plan will cut when the groups are known.
 slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
   slicing::Tuning tune;
@@ -158,60 +181,27 @@ slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
     for (const int64_t g : in.groups) most = std::max(most, g);
     tune.block_groups = static_cast<int>(std::min<int64_t>(most, static_cast<int64_t>(cap)));
   }
-  if (const char* env = std::getenv("DV365_SP_GROUPS")) tune.block_groups = std::clamp(std::atoi(env), 1, 32);
+  if (knobs().block_groups > 0) tune.block_groups = knobs().block_groups;
   if (!in.groups.empty()) {
     for (const int64_t g : in.groups) tune.num_blocks += ceil_div(g, int64_t(tune.block_groups));
     tune.num_blocks = std::max<int64_t>(tune.num_blocks, 1);
   }
-  if (const char* env = std::getenv("DV365_SP_ROWS")) tune.rows_in_flight = std::atoi(env) >= 16 ? 16 : 8;
-  if (const char* env = std::getenv("DV365_SP_ACC")) tune.acc = std::clamp(std::atoi(env), 0, 2);
+  tune.rows_in_flight = knobs().rows_in_flight;
   return tune;
 }
 
-// Metadata checks with the CPU kernel's rules (its messages win through rerun) and the program's checks on the
-// host (skipped while capturing a graph: they need the program on the host). The event data checks run on the
-// device (launch_data_checks).
+// The metadata checks (checks/slicing.h, the CPU kernels' own) and the program's checks on the host (skipped while
+// capturing a graph: they need the program on the host; on an invalid program the CPU kernel's message wins
+// through rerun). The event data checks run on the device (launch_data_checks).
 Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
                       const at::Tensor& cats, const at::Tensor& floats, const at::Tensor& request_ts,
                       const at::Tensor& prog_i, const at::Tensor& prog_f, const Rerun& rerun, int64_t num_tables,
                       const at::Tensor& flag) {
-  for (const auto& [t, name] : {std::pair{&offsets, "offsets"}, {&cats, "cats"}, {&floats, "floats"},
-                                {&request_ts, "request_ts"}, {&prog_i, "prog_i"}, {&prog_f, "prog_f"}}) {
-    check_device(*t, op, name, ts, "ts");
-  }
-  for (size_t t = 0; t < ids.size(); ++t) check_device(ids[t], op, "ids", ts, "ts");
+  checks::timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f);
+  checks::program_shapes(op, prog_i, prog_f);
+  DV365_CHECK(num_tables <= kMaxTables, op, "at most ", kMaxTables, " tables are supported on CUDA, got ", num_tables);
   const int64_t n = ts.numel();
   const int64_t b = offsets.numel() - 1;
-  check_like_cpu([&] {
-    DV365_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong, op, "offsets must be Long 1-D, got ",
-                offsets.scalar_type(), " ", offsets.sizes());
-    DV365_CHECK(ts.dim() == 1 && ts.scalar_type() == at::kLong, op, "ts must be Long 1-D, got ", ts.scalar_type());
-    DV365_CHECK(request_ts.dim() == 1 && request_ts.scalar_type() == at::kLong, op, "request_ts must be Long 1-D");
-    DV365_CHECK(offsets.numel() >= 1, op, "offsets must have B + 1 >= 1 entries");
-    DV365_CHECK(request_ts.numel() == b, op, "request_ts must have shape [B=", b, "], got ", request_ts.sizes());
-    DV365_CHECK(cats.dim() == 2 && cats.size(1) == n, op, "cats must have shape [C, N=", n, "], got ", cats.sizes());
-    DV365_CHECK(at::isIntegralType(cats.scalar_type(), false), op, "cats must be an integer tensor (int8), got ",
-                cats.scalar_type());
-    DV365_CHECK(floats.scalar_type() == at::kFloat, op, "floats must be float32, got ", floats.scalar_type());
-    DV365_CHECK(floats.dim() == 2 && floats.size(1) == n, op, "floats must have shape [F, N=", n, "], got ",
-                floats.sizes());
-    DV365_CHECK(prog_i.dim() == 2 && prog_i.size(1) == prog::kNumInt && prog_i.scalar_type() == at::kLong, op,
-                "prog_i must be an int64 tensor of shape [S, ", int64_t(prog::kNumInt), "], got ",
-                prog_i.scalar_type(), " ", prog_i.sizes());
-    DV365_CHECK(prog_f.dim() == 2 && prog_f.size(0) == prog_i.size(0) && prog_f.size(1) == prog::kNumFloat &&
-                    prog_f.scalar_type() == at::kDouble,
-                op, "prog_f must be a float64 tensor of shape [S=", prog_i.size(0), ", ", int64_t(prog::kNumFloat),
-                "], got ", prog_f.scalar_type(), " ", prog_f.sizes());
-    DV365_CHECK(static_cast<int64_t>(ids.size()) == num_tables, op, "ids must hold one tensor per table (",
-                num_tables, "), got ", ids.size());
-    for (size_t t = 0; t < ids.size(); ++t) {
-      DV365_CHECK(ids[t].scalar_type() == at::kLong && ids[t].dim() == 1 && ids[t].numel() == n, op, "ids[", t,
-                  "] must be a 1-D int64 tensor of N=", n, " events, got ", ids[t].scalar_type(), " ",
-                  ids[t].sizes());
-    }
-    DV365_CHECK(num_tables <= kMaxTables, op, "at most ", kMaxTables, " tables are supported on CUDA, got ",
-                num_tables);
-  }, rerun);
   Inputs in;
   in.b = b;
   in.n = n;
@@ -271,21 +261,8 @@ slicing::Tables table_set(const Inputs& in) {
   return s;
 }
 
-std::vector<at::Tensor> check_tables(const char* op, at::TensorList tables, const Inputs& in, slicing::Tables& s,
-                                     const Rerun& rerun) {
-  for (size_t t = 0; t < tables.size(); ++t) check_device(tables[t], op, "tables", in.ts, "ts");
-  check_like_cpu([&] {
-    const auto dt = tables[0].scalar_type();
-    DV365_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
-                "tables must be float32, bfloat16, float16 or float64, got ", dt);
-    for (size_t t = 0; t < tables.size(); ++t) {
-      DV365_CHECK(tables[t].dim() == 2, op, "tables[", t, "] must be 2-D [rows, D], got ", tables[t].sizes());
-      DV365_CHECK(tables[t].scalar_type() == dt, op, "tables must share one dtype: tables[0] is ", dt, ", tables[", t,
-                  "] is ", tables[t].scalar_type());
-      DV365_CHECK(tables[t].size(1) == tables[0].size(1), op, "tables must share D: tables[0] has ",
-                  tables[0].size(1), ", tables[", t, "] has ", tables[t].size(1));
-    }
-  }, rerun);
+// The tables as the kernels read them (checked by checks::tables): unit column stride.
+std::vector<at::Tensor> table_views(at::TensorList tables, slicing::Tables& s) {
   std::vector<at::Tensor> out;
   for (size_t t = 0; t < tables.size(); ++t) {
     const auto& tab = tables[t];
@@ -361,14 +338,12 @@ void remember_plan(const Inputs& in, int64_t t_count, int bg, const at::Tensor& 
 // graph is captured with a program the host has not read, or with DV365_SP_KEEP=0 (for comparison).
 ScratchHolder make_scratch(const Inputs& in, int64_t t_count, const slicing::Tuning& tune) {
   ScratchHolder h;
-  const char* env = std::getenv("DV365_SP_ITEM");
-  h.sc.item_events = std::max<int64_t>(64, env ? std::atoll(env) : kDefaultItemEvents);
+  h.sc.item_events = knobs().item_events;
   h.plan = at::empty({slicing::plan_elems(in.s, t_count)}, in.ts.options());
   h.items = at::empty({4 * slicing::max_items(in.s, in.b, in.n, h.sc.item_events)}, in.ts.options());
   h.sc.plan = h.plan.data_ptr<int64_t>();
   h.sc.items = h.items.data_ptr<int64_t>();
-  const char* keep_env = std::getenv("DV365_SP_KEEP");
-  if (!in.groups.empty() && tune.num_blocks > 0 && in.n > 0 && !(keep_env && std::atoi(keep_env) == 0)) {
+  if (!in.groups.empty() && tune.num_blocks > 0 && in.n > 0 && knobs().keep) {
     slicing::Keep& k = h.sc.keep;
     k.n = in.n;
     k.blocks = tune.num_blocks;
@@ -387,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
                                                     const at::Tensor& floats, const at::Tensor& request_ts,
                                                     const at::Tensor& prog_i, const at::Tensor& prog_f, bool sparse) {
   constexpr const char* op = "sliced_pool";
-  DV365_CHECK(!tables.empty(), op, "tables must hold at least one table");
+  checks::tables(op, tables, ids, ts);
   const c10::cuda::CUDAGuard guard(ts.device());
   const Rerun rerun = [&] {
     rerun_on_cpu<std::tuple<at::Tensor, at::Tensor>(at::TensorList, at::TensorList, const at::Tensor&,
@@ -400,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
   Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun,
                              static_cast<int64_t>(tables.size()), flag);
   slicing::Tables set = table_set(in);
-  const auto tabs = check_tables(op, tables, in, set, rerun);
+  const auto tabs = table_views(tables, set);
   const int64_t d = tables[0].size(1);
   const auto dtype = tables[0].scalar_type();
   const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -451,27 +426,11 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
           cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), rows);
     }
   };
-  check_device(grad, op, "grad", ts, "ts");
-  check_device(weight_sum, op, "weight_sum", ts, "ts");
   auto flag = new_error_flag(ts);
   const int64_t t_count = static_cast<int64_t>(ids.size());
   Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun, t_count, flag);
-  check_like_cpu([&] {
-    const auto dt = grad.scalar_type();
-    DV365_CHECK((dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble) && grad.dim() == 3 &&
-                    grad.size(0) == in.b && grad.size(1) == in.s,
-                op, "grad must be a floating point tensor of shape [B=", in.b, ", S=", in.s, ", D], got ", dt, " ",
-                grad.sizes());
-    DV365_CHECK(weight_sum.scalar_type() == at::kFloat && weight_sum.dim() == 2 && weight_sum.size(0) == in.b &&
-                    weight_sum.size(1) == in.s,
-                op, "weight_sum must be a float32 tensor of shape [B=", in.b, ", S=", in.s, "], got ",
-                weight_sum.scalar_type(), " ", weight_sum.sizes());
-    if (!kRows) {
-      DV365_CHECK(static_cast<int64_t>(num_rows.size()) == t_count, op, "num_rows must hold one entry per table (",
-                  t_count, "), got ", num_rows.size());
-      for (const int64_t r : num_rows) DV365_CHECK(r >= 0, op, "num_rows must be >= 0, got ", r);
-    }
-  }, rerun);
+  checks::backward(op, grad, weight_sum, ts, in.b, in.s);
+  if (!kRows) checks::num_rows(op, num_rows, t_count);
   slicing::Tables set = table_set(in);
   // One block per table where the program allows (each event's row is then stored, not added into zeroed rows):
   // on the H200 the W40K backward took 4.1 ms (dense) / 3.7 ms (rows) this way, 4.6 / 6.1 ms with 11-group blocks.
