@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import pathlib
 import platform
 import subprocess
@@ -38,30 +39,53 @@ def measure(
     min_time: float = 0.3,
     stat: str = "median",
     slow_after: float | None = None,
+    warmup: int = 1,
+    device_events: bool = False,
 ) -> float:
     """Seconds per call of ``fn``: the one timer of the benchmarks.
 
-    One warm-up call, then timed calls, CUDA-synchronized on both sides: at least 3 (at most ``repeats``) and
-    until ``min_time`` seconds have passed; ``min_time=0`` times exactly ``repeats`` calls. ``stat`` is
-    ``"median"``, or ``"min"`` on a shared, loaded machine, where the minimum is the stable statistic. A warm-up
-    slower than ``slow_after`` seconds is itself the measurement (slow peers).
+    ``warmup`` untimed calls, then timed calls, CUDA-synchronized on both sides: at least 3 (at most ``repeats``)
+    and until ``min_time`` seconds have passed; ``min_time=0`` times exactly ``repeats`` calls. ``stat`` is
+    ``"median"``, or ``"min"`` on a shared, loaded machine, where the minimum is the stable statistic. A first
+    warm-up call slower than ``slow_after`` seconds is itself the measurement (slow peers).
+
+    ``device_events=True`` (CUDA only) times each call with CUDA events recorded on the current stream around
+    it, so a kernel's time excludes the host's launch latency and the synchronization: the GPU benchmarks'
+    setting, for ops of a few milliseconds and less.
     """
     if stat not in ("median", "min"):
         raise ValueError(f"measure: stat must be 'median' or 'min', got {stat!r}")
+    if device_events:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("measure: device_events=True needs CUDA")
+
+        def timed() -> float:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            return a.elapsed_time(b) / 1e3
+    else:
+
+        def timed() -> float:
+            t0 = time.perf_counter()
+            fn()
+            _sync()
+            return time.perf_counter() - t0
+
     _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    first = time.perf_counter() - t0
+    first = timed()
     if slow_after is not None and first > slow_after:
         return first
+    for _ in range(warmup - 1):
+        timed()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats and (len(times) < min(3, repeats) or time.perf_counter() - start < min_time):
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
+        times.append(timed())
     times.sort()
     return times[0] if stat == "min" else times[len(times) // 2]
 
@@ -98,11 +122,14 @@ def environment() -> str:
     if cpuinfo.exists():
         names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
         cpu = names[0] if names else cpu
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=pathlib.Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    # DV365_COMMIT first: a copy of the tree on another machine can carry a stale .git
+    commit = os.environ.get("DV365_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=pathlib.Path(__file__).parent, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"{date}, {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, commit {commit}"
 

@@ -9,8 +9,17 @@ first batches equal the Parquet path's):
 - the Parquet path (``cache=False``: every shard decoded from Parquet in the loop), the old baseline;
 - the columnar cache's build (once) and the cached paths with 1..N worker threads, for slice-run gathers (the
   default for long rows) and index gathers (``np.take``, the default for short rows);
-- the export path (``UserLoader``, cut-off after the last event) with 1..N workers;
-- with CUDA: pinned delivery plus the host-to-device copy of every batch (``batch.to("cuda", non_blocking=True)``).
+- the export path (``UserLoader``, cut-off after the last event) with 1..N worker threads and 1..N worker
+  processes (``--modes``; processes write whole batches into shared memory, ``dv365.data.procs``);
+- with CUDA: pinned delivery plus the host-to-device copy of every batch (``batch.to("cuda", non_blocking=True)``),
+  at the largest worker count.
+
+On the GPU host (one command, under 4 minutes with the dataset's synthesis; ``--dir`` is reused when it holds one):
+
+    python benchmarks/bench_loader.py --dir /tmp/w40k-2048 --users 2048 --workers 1,4,8,16 --seconds 3 --out loader.json
+
+(2,048 users = 64 export batches of 32 per pass: enough that 16 workers spend little of a pass filling and
+draining the pipeline.)
 
 Per run (after one untimed pass): items/s and events/s on the wall clock, the process's CPU seconds, and events
 per CPU-second (the sizing rule's "events/s per core"). A pass ends by draining the workers, so with many workers
@@ -97,14 +106,30 @@ def _measure(path: str, variant: str, workers: int, make_loader, seconds: float,
     if warm:
         one_pass(None)
     items = events = 0
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0, c0 = time.perf_counter(), time.process_time() + _workers_cpu(loader)
     while True:
         i, e = one_pass(None if warm else w0 + seconds)
         items, events = items + i, events + e
         if not warm or time.perf_counter() - w0 >= seconds:
             break
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    wall, cpu = time.perf_counter() - w0, time.process_time() + _workers_cpu(loader) - c0
+    if hasattr(loader, "close"):
+        loader.close()  # worker processes stop here, not when the loader is collected
     return Run(path, variant, workers, items, events, wall, cpu)
+
+
+def _workers_cpu(loader) -> float:
+    """CPU seconds used so far by the loader's worker processes (``/proc``; they live across passes), 0 for
+    threads: a process loader's "CPU s" counts its workers' time, as a thread loader's counts its threads'."""
+    pool = getattr(loader, "_pool", None)
+    total = 0.0
+    for p in (pool.procs if pool is not None else []):
+        try:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def _memcpy_floor(threads: int, seconds: float) -> Run:
@@ -146,11 +171,13 @@ def _check(reference, candidate, n: int = 3) -> None:
 
 
 def _versions() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = "?"
+    commit = os.environ.get("DV365_COMMIT", "")  # first: a copy of the tree elsewhere can carry a stale .git
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=Path(__file__).parent).stdout.strip()
+        except OSError:
+            commit = "?"
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -172,7 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export-batch-size", type=int, default=32,
                    help="users per export batch (small enough that a pass has batches for every worker)")
     p.add_argument("--seconds", type=float, default=6.0, help="time per measured run")
+    p.add_argument("--modes", default="thread,process", help="export worker kinds to measure (comma list)")
     args = p.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
     info = _versions()
     cores = info["cores"]
     workers = [int(w) for w in args.workers.split(",")] if args.workers else \
@@ -197,20 +226,24 @@ def main(argv: list[str] | None = None) -> None:
     cutoff = int(ds.manifest["time_range"]["max_ts"]) + 1
     parquet = lambda w: Loader(ds, B, prefetch=2, workers=w, cache=False, pin_memory=False)  # noqa: E731
     cached = lambda w, pin=False: Loader(ds, B, prefetch=2, workers=w, cache=cache, pin_memory=pin)  # noqa: E731
-    export = lambda w, pin=False: UserLoader(ds, EB, cutoff=cutoff, workers=w, cache=cache, pin_memory=pin)  # noqa: E731
+    export = lambda w, pin=False, mode="thread": UserLoader(ds, EB, cutoff=cutoff, workers=w, cache=cache,  # noqa: E731
+                                                           pin_memory=pin, mode=mode)
+    export_label = {"thread": "cache, slice-run gather, threads", "process": "cache, worker processes, shared memory"}
 
     runs.append(_measure("train", "Parquet decode in the loop (cache=False)", 1, lambda: parquet(1), args.seconds,
                          warm=False))
     print(runs[-1].row(), flush=True)
     w0, c0 = time.perf_counter(), time.process_time()
-    build_cache(ds, cache, workers=min(4, cores))
-    build = Run("build", "columnar cache build (decode Parquet + write .npy), once", min(4, cores), ds.num_users,
+    build_cache(ds, cache, workers=min(8, cores))
+    build = Run("build", "columnar cache build (decode Parquet + write .npy), once", min(8, cores), ds.num_users,
                 events_total, time.perf_counter() - w0, time.process_time() - c0)
     cache_bytes = sum(f.stat().st_size for f in cache.rglob("*.npy"))
     print(f"cache: {cache_bytes / events_total:.1f} bytes per event, {build.wall_s:.1f} s", flush=True)
 
     _check(Loader(ds, B, prefetch=0, cache=False, pin_memory=False), cached(max(workers)))
-    _check(UserLoader(ds, EB, cutoff=cutoff, prefetch=0, cache=False, pin_memory=False), export(max(workers)), n=1)
+    for mode in modes:
+        _check(UserLoader(ds, EB, cutoff=cutoff, prefetch=0, cache=False, pin_memory=False),
+               export(max(2, max(workers)), mode=mode), n=3)
     for w in workers:
         runs.append(_measure("train", "cache, slice-run gather", w, lambda: cached(w), args.seconds))
         print(runs[-1].row(), flush=True)
@@ -223,16 +256,20 @@ def main(argv: list[str] | None = None) -> None:
             print(runs[-1].row(), flush=True)
     finally:
         loader_module._RUN_MIN_EVENTS = saved
-    for w in workers:
-        runs.append(_measure("export", "cache, slice-run gather", w, lambda: export(w), args.seconds))
-        print(runs[-1].row(), flush=True)
+    for mode in modes:
+        for w in workers:
+            runs.append(_measure("export", export_label[mode], w, lambda: export(w, mode=mode), args.seconds))
+            print(runs[-1].row(), flush=True)
     if device is not None:
-        for w in sorted({max(1, max(workers) // 2), max(workers)}):
-            runs.append(_measure("train", "cache, pinned", w, lambda: cached(w, True), args.seconds))
-            runs.append(_measure("train", "cache, pinned + H2D copy", w, lambda: cached(w, True), args.seconds, device))
-            runs.append(_measure("export", "cache, pinned", w, lambda: export(w, True), args.seconds))
-            runs.append(_measure("export", "cache, pinned + H2D copy", w, lambda: export(w, True), args.seconds, device))
-            print(*(r.row() for r in runs[-4:]), sep="\n", flush=True)
+        w = max(workers)
+        runs.append(_measure("train", "cache, pinned", w, lambda: cached(w, True), args.seconds))
+        runs.append(_measure("train", "cache, pinned + H2D copy", w, lambda: cached(w, True), args.seconds, device))
+        for mode in modes:
+            runs.append(_measure("export", export_label[mode] + ", pinned", w, lambda: export(w, True, mode),
+                                 args.seconds))
+            runs.append(_measure("export", export_label[mode] + ", pinned + H2D copy", w,
+                                 lambda: export(w, True, mode), args.seconds, device))
+        print(*(r.row() for r in runs[-2 - 2 * len(modes):]), sep="\n", flush=True)
 
     for w in sorted({1, max(workers)}):
         runs.append(_memcpy_floor(w, min(args.seconds, 3.0)))

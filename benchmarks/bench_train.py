@@ -9,6 +9,12 @@ dense optimizer and the sparse optimizer. A separate "step" row times the whole 
     python benchmarks/bench_train.py                         # CPU size: 8 users of ~4,000 events, D = 64
     python benchmarks/bench_train.py --w40k                  # W40K: 32 users of 10k-70k events, D = 256, FSA (GPU)
     python benchmarks/bench_train.py --w40k --compile --out r.json
+    python benchmarks/bench_train.py --w40k --bf16 --compile-mode reduce-overhead --out r.json   # CUDA graphs
+    python benchmarks/bench_train.py --w40k --bf16 --compile-mode reduce-overhead --profile 3   # + the top kernels
+
+``--profile N`` runs N more staged steps under torch.profiler and reports the top kernels (CUDA: self device
+time) or ops (CPU: self CPU time), overall and per stage: a device event belongs to the stage whose range holds
+its start (each stage syncs the device before its range closes, so its kernels run inside it).
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 import dv365_ops  # noqa: F401
 from dv365.data import Loader, SynthConfig, generate, open_dataset
 from dv365.train import TrainConfig
+from dv365.models.model import COMPILE_MODES
 from dv365.train.trainer import build_model, build_optimizers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -48,11 +56,15 @@ class Timer:
         class _Ctx:
             def __enter__(self):
                 _sync(timer.device)
+                # a no-op unless a profiler runs; it names the stage's range in the trace (syncs inside it)
+                self.rf = torch.profiler.record_function(STAGE_PREFIX + name)
+                self.rf.__enter__()
                 self.t0 = time.perf_counter()
 
             def __exit__(self, *exc):
                 _sync(timer.device)
                 timer.times.setdefault(name, []).append(time.perf_counter() - self.t0)
+                self.rf.__exit__(*exc)
 
         return _Ctx()
 
@@ -64,20 +76,34 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--dim", type=int, default=None)
     p.add_argument("--tower", default="FSA")
+    p.add_argument("--tower-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a tower keyword argument (YAML value), e.g. head_dim=16 (FSA's default: ceil(width / heads))")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--dense-tables", action="store_true", help="dense table gradients instead of sparse rows")
+    p.add_argument("--per-event-grads", action="store_true",
+                   help="for comparison: sparse table gradients with one row per event (sliced_pool_backward_rows, "
+                   "uncoalesced), the design before the touched-rows gradients")
     p.add_argument("--compile", action="store_true", help="torch.compile the tower + backbone")
+    p.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
+                   help="torch.compile's mode for the tower + backbone (implies --compile); reduce-overhead = CUDA graphs")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data", default=None, help="an existing dataset (default: generate one)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="N more staged steps under torch.profiler: the top kernels (CUDA) or ops (CPU), overall and per stage")
+    p.add_argument("--profile-top", type=int, default=25, help="rows of the profile tables")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.per_event_grads:
+        _use_per_event_grads()
     w40k = args.w40k
     users = args.users or (64 if w40k else 16)
     batch = args.batch_size or (32 if w40k else 8)
     dim = args.dim or (256 if w40k else 64)
     bf16 = args.bf16 or device.type == "cuda"
+    compile_mode = args.compile_mode or ("default" if args.compile else None)
+    tower_args = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.tower_arg)}
     if w40k:  # lengths uniform-ish in 10k-70k around a 40k mean, W40K's id vocabularies
         synth = SynthConfig(mean_length=40_000, length_sigma=0.35, num_items=1_000_000, num_authors=200_000,
                             num_topics=10_000, users_per_shard=64, examples_per_user=1)
@@ -94,7 +120,7 @@ def main() -> int:
         cfg = TrainConfig.from_dict({
             "device": str(device), "autocast": "bf16" if bf16 else "off",
             "data": {"path": path, "batch_size": batch},
-            "model": {"dim": dim, "sparse": not args.dense_tables, "tower": {"name": args.tower}},
+            "model": {"dim": dim, "sparse": not args.dense_tables, "tower": {"name": args.tower, "args": tower_args}},
         })
         torch.manual_seed(0)
         torch.sparse.check_sparse_tensor_invariants.disable()
@@ -102,12 +128,13 @@ def main() -> int:
 
         model = build_model(load_default_spec(), cfg.model, ds.vocab_sizes, device)
         optimizers = build_optimizers(model, cfg)
-        if args.compile:
-            model.compile_head()
+        if compile_mode is not None:
+            model.compile_head(mode=compile_mode)
         loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=0, drop_last=True)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(device.type, enabled=False)
         timer = Timer(device)
         events: list[int] = []
+        users_per_batch: list[int] = []
 
         def batches():
             while True:
@@ -115,7 +142,7 @@ def main() -> int:
 
         it = batches()
         a = cfg.model.watch_time_weight
-        for step in range(args.steps + 2):  # two warm-up steps (compile, allocator)
+        def staged_step() -> None:
             with timer("loader (1 batch, no prefetch)"):
                 b = next(it)
             with timer("host-to-device copy"):
@@ -126,9 +153,7 @@ def main() -> int:
             leaf = pooled.detach().requires_grad_()
             with timer("tower + backbone forward, loss"), autocast:
                 lengths = torch.stack([b.explicit.offsets.diff(), b.implicit.offsets.diff()], dim=1)
-                head = model._compiled_head or model.head
-                logits, watch, emb = head(leaf, lengths, ex.user_id, ex.item_id, ex.author_id, ex.topic_id,
-                                          ex.media_type, ex.video_duration, ex.video_duration_mask)
+                logits, watch, emb = model.run_head(leaf, lengths, ex)
                 from dv365.models import ModelOutput
 
                 loss = model.total_loss(*model.loss_terms(ModelOutput(logits, watch, emb), b), a)
@@ -144,9 +169,24 @@ def main() -> int:
                 with timer("sparse optimizer (tables)"):
                     optimizers["sparse"].step()
             events.append((int(b.explicit.offsets[-1]) + int(b.implicit.offsets[-1])) / len(ex))
+            users_per_batch.append(int(ex.user_id.unique().numel()))
+
+
+        for step in range(args.steps + 2):  # two warm-up steps (compile, allocator)
+            staged_step()
             if step < 2:
                 timer.times.clear()
                 events.clear()
+                users_per_batch.clear()
+        profile = None
+        if args.profile:  # more staged steps, kept out of the timings
+            kept = ({k: list(v) for k, v in timer.times.items()}, len(events), len(users_per_batch))
+            try:
+                profile = _profile(staged_step, device, args.profile, args.profile_top)
+            except Exception as e:  # the timings still count when the profiler fails
+                print(f"--profile failed: {type(e).__name__}: {e}", file=sys.stderr)
+            timer.times = kept[0]
+            del events[kept[1]:], users_per_batch[kept[2]:]
 
         # the whole step as training runs it: no syncs between stages, the loader prefetching
         loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=2, drop_last=True)
@@ -166,15 +206,19 @@ def main() -> int:
             for k, v in med.items()]
     info = {"environment": environment(), "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "workload": "W40K" if w40k else "cpu", "users_in_data": users, "batch": batch, "dim": dim,
-            "tower": args.tower, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": args.compile,
+            "tower": args.tower, "tower_args": tower_args, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": compile_mode is not None,
+            "compile_mode": compile_mode, "per_event_grads": args.per_event_grads, "cudagraph_skips": _cudagraph_skips(),
             "mean_events_per_example": float(np.mean(events)), "generate_s": gen_s,
             "params": sum(p.numel() for p in model.parameters()),
             "table_params": sum(p.numel() for p in model.pooling.tables.values())}
+    users_s = float(np.mean(users_per_batch)) / step_s
     result = {"info": info, "stages": rows, "sum_of_stages_ms": compute * 1e3, "step_ms": step_s * 1e3,
-              "examples_per_s": batch / step_s}
+              "examples_per_s": batch / step_s, "users_per_s": users_s}
+    if profile is not None:
+        result["profile"] = profile
     print(f"# training step, {info['workload']} ({batch} examples of {info['mean_events_per_example']:,.0f} events, "
           f"D = {dim}, {args.tower}, {'sparse' if not args.dense_tables else 'dense'} tables, "
-          f"{'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}) on {info['gpu'] or 'CPU'}")
+          f"{'bf16' if bf16 else 'fp32'}{f', compiled ({compile_mode})' if compile_mode else ''}) on {info['gpu'] or 'CPU'}")
     print(f"\n{info['environment']}\n")
     print("| stage | ms | share of the step's compute |")
     print("| --- | ---: | ---: |")
@@ -183,10 +227,102 @@ def main() -> int:
         print(f"| {r['stage']} | {r['ms']:.2f} | {share} |")
     print(f"| **sum of the compute stages** | **{compute * 1e3:.2f}** | |")
     print(f"| **whole step, no syncs, loader prefetching** | **{step_s * 1e3:.2f}** | "
-          f"{batch / step_s:,.0f} examples/s |")
+          f"{batch / step_s:,.0f} examples/s, {users_s:,.0f} users/s |")
+    if info["cudagraph_skips"]:
+        print(f"\nCUDA graphs were skipped {info['cudagraph_skips']} time(s) (TORCH_LOGS=perf_hints says why)")
+    if profile is not None:
+        _print_profile(profile)
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
+
+
+STAGE_PREFIX = "stage: "
+
+
+def _profile(staged_step, device: torch.device, steps: int, top: int) -> dict:
+    """``steps`` staged steps under torch.profiler: per kernel (CUDA; self device time) or op (CPU; self CPU time)
+    name, the total ms per step and the calls per step, overall and per stage, each list the ``top`` largest."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            staged_step()
+        _sync(device)
+    events = list(prof.events())
+    stages = sorted((e.time_range.start, e.time_range.end, e.name[len(STAGE_PREFIX):]) for e in events
+                    if e.name.startswith(STAGE_PREFIX) and e.device_type == DeviceType.CPU)
+    starts = [r[0] for r in stages]
+
+    def stage_of(t: float) -> str:
+        import bisect
+
+        i = bisect.bisect_right(starts, t) - 1
+        return stages[i][2] if i >= 0 and t <= stages[i][1] else "(outside the stages)"
+
+    overall: dict[str, list] = {}
+    per_stage: dict[str, dict[str, list]] = {}
+    for e in events:
+        if e.name.startswith(STAGE_PREFIX):
+            continue
+        if cuda:
+            if e.device_type != DeviceType.CUDA:
+                continue
+            us = e.time_range.elapsed_us()
+        else:
+            if e.device_type != DeviceType.CPU:
+                continue
+            us = e.self_cpu_time_total
+        for table in (overall, per_stage.setdefault(stage_of(e.time_range.start), {})):
+            entry = table.setdefault(e.name, [0.0, 0])
+            entry[0] += us
+            entry[1] += 1
+
+    def rows(table: dict[str, list]) -> list[dict]:
+        out = [{"name": k, "ms_per_step": v[0] / 1e3 / steps, "calls_per_step": v[1] / steps} for k, v in table.items()]
+        return sorted(out, key=lambda r: -r["ms_per_step"])[:top]
+
+    totals = {k: sum(v[0] for v in t.values()) / 1e3 / steps for k, t in per_stage.items()}
+    return {"steps": steps, "time": "self device time of each kernel" if cuda else "self CPU time of each op",
+            "overall": rows(overall), "stage_totals_ms": totals,
+            "stages": {k: rows(t) for k, t in sorted(per_stage.items(), key=lambda kv: -totals[kv[0]])}}
+
+
+def _print_profile(profile: dict) -> None:
+    def table(rows: list[dict]) -> None:
+        print("| kernel / op | ms per step | calls per step |")
+        print("| --- | ---: | ---: |")
+        for r in rows:
+            name = r["name"] if len(r["name"]) <= 100 else r["name"][:97] + "..."
+            print(f"| `{name.replace('|', '/')}` | {r['ms_per_step']:.3f} | {r['calls_per_step']:.1f} |")
+
+    print(f"\n## profile: {profile['time']}, {profile['steps']} staged steps\n\n### overall\n")
+    table(profile["overall"])
+    for stage, rows in profile["stages"].items():
+        print(f"\n### {stage}: {profile['stage_totals_ms'][stage]:.2f} ms per step\n")
+        table(rows[:12])
+
+
+def _use_per_event_grads() -> None:
+    import dv365_ops.slicing as slicing
+    from dv365_ops import _backend
+
+    def per_event(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
+        op = _backend.resolve("sliced_pool_backward_rows", grad.device)
+        rows = op(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
+        return [torch.sparse_coo_tensor(i[None], r, (n, grad.shape[2]), check_invariants=False)
+                for i, r, n in zip(ids, rows, num_rows)]
+
+    slicing._sparse_table_grads = per_event
+
+
+def _cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def _step(model, optimizers, b, autocast, a) -> None:

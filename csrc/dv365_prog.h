@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 namespace dv365 {
 
@@ -17,7 +18,7 @@ enum Int : int64_t {
   kCatField2 = 5,
   kCatMask2 = 6,
   kWinLo = 7,
-  kWinHi = 8,
+  kWinHi = 8,  // kNoUpperBound: no upper bound
   kFlags = 9,
   kNumInt = 10,
 };
@@ -35,9 +36,19 @@ enum Flag : int64_t {
   kWeighted = 1,
   kDwellFilter = 2,
   kRatioFilter = 4,
+  kAllFlags = 7,  // every bit a program may set
+};
+static_assert(kAllFlags == (kWeighted | kDwellFilter | kRatioFilter));
+// the rows of the `floats` timeline input ([F, N]; F = 0 when the timeline has neither)
+enum FloatRow : int64_t {
+  kFloatDuration = 0,  // video_duration, seconds
+  kFloatDwell = 1,     // dwell_time, seconds
 };
 constexpr int64_t kNumCatFilters = 3;
-constexpr int64_t kMaxCatValue = 63;
+constexpr int64_t kMaxCatValue = 63;  // categorical values lie in [0, kMaxCatValue]
+// WIN_HI of a window without an upper bound
+constexpr int64_t kNoUpperBound = 9223372036854775807;
+static_assert(kNoUpperBound == std::numeric_limits<int64_t>::max());
 // the largest weight a debiased score gives (dv365_ops/program.py MAX_SCORE): a near-zero duration cannot
 // overflow a slice's weighted sum
 constexpr double kMaxScore = 65536.0;

@@ -3,21 +3,28 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_dispatch.h"
 #include "slice_plan.h"
 
 extern "C" {
 // How many slice plans this process has built (tests count them to see that plans are reused per program).
 static PyObject* dv365_plan_builds(PyObject*, PyObject*) { return PyLong_FromLongLong(dv365::plan::slice_plan_builds()); }
 
-// A module init so that `from dv365_ops import _C` loads this library (and runs the static registrations below)
-// without pybind11.
+// A module init without pybind11, so that `from dv365_ops import _C` loads this library (and runs the static
+// registrations below). Its attributes: `cpu_isa`, which copy of the CPU kernels this process runs ("avx2" or
+// "baseline", csrc/cpu/cpu_dispatch.h), and `_plan_builds()`, the slice plans built so far (csrc/slice_plan.h).
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"_plan_builds", dv365_plan_builds, METH_NOARGS, "slice plans built by this process"},
       {nullptr, nullptr, 0, nullptr},
   };
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && PyModule_AddStringConstant(module, "cpu_isa", dv365::cpu_isa_name()) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

@@ -28,7 +28,7 @@ std::string check_slice(const int64_t* r, int64_t s, int64_t T, int64_t C, int64
   if (!(r[prog::kTable] >= 0 && r[prog::kTable] < T))
     return "prog_i[" + str(s) + ", TABLE] = " + str(r[prog::kTable]) + " is out of range for " + str(T) + " tables";
   const int64_t flags = r[prog::kFlags];
-  if (!(flags >= 0 && flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)))
+  if (!(flags >= 0 && flags <= prog::kAllFlags))
     return "prog_i[" + str(s) + ", FLAGS] = " + str(flags) +
            " has unknown bits (WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4)";
   if (!(flags == 0 || F >= 2))

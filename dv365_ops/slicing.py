@@ -5,8 +5,8 @@ semantics live in :mod:`dv365_ops.reference` (``slice_membership``, ``slice_time
 
 - :func:`slice_timeline` emits every slice's ids and weights in KeyedJaggedTensor order, for TorchRec.
 - :func:`sliced_pool` slices and pools in one pass without materializing the slices: each event's row is
-  read once per table. It is differentiable in the tables (dense gradients, or uncoalesced sparse COO
-  gradients with ``sparse=True``); ``weight_sum`` is not differentiable.
+  read once per table. It is differentiable in the tables (dense gradients, or coalesced sparse COO
+  gradients of the touched rows with ``sparse=True``); ``weight_sum`` is not differentiable.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def sliced_pool(
     """Slice then pool (paper eq. 2-6): ``pooled [B, S, D]`` (the tables' dtype) is, per user ``b`` and
     slice ``s``, the weighted mean of ``tables[t][ids[t][e]]`` (``t = prog_i[s, TABLE]``) over the events
     ``e`` that ``s`` keeps (zeros for an empty slice); ``weight_sum float32 [B, S]`` is the sum of the
-    weights. ``sparse=True`` makes the tables' gradients sparse COO tensors."""
+    weights. ``sparse=True`` makes the tables' gradients coalesced sparse COO tensors of the rows that ``ids`` touch."""
     _check_timeline("sliced_pool", tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
     op = _backend.resolve("sliced_pool", ts.device)
     return op(list(tables), list(ids), offsets, ts, cats, floats, request_ts, prog_i, prog_f, sparse)
@@ -223,17 +223,104 @@ def _backward_sliced_pool(ctx, grad_pooled, grad_weight_sum):
     offsets, ts, cats, floats, request_ts, prog_i, prog_f, weight_sum = saved[ctx.num_tables :]
     grad = grad_pooled.contiguous()
     if ctx.sparse:
-        op = _backend.resolve("sliced_pool_backward_rows", grad.device)
-        rows = op(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f)
-        grads = [
-            torch.sparse_coo_tensor(i[None], r, (n, grad.shape[2]), check_invariants=False)
-            for i, r, n in zip(ids, rows, ctx.num_rows)
-        ]
+        grads = _sparse_table_grads(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f,
+                                    ctx.num_rows)
     else:
         op = _backend.resolve("sliced_pool_backward", grad.device)
         grads = list(op(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, ctx.num_rows))
     # one entry per argument the op was called with: the dispatcher drops ``sparse`` when it is the default
     return (grads, [None] * len(ids)) + (None,) * (8 if ctx.sparse else 7)
+
+
+def _sparse_table_grads(grad, weight_sum, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows):
+    """The tables' gradients as coalesced sparse COO tensors holding only the rows the batch's ids touch.
+
+    One row per *event* (``sliced_pool_backward_rows``) would be 1.3M x D per table at W40K, which the optimizer
+    then sums per unique row; instead each id column is renumbered to its unique ids (``inverse``), and the dense
+    backward op scatters straight into a ``[unique, D]`` gradient: already summed and sorted, so no kernel is
+    added and the optimizer (and DDP's gather) take the rows as they are. Tables that pool one id column share its
+    ``unique``. A touched row that no slice keeps gets a zero row, as with the per-event rows."""
+    rows_of, inverse_of = _unique_columns(ids, num_rows)
+    op = _backend.resolve("sliced_pool_backward", grad.device)
+    values = op(grad, weight_sum, inverse_of, offsets, ts, cats, floats, request_ts, prog_i, prog_f,
+                [r.numel() for r in rows_of])
+    d = grad.shape[2]
+    return [torch.sparse_coo_tensor(r[None], v, (n, d), is_coalesced=True, check_invariants=False)
+            for r, v, n in zip(rows_of, values, num_rows)]
+
+
+def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
+                    method: str | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per table, ``torch.unique(ids[t], sorted=True, return_inverse=True)``, once per distinct id column.
+
+    On CUDA every ``unique`` waits for the device to learn its size, so the columns are renumbered together: the
+    columns stacked, each shifted past the rows of the columns before it (which keeps them apart and in order),
+    then one read of where each column's rows start. ``method``:
+
+    - ``"mark"`` (when the tables' rows are at most about 4x the ids, as at W40K): mark the touched rows in a
+      ``[rows]`` vector, its running sum numbers them; no sort, one wait (for the counts). The fastest on the
+      CPU too at such sizes (``benchmarks/bench_unique_columns.py``).
+    - ``"sort"`` (CUDA, many more rows): one ``unique`` of the stacked columns, two waits.
+    - ``"per column"`` (the CPU, many more rows): one ``unique`` per column; there is no wait to save, and one
+      sort of all the columns measured slower.
+
+    The ids are in range (the forward checked them), so a column's shift is the most rows of the tables that
+    pool it."""
+    column_of, columns, span = {}, [], []
+    for i, n in zip(ids, num_rows):
+        key = _storage_key(i)
+        if key not in column_of:
+            column_of[key] = len(columns)
+            columns.append(i)
+            span.append(0)
+        c = column_of[key]
+        span[c] = max(span[c], int(n))
+    shift = [0]
+    for n in span:
+        shift.append(shift[-1] + n)
+    device, events = columns[0].device, sum(c.numel() for c in columns)
+    if method is None:
+        cuda = device.type == "cuda"
+        # the mark's passes over every row cost next to nothing on a GPU, and about what a sort of as many ids does
+        # on the CPU
+        method = "mark" if shift[-1] <= 4 * events + (1 << 16 if cuda else 0) else "sort" if cuda else "per column"
+    if method == "per column" or (method == "sort" and len(columns) == 1):
+        per_column = [torch.unique(c, sorted=True, return_inverse=True) for c in columns]
+    else:
+        shift_t = torch.tensor(shift, dtype=torch.int64).to(device, non_blocking=True)
+        flat = (torch.stack(columns) + shift_t[:-1, None]).view(-1)
+        if method == "mark":
+            # mark[1 + row] = 1 for every touched row; csum[k] = the touched rows below row k
+            mark = torch.zeros(shift[-1] + 1, dtype=torch.int32, device=device)
+            mark[flat + 1] = 1
+            csum = torch.cumsum(mark, 0)
+            bounds = csum[shift_t].tolist()
+            # touched row k goes to slot csum[k], the others to a spare last slot (its value is dropped)
+            slot = torch.where(mark[1:].bool(), csum[:-1], bounds[-1])
+            uniq = torch.empty(bounds[-1] + 1, dtype=torch.int64, device=device)
+            uniq.scatter_(0, slot, torch.arange(shift[-1], device=device))
+            uniq = uniq[:-1]
+            inverse = csum[flat]
+        else:
+            uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+            bounds = [0, *torch.searchsorted(uniq, shift_t[1:-1]).tolist(), uniq.numel()]
+        inverse = inverse.view(len(columns), -1)
+        per_column = []
+        for c in range(len(columns)):
+            lo, hi = bounds[c], bounds[c + 1]
+            per_column.append((uniq[lo:hi] - shift[c] if shift[c] else uniq[lo:hi],
+                               inverse[c] - lo if lo else inverse[c]))
+    key_of = [column_of[_storage_key(i)] for i in ids]
+    return [per_column[c][0] for c in key_of], [per_column[c][1] for c in key_of]
+
+
+def _storage_key(x: torch.Tensor) -> tuple:
+    """Equal for two views of the same elements (the pooling module passes each table a fresh view of its
+    column); a traced (fake) tensor has no data pointer, so it is only equal to itself."""
+    try:
+        return (x.data_ptr(), x.storage_offset(), x.numel(), x.stride(0))
+    except RuntimeError:
+        return (id(x),)
 
 
 torch.library.register_autograd(

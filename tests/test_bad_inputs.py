@@ -177,7 +177,23 @@ CASES = [
          r"offsets\[-1\] must equal the number of ids \(5\), got 4$", data=True),
     Case("jagged_mean_pool", "negative weight", _set("weights", lambda t: t.index_fill(0, torch.tensor([1]), -0.5)),
          r"weights must be finite and non-negative, got weights\[1\] = -0.5$", data=True),
+    Case("jagged_mean_pool", "two ids out of range", _set("ids", lambda t: torch.tensor([0, 9, 2, 7, 1])),
+         r"ids must be in \[0, 6\), got ids\[1\] = 9$", data=True),
+    Case("jagged_mean_pool", "NaN weight", _set("weights", lambda t: t.index_fill(0, torch.tensor([2]), float("nan"))),
+         r"weights must be finite and non-negative, got weights\[2\] = -?nan$", data=True),
     Case("jagged_mean_pool_backward", "int32 ids", _set("ids", _int32), r"ids must be int64, got Int$"),
+    Case("jagged_mean_pool_backward", "id out of range", _set("ids", lambda t: t.index_fill(0, torch.tensor([4]), -2)),
+         r"ids must be in \[0, 6\), got ids\[4\] = -2$", data=True),
+    Case("jagged_mean_pool_backward", "decreasing offsets", _set("offsets", lambda t: torch.tensor([0, 3, 2, 5])),
+         r"offsets must be non-decreasing, but offsets\[1\] = 3 > offsets\[2\] = 2$", data=True),
+    Case("jagged_mean_pool_backward", "infinite weight",
+         _set("weights", lambda t: t.index_fill(0, torch.tensor([3]), float("inf"))),
+         r"weights must be finite and non-negative, got weights\[3\] = inf$", data=True),
+    Case("jagged_mean_pool_backward_rows", "offsets from 1", _set("offsets", lambda t: torch.tensor([1, 2, 2, 5])),
+         r"offsets\[0\] must be 0, got 1$", data=True),
+    Case("jagged_mean_pool_backward_rows", "negative weight",
+         _set("weights", lambda t: t.index_fill(0, torch.tensor([0]), -1.0)),
+         r"weights must be finite and non-negative, got weights\[0\] = -1$", data=True),
     Case("jagged_mean_pool_backward", "grad rows", _set("grad", lambda t: torch.randn(4, 4)),
          r"grad must have one row per bag \(3\), got 4$"),
     Case("jagged_mean_pool_backward", "negative num_rows", _set("num_rows", -1),
@@ -208,6 +224,15 @@ CASES = [
          r"x must be finite \(found NaN or Inf\)$", data=True),
     Case("int4_quantize", "row too wide", _set("x", lambda t: torch.cat([t[:2], torch.tensor([[-3e38, 3e38, 0, 1, 0, 0]])])),
          r"row 2 of x spans \[-3e\+38, 3e\+38\], too wide for float32 codes", data=True),
+    Case("int4_quantize", "first bad row named",
+         _set("x", lambda t: torch.cat([t[:1], torch.tensor([[-3e38, 3e38, 0, 1, 0, 0]]), t[1:2],
+                                        torch.tensor([[float("nan"), 0, 0, 0, 0, 0]])])),
+         r"row 1 of x spans \[-3e\+38, 3e\+38\], too wide for float32 codes", data=True),
+    Case("int4_quantize", "NaN in a bfloat16 row", _set("x", lambda t: t.bfloat16().index_fill(0, torch.tensor([3]), float("nan"))),
+         r"x must be finite \(found NaN or Inf\)$", data=True),
+    Case("int4_quantize", "row too wide for fp16 scale/bias",
+         lambda a: a.update(half_scale_bias=True, x=torch.cat([a["x"][:1], torch.tensor([[-1e5, 1.0, 0, 0, 2, 0]])])),
+         r"row 1 of x spans \[-100000, 2\], beyond float16 scale/bias \(half_scale_bias=True\)", data=True),
     Case("int4_dequantize", "float packed", _set("packed", lambda t: t.float()), r"packed must be uint8, got Float$"),
     Case("int4_dequantize", "1-D packed", _set("packed", lambda t: t[0]), r"packed must be 2-D \[R, D/2 \+ 8\], got 1-D$"),
     Case("int4_dequantize", "short rows", _set("packed", lambda t: t[:, :6]),
@@ -403,6 +428,16 @@ def test_argument_on_another_device(op, arg, name, ref, backend):
     with pytest.raises(RuntimeError, match=rf"^dv365::{op}: {name} must be on the same device as {ref} \({dev}\), "
                                            rf"got {dev}$"):
         fn(*args.values())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
+def test_backward_rows_takes_any_ids(backend):
+    # the per-event rows index no table, so no id is out of range: every backend returns w_i / sum(w) * grad
+    args = VALID["jagged_mean_pool_backward_rows"]()
+    reference = _call("jagged_mean_pool_backward_rows", "cpu", args)
+    args["ids"] = torch.tensor([-3, 0, 2**40, 5, -1])
+    rows = _call("jagged_mean_pool_backward_rows", backend, args)
+    torch.testing.assert_close(rows.cpu(), reference)
 
 
 def test_sliced_pool_meta_input_is_an_error_not_garbage():

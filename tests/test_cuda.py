@@ -97,7 +97,7 @@ def test_jagged_bad_inputs():
     table, ids, offsets, weights = _jagged_inputs([5, 7, 3], 20, 8, torch.float32, True)
     bad = ids.clone()
     bad[4] = 20
-    # the messages are the CPU kernels' (the CUDA op re-runs them on bad input)
+    # the messages are the CPU kernels' (csrc/checks/jagged.h, from the element the device error record names)
     with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must be in \[0, 20\)"):
         ops.jagged_mean_pool(table, bad, offsets, weights)
     bad[4] = -1
@@ -113,6 +113,44 @@ def test_jagged_bad_inputs():
         ops.jagged_mean_pool(table, ids, offsets, -weights)
     with pytest.raises(RuntimeError, match=r"dv365::jagged_mean_pool: ids must be on the same device as table"):
         ops.jagged_mean_pool(table, ids.cpu(), offsets, weights)
+
+
+def _message(fn, *args) -> str:
+    with pytest.raises(RuntimeError) as info:
+        fn(*args)
+    return str(info.value).splitlines()[0]
+
+
+def _cpu(args):
+    return [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jagged_data_errors_name_what_the_cpu_kernel_names(seed):
+    # several offenders at once, spread over many CTAs: the device error record keeps the first, as the CPU does
+    g = torch.Generator().manual_seed(seed)
+    table, ids, offsets, weights = _jagged_inputs(torch.randint(0, 300, (400,), generator=g).tolist(), 5000, 24,
+                                                  torch.float32, True)
+    n, m = ids.numel(), offsets.numel() - 1
+    grad = torch.randn(m, 24, device="cuda")
+    picks = torch.randperm(n, generator=g)[:5].to("cuda")
+    bad_ids = ids.index_fill(0, picks, 5000 + seed)
+    bad_w = weights.index_fill(0, picks, float("nan") if seed % 2 else -1.0)
+    steps = torch.randperm(m - 2, generator=g)[:3].to("cuda") + 1
+    bad_off = offsets.clone()
+    bad_off[steps] = bad_off[steps + 1] + 1  # offsets[b] > offsets[b + 1] at each step
+    cases = [
+        (ops.jagged_mean_pool, (table, bad_ids, offsets, weights, False)),
+        (ops.jagged_mean_pool, (table, ids, offsets, bad_w, False)),
+        (ops.jagged_mean_pool, (table, ids, bad_off, weights, False)),
+        (ops.jagged_mean_pool_backward, (grad, bad_ids, offsets, weights, 5000)),
+        (ops.jagged_mean_pool_backward, (grad, ids, offsets, bad_w, 5000)),
+        (ops.jagged_mean_pool_backward, (grad, ids, bad_off, weights, 5000)),
+        (ops.jagged_mean_pool_backward_rows, (grad, ids, offsets, bad_w)),
+        (ops.jagged_mean_pool_backward_rows, (grad, ids, bad_off, weights)),
+    ]
+    for fn, args in cases:
+        assert _message(fn, *args) == _message(fn, *_cpu(args))
 
 
 # ---------------------------------------------------------------- token pooling
@@ -230,6 +268,21 @@ def test_int4_bad_inputs():
         ops.int4_dequantize(torch.zeros(4, 12, device="cuda"), False, None)
     with pytest.raises(RuntimeError, match=r"dv365::int4_dequantize: packed must have D/2 code bytes plus 8"):
         ops.int4_dequantize(torch.zeros(4, 7, dtype=torch.uint8, device="cuda"), False, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("d", [256, 250, 2064])  # register kernel, loop kernel (d % 8), loop kernel (long rows)
+def test_int4_unencodable_rows_name_what_the_cpu_kernel_names(dtype, half, d):
+    # the first bad row among several of both kinds, found by any warp: its message is built from that row alone
+    x = torch.randn(3000, d, device="cuda")
+    x[2900, 5] = float("nan")
+    x[1700, 0], x[1700, 1] = (-60000.0, 60000.0) if dtype == torch.float16 else (-3e38, 3e38)
+    x[2100, 7] = float("inf")
+    if half and dtype != torch.float16:
+        x[900, 2] = -1e6  # beyond fp16 scale and bias
+    x = x.to(dtype)
+    assert _message(ops.int4_quantize, x, half) == _message(ops.int4_quantize, x.cpu(), half)
 
 
 # ---------------------------------------------------------------- slicing

@@ -1,6 +1,7 @@
 """The loaders of dv365.data: rank sharding, exact resume, the per-user export path (paper sections 2.3.3, 2.4)."""
 
 import json
+import mmap
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,6 +12,7 @@ from dv365.data import (DataError, Loader, SynthConfig, UserLoader, dataset_fing
                         users_with_new_events)
 import dv365.data.cache as cache_module
 import dv365.data.loader as loader_module
+import dv365.data.procs
 from dv365.data.cache import ShardCache, build_cache, cache_dir
 from dv365.timeline import CAT_FIELDS, EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT, TimelineBatch
 
@@ -314,7 +316,11 @@ def test_cache_build_layout_and_env(data, tmp_path, monkeypatch):
     entry = json.loads((root / "shard-00001" / "meta.json").read_text())
     assert entry["sources"] == {t: ds.manifest["shards"][1]["files"][t]["sha256"] for t in ("explicit", "implicit", "examples")}
     arrays = sc.get(1)
-    assert isinstance(arrays["implicit.ids"], np.memmap) and arrays["implicit.ids"].dtype == np.int32
+    base = arrays["implicit.ids"]
+    while isinstance(base, np.ndarray):
+        base = base.base
+    base = base.obj if isinstance(base, memoryview) else base
+    assert isinstance(base, mmap.mmap) and arrays["implicit.ids"].dtype == np.int32  # memory-mapped, narrow
     assert arrays["implicit.ts"].dtype == np.uint32 and arrays["implicit.offsets"].shape == (8,)
     assert not [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".")], "no temporary directory is left"
     monkeypatch.setenv("DV365_DATA_CACHE", "0")
@@ -432,10 +438,11 @@ def test_to_and_pin_memory_do_not_revalidate(data, monkeypatch):
     assert _timeline_equal(moved.implicit, b.implicit)
 
 
-def test_reused_memory_never_overwrites_a_held_batch(data):
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_reused_memory_never_overwrites_a_held_batch(data, mode):
     ds, _ = data
-    ref = list(UserLoader(ds, 2, cutoff=2**40, cache=False, prefetch=0, pin_memory=False))
-    loader = UserLoader(ds, 2, cutoff=2**40, workers=2, prefetch=1, pin_memory=False)
+    ref = list(UserLoader(ds, 1, cutoff=2**40, cache=False, prefetch=0, pin_memory=False))
+    loader = UserLoader(ds, 1, cutoff=2**40, workers=2, prefetch=1, pin_memory=False, mode=mode)
     held = {}
     for i, b in enumerate(loader):
         assert _timeline_equal(b.implicit, ref[i].implicit) and _timeline_equal(b.explicit, ref[i].explicit)
@@ -443,6 +450,178 @@ def test_reused_memory_never_overwrites_a_held_batch(data):
             held[i] = b  # kept while later batches are built; the others are dropped and their memory reused
     for i, b in held.items():
         assert _timeline_equal(b.implicit, ref[i].implicit) and _timeline_equal(b.explicit, ref[i].explicit), i
-    pool = loader._arenas
-    assert 1 <= len(pool.arenas) <= pool.keep < len(ref)
+    if mode == "thread":
+        pool = loader._arenas
+        assert 1 <= len(pool.arenas) <= pool.keep < len(ref)
+    else:  # the held batches' arenas plus those in flight: the dropped ones were reused
+        # (+ 3 in flight, + the batch the consumer and the loader's frame still reference)
+        assert len(held) < len(loader._pool.arenas) <= len(held) + 3 + 2 < len(ref)
+        loader.close()
 
+
+
+# worker processes (export) -------------------------------------------------------------------------
+def _user_batches_equal(a, b):
+    return (len(a) == len(b) and all(torch.equal(x.user_id, y.user_id) and torch.equal(x.request_ts, y.request_ts)
+                                     and _timeline_equal(x.explicit, y.explicit) and _timeline_equal(x.implicit, y.implicit)
+                                     for x, y in zip(a, b)))
+
+
+def _children():
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.name.startswith("dv365-loader")]
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+@pytest.mark.parametrize("batch_size,workers,kwargs", [
+    (4, 2, {}), (3, 3, {"users": (2, 16)}), (1, 2, {"max_events": 5}), (5, 4, {"only_users": np.array([0, 2, 7, 8, 9, 16])}),
+    (2, 2, {"cutoff_shift": -5 * 86400}),
+])
+def test_process_workers_equal_threads_batch_for_batch(data, batch_size, workers, kwargs):
+    ds, shards = data
+    kwargs = dict(kwargs)
+    top = int(max(s.table(k)["ts"].max() for s in shards for k in KINDS))
+    cutoff = top + 1 + kwargs.pop("cutoff_shift", 0)
+    make = lambda mode, w: UserLoader(ds, batch_size, cutoff=cutoff, pin_memory=False, workers=w, mode=mode, **kwargs)  # noqa: E731
+    ref = list(make("thread", 1))
+    proc = make("process", workers)
+    assert proc.uses_processes
+    assert _user_batches_equal(list(proc), ref)
+    assert _user_batches_equal(list(proc), ref)  # the workers are kept for the next pass
+    proc.close()
+    assert not _children()
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_process_workers_resume_mid_pass_and_stop_early(data):
+    ds, shards = data
+    cutoff = int(max(s.table(IMPLICIT)["ts"].max() for s in shards)) - 3 * 86400
+    whole = list(UserLoader(ds, 2, cutoff=cutoff, mode="thread", workers=1, pin_memory=False))
+    first = UserLoader(ds, 2, cutoff=cutoff, mode="process", workers=3, pin_memory=False)
+    head = [b for _, b in zip(range(3), first)]  # stops with batches in flight: the workers are stopped
+    assert first._pool is None and not _children()
+    resumed = UserLoader(ds, 2, cutoff=cutoff, mode="process", workers=2, pin_memory=False)
+    resumed.load_state_dict(first.state_dict())
+    assert _user_batches_equal(head + list(resumed), whole)
+    resumed.close()
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_process_worker_killed_or_failing_is_a_clear_error(data, monkeypatch):
+    import os
+    import signal
+
+    ds, _ = data
+    loader = UserLoader(ds, 1, cutoff=2**40, mode="process", workers=2, prefetch=0, pin_memory=False)
+    it = iter(loader)
+    next(it)
+    os.kill(loader._pool.procs[1].pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"UserLoader: loader worker 1 \(pid \d+\) was killed by signal 9 while building batch"):
+        for _ in it:
+            pass
+    assert loader._pool is None and not _children()
+
+    def broken(self, start, end, outs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(loader_module._Timeline, "fill", broken)  # inherited by the forked workers
+    with pytest.raises(RuntimeError, match=r"(?s)loader worker 0 \(pid \d+\) failed on batch 0 \(shard 0, users 0..0\).*disk gone"):
+        list(UserLoader(ds, 1, cutoff=2**40, mode="process", workers=2, pin_memory=False))
+    assert not _children()
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_process_workers_stop_on_keyboard_interrupt_and_when_collected(data):
+    import gc
+    import os
+
+    ds, _ = data
+    shm = sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []
+    loader = UserLoader(ds, 1, cutoff=2**40, mode="process", workers=2, pin_memory=False)
+    with pytest.raises(KeyboardInterrupt):
+        for i, _ in enumerate(loader):
+            if i == 2:
+                raise KeyboardInterrupt
+    assert not _children()
+    loader = UserLoader(ds, 4, cutoff=2**40, mode="process", workers=2, pin_memory=False)
+    kept = list(loader)  # a finished pass keeps its workers ...
+    assert len(_children()) == 2
+    del loader
+    gc.collect()
+    assert not _children()  # ... until the loader is gone; its batches stay valid
+    ref = list(UserLoader(ds, 4, cutoff=2**40, mode="thread", workers=1, pin_memory=False))
+    assert _user_batches_equal(kept, ref)
+    assert (sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []) == shm  # arenas are memfds
+    with pytest.raises(ValueError, match="mode must be"):
+        UserLoader(ds, 4, cutoff=0, mode="fork")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_process_workers_pinned_batches_copy_to_the_device(data):
+    ds, _ = data
+    ref = list(UserLoader(ds, 2, cutoff=2**40, mode="thread", workers=1, pin_memory=False))
+    loader = UserLoader(ds, 2, cutoff=2**40, mode="process", workers=2, pin_memory=True)
+    got = []
+    for b in loader:
+        assert b.implicit.ts.is_pinned() and b.explicit.ids.is_pinned()
+        got.append(b.to("cuda", non_blocking=True))  # the host batch is dropped at once: its arena is reused
+    torch.cuda.synchronize()
+    assert _user_batches_equal([g.to("cpu") for g in got], ref)
+    loader.close()
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(5000, dtype=np.int64), np.arange(3 * 2000, dtype=np.int32).reshape(3, 2000), np.zeros((0, 7000), np.float32),
+    np.array([7], dtype=np.int64), np.zeros((2, 0), np.int8), np.array(3.5, dtype=np.float32),
+    np.full((2, 3000), np.nan, dtype=np.float32), np.asfortranarray(np.arange(6000, dtype=np.uint32).reshape(2, 3000)),
+    np.arange(3000, dtype=">i4"), np.array([(1, 2.0)] * 700, dtype=[("a", "<i4"), ("b", "<f8")]),
+])
+def test_cache_npy_reader_matches_np_load(tmp_path, array):
+    path = tmp_path / "a.npy"
+    np.save(path, array)
+    size = path.stat().st_size
+    want = np.load(path, mmap_mode="r") if size > 4096 else np.load(path)
+    got = cache_module._open_npy(path, size)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.flags.writeable == want.flags.writeable
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_pinned_arena_is_rewritten_only_after_the_consumers_copies(monkeypatch):
+    """The fence logic without a GPU: an arena dropped while its (fake) copies are pending is not handed out while
+    another fits; at the arena limit it is waited for, never rewritten early."""
+    events = []
+
+    class FakeEvent:
+        def __init__(self):
+            self.done, self.waited = False, False
+            events.append(self)
+
+        def record(self):
+            pass
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.waited = self.done = True
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    pool = dv365.data.procs.ProcessPool(1, lambda: None, lambda state, task, buf: None, "test", keep=2)
+    try:
+        a = pool.take(1000)
+        pool.arenas[a].pinned = True  # as if page-locked
+        pool.release(a)  # delivered and dropped at once: its copy may still be in flight
+        b = pool.take(1000)
+        assert b != a and len(events) == 1 and not events[0].done  # a fence was recorded for a, b is new
+        pool.arenas[b].pinned = True
+        pool.release(b)
+        events[0].done = True  # a's copies finished
+        assert pool.take(1000) == a and len(events) == 2  # a is ready again; b got its own fence
+        pool.release(a)
+        c = pool.take(1000)  # a's new fence pending, b's pending, limit reached: wait for one, reuse it
+        assert c in (a, b) and len(pool.arenas) == 2 and any(e.waited for e in events[1:])
+    finally:
+        pool.close()

@@ -378,7 +378,7 @@ def _bad_cases(device):
         (lambda: bwd(g, ids, off, w, -1), pre_b + "num_rows must be non-negative", True),
         (lambda: bwd(g[0], ids, off, w, 5), pre_b + "grad must be 2-D", True),
         (lambda: rows(g, ids, off, -w), pre_r + "weights must be finite and non-negative", False),
-        (lambda: rows(g, ids, off[:2], w), pre_r + r"offsets\[-1\] must equal", False),
+        (lambda: rows(g[:1], ids, off[:2], w), pre_r + r"offsets\[-1\] must equal", False),
     ]
 
 

@@ -1,9 +1,10 @@
 """The slice program layout has one definition, :mod:`dv365_ops.program`; these tests guard its mirrors.
 
 The C++ and CUDA kernels cannot import Python, so ``csrc/dv365_prog.h`` restates the layout: every constant it
-defines must equal its program.py counterpart, every program.py constant the kernels need must be there, and no
-other C++/CUDA file may define a second copy. The Triton kernels read program.py itself: their source must hold
-no literal offsets or flag bits.
+defines must equal its program.py counterpart, every program.py constant must be there, no other C++/CUDA file
+may define a second copy, and none may spell a mirrored constant as its literal meaning (the float rows as
+``floats[e]`` / ``floats + n``, the union of the flags, the categorical range). The Triton kernels read
+program.py itself: their source must hold no literal offsets or flag bits.
 """
 
 from __future__ import annotations
@@ -22,10 +23,6 @@ TRITON_SLICING = ROOT / "dv365_ops" / "triton_kernels" / "slicing.py"
 # `kName = value` in an enum or a constexpr; values are integer or floating literals
 _CONST = re.compile(r"\b(k[A-Z]\w*)\s*=\s*([-+]?[0-9][0-9.eE+-]*)\s*[,;]")
 
-# program.py constants with no header mirror, and why: the C++ kernels spell these as their C meaning
-# (INT64_MAX, the float rows 0 and 1 of ``floats``, the union of the flags) rather than by name
-PYTHON_ONLY = {"NO_UPPER_BOUND", "FLOAT_DURATION", "FLOAT_DWELL", "ALL_FLAGS"}
-
 
 def _snake(header_name: str) -> str:
     """``kCatField0`` -> ``CAT_FIELD0``, ``kS0`` -> ``S0``."""
@@ -43,11 +40,12 @@ def _python_value(header_name: str):
     return name, None
 
 
-def _header_constants(text: str) -> dict[str, float]:
-    found: dict[str, float] = {}
+def _header_constants(text: str) -> dict[str, int | float]:
+    found: dict[str, int | float] = {}
     for name, literal in _CONST.findall(text):
         assert name not in found, f"{HEADER.name} defines {name} twice"
-        found[name] = float(literal)
+        # integers compare exactly (a float would not tell 2**63 - 1 from 2**63 - 512)
+        found[name] = int(literal) if re.fullmatch(r"[-+]?[0-9]+", literal) else float(literal)
     return found
 
 
@@ -62,19 +60,17 @@ def test_header_constants_equal_program_py():
     for name, value in consts.items():
         py_name, py_value = _python_value(name)
         assert py_value is not None, f"{HEADER.name} defines {name}, which has no program.py counterpart {py_name}"
-        if float(py_value) != value:
+        if py_value != value or isinstance(py_value, float) != isinstance(value, float):
             mismatched[name] = (value, f"program.py {py_name} = {py_value!r}")
     assert not mismatched, f"{HEADER.name} disagrees with program.py: {mismatched}"
 
 
-def test_every_program_py_constant_is_mirrored_or_listed_python_only():
+def test_every_program_py_constant_is_mirrored():
     mirrored: set[str] = set()
     for name in _header_constants(HEADER.read_text()):
         mirrored.add(re.sub(r"\[\d+\]$", "", _python_value(name)[0]))
-    missing = _layout_names() - mirrored - PYTHON_ONLY
+    missing = _layout_names() - mirrored
     assert not missing, f"program.py constants {sorted(missing)} have no mirror in {HEADER.name}"
-    stale = PYTHON_ONLY - _layout_names()
-    assert not stale, f"PYTHON_ONLY names {sorted(stale)} are not in program.py any more"
 
 
 def test_tuple_constants_have_one_entry_per_filter():
@@ -95,6 +91,9 @@ def test_the_parser_catches_a_drift():
     consts = _header_constants(drifted)
     assert consts["kWinHi"] != _python_value("kWinHi")[1]
     assert _header_constants(text)["kMaxScore"] == P.MAX_SCORE
+    off_by_one = re.sub(r"\bkNoUpperBound\s*=\s*\d+", f"kNoUpperBound = {P.NO_UPPER_BOUND - 1}", text)
+    assert off_by_one != text
+    assert _header_constants(off_by_one)["kNoUpperBound"] != P.NO_UPPER_BOUND
 
 
 def test_no_other_native_file_redefines_the_layout():
@@ -107,6 +106,57 @@ def test_no_other_native_file_redefines_the_layout():
             if name in names:
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert not offenders, f"the program layout is defined again outside {HEADER.name}: {offenders}"
+
+
+# The meanings of mirrored constants, as C++/CUDA code would spell them without the mirror.
+NATIVE_LITERALS = {
+    "FLOAT_DURATION / FLOAT_DWELL (a float row by its number)": r"\bfloats\s*\[\s*(?:\w+\.)?(?:[ei]\s*\]|n\s*\+)|\bfloats\s*\+\s*(?:\w+\.)?[nN]\b|\bdur\s*\+\s*(?:\w+\.)?[nN]\b",
+    "ALL_FLAGS (the union of the flags)": r"kWeighted\s*\|\s*(?:prog::)?kDwellFilter|kDwellFilter\s*\|\s*(?:prog::)?kRatioFilter",
+    "MAX_CAT_VALUE (in a message)": r'"[^"\n]*\[0, 6[34]\)?\][^"\n]*"',
+    "NO_UPPER_BOUND (a window bound)": r"(?i:win_?hi)[^;\n]*(?:INT64_MAX|numeric_limits<int64_t>::max)",
+}
+
+# Sites that remain, each in code another change is rewriting (the CPU slicing compiler and timeline checks);
+# an entry whose site is gone must be removed, so the list cannot go stale.
+NATIVE_LITERALS_PENDING = {
+    ("csrc/cpu/slicing.cpp", "ALL_FLAGS (the union of the flags)"),
+    ("csrc/cpu/slicing.cpp", "FLOAT_DURATION / FLOAT_DWELL (a float row by its number)"),
+}
+
+
+def _native_sources():
+    for path in sorted((ROOT / "csrc").rglob("*")):
+        if path != HEADER and path.suffix in (".h", ".cuh", ".cu", ".cpp", ".inc"):
+            yield path.relative_to(ROOT).as_posix(), path.read_text()
+
+
+def test_native_code_spells_no_mirrored_constant_as_a_literal():
+    hits, seen_pending = [], set()
+    for rel, text in _native_sources():
+        code = re.sub(r"//[^\n]*", "", text)  # comments may explain a value
+        for meaning, pattern in NATIVE_LITERALS.items():
+            found = [m.group(0) for m in re.finditer(pattern, code)]
+            if not found:
+                continue
+            if (rel, meaning) in NATIVE_LITERALS_PENDING:
+                seen_pending.add((rel, meaning))
+            else:
+                hits.append(f"{rel}: {meaning}: {found}")
+    assert not hits, f"spell these with the {HEADER.name} constants: {hits}"
+    stale = NATIVE_LITERALS_PENDING - seen_pending
+    assert not stale, f"NATIVE_LITERALS_PENDING entries whose sites are gone (remove them): {sorted(stale)}"
+
+
+@pytest.mark.parametrize("meaning, spelled", [
+    ("FLOAT_DURATION / FLOAT_DWELL (a float row by its number)", "x = tl.floats[tl.n + e];"),
+    ("FLOAT_DURATION / FLOAT_DWELL (a float row by its number)", "x = tl.floats[e];"),
+    ("FLOAT_DURATION / FLOAT_DWELL (a float row by its number)", "tl.dwell = tl.dur + tl.N;"),
+    ("ALL_FLAGS (the union of the flags)", "f & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)"),
+    ("MAX_CAT_VALUE (in a message)", 'what += "cats values must lie in [0, 63]; ";'),
+    ("NO_UPPER_BOUND (a window bound)", "win_hi[s] = std::numeric_limits<int64_t>::max();"),
+])
+def test_the_literal_guard_catches_each_spelling(meaning, spelled):
+    assert re.search(NATIVE_LITERALS[meaning], spelled)
 
 
 @pytest.mark.parametrize(

@@ -309,6 +309,62 @@ def test_backward_matches_reference_autograd(device, dtype, sparse):
         torch.testing.assert_close(g.to_dense().double(), e, atol=atol * 10, rtol=rtol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("case", ["random", "empty", "unnamed table", "one hot id", "shared ids"])
+def test_sparse_grads_are_the_coalesced_touched_rows(device, dtype, case):
+    """sparse=True gives, per table, exactly the rows its ids touch (sorted, unique, coalesced), each the sum of
+    the per-event rows (sliced_pool_backward_rows) that land on it."""
+    lengths = {"empty": [0, 0], "random": [40, 0, 3, 257]}.get(case, [30, 4, 61])
+    a = _inputs(lengths, device, s=9)
+    if case == "unnamed table":  # no slice pools table 1: its touched rows get zero gradients
+        a["prog_i"][:, P.TABLE] = 0
+    if case == "one hot id":  # every event of table 0 hits one row
+        a["ids"][0] = torch.full_like(a["ids"][0], 5)
+    if case == "shared ids":  # two tables pool one id tensor (its unique is shared)
+        a["ids"][1] = a["ids"][0] % ROWS[1]
+        a["ids"] = [a["ids"][1], a["ids"][1]]
+    tables = [t.requires_grad_() for t in _tables(device, dtype, 6)]
+    pooled, wsum = dv365_ops.sliced_pool(tables, *_timeline_args(a), sparse=True)
+    grad = torch.randn_like(pooled)
+    got = torch.autograd.grad(pooled, tables, grad)
+    rows = torch.ops.dv365.sliced_pool_backward_rows(grad, wsum, *_timeline_args(a))
+    for t, (g, r, ids) in enumerate(zip(got, rows, a["ids"])):
+        assert g.is_sparse and g.is_coalesced() and g.dtype == dtype and g.shape == tables[t].shape
+        assert torch.equal(g.indices()[0], torch.unique(ids))
+        expected = torch.zeros(tables[t].shape, dtype=torch.float64, device=device).index_add_(0, ids, r.double())
+        atol, rtol = TOLERANCES[dtype]
+        torch.testing.assert_close(g.to_dense().double(), expected, atol=atol * 10, rtol=rtol)
+        if case == "unnamed table" and t == 1:
+            assert ids.numel() == 0 or torch.count_nonzero(g.values()) == 0
+
+
+@pytest.mark.parametrize("method", [None, "mark", "sort", "per column"])
+@pytest.mark.parametrize("events", [0, 1, 500])
+def test_one_unique_for_all_id_columns_equals_one_per_column(device, events, method):
+    """The sparse backward's renumbering of all the id columns at once (``mark``: a running sum over the marked
+    rows; ``sort``: one ``unique`` of the stacked columns) gives each table what its own column's
+    ``unique(sorted=True, return_inverse=True)`` gives: columns shared by tables (of different row counts), ids
+    at 0 and at the last row, repeated ids."""
+    from dv365_ops.slicing import _unique_columns
+
+    g = torch.Generator().manual_seed(events)
+    rows = [50, 7, 1000, 3]
+    cols = [torch.randint(0, n, (events,), generator=g) for n in rows]
+    if events:
+        cols[0][0], cols[2][-1] = 49, 999
+    cols = [c.to(device) for c in cols]
+    # tables: column 0, column 1, column 0 again (fewer rows: its ids stay below 40), column 2, column 3
+    cols[0] = cols[0] % 40
+    ids = [cols[0], cols[1], cols[0].view(-1), cols[2], cols[3]]
+    num_rows = [50, 7, 40, 1000, 3]
+    got_rows, got_inverse = _unique_columns(ids, num_rows, method)
+    for t, i in enumerate(ids):
+        r, inv = torch.unique(i, sorted=True, return_inverse=True)
+        assert torch.equal(got_rows[t], r) and torch.equal(got_inverse[t], inv), t
+        assert got_inverse[t].is_contiguous() and got_inverse[t].dtype == inv.dtype == got_rows[t].dtype
+    assert got_rows[0] is got_rows[2]  # the shared column's rows are one tensor
+
+
 def test_backward_rows_zero_for_dropped_events(device):
     a = _inputs([30, 4], device, s=5)
     a["prog_i"][:, P.TABLE] = 0

@@ -89,6 +89,8 @@ def test_config_overrides(tmp_path):
         ({"data": {"batch_size": "big"}}, r"data\.batch_size: expected an integer"),
         ({"optim": {"dense": {"name": "lion", "lr": 1.0}}}, r"optim\.dense\.name must be one of"),
         ({"schedule": {"steps": 0}}, r"schedule\.steps must be >= 1"),
+        ({"compile": True, "compile_mode": "reduce_overhead"}, r"compile_mode must be one of default, reduce-overhead"),
+        ({"compile_mode": "reduce-overhead"}, r"compile_mode 'reduce-overhead' needs compile: true"),
     ],
 )
 def test_config_errors(data, match):
@@ -249,6 +251,29 @@ def test_rowwise_adagrad_matches_its_formula():
     assert torch.equal(sparse_p.detach()[rows // 2:], start[rows // 2:])
 
 
+@pytest.mark.parametrize("kind", ["sorted unique", "sorted with duplicates", "unsorted unique"])
+def test_rowwise_adagrad_uses_sorted_unique_rows_as_they_are(kind):
+    """A sparse gradient not flagged coalesced (autograd's accumulation drops the flag of the pooling op's) is
+    taken as it is only when its indices are strictly increasing; otherwise its duplicates are summed."""
+    from dv365.train.optim import RowWiseAdagrad
+
+    rows, dim, lr = 50, 5, 0.1
+    idx = {"sorted unique": torch.tensor([0, 3, 4, 17, 49]), "sorted with duplicates": torch.tensor([1, 3, 3, 8, 8]),
+           "unsorted unique": torch.tensor([9, 2, 30, 5, 1])}[kind]
+    vals = torch.randn(idx.numel(), dim, dtype=torch.float64)
+    start = torch.randn(rows, dim, dtype=torch.float64)
+    p = torch.nn.Parameter(start.clone())
+    p.grad = torch.sparse_coo_tensor(idx[None], vals, (rows, dim), check_invariants=False)
+    assert not p.grad.is_coalesced()
+    RowWiseAdagrad([p], lr=lr).step()
+    g = torch.zeros(rows, dim, dtype=torch.float64).index_add_(0, idx, vals)
+    touched = torch.unique(idx)
+    w = start.clone()
+    w[touched] -= lr * g[touched] / (g[touched].square().mean(1).sqrt() + 1e-10)[:, None]
+    torch.testing.assert_close(p.detach(), w)
+    assert p.grad.is_coalesced() == (kind == "sorted unique")
+
+
 def test_rowwise_adagrad_shares_unique_rows_between_tables_on_one_index_tensor():
     from dv365.train.optim import RowWiseAdagrad
 
@@ -268,3 +293,59 @@ def test_rowwise_adagrad_shares_unique_rows_between_tables_on_one_index_tensor()
             o.step()
     torch.testing.assert_close(a.detach(), solo[0].detach(), rtol=0, atol=0)
     torch.testing.assert_close(b.detach(), solo[1].detach(), rtol=0, atol=0)
+
+
+def _rowwise_pair(device, dtype, wd, sparse, fused_first=True):
+    """Two copies of a table, one updated by the fused Triton kernel and one by the torch ops (fused=False), over
+    three steps of sparse (coalesced touched rows, or repeated unsorted rows) or dense (None) gradients."""
+    from dv365.train.optim import RowWiseAdagrad
+
+    g = torch.Generator().manual_seed(7)
+    rows, dim, lr = 300, 37, 0.07  # an odd width: the kernel's column mask
+    start = torch.randn(rows, dim, generator=g).to(dtype)
+    fused_p, torch_p = (torch.nn.Parameter(start.clone().to(device)) for _ in range(2))
+    fused = RowWiseAdagrad([fused_p], lr=lr, weight_decay=wd, fused=True)
+    plain = RowWiseAdagrad([torch_p], lr=lr, weight_decay=wd, fused=False)
+    for step in range(3):
+        idx = torch.unique(torch.randint(0, rows, (120,), generator=g)).to(device)
+        vals = (torch.randn(idx.numel(), dim, generator=g) * (step + 1)).to(device, dtype)
+        if sparse == "repeated":  # nn.Embedding's: one row per lookup, unsorted, repeated rows
+            idx = torch.randint(0, rows, (120,), generator=g).to(device)
+            vals = (torch.randn(idx.numel(), dim, generator=g) * (step + 1)).to(device, dtype)
+        for p in (fused_p, torch_p):
+            p.grad = (torch.sparse_coo_tensor(idx[None], vals, (rows, dim), is_coalesced=sparse == "coalesced")
+                      if sparse else torch.zeros(rows, dim, device=device, dtype=dtype).index_add_(0, idx, vals))
+        fused.step()
+        plain.step()
+    return fused_p, torch_p, fused.state[fused_p]["sum"], plain.state[torch_p]["sum"], start.to(device), idx
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("wd", [0.0, 0.03])
+@pytest.mark.parametrize("sparse", ["coalesced", "repeated", None])
+def test_fused_rowwise_adagrad_matches_the_torch_update(dtype, wd, sparse):
+    """The Triton kernel (under TRITON_INTERPRET=1 on the CPU, on the GPU when there is one) against the torch ops
+    of the same optimizer: the accumulator up to the order a row's mean sums in, the weights to the rounding of
+    the table's dtype (the interpreter rounds to bfloat16 by truncation, the GPU to nearest)."""
+    triton = pytest.importorskip("triton")  # noqa: F841
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton kernel runs on the CPU only under TRITON_INTERPRET=1")
+    fused_p, torch_p, fused_acc, torch_acc, start, _ = _rowwise_pair(device, dtype, wd, sparse)
+    # bf16 with weight decay: the weights' rounding reaches the next step's gradient, so the accumulator
+    torch.testing.assert_close(fused_acc, torch_acc, rtol=2e-2 if dtype == torch.bfloat16 else 2e-6, atol=0)
+    tol = {torch.float32: (2e-6, 1e-6), torch.float64: (2e-6, 1e-6), torch.bfloat16: (3 * 2**-7, 1e-2)}[dtype]  # bf16: an ulp a step
+    torch.testing.assert_close(fused_p.detach(), torch_p.detach(), rtol=tol[0], atol=tol[1])
+    assert not torch.equal(fused_p.detach(), start)  # the step did something
+    untouched = torch_acc == 0
+    if sparse:  # rows no step touched keep their weights and a zero accumulator
+        assert untouched.any() and torch.equal(fused_p.detach()[untouched], start[untouched])
+        assert torch.equal(fused_acc[untouched], torch_acc[untouched])
+
+
+def test_fused_rowwise_adagrad_is_not_used_on_the_cpu():
+    """fused=None (the default) keeps the torch ops on the CPU: bitwise resume there relies on them."""
+    from dv365.train.optim import RowWiseAdagrad
+
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    assert not RowWiseAdagrad([p])._fused(p)

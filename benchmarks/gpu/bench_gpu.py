@@ -3,7 +3,7 @@
     python benchmarks/gpu/bench_gpu.py [--out DIR] [--quick]
 
 Measures the device-to-device copy bandwidth first (bytes read + written), then each op: median time
-(triton.testing.do_bench), achieved GB/s over the op's bytes floor (each input read once, each output
+(CUDA events, benchmarks/_common.measure), achieved GB/s over the op's bytes floor (each input read once, each output
 written once), the ratio to the best plain-torch peer timed in the same run (peer time / our time, > 1 is
 faster), and the ratio of our time to the floor's time at the copy bandwidth. Correctness is checked
 against the reference before timing. Writes bench.json and bench.md under --out and prints the table.
@@ -28,9 +28,11 @@ import torch.nn.functional as F
 import dv365_ops
 from dv365_ops import reference as ref
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from _common import measure  # noqa: E402
+
 try:
     import triton
-    from triton.testing import do_bench
 except ImportError:  # pragma: no cover - the GPU image has Triton
     triton = None
 
@@ -39,20 +41,9 @@ ROWS: list[dict] = []
 
 
 def bench(fn, rep_ms: int = 200) -> float:
-    """Median milliseconds of fn (CUDA events)."""
-    if triton is not None:
-        return float(do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(10):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    """Median milliseconds of fn per call (CUDA events, the benchmarks' one timer): 25 warm-up calls, then calls
+    for ``rep_ms`` milliseconds (at least 3, at most 1,000)."""
+    return measure(fn, repeats=1000, min_time=rep_ms / 1e3, warmup=25, device_events=True) * 1e3
 
 
 def nbytes(*ts) -> int:

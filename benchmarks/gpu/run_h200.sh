@@ -73,8 +73,8 @@ if [[ " $STAGES " == *" sanitize "* ]]; then
 fi
 
 if [[ " $STAGES " == *" test "* ]]; then
-  cuda_parts=("jagged or token" "int4 and not (jagged or token)" "grouped_windows" "accumulation_modes"
-              "not (jagged or token or int4 or grouped_windows or accumulation_modes)")
+  cuda_parts=("jagged or token" "int4 and not (jagged or token)" "grouped_windows" "kernel_variants"
+              "not (jagged or token or int4 or grouped_windows or kernel_variants)")
   jobfile=$(mktemp)
   i=0
   for part in "${cuda_parts[@]}"; do

@@ -1,16 +1,28 @@
-// Runtime ISA dispatch for hot CPU loops: the wheel targets baseline x86-64 (SSE2), so a loop body is
-// compiled twice, once with AVX2 + F16C, and the fast copy runs where the CPU has them.
-// DV365_CPU_BASELINE=1 in the environment forces the baseline copy (tests compare the two).
+// The one runtime ISA-dispatch scheme of the CPU kernels.
+//
+// The wheel targets baseline x86-64 (SSE2). Each kernel family keeps its hot loops in `<family>_kernels.inc`
+// (no #include there: it is compiled inside namespaces), and its .cpp compiles that file twice:
+//
+//   #define DV365_ISA_KERNELS "int4_kernels.inc"
+//   #include "cpu_isa_copies.inc"
+//
+// which puts one copy, built for the baseline, in namespace `base`, and one built for AVX2 + FMA + F16C (every
+// function of the file, helpers included, not only the ones marked inline) in namespace `avx2`. Inside the
+// .inc, DV365_ISA_AVX2 is 1 in the AVX2 copy and 0 in the baseline one, for code that needs intrinsics.
+// DV365_ISA_CALL(f(args)) calls avx2::f(args) where cpu_use_avx2(), else base::f(args).
+//
+// cpu_use_avx2() is read once per process: the CPU has AVX2, FMA and F16C, and DV365_CPU_BASELINE is unset.
+// DV365_CPU_BASELINE=1 forces the baseline copy of every family (tests/test_cpu_isa.py compares the two).
+// The AVX2 copy may contract a * b + c into one FMA where the file allows contraction, so it agrees with the
+// baseline within rounding; int4 turns contraction off for its whole file and is byte-identical in both.
 #pragma once
 
 #include <cstdlib>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define DV365_HAVE_AVX2_CLONE 1
-#define DV365_TARGET_AVX2 __attribute__((target("avx2,f16c")))
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define DV365_HAVE_AVX2_COPY 1
 #else
-#define DV365_HAVE_AVX2_CLONE 0
-#define DV365_TARGET_AVX2
+#define DV365_HAVE_AVX2_COPY 0
 #endif
 
 #if defined(__GNUC__)
@@ -21,34 +33,23 @@
 
 namespace dv365 {
 
-inline bool cpu_has_avx2() {
-#if DV365_HAVE_AVX2_CLONE
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
-                          std::getenv("DV365_CPU_BASELINE") == nullptr;
-  return has;
+inline bool cpu_use_avx2() {
+#if DV365_HAVE_AVX2_COPY
+  static const bool use = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c") && std::getenv("DV365_CPU_BASELINE") == nullptr;
+  return use;
 #else
   return false;
 #endif
 }
 
+// "avx2" or "baseline": the copy the kernels run (exposed as dv365_ops._C.cpu_isa)
+inline const char* cpu_isa_name() { return cpu_use_avx2() ? "avx2" : "baseline"; }
+
 }  // namespace dv365
 
-// DV365_CPU_DISPATCH(body) defines body_dispatch(args...): `body` (a DV365_ALWAYS_INLINE function or
-// template) inlined into an AVX2 + F16C copy and a baseline copy, chosen once per call.
-#define DV365_CPU_DISPATCH(body)                                   \
-  template <typename... Args>                                      \
-  DV365_TARGET_AVX2 void body##_avx2(Args... args) {               \
-    body(args...);                                                 \
-  }                                                                \
-  template <typename... Args>                                      \
-  void body##_base(Args... args) {                                 \
-    body(args...);                                                 \
-  }                                                                \
-  template <typename... Args>                                      \
-  void body##_dispatch(Args... args) {                             \
-    if (::dv365::cpu_has_avx2()) {                                 \
-      body##_avx2(args...);                                        \
-    } else {                                                       \
-      body##_base(args...);                                        \
-    }                                                              \
-  }
+#if DV365_HAVE_AVX2_COPY
+#define DV365_ISA_CALL(...) (::dv365::cpu_use_avx2() ? avx2::__VA_ARGS__ : base::__VA_ARGS__)
+#else
+#define DV365_ISA_CALL(...) base::__VA_ARGS__
+#endif

@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "../dv365.h"
+#include "checks/jagged.h"
+#include "cpu_dispatch.h"
 
 namespace dv365 {
 namespace {
@@ -34,70 +36,6 @@ constexpr int64_t kPrefetch = 12;
 
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-// Conversions the compiler can vectorize (c10's bf16 -> float goes through a union per element).
-template <typename T, typename A>
-__attribute__((always_inline)) inline A load(const T* p, int64_t d) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    uint16_t bits;
-    std::memcpy(&bits, reinterpret_cast<const uint16_t*>(p) + d, 2);
-    uint32_t wide = static_cast<uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &wide, 4);
-    return f;
-  } else {
-    return static_cast<A>(p[d]);
-  }
-}
-
-__attribute__((always_inline)) inline void prefetch_row(const char* row, int64_t bytes) {
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 0);
-}
-
-// Columns pooled per pass over a bag: 64 float accumulators take 8 of the 16 AVX2 registers,
-// so a block's sum never touches memory until the bag ends.
-constexpr int64_t kBlock = 64;
-
-// dst[0:D] = sum_{i in [lo, hi)} scale_i * table[ids_i, 0:D], prefetching the rows kPrefetch events ahead
-// (up to pf_end, the end of the thread's range).
-template <typename T, typename A>
-__attribute__((always_inline)) inline void pool_events(A* __restrict__ dst, const T* __restrict__ table,
-                                                       int64_t row_stride, const int64_t* __restrict__ ids,
-                                                       const A* __restrict__ scale, int64_t lo, int64_t hi,
-                                                       int64_t pf_end, int64_t D) {
-  for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
-    const T* __restrict__ base = table + c0;
-    const int64_t width = std::min(kBlock, D - c0);
-    const int64_t bytes = width * static_cast<int64_t>(sizeof(T));
-    const int64_t pf_stop = std::min(hi + kPrefetch, pf_end);
-    for (int64_t i = lo; i < std::min(lo + kPrefetch, pf_stop); ++i) {
-      prefetch_row(reinterpret_cast<const char*>(base + ids[i] * row_stride), bytes);
-    }
-    if (width == kBlock) {
-      A acc[kBlock] = {};
-      for (int64_t i = lo; i < hi; ++i) {
-        if (i + kPrefetch < pf_stop) {
-          prefetch_row(reinterpret_cast<const char*>(base + ids[i + kPrefetch] * row_stride), bytes);
-        }
-        const T* __restrict__ row = base + ids[i] * row_stride;
-        const A s = scale[i];
-        for (int64_t d = 0; d < kBlock; ++d) acc[d] += s * load<T, A>(row, d);
-      }
-      for (int64_t d = 0; d < kBlock; ++d) dst[c0 + d] = acc[d];
-    } else {
-      A* __restrict__ acc = dst + c0;
-      for (int64_t d = 0; d < width; ++d) acc[d] = A(0);
-      for (int64_t i = lo; i < hi; ++i) {
-        if (i + kPrefetch < pf_stop) {
-          prefetch_row(reinterpret_cast<const char*>(base + ids[i + kPrefetch] * row_stride), bytes);
-        }
-        const T* __restrict__ row = base + ids[i] * row_stride;
-        const A s = scale[i];
-        for (int64_t d = 0; d < width; ++d) acc[d] += s * load<T, A>(row, d);
-      }
-    }
-  }
-}
 
 struct Jagged {
   const int64_t* ids;
@@ -118,47 +56,8 @@ struct FwdArgs {
   T* out;
 };
 
-template <typename T>
-__attribute__((always_inline)) inline void fwd_range_impl(
-    const FwdArgs<T>& a, int64_t e0, int64_t e1, acc_t<T>* __restrict__ acc, acc_t<T>* __restrict__ head,
-    acc_t<T>* __restrict__ tail) {
-  using A = acc_t<T>;
-  const int64_t D = a.D;
-  const int64_t* off = a.j.offsets;
-  // first bag that starts at or after e0; the events before its start belong to a bag cut at e0
-  int64_t b = std::lower_bound(off, off + a.j.M + 1, e0) - off;
-  const int64_t head_end = b <= a.j.M ? std::min(off[b], e1) : e1;
-  pool_events<T, A>(head, a.table, a.row_stride, a.j.ids, a.scale, e0, head_end, e1, D);
-  // bags starting in [e0, e1); an empty bag at position N belongs to the last range
-  const bool last = e1 == a.j.N;
-  for (; b < a.j.M && (off[b] < e1 || (last && off[b] == e1)); ++b) {
-    const int64_t hi = off[b + 1];
-    if (hi > e1) {
-      pool_events<T, A>(tail, a.table, a.row_stride, a.j.ids, a.scale, off[b], e1, e1, D);
-      break;
-    }
-    pool_events<T, A>(acc, a.table, a.row_stride, a.j.ids, a.scale, off[b], hi, e1, D);
-    T* o = a.out + b * D;
-    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(acc[d]);
-  }
-}
-
-template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void fwd_range_avx2(
-    const FwdArgs<T>& a, int64_t e0, int64_t e1, acc_t<T>* acc, acc_t<T>* head, acc_t<T>* tail) {
-  fwd_range_impl<T>(a, e0, e1, acc, head, tail);
-}
-
-template <typename T>
-void fwd_range_base(const FwdArgs<T>& a, int64_t e0, int64_t e1, acc_t<T>* acc, acc_t<T>* head, acc_t<T>* tail) {
-  fwd_range_impl<T>(a, e0, e1, acc, head, tail);
-}
-
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return yes;
-}
+#define DV365_ISA_KERNELS "jagged_pool_kernels.inc"
+#include "cpu_isa_copies.inc"
 
 // Ranges per thread: the machine is shared, so threads take ranges from a queue rather than one each, and a
 // thread slowed by a neighbour takes fewer.
@@ -190,55 +89,36 @@ void parallel_ranges(int64_t n, const F& fn) {
 }
 
 
-void check_jagged(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
-                  const std::optional<at::Tensor>& weights, const at::Tensor& dense, const char* dense_name) {
-  DV365_CHECK(dense.dim() == 2, op, dense_name, " must be 2-D [rows, D], got ", dense.dim(), "-D");
-  const auto st = dense.scalar_type();
-  DV365_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble, op, dense_name,
-              " must be float32, bfloat16, float16 or float64, got ", st);
-  DV365_CHECK(ids.dim() == 1, op, "ids must be 1-D, got ", ids.dim(), "-D");
-  DV365_CHECK(ids.scalar_type() == at::kLong, op, "ids must be int64, got ", ids.scalar_type());
-  DV365_CHECK(offsets.dim() == 1, op, "offsets must be 1-D, got ", offsets.dim(), "-D");
-  DV365_CHECK(offsets.scalar_type() == at::kLong, op, "offsets must be int64, got ", offsets.scalar_type());
-  DV365_CHECK(offsets.numel() >= 1, op, "offsets must have at least one element (offsets[0] == 0)");
-  DV365_CHECK(ids.device() == dense.device(), op, "ids must be on the same device as ", dense_name, " (",
-              dense.device(), "), got ", ids.device());
-  DV365_CHECK(offsets.device() == dense.device(), op, "offsets must be on the same device as ", dense_name, " (",
-              dense.device(), "), got ", offsets.device());
-  if (weights.has_value()) {
-    const auto& w = *weights;
-    DV365_CHECK(w.dim() == 1 && w.size(0) == ids.size(0), op, "weights must have shape [N] = [", ids.size(0),
-                "] like ids, got ", w.sizes());
-    const auto wt = w.scalar_type();
-    DV365_CHECK(wt == at::kFloat || wt == at::kDouble || wt == at::kBFloat16 || wt == at::kHalf, op,
-                "weights must be float32, float64, bfloat16 or float16, got ", wt);
-    DV365_CHECK(w.device() == dense.device(), op, "weights must be on the same device as ", dense_name, " (",
-                dense.device(), "), got ", w.device());
-  }
-}
-
-// offsets: 0 = offsets[0] <= ... <= offsets[M] = N.
-void check_offsets(const char* op, const int64_t* off, int64_t M, int64_t N) {
-  DV365_CHECK(off[0] == 0, op, "offsets[0] must be 0, got ", off[0]);
-  DV365_CHECK(off[M] == N, op, "offsets[-1] must equal the number of ids (", N, "), got ", off[M]);
-  for (int64_t b = 0; b < M; ++b) {
-    DV365_CHECK(off[b] <= off[b + 1], op, "offsets must be non-decreasing, but offsets[", b, "] = ", off[b],
-                " > offsets[", b + 1, "] = ", off[b + 1]);
-  }
-}
-
-void check_ids(const char* op, const int64_t* ids, int64_t N, int64_t R) {
-  std::atomic<int64_t> first_bad{-1};
-  at::parallel_for(0, N, 1 << 16, [&](int64_t lo, int64_t hi) {
+// The index of the first element of [0, n) for which bad(i) holds, or -1: the message names the first offender,
+// as the CUDA kernels' error record does, however the work was split.
+template <typename F>
+int64_t first_where(int64_t n, const F& bad) {
+  std::atomic<int64_t> first{n};
+  at::parallel_for(0, n, 1 << 16, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
-      if (static_cast<uint64_t>(ids[i]) >= static_cast<uint64_t>(R)) {
-        first_bad.store(i, std::memory_order_relaxed);  // any one offender is enough for the message
+      if (bad(i)) {
+        int64_t cur = first.load(std::memory_order_relaxed);
+        while (i < cur && !first.compare_exchange_weak(cur, i)) {
+        }
         return;
       }
     }
   });
-  const int64_t bad = first_bad.load();
-  DV365_CHECK(bad < 0, op, "ids must be in [0, ", R, "), got ids[", bad, "] = ", ids[bad < 0 ? 0 : bad]);
+  const int64_t i = first.load();
+  return i < n ? i : -1;
+}
+
+// offsets: 0 = offsets[0] <= ... <= offsets[M] = N.
+void check_offsets(const char* op, const int64_t* off, int64_t M, int64_t N) {
+  checks::jagged::offsets_ends(op, off[0], off[M], N);
+  for (int64_t b = 0; b < M; ++b) {
+    checks::jagged::offsets_step(op, b, off[b], off[b + 1]);
+  }
+}
+
+void check_ids(const char* op, const int64_t* ids, int64_t N, int64_t R) {
+  const int64_t bad = first_where(N, [&](int64_t i) { return static_cast<uint64_t>(ids[i]) >= static_cast<uint64_t>(R); });
+  if (bad >= 0) checks::jagged::id_in_range(op, bad, ids[bad], R);
 }
 
 // Per-event scale w_i / sum_bag(w) in the accumulation dtype (1 / count without weights), after checking
@@ -253,18 +133,8 @@ at::Tensor event_scales(const char* op, const Jagged& j, const std::optional<at:
   if (weights.has_value()) {
     w_acc = weights->to(acc_type).contiguous();
     w = w_acc.data_ptr<A>();
-    std::atomic<int64_t> first_bad{-1};
-    at::parallel_for(0, j.N, 1 << 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        if (!(w[i] >= A(0) && std::isfinite(w[i]))) {
-          first_bad.store(i, std::memory_order_relaxed);
-          return;
-        }
-      }
-    });
-    const int64_t bad = first_bad.load();
-    DV365_CHECK(bad < 0, op, "weights must be finite and non-negative, got weights[", bad, "] = ",
-                static_cast<double>(w[bad < 0 ? 0 : bad]));
+    const int64_t bad = first_where(j.N, [&](int64_t i) { return !(w[i] >= A(0) && std::isfinite(w[i])); });
+    if (bad >= 0) checks::jagged::weight_ok(op, bad, static_cast<double>(w[bad]));
   }
   const int64_t* off = j.offsets;
   at::parallel_for(0, j.M, 256, [&](int64_t b0, int64_t b1) {
@@ -312,7 +182,7 @@ Prepared prepare(const char* op, const at::Tensor& ids_in, const at::Tensor& off
 
 at::Tensor jagged_mean_pool_cpu(const at::Tensor& table_in, const at::Tensor& ids, const at::Tensor& offsets,
                                 const std::optional<at::Tensor>& weights, bool sparse) {
-  check_jagged(kFwd, ids, offsets, weights, table_in, "table");
+  checks::jagged::args(kFwd, ids, offsets, weights, table_in, "table");
   // rows may be strided (a column slice of a wider table); only a strided D axis needs a copy
   const at::Tensor table = table_in.stride(1) == 1 ? table_in : table_in.contiguous();
   const int64_t R = table.size(0), D = table.size(1);
@@ -328,14 +198,9 @@ at::Tensor jagged_mean_pool_cpu(const at::Tensor& table_in, const at::Tensor& id
     const int64_t n = static_cast<int64_t>(bounds.size()) - 1;
     // per range: head partial, tail partial, and a scratch row for whole bags
     std::vector<A> partial(static_cast<size_t>(n * 3 * D));
-    const bool avx2 = has_avx2();
     parallel_ranges(n, [&](int64_t c) {
       A* base = partial.data() + c * 3 * D;
-      if (avx2) {
-        fwd_range_avx2<scalar_t>(a, bounds[c], bounds[c + 1], base + 2 * D, base, base + D);
-      } else {
-        fwd_range_base<scalar_t>(a, bounds[c], bounds[c + 1], base + 2 * D, base, base + D);
-      }
+      DV365_ISA_CALL(fwd_range<scalar_t>(a, bounds[c], bounds[c + 1], base + 2 * D, base, base + D));
     });
     // Finish every bag cut by a range boundary: its tail in the range it starts in plus the heads of the
     // following ranges it covers. Cut bags are at most n - 1, so this stays serial.
@@ -358,58 +223,18 @@ at::Tensor jagged_mean_pool_cpu(const at::Tensor& table_in, const at::Tensor& id
 }
 
 
-// grad_table[ids_i] += scale_i * grad[bag(i)] for the events whose row lies in [r0, r1): one task per row
-// range, so no two threads write the same row.
-template <typename T, typename A>
-__attribute__((always_inline)) inline void bwd_rows_impl(const Jagged& j, const T* __restrict__ grad,
-                                                          int64_t grad_stride, const A* __restrict__ scale,
-                                                          A* __restrict__ dst, int64_t D, int64_t r0, int64_t r1) {
-  const int64_t* __restrict__ ids = j.ids;
-  const int64_t* off = j.offsets;
-  for (int64_t b = 0; b < j.M; ++b) {
-    const T* g = grad + b * grad_stride;
-    for (int64_t i = off[b]; i < off[b + 1]; ++i) {
-      const int64_t r = ids[i];
-      if (r < r0 || r >= r1) continue;
-      A* __restrict__ row = dst + r * D;
-      const A s = scale[i];
-      for (int64_t d = 0; d < D; ++d) row[d] += s * load<T, A>(g, d);
-    }
-  }
-}
-
-template <typename T, typename A>
-__attribute__((target("avx2,fma,f16c"))) void bwd_rows_avx2(const Jagged& j, const T* grad, int64_t gs,
-                                                             const A* scale, A* dst, int64_t D, int64_t r0,
-                                                             int64_t r1) {
-  bwd_rows_impl<T, A>(j, grad, gs, scale, dst, D, r0, r1);
-}
-
-template <typename T, typename A>
-void bwd_rows_base(const Jagged& j, const T* grad, int64_t gs, const A* scale, A* dst, int64_t D, int64_t r0,
-                   int64_t r1) {
-  bwd_rows_impl<T, A>(j, grad, gs, scale, dst, D, r0, r1);
-}
-
-void check_grad(const char* op, const at::Tensor& grad, int64_t M) {
-  DV365_CHECK(grad.size(0) == M, op, "grad must have one row per bag (", M, "), got ", grad.size(0));
-}
-
 at::Tensor jagged_mean_pool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& ids, const at::Tensor& offsets,
                                          const std::optional<at::Tensor>& weights, c10::SymInt num_rows_sym) {
-  check_jagged(kBwd, ids, offsets, weights, grad_in, "grad");
   const int64_t R = num_rows_sym.expect_int();
-  DV365_CHECK(R >= 0, kBwd, "num_rows must be non-negative, got ", R);
+  checks::jagged::backward_args(kBwd, grad_in, ids, offsets, weights, R);
   const at::Tensor grad = grad_in.stride(1) == 1 ? grad_in : grad_in.contiguous();
   const int64_t D = grad.size(1);
   Prepared p = prepare(kBwd, ids, offsets, weights, R, grad.scalar_type());
-  check_grad(kBwd, grad, p.j.M);
   at::Tensor out = at::zeros({R, D}, grad.options());
   if (p.j.N == 0 || D == 0) return out;
 
   DV365_DISPATCH_POOL_TYPES(grad.scalar_type(), kBwd, [&] {
     using A = acc_t<scalar_t>;
-    const bool avx2 = has_avx2();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const A* s = p.scale.const_data_ptr<A>();
     // Rows of the accumulation buffer: the table's rows for float32 / float64 (accumulated in place); for
@@ -441,11 +266,7 @@ at::Tensor jagged_mean_pool_backward_cpu(const at::Tensor& grad_in, const at::Te
     const int64_t n = std::max<int64_t>(1, std::min({most, by_work, num_acc_rows}));
     parallel_ranges(n, [&](int64_t c) {
       const int64_t r0 = num_acc_rows * c / n, r1 = num_acc_rows * (c + 1) / n;
-      if (avx2) {
-        bwd_rows_avx2<scalar_t, A>(j, g, grad.stride(0), s, dst, D, r0, r1);
-      } else {
-        bwd_rows_base<scalar_t, A>(j, g, grad.stride(0), s, dst, D, r0, r1);
-      }
+      DV365_ISA_CALL(bwd_rows<scalar_t, A>(j, g, grad.stride(0), s, dst, D, r0, r1));
     });
     if constexpr (!std::is_same_v<A, scalar_t>) {
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
@@ -461,59 +282,24 @@ at::Tensor jagged_mean_pool_backward_cpu(const at::Tensor& grad_in, const at::Te
   return out;
 }
 
-// rows[i] = scale_i * grad[bag(i)], over events [e0, e1).
-template <typename T, typename A>
-__attribute__((always_inline)) inline void rows_range_impl(const Jagged& j, const T* __restrict__ grad,
-                                                            int64_t grad_stride, const A* __restrict__ scale,
-                                                            T* __restrict__ out, int64_t D, int64_t e0, int64_t e1) {
-  const int64_t* off = j.offsets;
-  int64_t b = std::upper_bound(off, off + j.M + 1, e0) - off - 1;
-  for (int64_t i = e0; i < e1; ++i) {
-    while (off[b + 1] <= i) ++b;
-    const T* g = grad + b * grad_stride;
-    T* o = out + i * D;
-    const A s = scale[i];
-    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(s * load<T, A>(g, d));
-  }
-}
-
-template <typename T, typename A>
-__attribute__((target("avx2,fma,f16c"))) void rows_range_avx2(const Jagged& j, const T* grad, int64_t gs,
-                                                               const A* scale, T* out, int64_t D, int64_t e0,
-                                                               int64_t e1) {
-  rows_range_impl<T, A>(j, grad, gs, scale, out, D, e0, e1);
-}
-
-template <typename T, typename A>
-void rows_range_base(const Jagged& j, const T* grad, int64_t gs, const A* scale, T* out, int64_t D, int64_t e0,
-                     int64_t e1) {
-  rows_range_impl<T, A>(j, grad, gs, scale, out, D, e0, e1);
-}
-
 at::Tensor jagged_mean_pool_backward_rows_cpu(const at::Tensor& grad_in, const at::Tensor& ids,
                                               const at::Tensor& offsets, const std::optional<at::Tensor>& weights) {
-  check_jagged(kRows, ids, offsets, weights, grad_in, "grad");
+  checks::jagged::backward_args(kRows, grad_in, ids, offsets, weights, std::nullopt);
   const at::Tensor grad = grad_in.stride(1) == 1 ? grad_in : grad_in.contiguous();
   const int64_t D = grad.size(1);
   // the rows are indexed by event, so ids are not checked against a table here
   Prepared p = prepare(kRows, ids, offsets, weights, -1, grad.scalar_type());
-  check_grad(kRows, grad, p.j.M);
   at::Tensor out = at::empty({p.j.N, D}, grad.options());
   if (p.j.N == 0 || D == 0) return out;
   DV365_DISPATCH_POOL_TYPES(grad.scalar_type(), kRows, [&] {
     using A = acc_t<scalar_t>;
     const std::vector<int64_t> bounds = event_ranges(p.j.N, D);
     const int64_t n = static_cast<int64_t>(bounds.size()) - 1;
-    const bool avx2 = has_avx2();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const A* s = p.scale.const_data_ptr<A>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     parallel_ranges(n, [&](int64_t c) {
-      if (avx2) {
-        rows_range_avx2<scalar_t, A>(p.j, g, grad.stride(0), s, o, D, bounds[c], bounds[c + 1]);
-      } else {
-        rows_range_base<scalar_t, A>(p.j, g, grad.stride(0), s, o, D, bounds[c], bounds[c + 1]);
-      }
+      DV365_ISA_CALL(rows_range<scalar_t, A>(p.j, g, grad.stride(0), s, o, D, bounds[c], bounds[c + 1]));
     });
   });
   return out;

@@ -29,6 +29,7 @@
 
 #include "checks/slicing.h"
 #include "dv365.h"
+#include "cpu_dispatch.h"
 #include "slice_plan_cache.h"
 
 namespace dv365 {
@@ -98,35 +99,9 @@ struct Task {
   int64_t b, lo, hi, slot;  // slot >= 0: a part of a split user, accumulated into partial `slot`
 };
 
-namespace base {
-#include "slicing_kernels.inc"
-}  // namespace base
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DV365_SLICING_AVX2 1
-namespace avx2 {
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#include "slicing_kernels.inc"
-#pragma GCC pop_options
-}  // namespace avx2
-#endif
-
-bool use_avx2() {
-#ifdef DV365_SLICING_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-// Calls avx2::<call> when the CPU has AVX2 and FMA, else base::<call>.
-#ifdef DV365_SLICING_AVX2
-#define DV365_ISA_CALL(...) (use_avx2() ? avx2::__VA_ARGS__ : base::__VA_ARGS__)
-#else
-#define DV365_ISA_CALL(...) base::__VA_ARGS__
-#endif
+// the per-task loops, one copy per ISA (csrc/cpu/cpu_dispatch.h); DV365_ISA_CALL picks one
+#define DV365_ISA_KERNELS "slicing_kernels.inc"
+#include "cpu_isa_copies.inc"
 
 // The program's plan for a timeline with T tables, C categorical and F float rows (its shapes and entries checked
 // by plan_of; its device, ts's, by checks::timeline).

@@ -17,6 +17,19 @@ namespace dv365::cuda {
 
 inline __device__ void set_error(int32_t* flag, int32_t bit) { atomicOr(flag, bit); }
 
+// Notes index i in an error record's slot (launch.h), which keeps the smallest index noted; null: no slot.
+inline __device__ void note_first(int64_t* slot, int64_t i) {
+  if (slot != nullptr) {
+    atomicMax(reinterpret_cast<unsigned long long*>(slot), static_cast<unsigned long long>(kNoneNoted - i));
+  }
+}
+
+// set_error and note_first together.
+__device__ __forceinline__ void report_bad(int32_t* flag, int32_t bit, int64_t* slot, int64_t i) {
+  set_error(flag, bit);
+  note_first(slot, i);
+}
+
 template <typename T>
 struct AccType {
   using type = float;

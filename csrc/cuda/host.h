@@ -84,7 +84,7 @@ inline std::string error_bits_message(int32_t bits) {
   std::string what;
   if (bits & kIdOutOfRange) what += "ids must lie in [0, num_rows) of their table; ";
   if (bits & kOffsetsBad) what += "offsets must start at 0, be non-decreasing and end at the number of ids; ";
-  if (bits & kCatOutOfRange) what += "cats values must lie in [0, 63]; ";
+  if (bits & kCatOutOfRange) what += "cats values must lie in [0, " + std::to_string(prog::kMaxCatValue) + "]; ";
   if (bits & kTableOutOfRange) what += "prog_i TABLE column must index the tables list; ";
   if (bits & kWeightsBad) what += "weights must be finite and non-negative; ";
   if (bits & kNotFinite) what += "x must be finite; ";
@@ -105,6 +105,40 @@ void check_error_flag(const at::Tensor& flag, const char* op, Rerun&& rerun) {
   const int32_t bits = flag.item<int32_t>();
   if (bits == 0) return;
   rerun();
+  DV365_RAISE("dv365::", op, ": ", error_bits_message(bits), " (checked on the device)");
+}
+
+// An error record (launch.h) on the op's device with `slots` index slots: one memset on the current stream.
+class ErrorRecord {
+ public:
+  ErrorRecord(const at::Tensor& like, int slots)
+      : words_(at::zeros({1 + slots}, like.options().dtype(at::kLong))) {}
+  int32_t* flag() { return record_flag(words_.mutable_data_ptr<int64_t>()); }
+  int64_t* slot(int k) { return record_slot(words_.mutable_data_ptr<int64_t>(), k); }
+
+  // Reads the record (one device synchronization): false when the kernels found nothing. While the stream is
+  // being captured into a CUDA graph nothing is read and this returns false: a graph cannot synchronize, so
+  // inside a graph bad input is never read out of bounds (kernels skip the offending element) but is reported
+  // nowhere.
+  bool read() {
+    if (capturing()) return false;
+    host_ = words_.cpu();
+    return bits() != 0;
+  }
+  int32_t bits() const { return static_cast<int32_t>(host_.const_data_ptr<int64_t>()[0] & 0xFFFFFFFF); }
+  // the smallest index noted in slot k, or -1
+  int64_t first(int k) const { return noted_index(host_.const_data_ptr<int64_t>()[1 + k]); }
+
+ private:
+  at::Tensor words_, host_;
+};
+
+// One int64 element of a device tensor, read on the host (an error path's look at the value it names).
+inline int64_t element_i64(const at::Tensor& t, int64_t i) { return t.select(0, i).item<int64_t>(); }
+inline double element_f64(const at::Tensor& t, int64_t i) { return t.select(0, i).item<double>(); }
+
+// Raises the summary of what the kernels flagged, when the op's own messages did not explain it.
+inline void raise_flagged(const char* op, int32_t bits) {
   DV365_RAISE("dv365::", op, ": ", error_bits_message(bits), " (checked on the device)");
 }
 

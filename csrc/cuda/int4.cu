@@ -149,6 +149,16 @@ __device__ __forceinline__ bool encodable(const ScaleBias& s) {
   }
 }
 
+// Flags a row that cannot be encoded (non-finite, or too wide for its format) and notes it for the message.
+template <bool kHalf>
+__device__ __forceinline__ void report_row(float bad, const ScaleBias& s, int64_t row, int32_t* flag,
+                                           int64_t* first_bad_row) {
+  const bool not_finite = bad != 0.f, too_wide = !encodable<kHalf>(s);
+  if (not_finite) set_error(flag, kNotFinite);
+  if (too_wide) set_error(flag, kNotEncodable);
+  if (not_finite || too_wide) note_first(first_bad_row, row);
+}
+
 template <bool kHalf>
 __device__ __forceinline__ void store_tail(uint8_t* t, const ScaleBias& s) {
   if constexpr (kHalf) {
@@ -184,7 +194,7 @@ template <typename T, bool kHalf, int K>
 __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __restrict__ x, int64_t rows, int64_t chunks,
                                                                   int64_t row_stride, int lanes,
                                                                   uint8_t* __restrict__ out, int64_t out_width,
-                                                                  int32_t* flag) {
+                                                                  int32_t* flag, int64_t* first_bad_row) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
   const int lane = threadIdx.x & (lanes - 1);  // lanes is a power of two
   const bool live = row < rows;
@@ -226,9 +236,8 @@ __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __rest
     if (mn == 0.f) mn = zero;
   }
   if (!live) return;
-  if (bad != 0.f) set_error(flag, kNotFinite);
   const ScaleBias s = scale_bias<kHalf>(mn, mx);
-  if (!encodable<kHalf>(s)) set_error(flag, kNotEncodable);
+  report_row<kHalf>(bad, s, row, flag, first_bad_row);
   uint8_t* o = out + row * out_width;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -248,7 +257,8 @@ __global__ void __launch_bounds__(kThreads) quantize_regs_kernel(const T* __rest
 template <typename T, bool kHalf, bool kVec>
 __global__ void __launch_bounds__(kThreads) quantize_loop_kernel(const T* __restrict__ x, int64_t rows, int64_t d,
                                                                   int64_t row_stride, uint8_t* __restrict__ out,
-                                                                  int64_t out_width, int32_t* flag) {
+                                                                  int64_t out_width, int32_t* flag,
+                                                                  int64_t* first_bad_row) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together: a warp is one row
@@ -274,9 +284,8 @@ __global__ void __launch_bounds__(kThreads) quantize_loop_kernel(const T* __rest
     mn = reduce_zero(key, 32);
   }
   if (d == 0) mn = mx = 0.f;
-  if (bad != 0.f) set_error(flag, kNotFinite);
   const ScaleBias s = scale_bias<kHalf>(mn, mx);
-  if (!encodable<kHalf>(s)) set_error(flag, kNotEncodable);
+  report_row<kHalf>(bad, s, row, flag, first_bad_row);
   uint8_t* o = out + row * out_width;
   if constexpr (kVec) {
     for (int64_t g = lane; g < d / 8; g += 32) {
@@ -403,7 +412,7 @@ bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(
 
 cudaError_t launch_int4_quantize(const void* x, DType dtype, int64_t rows, int64_t d, int64_t row_stride,
                                  bool half_scale_bias, uint8_t* out, int64_t out_width, int32_t* flag,
-                                 cudaStream_t stream) {
+                                 int64_t* first_bad_row, cudaStream_t stream) {
   return with_code_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* xp = static_cast<const T*>(x);
@@ -414,12 +423,12 @@ cudaError_t launch_int4_quantize(const void* x, DType dtype, int64_t rows, int64
       if (shape.k > 0) {
         with_chunks_per_lane<max_chunks_per_lane(8)>(shape.k, [&](auto k) {
           quantize_regs_kernel<T, kHalf, decltype(k)::value><<<blocks_for(rows, shape.lanes), kThreads, 0, stream>>>(
-              xp, rows, d / 8, row_stride, shape.lanes, out, out_width, flag);
+              xp, rows, d / 8, row_stride, shape.lanes, out, out_width, flag, first_bad_row);
         });
       } else {
         with_bool(vec, [&](auto v) {
           quantize_loop_kernel<T, kHalf, decltype(v)::value><<<blocks_for(rows, 32), kThreads, 0, stream>>>(
-              xp, rows, d, row_stride, out, out_width, flag);
+              xp, rows, d, row_stride, out, out_width, flag, first_bad_row);
         });
       }
     });

@@ -45,7 +45,8 @@ __global__ void __launch_bounds__(kThreads) pool_sum_kernel(const T* __restrict_
                                                              const int64_t* __restrict__ ids,
                                                              const int64_t* __restrict__ offsets, int64_t m, int64_t n,
                                                              const acc_t* __restrict__ weights, acc_t* __restrict__ num,
-                                                             acc_t* __restrict__ den, int32_t* flag) {
+                                                             acc_t* __restrict__ den, int32_t* flag,
+                                                             int64_t* first_bad_id, int64_t* first_bad_weight) {
   const int groups = blockDim.x / group_size;
   const int group = threadIdx.x / group_size;
   const int64_t chunk = static_cast<int64_t>(blockIdx.x) * groups + group;
@@ -75,11 +76,11 @@ __global__ void __launch_bounds__(kThreads) pool_sum_kernel(const T* __restrict_
       if (e < e1) {
         const int64_t id = ids[e];
         if (id < 0 || id >= num_rows) {
-          set_error(flag, kIdOutOfRange);
+          report_bad(flag, kIdOutOfRange, first_bad_id, e);
         } else {
           ok[u] = true;
           w[u] = weights ? weights[e] : acc_t(1);
-          if (!(w[u] >= acc_t(0) && isfinite(w[u]))) set_error(flag, kWeightsBad);
+          if (!(w[u] >= acc_t(0) && isfinite(w[u]))) report_bad(flag, kWeightsBad, first_bad_weight, e);
           if (has_col) x[u] = *reinterpret_cast<const Pack<T, V>*>(table + id * row_stride + c);
         }
       }
@@ -128,7 +129,8 @@ __global__ void normalize_kernel(const acc_t* __restrict__ num,
 // den[b] = sum of the bag's weights (one warp per bag)
 template <typename acc_t>
 __global__ void bag_weight_sum_kernel(const int64_t* __restrict__ offsets, int64_t m, int64_t n,
-                                      const acc_t* __restrict__ weights, acc_t* __restrict__ den, int32_t* flag) {
+                                      const acc_t* __restrict__ weights, acc_t* __restrict__ den, int32_t* flag,
+                                      int64_t* first_bad_weight) {
   const int64_t bag = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (bag >= m) return;  // whole warps leave together: a warp is one bag
@@ -138,7 +140,7 @@ __global__ void bag_weight_sum_kernel(const int64_t* __restrict__ offsets, int64
   if (weights) {
     for (int64_t e = lo + lane; e < hi; e += 32) {
       const acc_t w = weights[e];
-      if (!(w >= acc_t(0) && isfinite(w))) set_error(flag, kWeightsBad);
+      if (!(w >= acc_t(0) && isfinite(w))) report_bad(flag, kWeightsBad, first_bad_weight, e);
       s += w;
     }
   } else {
@@ -153,7 +155,7 @@ template <bool kRows, typename T, typename acc_t, typename out_t>
 __global__ void pool_backward_kernel(const T* __restrict__ grad, int64_t d, const int64_t* __restrict__ ids,
                                      int64_t num_rows, const int64_t* __restrict__ offsets, int64_t m, int64_t n,
                                      const acc_t* __restrict__ weights, const acc_t* __restrict__ den,
-                                     out_t* __restrict__ out, int32_t* flag) {
+                                     out_t* __restrict__ out, int32_t* flag, int64_t* first_bad_id) {
   const int64_t e0 = static_cast<int64_t>(blockIdx.x) * kChunk;
   const int64_t e1 = min(n, e0 + kChunk);
   const int64_t col = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
@@ -170,13 +172,16 @@ __global__ void pool_backward_kernel(const T* __restrict__ grad, int64_t d, cons
       inv = den[bag] > 0 ? acc_t(1) / den[bag] : acc_t(0);
     }
     const acc_t w = weights ? weights[e] : acc_t(1);
-    const int64_t id = ids[e];
-    const bool ok = id >= 0 && id < num_rows;
-    if (!ok && col == 0) set_error(flag, kIdOutOfRange);
     if constexpr (kRows) {
-      out[e * d + col] = from_acc<out_t>(ok ? w * inv * g : acc_t(0));
+      // row e of the result is the event's own: its id indexes nothing here, so any id is valid
+      out[e * d + col] = from_acc<out_t>(w * inv * g);
     } else {
-      if (ok) atomicAdd(out + id * d + col, w * inv * g);
+      const int64_t id = ids[e];
+      if (id >= 0 && id < num_rows) {
+        atomicAdd(out + id * d + col, w * inv * g);
+      } else if (col == 0) {
+        report_bad(flag, kIdOutOfRange, first_bad_id, e);
+      }
     }
   }
 }
@@ -190,14 +195,15 @@ bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(
 template <typename T, typename acc_t, int V>
 void launch_sum(const T* table, int64_t num_rows, int64_t row_stride, int64_t d, const int64_t* ids,
                 const int64_t* offsets, int64_t m, int64_t n, const acc_t* weights, acc_t* num, acc_t* den,
-                int32_t* flag, cudaStream_t stream) {
+                int32_t* flag, int64_t* first_bad_id, int64_t* first_bad_weight, cudaStream_t stream) {
   const int64_t lanes = ceil_div(d, V);
   const int group_size = static_cast<int>(std::min<int64_t>(lanes, kThreads));
   const int groups = kThreads / group_size;
   const dim3 grid(static_cast<unsigned>(ceil_div(ceil_div(n, kChunk), groups)),
                   static_cast<unsigned>(ceil_div(lanes, group_size)));
   pool_sum_kernel<T, acc_t, V><<<grid, groups * group_size, 0, stream>>>(table, num_rows, row_stride, d, group_size,
-                                                                         ids, offsets, m, n, weights, num, den, flag);
+                                                                         ids, offsets, m, n, weights, num, den, flag,
+                                                                         first_bad_id, first_bad_weight);
 }
 
 template <typename T, typename acc_t, int V>
@@ -211,7 +217,7 @@ void launch_normalize(const acc_t* num, const acc_t* den, int64_t m, int64_t d, 
 cudaError_t launch_jagged_mean_pool(const void* table, DType dtype, int64_t num_rows, int64_t row_stride, int64_t d,
                                     const int64_t* ids, const int64_t* offsets, int64_t m, int64_t n,
                                     const void* weights, void* num, void* den, void* out, int32_t* flag,
-                                    cudaStream_t stream) {
+                                    int64_t* first_bad_id, int64_t* first_bad_weight, cudaStream_t stream) {
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename AccType<T>::type;
@@ -223,9 +229,11 @@ cudaError_t launch_jagged_mean_pool(const void* table, DType dtype, int64_t num_
     const bool vec = d % V == 0 && row_stride % V == 0 && aligned(table, 16);
     if (n > 0) {
       if (vec) {
-        launch_sum<T, acc_t, V>(tp, num_rows, row_stride, d, ids, offsets, m, n, wp, np, dp, flag, stream);
+        launch_sum<T, acc_t, V>(tp, num_rows, row_stride, d, ids, offsets, m, n, wp, np, dp, flag, first_bad_id,
+                                first_bad_weight, stream);
       } else {
-        launch_sum<T, acc_t, 1>(tp, num_rows, row_stride, d, ids, offsets, m, n, wp, np, dp, flag, stream);
+        launch_sum<T, acc_t, 1>(tp, num_rows, row_stride, d, ids, offsets, m, n, wp, np, dp, flag, first_bad_id,
+                                first_bad_weight, stream);
       }
     }
     constexpr int W = 16 / sizeof(acc_t);  // one 16-byte load of num per thread
@@ -240,7 +248,7 @@ cudaError_t launch_jagged_mean_pool(const void* table, DType dtype, int64_t num_
 cudaError_t launch_jagged_mean_pool_backward(bool rows, const void* grad, DType dtype, int64_t d, const int64_t* ids,
                                              int64_t num_rows, const int64_t* offsets, int64_t m, int64_t n,
                                              const void* weights, void* den, void* out, int32_t* flag,
-                                             cudaStream_t stream) {
+                                             int64_t* first_bad_id, int64_t* first_bad_weight, cudaStream_t stream) {
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename AccType<T>::type;
@@ -248,15 +256,15 @@ cudaError_t launch_jagged_mean_pool_backward(bool rows, const void* grad, DType 
     const acc_t* wp = static_cast<const acc_t*>(weights);
     acc_t* dp = static_cast<acc_t*>(den);
     bag_weight_sum_kernel<acc_t><<<static_cast<unsigned>(ceil_div(m * 32, 256)), 256, 0, stream>>>(offsets, m, n, wp,
-                                                                                                  dp, flag);
+                                                                                                  dp, flag, first_bad_weight);
     const int threads = column_threads(d);
     const dim3 grid(static_cast<unsigned>(ceil_div(n, kChunk)), static_cast<unsigned>(ceil_div(d, threads)));
     if (rows) {
       pool_backward_kernel<true, T, acc_t, T><<<grid, threads, 0, stream>>>(gp, d, ids, num_rows, offsets, m, n, wp, dp,
-                                                                           static_cast<T*>(out), flag);
+                                                                           static_cast<T*>(out), flag, first_bad_id);
     } else {
       pool_backward_kernel<false, T, acc_t, acc_t><<<grid, threads, 0, stream>>>(
-          gp, d, ids, num_rows, offsets, m, n, wp, dp, static_cast<acc_t*>(out), flag);
+          gp, d, ids, num_rows, offsets, m, n, wp, dp, static_cast<acc_t*>(out), flag, first_bad_id);
     }
   });
 }

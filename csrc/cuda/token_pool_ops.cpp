@@ -1,8 +1,9 @@
-// CUDA host side of token-axis strided mean pooling (kernels: csrc/cuda/token_pool.cu): checks with the CPU
-// kernel's messages, allocation, and the launches on the current stream.
+// CUDA host side of token-axis strided mean pooling (kernels: csrc/cuda/token_pool.cu): the family's checks
+// (csrc/checks/token_pool.h), allocation, and the launches on the current stream.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "checks/token_pool.h"
 #include "cuda/host.h"
 #include "cuda/token_pool.h"
 #include "token_pool_layout.h"
@@ -10,8 +11,7 @@
 namespace dv365::cuda {
 namespace {
 
-// ceil(n / stride) without forming n + stride - 1, which overflows for a stride near INT64_MAX
-int64_t num_windows(int64_t n, int64_t stride) { return n == 0 ? 0 : (n - 1) / stride + 1; }
+using checks::token_pool::num_windows;
 
 // The kernels write a contiguous result; a token-major input (token_pool_layout.h) gets it copied into that
 // layout, as the CPU kernel returns it.
@@ -24,11 +24,7 @@ at::Tensor in_layout_of(const at::Tensor& like, const at::Tensor& result) {
 
 at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
   constexpr const char* op = "token_pool";
-  check_like_cpu([&] {
-    DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
-    DV365_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension, got a 0-d tensor");
-    DV365_CHECK(at::isFloatingType(x.scalar_type()), op, "x must be floating point, got ", x.scalar_type());
-  }, [&] { rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t)>("dv365::token_pool", x.cpu(), stride); });
+  checks::token_pool::forward_args(op, x, stride);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.size(-1);
   const int64_t n_out = num_windows(n, stride);
@@ -46,17 +42,7 @@ at::Tensor token_pool_cuda(const at::Tensor& x, int64_t stride) {
 
 at::Tensor token_pool_backward_cuda(const at::Tensor& grad, int64_t stride, int64_t n) {
   constexpr const char* op = "token_pool_backward";
-  check_like_cpu([&] {
-    DV365_CHECK(stride >= 1, op, "stride must be >= 1, got ", stride);
-    DV365_CHECK(n >= 0, op, "n must be >= 0, got ", n);
-    DV365_CHECK(grad.dim() >= 1, op, "grad must have at least 1 dimension, got a 0-d tensor");
-    DV365_CHECK(grad.size(-1) == num_windows(n, stride), op, "grad must have ceil(n / stride) = ", num_windows(n, stride),
-                " entries on its last axis, got ", grad.size(-1));
-    DV365_CHECK(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
-  }, [&] {
-    rerun_on_cpu<at::Tensor(const at::Tensor&, int64_t, c10::SymInt)>("dv365::token_pool_backward", grad.cpu(), stride,
-                                                                       c10::SymInt(n));
-  });
+  checks::token_pool::backward_args(op, grad, stride, n);
   const c10::cuda::CUDAGuard guard(grad.device());
   auto sizes = grad.sizes().vec();
   sizes.back() = n;

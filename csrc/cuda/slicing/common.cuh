@@ -142,8 +142,8 @@ __device__ __forceinline__ Event load_event(const Timeline& tl, int64_t e, const
   }
   // outside its domain a field is unknown, read as NaN (dv365_ops/program.py): a dwell must be finite and >= 0,
   // a duration finite and > 0 (0, a photo, has no ratio and no score)
-  const double dur = tl.floats ? static_cast<double>(tl.floats[e]) : 0.0;
-  const double dwell = tl.floats ? static_cast<double>(tl.floats[tl.n + e]) : 0.0;
+  const double dur = tl.floats ? static_cast<double>(tl.floats[prog::kFloatDuration * tl.n + e]) : 0.0;
+  const double dwell = tl.floats ? static_cast<double>(tl.floats[prog::kFloatDwell * tl.n + e]) : 0.0;
   ev.dur = (dur > 0.0 && dur <= DBL_MAX) ? dur : CUDART_NAN;
   ev.dwell = (dwell >= 0.0 && dwell <= DBL_MAX) ? dwell : CUDART_NAN;
   ev.has_beta = ev.has_gamma = false;
@@ -155,7 +155,7 @@ __device__ __forceinline__ Event load_event(const Timeline& tl, int64_t e, const
 __device__ __forceinline__ bool float_keep(const GroupProg& p, const Timeline& tl, Event& ev, float& w) {
   w = 1.f;
   const int64_t flags = p.flags;
-  if (tl.floats == nullptr) return (flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) == 0;
+  if (tl.floats == nullptr) return (flags & prog::kAllFlags) == 0;
   if (flags & prog::kDwellFilter) {
     if (!(ev.dwell >= p.dwell_lo && ev.dwell <= p.dwell_hi)) return false;
   }

@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kKeepThreads) keep_kernel(Timeline tl, Program
     for (int g = 0; g < count; ++g) {
       const GroupProg& gp = group[kb.first + g];
       const uint32_t bit = 1u << g;
-      if (gp.flags & (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter)) kb.flt |= bit;
+      if (gp.flags & prog::kAllFlags) kb.flt |= bit;
       if (gp.flags & prog::kWeighted) kb.weighted |= bit;
       for (int j = 0; j < prog::kNumCatFilters; ++j) {
         const int64_t f = gp.field[j];

@@ -33,7 +33,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -105,6 +107,34 @@ def cache_dir(dataset: Dataset, cache: bool | str | os.PathLike | None = None) -
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dv365" / tag
 
 
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|=][a-zA-Z]\d*)', 'fortran_order': False, 'shape': \(([\d, ]*)\), \}")
+
+
+def _open_npy(path: Path, size: int) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")`` (files over 4 KiB; smaller ones are read) without its costs: numpy parses
+    the header with ``ast`` and builds an ``np.memmap`` (≈ 0.3 ms a file, ≈ 9 ms for a shard's 29 arrays: a third
+    of the time its rows take to copy, paid by every loader worker that opens the shard). The files are ours
+    (``np.save`` of C-ordered plain dtypes); anything else falls back to ``np.load``."""
+    with open(path, "rb") as f:
+        head = f.read(256 if size > 4096 else size)
+        m = _NPY_HEADER.search(head[:256].decode("latin1"))
+        if head[:6] != b"\x93NUMPY" or head[6] not in (1, 2, 3) or m is None:
+            return np.load(path, mmap_mode="r") if size > 4096 else np.load(path)
+        hlen = int.from_bytes(head[8:10], "little") if head[6] == 1 else int.from_bytes(head[8:12], "little")
+        offset = (10 if head[6] == 1 else 12) + hlen
+        dtype = np.dtype(m.group(1))
+        shape = tuple(int(x) for x in m.group(2).replace(" ", "").split(",") if x)
+        count = int(np.prod(shape))
+        if size <= 4096:
+            return np.frombuffer(head, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
+        if count == 0:
+            empty = np.empty(shape, dtype=dtype)
+            empty.flags.writeable = False
+            return empty
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
 class ShardCache:
     """The cache of one dataset at ``root``: :meth:`get` returns a shard's memory-mapped arrays, building the
     entry first when it is missing or stale. Thread-safe; safe across processes sharing ``root``."""
@@ -136,7 +166,7 @@ class ShardCache:
                 p = d / f"{name}.npy"
                 if p.stat().st_size != size:
                     return None
-                out[name] = np.load(p, mmap_mode="r") if size > 4096 else np.load(p)
+                out[name] = _open_npy(p, size)
         except (OSError, ValueError):  # replaced under us by another builder, or damaged: rebuild
             return None
         return out

@@ -12,9 +12,10 @@ need no per-row request logic beyond ``request_ts``.
 
 Batches are cut from one shard at a time, from the shard's columnar cache (``dv365.data.cache``: decoded once,
 memory-mapped) or, with ``cache=False``, from its Parquet files. Each row's cut point is found by a binary search
-within the user's events, done for all rows at once; the rows are then copied as whole slices straight into the
-output tensors (pinned when CUDA is present, else memory the loader reuses), ``workers`` batches at a time in
-threads (numpy releases the GIL while it copies), delivered in order. Batches do not straddle shards (a shard's
+within the user's events, done for all rows at once (for the export, once per shard: every user has the same
+cut-off); the rows are then copied as whole slices straight into the output tensors (pinned when CUDA is present,
+else memory the loader reuses), ``workers`` batches at a time, delivered in order: in threads (numpy releases the
+GIL while it copies) or, for the export, in worker processes writing into shared memory (``dv365.data.procs``). Batches do not straddle shards (a shard's
 last batch may be short unless ``drop_last``).
 
 **Data-parallel training** (``rank`` / ``world_size``): the global batch of ``batch_size * world_size`` examples
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 
 from ..timeline import EXPLICIT, FLOAT_FIELDS, IMPLICIT, TimelineBatch
+from . import procs
 from .cache import ShardArrays, ShardCache, cache_dir, decode_shard
 from .parquet import Dataset
 from .schema import EXAMPLES, LABEL_COLUMNS, TASKS, DataError
@@ -195,7 +197,7 @@ class _Timeline:
         self.ts_base = int(arrays[f"{kind}.ts_base"][0])
         self.ids, self.cats, self.floats = arrays[f"{kind}.ids"], arrays[f"{kind}.cats"], arrays[f"{kind}.floats"]
         # NaN (unknown) floats are replaced in each gathered batch, only when the manifest says there are any
-        self.fill = np.float32(fill_missing) if has_missing and self.floats.shape[0] else None
+        self.fill_value = np.float32(fill_missing) if has_missing and self.floats.shape[0] else None
 
     def bounds(self, user: np.ndarray, cutoff: np.ndarray, max_events: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Row ranges ``[start, end)`` of each user's events with ``ts < cutoff``: a binary search over every
@@ -231,21 +233,25 @@ class _Timeline:
                 ((self.floats.shape[0], n), _F32)]
 
     def gather(self, start: np.ndarray, end: np.ndarray, validate: bool, mem: _Memory) -> TimelineBatch:
-        """Rows ``[start[b], end[b])`` as one batch, written straight into ``mem``'s (pinned or reused) tensors;
-        the narrow on-disk types (``dv365.data.cache``) are widened by the copy."""
+        """Rows ``[start[b], end[b])`` as one batch, written straight into ``mem``'s (pinned or reused) tensors."""
+        n = int((end - start).sum())
+        offsets, ts, ids, cats, floats = (mem.empty(shape, dtype) for shape, dtype in self.shapes(start.size, n))
+        self.fill(start, end, [offsets.numpy(), ts.numpy(), ids.numpy(), cats.numpy(), floats.numpy()])
+        return (TimelineBatch if validate else TimelineBatch.trusted)(
+            kind=self.kind, offsets=offsets, ids=ids, ts=ts, cats=cats, floats=floats
+        )
+
+    def fill(self, start: np.ndarray, end: np.ndarray, outs: list[np.ndarray]) -> None:
+        """Write rows ``[start[b], end[b])`` into ``outs`` (numpy arrays of :meth:`shapes`: offsets, ts, ids, cats,
+        floats); the narrow on-disk types (``dv365.data.cache``) are widened by the copy. Numpy only (no torch),
+        so that forked loader processes can run it."""
+        off, ts_out = outs[0], outs[1]
         lengths = end - start
         rows = lengths.size
-        offsets = mem.empty((rows + 1,), _I64)
-        off = offsets.numpy()
         off[0] = 0
         np.cumsum(lengths, out=off[1:])
         n = int(off[-1])
-        ts = mem.empty((n,), _I64)
-        ids = mem.empty((self.ids.shape[0], n), _I64)
-        cats = mem.empty((self.cats.shape[0], n), _I8)
-        floats = mem.empty((self.floats.shape[0], n), _F32)
-        ts_out = ts.numpy()
-        outs = [(ts_out, self.ts), (ids.numpy(), self.ids), (cats.numpy(), self.cats), (floats.numpy(), self.floats)]
+        pairs = [(ts_out, self.ts), (outs[2], self.ids), (outs[3], self.cats), (outs[4], self.floats)]
         if n >= _RUN_MIN_EVENTS * rows:
             # long rows: copy runs of adjacent ranges as slices (memcpy speed, the GIL released), no index array
             brk = np.flatnonzero(start[1:] != end[:-1]) + 1
@@ -253,12 +259,12 @@ class _Timeline:
             last_row = np.concatenate((brk, [rows])) - 1
             for lo, hi, d in zip(start[first_row].tolist(), end[last_row].tolist(), off[first_row].tolist()):
                 if hi > lo:
-                    for out, src in outs:
+                    for out, src in pairs:
                         out[..., d : d + hi - lo] = src[..., lo:hi]
         elif n:
             idx = np.arange(n, dtype=np.int64)
             idx += np.repeat(start - off[:-1], lengths)
-            for out, src in outs:
+            for out, src in pairs:
                 if src.ndim == 1:
                     out[:] = src[idx]
                 else:
@@ -266,12 +272,8 @@ class _Timeline:
                         out[i] = src[i][idx]
         if self.ts_base:
             ts_out += self.ts_base
-        if self.fill is not None:
-            view = floats.numpy()
-            np.copyto(view, self.fill, where=np.isnan(view))
-        return (TimelineBatch if validate else TimelineBatch.trusted)(
-            kind=self.kind, offsets=offsets, ids=ids, ts=ts, cats=cats, floats=floats
-        )
+        if self.fill_value is not None:
+            np.copyto(outs[4], self.fill_value, where=np.isnan(outs[4]))
 
 
 def _gather(tl: dict[str, _Timeline], user: np.ndarray, cutoff: np.ndarray, max_events: int | None, validate: bool,
@@ -350,13 +352,15 @@ class _Shards:
             return entry[1]
 
 
-def _default_workers() -> int:
-    """Worker threads per loader: the cores this process may use, shared by the local ranks, at most 8."""
+def _default_workers(processes: bool = False) -> int:
+    """Workers per loader from the cores this process may use, shared by the local ranks: threads, at most 8
+    (more do not add throughput: the GIL); processes, one core left to the consumer, at least 2, at most 16."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    mine = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(2, min(16, mine - 1)) if processes else max(1, min(8, mine))
 
 
 def _run(tasks: Iterator[Any], make: Callable[[Any], Any], workers: int, prefetch: int) -> Iterator[Any]:
@@ -560,8 +564,14 @@ class UserLoader:
     ``cutoff`` (required): the export's cut-off time in seconds. ``users=(lo, hi)``: only users ``lo <= u < hi``.
     ``only_users``: only these users (sorted ascending, e.g. from :func:`users_with_new_events`), intersected
     with ``users``. ``shards``: only these shards. Users without events get empty timelines. Batches do not
-    straddle shards. ``max_events``, ``fill_missing``, ``prefetch``, ``pin_memory``, ``workers``, ``cache`` as
-    for :class:`Loader`.
+    straddle shards. ``max_events``, ``fill_missing``, ``prefetch``, ``pin_memory``, ``cache`` as for :class:`Loader`.
+    ``mode``: who builds the batches — ``"process"``: ``workers`` forked processes writing whole batches into
+    shared memory (``dv365.data.procs``; no GIL, so they scale with the cores), ``"thread"``: ``workers`` threads
+    as in :class:`Loader`, ``"auto"`` (default): processes when ``workers >= 2`` on Linux, else threads. Both give
+    the same batches in the same order. ``workers`` default: for processes the usable cores (shared by
+    ``LOCAL_WORLD_SIZE`` ranks) minus one, 2 to 16; for threads as for :class:`Loader`. The processes are kept
+    between passes until :meth:`close` or until the loader is collected; a pass that ends early (an error, the
+    consumer stopping) stops them.
     ``state_dict`` / ``load_state_dict`` resume an interrupted export at the next batch.
     """
 
@@ -581,6 +591,7 @@ class UserLoader:
         pin_memory: bool | None = None,
         workers: int | None = None,
         cache: bool | str | os.PathLike | None = None,
+        mode: str = "auto",
     ):
         if cutoff is None:
             raise TypeError("UserLoader: cutoff (the export's cut-off time in seconds) is required")
@@ -605,11 +616,34 @@ class UserLoader:
         _check_fill_missing(dataset, fill_missing, "UserLoader")
         self.fingerprint = dataset_fingerprint(dataset)
         self._only_digest = None if only_users is None else hashlib.sha256(only_users.tobytes()).hexdigest()[:16]
-        self.workers = _default_workers() if workers is None else int(workers)
+        self.workers = _default_workers(mode != "thread" and procs.available()) if workers is None else int(workers)
+        if mode not in ("auto", "process", "thread"):
+            raise ValueError(f"UserLoader: mode must be 'auto', 'process' or 'thread', got {mode!r}")
+        if mode == "process" and not procs.available():
+            raise ValueError("UserLoader: mode='process' needs Linux (fork, memfd) outside a daemonic process")
+        self.mode = mode
+        self._cache = cache
         self._shards = _Shards(dataset, fill_missing, cache)
         self._arenas = _Arenas(keep=self.workers + max(0, prefetch) + 4)
         self._users = {k: self._shard_users(k) for k in self.shards}
         self._batches = 0
+        self._cuts: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self._cuts_lock = threading.Lock()
+        self._pool: procs.ProcessPool | None = None
+
+    @property
+    def uses_processes(self) -> bool:
+        """Whether batches are built in worker processes (``mode``: 'auto' = processes for ``workers >= 2`` where
+        available, else threads)."""
+        if self.mode == "auto":
+            return self.workers >= 2 and procs.available()
+        return self.mode == "process"
+
+    def close(self) -> None:
+        """Stop the worker processes (they are kept between passes; also stopped when the loader is collected)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def _shard_users(self, k: int) -> np.ndarray | tuple[int, int]:
         """Shard k's users to export: a range ``(lo, hi)``, or an array with ``only_users``."""
@@ -656,24 +690,105 @@ class UserLoader:
                 continue
             for j in range(skip, count):
                 lo, hi = j * self.batch_size, min(n, (j + 1) * self.batch_size)
-                yield k, (np.arange(users[0] + lo, users[0] + hi, dtype=np.int64) if isinstance(users, tuple) else users[lo:hi])
+                yield k, lo, (np.arange(users[0] + lo, users[0] + hi, dtype=np.int64) if isinstance(users, tuple)
+                              else users[lo:hi])
             skip = 0
 
-    def _make(self, task: tuple[int, np.ndarray]) -> UserBatch:
-        k, user = task
+    def _shard_cuts(self, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Every exported user's rows ``[start, end)`` in shard k, per timeline: the cut-off is the same for all,
+        so one vectorised search per shard serves all its batches (the most recent two shards are kept)."""
+        with self._cuts_lock:
+            cuts = self._cuts.get(k)
+            if cuts is None:
+                tl, _ = self._shards.get(k)
+                users = self._users[k]
+                u = np.arange(users[0], users[1], dtype=np.int64) if isinstance(users, tuple) else users
+                cutoff = np.full(u.size, self.cutoff, dtype=np.int64)
+                cuts = self._cuts[k] = {kind: tl[kind].bounds(u, cutoff, self.max_events) for kind in _KINDS}
+                while len(self._cuts) > 2:
+                    self._cuts.popitem(last=False)
+            return cuts
+
+    def _plan(self, k: int, lo: int, n: int) -> tuple[dict[str, _Timeline], list, list]:
+        """Shard k's timelines, the batch's row bounds per timeline and its output arrays' shapes."""
         tl, _ = self._shards.get(k)
-        cutoff = np.full(user.size, self.cutoff, dtype=np.int64)
-        timelines = _gather(tl, user, cutoff, self.max_events, False, self.pin_memory, self._arenas)
-        user_id, request_ts = torch.from_numpy(user), torch.from_numpy(cutoff + self.gap)
+        cuts = self._shard_cuts(k)
+        bounds = [(cuts[kind][0][lo : lo + n], cuts[kind][1][lo : lo + n]) for kind in _KINDS]
+        shapes = [s for kind, (a, b) in zip(_KINDS, bounds) for s in tl[kind].shapes(n, int((b - a).sum()))]
+        return tl, bounds, shapes
+
+    def _finish(self, user: np.ndarray, timelines: list[TimelineBatch]) -> UserBatch:
+        user_id = torch.from_numpy(user)
+        request_ts = torch.full((user.size,), self.cutoff + self.gap, dtype=torch.int64)
         if self.pin_memory:
             user_id, request_ts = user_id.pin_memory(), request_ts.pin_memory()
         return UserBatch(user_id, timelines[0], timelines[1], request_ts)
 
+    def _make(self, task: tuple[int, int, np.ndarray]) -> UserBatch:
+        k, lo, user = task
+        tl, bounds, shapes = self._plan(k, lo, user.size)
+        mem = _Memory(shapes, self.pin_memory, self._arenas)
+        return self._finish(user, [tl[kind].gather(a, b, False, mem) for kind, (a, b) in zip(_KINDS, bounds)])
+
+    def _processes(self, tasks: Iterator[tuple[int, int, np.ndarray]]) -> Iterator[UserBatch]:
+        """The batches of ``tasks`` built by the worker processes (``dv365.data.procs``), in order."""
+        if self._pool is None or self._pool.closed:
+            dataset, fill_missing, cache = self.dataset, self.fill_missing, self._cache
+            self._pool = procs.ProcessPool(self.workers, lambda: _Shards(dataset, fill_missing, cache),
+                                           _fill_in_worker, "UserLoader", pin=self.pin_memory,
+                                           keep=self.workers + max(0, self.prefetch) + 4)
+        pool = self._pool
+        depth = len(pool) + max(0, self.prefetch)
+        window: collections.deque = collections.deque()
+        seq, finished = 0, False
+
+        def receive() -> UserBatch:
+            s, arena, k, user, shapes = window.popleft()
+            pool.result(s, f" (shard {k}, users {int(user[0])}..{int(user[-1])})")
+            pool.release(arena)
+            arrays = [torch.from_numpy(a) for a in procs.carve(pool.bufs[arena], shapes)]
+            timelines = [TimelineBatch.trusted(kind=kind, offsets=o, ts=t, ids=i, cats=c, floats=f)
+                         for kind, (o, t, i, c, f) in zip(_KINDS, (arrays[:5], arrays[5:]))]
+            return self._finish(user, timelines)
+
+        try:
+            for k, lo, user in tasks:
+                _, bounds, shapes = self._plan(k, lo, user.size)
+                arena = pool.take(procs.layout(shapes)[1])
+                pool.submit(seq, arena, (k, bounds))
+                window.append((seq, arena, k, user, shapes))
+                seq += 1
+                if len(window) >= depth:
+                    yield receive()
+            while window:
+                yield receive()
+            finished = True
+        finally:
+            if not finished:  # an error, or the consumer stopped early: nothing in flight may outlive the pass
+                pool.close(graceful=False)
+                self._pool = None
+
     def __iter__(self) -> Iterator[UserBatch]:
-        for batch in _run(self._tasks(self._batches), self._make, self.workers, self.prefetch):
-            self._batches += 1
-            yield batch
+        tasks = self._tasks(self._batches)
+        source = self._processes(tasks) if self.uses_processes else _run(tasks, self._make, self.workers, self.prefetch)
+        try:
+            for batch in source:
+                self._batches += 1
+                yield batch
+        finally:
+            source.close()
         self._batches = 0
+
+
+def _fill_in_worker(shards: _Shards, task: tuple[int, list], buf: np.ndarray) -> None:
+    """One export batch, in a worker process: shard k's rows ``bounds`` copied into ``buf`` (layout of
+    :func:`dv365.data.procs.layout` over both timelines' shapes, as the parent planned it)."""
+    k, bounds = task
+    tl, _ = shards.get(k)
+    shapes = [s for kind, (a, b) in zip(_KINDS, bounds) for s in tl[kind].shapes(a.size, int((b - a).sum()))]
+    arrays = procs.carve(buf, shapes)
+    for j, (kind, (a, b)) in enumerate(zip(_KINDS, bounds)):
+        tl[kind].fill(a, b, arrays[5 * j : 5 * j + 5])
 
 
 def users_with_new_events(dataset: Dataset, since_ts: int, shards: Iterable[int] | None = None, *,

@@ -40,7 +40,7 @@ def register(sub) -> None:
                    help="bf16 autocast of the tower (default: the training config's setting)")
     p.add_argument("--part-size", type=int, default=None, metavar="USERS",
                    help="users per part, the unit of resume and of the store's checksums (default 8192)")
-    p.add_argument("--workers", type=int, default=None, help="loader worker threads (default: the loader's)")
+    p.add_argument("--workers", type=int, default=None, help="loader workers: processes where available, else threads (default: the loader's)")
     p.add_argument("--progress-dir", default=None, help="where the resume files live (default ~/.cache/dv365/export)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

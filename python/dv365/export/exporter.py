@@ -207,7 +207,7 @@ def export(
     rank 0); ``publish_only``: verify and publish what the workers wrote. ``keep``: after publishing, keep only
     the newest ``keep`` published versions. ``autocast``: ``bf16``, ``off`` or ``auto`` (bf16 on CUDA; default:
     the training config's). ``progress_dir``: where the per-worker progress files live (default
-    ``~/.cache/dv365/export``). ``profile``: synchronize the device per stage for an exact time split. ``workers``: the loader's threads."""
+    ``~/.cache/dv365/export``). ``profile``: synchronize the device per stage for an exact time split. ``workers``: the loader's worker processes (threads where processes are not available)."""
     t_start = time.perf_counter()
     from .. import faults
     from ..data import UserLoader, open_dataset
@@ -343,6 +343,7 @@ def export(
             bar = tqdm(total=total, desc=f"export {version}", unit="user", dynamic_ncols=True, smoothing=0.1)
 
         t_loop = time.perf_counter()
+        loader = None
         try:
             for run in _runs(todo):
                 lo, hi = bounds[run[0]][0], bounds[run[-1]][1]
@@ -396,7 +397,10 @@ def export(
                 flush(current)
                 for k in queue:
                     flush(k)
+                loader.close()  # its worker processes: the next run starts its own
         finally:
+            if loader is not None:
+                loader.close()
             if bar is not None:
                 bar.set_postfix(parts=f"{len(written)}/{len(todo)}", refresh=False)
                 bar.close()

@@ -94,13 +94,20 @@ class DLRMBackbone(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [emb.weight for emb in self.embeddings.values()]
 
+    def lookup(self, sparse: torch.Tensor) -> list[torch.Tensor]:
+        """The sparse features' embeddings, ``[B, E]`` each (``sparse[:, k]`` indexes ``tables[k]``)."""
+        return [emb(sparse[:, k]) for k, emb in enumerate(self.embeddings.values())]
+
     def forward(
-        self, user_embedding: torch.Tensor, dense: torch.Tensor, sparse: torch.Tensor
+        self, user_embedding: torch.Tensor, dense: torch.Tensor, sparse: torch.Tensor | None,
+        embedded: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embedded``: :meth:`lookup`'s result, computed by the caller (then ``sparse`` is not read), e.g. outside
+        a CUDA graph, which cannot output the tables' sparse gradients."""
         b = user_embedding.shape[0]
         x = torch.cat([user_embedding.reshape(b, -1), dense.to(user_embedding.dtype)], dim=1)
         z = self.bottom(x)  # [B, E]
-        vectors = [z] + [emb(sparse[:, k]) for k, emb in enumerate(self.embeddings.values())]
+        vectors = [z] + (self.lookup(sparse) if embedded is None else list(embedded))
         t = torch.stack([v.to(z.dtype) for v in vectors], dim=1)  # [B, F, E]
         dots = torch.bmm(t, t.transpose(1, 2))[:, self._triu_rows, self._triu_cols]
         out = self.heads(self.top(torch.cat([z, dots.to(z.dtype)], dim=1)))

@@ -30,6 +30,9 @@ DENSE_FEATURES = (
     "video_duration_known",
 )
 VOCAB_FIELDS = ("media_id", "author_id", "topic_id")
+# torch.compile modes that run the compiled code as CUDA graphs
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclasses.dataclass
@@ -94,6 +97,7 @@ class DV365Model(nn.Module):
             sparse=config.sparse,
         )
         self._compiled_head = None
+        self._head_uses_cudagraphs = False
 
     def extra_repr(self) -> str:
         return (
@@ -118,10 +122,12 @@ class DV365Model(nn.Module):
         media_type: torch.Tensor,
         video_duration: torch.Tensor,
         video_duration_mask: torch.Tensor,
+        embedded: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tower + backbone on plain tensors: ``pooled [B, S, D]``, ``history_lengths`` int64 ``[B, 2]``
-        (explicit, implicit events seen), the example fields of :class:`~dv365.data.Examples`.
-        Returns ``(logits float32 [B, 9], watch_time float32 [B], user_embedding [B, N_out, D])``."""
+        (explicit, implicit events seen), the example fields of :class:`~dv365.data.Examples`; ``embedded``: the
+        backbone's sparse-feature embeddings already looked up (:meth:`backbone_lookup`; then the id fields are not
+        read). Returns ``(logits float32 [B, 9], watch_time float32 [B], user_embedding [B, N_out, D])``."""
         user_embedding = self.tower(pooled)
         known = video_duration_mask.to(torch.float32)
         dense = torch.stack(
@@ -133,34 +139,62 @@ class DV365Model(nn.Module):
             ],
             dim=1,
         )
+        ids = None if embedded is not None else self._backbone_ids(user_id, item_id, author_id, topic_id, media_type)
+        logits, watch_time = self.backbone(user_embedding, dense, ids, embedded)
+        return logits.float(), watch_time.float(), user_embedding
+
+    def _backbone_ids(self, user_id, item_id, author_id, topic_id, media_type) -> torch.Tensor:
         ids = [item_id, author_id, topic_id, media_type.to(torch.int64)]
         if self.config.backbone.user_buckets:
             ids.insert(0, torch.remainder(user_id, self.config.backbone.user_buckets))
-        logits, watch_time = self.backbone(user_embedding, dense, torch.stack(ids, dim=1))
-        return logits.float(), watch_time.float(), user_embedding
+        return torch.stack(ids, dim=1)
 
-    def compile_head(self, **compile_kwargs) -> None:
-        """Run :meth:`head` through ``torch.compile(fullgraph=True, **compile_kwargs)`` from now on (the pooling
-        op stays eager). The state dict and parameters are unchanged."""
+    def backbone_lookup(self, user_id, item_id, author_id, topic_id, media_type) -> list[torch.Tensor]:
+        """The backbone's sparse-feature embeddings of these examples (what :meth:`head` looks up itself when not
+        given them)."""
+        return self.backbone.lookup(self._backbone_ids(user_id, item_id, author_id, topic_id, media_type))
+
+    def run_head(self, pooled: torch.Tensor, history_lengths: torch.Tensor, ex) -> tuple[torch.Tensor, ...]:
+        """:meth:`head` (compiled when :meth:`compile_head` was called) on a batch's examples ``ex``. With CUDA
+        graphs the backbone's embedding lookups run eagerly before the graph: their tables' gradients are sparse,
+        which a CUDA graph cannot output; and the graph's outputs are copied out of the buffers its next replay
+        overwrites."""
+        fields = (ex.user_id, ex.item_id, ex.author_id, ex.topic_id, ex.media_type)
+        if self._compiled_head is None:
+            return self.head(pooled, history_lengths, *fields, ex.video_duration, ex.video_duration_mask)
+        embedded = self.backbone_lookup(*fields) if self._head_uses_cudagraphs else None
+        outputs = self._compiled_head(pooled, history_lengths, *fields, ex.video_duration, ex.video_duration_mask,
+                                      embedded)
+        if self._head_uses_cudagraphs:
+            outputs = tuple(o.clone() for o in outputs)
+        return outputs
+
+    def compile_head(self, mode: str | None = None, **compile_kwargs) -> None:
+        """Run :meth:`head` through ``torch.compile(fullgraph=True, mode=mode, **compile_kwargs)`` from now on (the
+        pooling op stays eager). The state dict and parameters are unchanged.
+
+        ``mode``: torch.compile's (None = "default"). At W40K the head's forward + backward is a few hundred
+        small kernels for 32 examples, so its time is launches: "reduce-overhead" replays them as CUDA graphs
+        (one graph per input shape: a short last batch records another, so training with it drops the last
+        short batch). :meth:`run_head` then looks the backbone's embeddings up eagerly and copies the outputs out
+        of the graphs' static buffers, so a caller may keep them across calls (evaluation collects logits batch
+        after batch)."""
         compile_kwargs.setdefault("fullgraph", True)
-        self._compiled_head = torch.compile(self.head, **compile_kwargs)
+        self._compiled_head = torch.compile(self.head, mode=mode, **compile_kwargs)
+        self._head_uses_cudagraphs = mode in CUDAGRAPH_MODES
 
     def __getstate__(self):
         # a compiled function does not pickle or deepcopy; a copy starts eager (call compile_head again)
         state = dict(super().__getstate__())
         state["_compiled_head"] = None
+        state["_head_uses_cudagraphs"] = False
         return state
 
     def forward(self, batch: Batch) -> ModelOutput:
         ex = batch.examples
         pooled = self.pooling(batch.explicit, batch.implicit, ex.request_ts)
         lengths = torch.stack([batch.explicit.offsets.diff(), batch.implicit.offsets.diff()], dim=1)
-        head = self._compiled_head or self.head
-        logits, watch_time, user_embedding = head(
-            pooled, lengths, ex.user_id, ex.item_id, ex.author_id, ex.topic_id, ex.media_type,
-            ex.video_duration, ex.video_duration_mask,
-        )
-        return ModelOutput(logits, watch_time, user_embedding)
+        return ModelOutput(*self.run_head(pooled, lengths, ex))
 
     # loss (paper eq. 7-8) -----------------------------------------------------------------------
     @staticmethod

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..configs import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from ..models import ModelConfig
+from ..models.model import COMPILE_MODES
 
 
 @dataclasses.dataclass
@@ -73,6 +74,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     spec: str | None = None  # a slice-spec YAML; None = the default spec shipped with dv365
     compile: bool = False  # torch.compile the tower + backbone
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead = CUDA graphs (drops a short last batch)
     autocast: str = "auto"  # auto (bf16 on CUDA), bf16, off
     threads: int | None = None  # torch CPU threads (None = torch's default)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -93,6 +95,10 @@ class TrainConfig:
             bad(f"schedule.steps must be >= 1, got {self.schedule.steps}")
         if self.checkpoint.every < 1 or self.checkpoint.keep < 1:
             bad("checkpoint.every and checkpoint.keep must be >= 1")
+        if self.compile_mode not in COMPILE_MODES:
+            bad(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_mode != "default" and not self.compile:
+            bad(f"compile_mode {self.compile_mode!r} needs compile: true")
         if self.autocast not in ("auto", "bf16", "off"):
             bad(f"autocast must be auto, bf16 or off, got {self.autocast!r}")
         for which, opt in (("dense", self.optim.dense), ("sparse", self.optim.sparse)):

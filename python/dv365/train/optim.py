@@ -1,15 +1,17 @@
 """Row-wise Adagrad for embedding tables (as fbgemm's ``EXACT_ROWWISE_ADAGRAD``): one accumulator per row.
 
-The fused pooling op's sparse gradient has one row per *event* that a table pools (uncoalesced: a popular item
-appears thousands of times in one batch). torch's sparse Adagrad coalesces it with a sort, keeps a full
-``[rows, dim]`` state and masks it with more sorts, which made it most of a training step at W40K size
-(docs/training.md). Here the duplicates are summed once (``unique`` + ``index_add_``), the state is
+torch's sparse Adagrad coalesces each sparse gradient with a sort, keeps a full ``[rows, dim]`` state and masks
+it with more sorts, which made it most of a training step at W40K size (docs/training.md). Here a gradient that is
+already coalesced (the fused pooling op's: one row per touched table row) is used as it is, an uncoalesced one
+(``nn.Embedding``'s: one row per lookup) has its duplicates summed once (``unique`` + ``index_add_``), the state is
 one float per row (the mean of the squared gradient over the row, so D× less memory), and only the touched rows
 are read and written:
 
     G_r += mean_d(g_rd²);   w_r -= lr · g_r / (√G_r + eps)
 
-Dense gradients are accepted too (every row is then "touched").
+Dense gradients are accepted too (every row is then "touched"). On CUDA (with Triton) each table's update is one
+fused kernel (:mod:`dv365.train._adagrad_triton`, the same float32 steps; ``fused=False`` keeps the torch ops);
+on the CPU it is the torch ops, which resume bitwise.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import torch
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 0.05, eps: float = 1e-10, weight_decay: float = 0.0) -> None:
+    def __init__(self, params, lr: float = 0.05, eps: float = 1e-10, weight_decay: float = 0.0,
+                 fused: bool | None = None) -> None:
         if not lr > 0:
             raise ValueError(f"RowWiseAdagrad: lr must be > 0, got {lr}")
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"RowWiseAdagrad: eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
         super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay})
+        # None: the Triton kernel for CUDA tables when Triton is installed
+        self.fused = fused
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dim() != 2:
@@ -38,18 +43,27 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         # tables that pool the same id column get gradients on the same index tensor (15 tables, 6 columns in
         # the default spec): its unique rows are found once per step
         uniques: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        _flag_sorted_unique_grads([p for g in self.param_groups for p in g["params"]])
         for group in self.param_groups:
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if self._fused(p) and p.grad.is_sparse and not p.grad.is_coalesced():
+                    from ._adagrad_triton import rowwise_adagrad_update_repeated
+
+                    rowwise_adagrad_update_repeated(p, self._state_sum(p), p.grad._indices()[0], p.grad._values(),
+                                                    lr, eps, wd)
+                    continue
                 rows, grad = _rows_and_sums(p.grad, uniques)
                 if rows is not None and rows.numel() == 0:
                     continue
-                state = self.state[p]
-                if "sum" not in state:
-                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                acc = state["sum"]
+                acc = self._state_sum(p)
+                if self._fused(p):
+                    from ._adagrad_triton import rowwise_adagrad_update
+
+                    rowwise_adagrad_update(p, acc, rows, grad, lr, eps, wd)
+                    continue
                 w = p if rows is None else p.index_select(0, rows)
                 g = grad.float()
                 if wd:
@@ -64,6 +78,52 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     # rows are unique, so index_add_ is a scatter of the updated rows
                     p.index_add_(0, rows, (g * scale[:, None]).to(p.dtype))
         return loss
+
+    def _state_sum(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        if "sum" not in state:
+            state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+        return state["sum"]
+
+    def _fused(self, p: torch.Tensor) -> bool:
+        """fused=None: the kernel for CUDA tables when Triton is installed. fused=True: always (a CPU table then
+        needs TRITON_INTERPRET=1, which the tests use to check the kernel against the torch ops)."""
+        if self.fused is False or (self.fused is None and p.device.type != "cuda"):
+            return False
+        if not _triton_available():
+            if self.fused:
+                raise RuntimeError("RowWiseAdagrad(fused=True): the fused update needs Triton (pip install triton)")
+            return False
+        return True
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flag_sorted_unique_grads(params: list[torch.Tensor]) -> None:
+    """Mark as coalesced the sparse gradients whose row indices are already strictly increasing.
+
+    ``sliced_pool(sparse=True)`` returns coalesced gradients (its touched rows, summed), but autograd's gradient
+    accumulation rebuilds a sparse gradient without the flag, and summing the rows again would cost a ``unique``
+    and a pass over ``[rows, D]`` per table. The check is one comparison over the indices, and all tables' results
+    are read back together (a single device sync on CUDA)."""
+    grads = [p.grad for p in params if p.grad is not None and p.grad.is_sparse and not p.grad.is_coalesced()
+             and p.grad.sparse_dim() == 1]
+    if not grads:
+        return
+    checks = []
+    for g in grads:
+        idx = g._indices()[0]
+        checks.append((idx[1:] > idx[:-1]).all() if idx.numel() > 1 else torch.ones((), dtype=torch.bool,
+                                                                                     device=idx.device))
+    for g, ok in zip(grads, torch.stack(checks).tolist()):
+        if ok:
+            g._coalesced_(True)
 
 
 def _rows_and_sums(grad: torch.Tensor, uniques: dict) -> tuple[torch.Tensor | None, torch.Tensor]:
