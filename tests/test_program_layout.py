@@ -116,10 +116,9 @@ NATIVE_LITERALS = {
     "NO_UPPER_BOUND (a window bound)": r"(?i:win_?hi)[^;\n]*(?:INT64_MAX|numeric_limits<int64_t>::max)",
 }
 
-# Sites that remain, each in code another change is rewriting (the CPU slicing compiler and timeline checks);
-# an entry whose site is gone must be removed, so the list cannot go stale.
+# Sites that remain, each in code another change is rewriting (the CPU slicing timeline checks); an entry whose
+# site is gone must be removed, so the list cannot go stale.
 NATIVE_LITERALS_PENDING = {
-    ("csrc/cpu/slicing.cpp", "ALL_FLAGS (the union of the flags)"),
     ("csrc/cpu/slicing.cpp", "FLOAT_DURATION / FLOAT_DWELL (a float row by its number)"),
 }
 
