@@ -1,5 +1,6 @@
-// The slice program's column layout, shared by the CPU kernels, the CUDA kernels (which include no ATen)
-// and their host code. dv365_ops/program.py documents it; tests/test_slicing.py checks the two agree.
+// The slice program's column layout and the slice plan's layout, shared by the CPU kernels, the CUDA kernels
+// (which include no ATen), their host code and the plan builder (slice_plan.h). dv365_ops/program.py documents
+// both; tests/test_program_layout.py checks the two files agree.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,46 @@ static_assert(kNoUpperBound == std::numeric_limits<int64_t>::max());
 // the largest weight a debiased score gives (dv365_ops/program.py MAX_SCORE): a near-zero duration cannot
 // overflow a slice's weighted sum
 constexpr double kMaxScore = 65536.0;
+
+// The slice plan's tensor form (dv365_ops/program.py, plan section): plan_i's header entries, the header entries
+// that hold where each section starts (kPlan...At), and the columns of the group rows.
+enum PlanHeader : int64_t {
+  kPlanNumSlices = 0,
+  kPlanNumTables = 1,
+  kPlanNumGroups = 2,
+  kPlanNumBounds = 3,
+  kPlanNumCatFields = 4,
+  kPlanNumWeighted = 5,
+  kPlanNumBetas = 6,
+  kPlanNumGammas = 7,
+  kPlanWords = 8,
+  kPlanSliceGroupAt = 16,
+  kPlanGroupsAt = 17,
+  kPlanGroupSlicesAt = 18,
+  kPlanTableGroupsAt = 19,
+  kPlanTableSlicesAt = 20,
+  kPlanBoundsAt = 21,
+  kPlanCoveredAt = 22,
+  kPlanCatFieldsAt = 23,
+  kPlanCatPassAt = 24,
+  kPlanFloatGroupsAt = 25,
+  kPlanBetasAt = 26,
+  kPlanGammasAt = 27,
+  kPlanHeader = 32,
+};
+enum GroupCol : int64_t {
+  kGroupTable = 0,
+  kGroupLeader = 1,
+  kGroupFlags = 2,
+  kGroupRank = 3,
+  kGroupWslot = 4,
+  kGroupBeta = 5,
+  kGroupGamma = 6,
+  kGroupFirst = 7,
+  kGroupCount = 8,
+  kGroupCols = 9,
+};
+constexpr int64_t kPlanCatValues = 64;  // categorical values a lookup table has a row for: 0 .. kMaxCatValue
 }  // namespace prog
 
 }  // namespace dv365

@@ -4,13 +4,21 @@
 #include <torch/library.h>
 
 #include "cpu/cpu_dispatch.h"
+#include "slice_plan.h"
 
 extern "C" {
+// How many slice plans this process has built (tests count them to see that plans are reused per program).
+static PyObject* dv365_plan_builds(PyObject*, PyObject*) { return PyLong_FromLongLong(dv365::plan::slice_plan_builds()); }
+
 // A module init without pybind11, so that `from dv365_ops import _C` loads this library (and runs the static
-// registrations below). Its one attribute, `cpu_isa`, names the copy of the CPU kernels this process runs
-// ("avx2" or "baseline", csrc/cpu/cpu_dispatch.h).
+// registrations below). Its attributes: `cpu_isa`, which copy of the CPU kernels this process runs ("avx2" or
+// "baseline", csrc/cpu/cpu_dispatch.h), and `_plan_builds()`, the slice plans built so far (csrc/slice_plan.h).
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"_plan_builds", dv365_plan_builds, METH_NOARGS, "slice plans built by this process"},
+      {nullptr, nullptr, 0, nullptr},
+  };
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr && PyModule_AddStringConstant(module, "cpu_isa", dv365::cpu_isa_name()) != 0) {
     Py_DECREF(module);
@@ -44,6 +52,9 @@ TORCH_LIBRARY(dv365, m) {
   m.def(
       "sliced_pool_backward(Tensor grad, Tensor weight_sum, Tensor[] ids, Tensor offsets, Tensor ts, Tensor cats, "
       "Tensor floats, Tensor request_ts, Tensor prog_i, Tensor prog_f, SymInt[] num_rows) -> Tensor[]");
+  m.def(
+      "plan_slices(Tensor prog_i, Tensor prog_f, int num_tables, int cat_fields, int float_fields) -> "
+      "(Tensor plan_i, Tensor plan_f)");
   m.def(
       "sliced_pool_backward_rows(Tensor grad, Tensor weight_sum, Tensor[] ids, Tensor offsets, Tensor ts, "
       "Tensor cats, Tensor floats, Tensor request_ts, Tensor prog_i, Tensor prog_f) -> Tensor[]");

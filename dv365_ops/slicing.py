@@ -57,6 +57,17 @@ def sliced_pool(
     return op(list(tables), list(ids), offsets, ts, cats, floats, request_ts, prog_i, prog_f, sparse)
 
 
+def plan_slices(
+    prog_i: torch.Tensor, prog_f: torch.Tensor, num_tables: int, cat_fields: int, float_fields: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan of a slice program for a timeline with ``num_tables`` tables, ``cat_fields`` categorical rows and
+    ``float_fields`` float rows: ``(plan_i int64, plan_f float64)``, CPU tensors in the layout of
+    :mod:`dv365_ops.program` (plan section; :func:`dv365_ops.program.plan_sections` names the parts). It checks
+    the program's entries with the slicing ops' messages. Every backend evaluates a program through this plan (the
+    compiled kernels build it themselves), kept once per program."""
+    return torch.ops.dv365.plan_slices(prog_i, prog_f, num_tables, cat_fields, float_fields)
+
+
 def _check_timeline(op, tables, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f) -> None:
     if tables is not None:
         _backend.check_tensor_list(op, "tables", tables)
@@ -148,6 +159,24 @@ def _check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, reques
           lambda: f"num_rows must hold one entry per table ({len(ids)}), got {len(num_rows)}")
         for r in num_rows:
             c(op, r >= 0, lambda: f"num_rows must be >= 0, got {r}")
+
+
+@torch.library.register_fake("dv365::plan_slices")
+def _fake_plan_slices(prog_i, prog_f, num_tables, cat_fields, float_fields):
+    op, c, name_of, sizes = "plan_slices", _checks.check, _checks.dtype_name, _checks.sizes
+    # (meta tensors stand in for CPU ones)
+    c(op, prog_i.device.type in ("cpu", "meta") and prog_f.device.type in ("cpu", "meta"),
+      lambda: "prog_i and prog_f must be CPU tensors")
+    c(op, num_tables >= 0 and cat_fields >= 0 and float_fields >= 0,
+      lambda: f"num_tables, cat_fields and float_fields must be >= 0, got {num_tables}, {cat_fields}, {float_fields}")
+    c(op, prog_i.dim() == 2 and prog_i.shape[1] == P.NUM_INT and prog_i.dtype == torch.int64,
+      lambda: f"prog_i must be an int64 tensor of shape [S, {P.NUM_INT}], got {name_of(prog_i.dtype)} {sizes(prog_i)}")
+    c(op, prog_f.dim() == 2 and prog_f.shape[0] == prog_i.shape[0] and prog_f.shape[1] == P.NUM_FLOAT
+      and prog_f.dtype == torch.float64,
+      lambda: f"prog_f must be a float64 tensor of shape [S={prog_i.shape[0]}, {P.NUM_FLOAT}], got "
+      f"{name_of(prog_f.dtype)} {sizes(prog_f)}")
+    ctx = torch.library.get_ctx()
+    return prog_i.new_empty((ctx.new_dynamic_size(),)), prog_f.new_empty((ctx.new_dynamic_size(),))
 
 
 @torch.library.register_fake("dv365::slice_timeline")
@@ -309,4 +338,4 @@ torch.library.register_autograd(
     "dv365::sliced_pool", _backward_sliced_pool, setup_context=_setup_context_sliced_pool
 )
 
-__all__ = ["slice_timeline", "sliced_pool"]
+__all__ = ["plan_slices", "slice_timeline", "sliced_pool"]

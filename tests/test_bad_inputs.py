@@ -107,6 +107,11 @@ def _sliced_pool_backward_rows():
     return {"grad": torch.randn(2, 2, 3), "weight_sum": torch.ones(2, 2), **_timeline()}
 
 
+def _plan_slices():
+    t = _timeline()
+    return {"prog_i": t["prog_i"], "prog_f": t["prog_f"], "num_tables": 1, "cat_fields": 2, "float_fields": 2}
+
+
 def _sliced_pool_backward():
     return {**_sliced_pool_backward_rows(), "num_rows": [5]}
 
@@ -117,6 +122,7 @@ VALID = {
     "token_pool_backward": _token_pool_backward, "int4_quantize": _int4_quantize, "int4_dequantize": _int4_dequantize,
     "slice_timeline": _slice_timeline, "sliced_pool": _sliced_pool,
     "sliced_pool_backward": _sliced_pool_backward, "sliced_pool_backward_rows": _sliced_pool_backward_rows,
+    "plan_slices": _plan_slices,
 }
 
 
@@ -274,6 +280,17 @@ _TIMELINE_CASES = [
 ]
 for _op in ("slice_timeline", "sliced_pool", "sliced_pool_backward", "sliced_pool_backward_rows"):
     CASES += [Case(_op, name, bad, match, *data) for name, bad, match, *data in _TIMELINE_CASES]
+# the slice plan (csrc/slice_plan.cpp): the program's checks, with the slicing ops' messages
+CASES += [
+    Case("plan_slices", "float32 prog_f", _set("prog_f", lambda t: t.float()),
+         rf"prog_f must be a float64 tensor of shape \[S=2, {P.NUM_FLOAT}\], got Float \[2, {P.NUM_FLOAT}\]$"),
+    Case("plan_slices", "negative table count", _set("num_tables", -1),
+         r"num_tables, cat_fields and float_fields must be >= 0, got -1, 2, 2$"),
+    Case("plan_slices", "slice table", _set("num_tables", 0), r"prog_i\[0, TABLE\] = 0 is out of range for 0 tables$",
+         True),
+    Case("plan_slices", "dwell slice without floats", _set("float_fields", 1),
+         r"floats has 1 rows but slice 1 uses dwell, ratio or weight \(needs rows video_duration, dwell_time\)$", True),
+]
 CASES += [
     Case("sliced_pool", "id out of range", _set_item("ids", 0, lambda t: t.index_fill(0, torch.tensor([2]), 5)),
          r"ids\[0\]\[2\] = 5 is out of range for a table of 5 rows$", data=True),
@@ -362,7 +379,7 @@ def _case_id(case: Case) -> str:
 @pytest.mark.parametrize("op", sorted(VALID))
 def test_valid_inputs_pass(op, backend):
     # the cases' starting point is valid everywhere, so each case fails for the one thing it breaks
-    if backend == "meta" and op == "slice_timeline":
+    if backend == "meta" and op in ("slice_timeline", "plan_slices"):
         pytest.skip("an output of data-dependent size: meta tensors cannot run it (FakeTensors can)")
     _call(op, backend, VALID[op]())
 

@@ -116,10 +116,9 @@ NATIVE_LITERALS = {
     "NO_UPPER_BOUND (a window bound)": r"(?i:win_?hi)[^;\n]*(?:INT64_MAX|numeric_limits<int64_t>::max)",
 }
 
-# Sites that remain, each in code another change is rewriting (the CPU slicing compiler and timeline checks);
-# an entry whose site is gone must be removed, so the list cannot go stale.
+# Sites that remain, each in code another change is rewriting (the CPU slicing timeline checks); an entry whose
+# site is gone must be removed, so the list cannot go stale.
 NATIVE_LITERALS_PENDING = {
-    ("csrc/cpu/slicing.cpp", "ALL_FLAGS (the union of the flags)"),
     ("csrc/cpu/slicing.cpp", "FLOAT_DURATION / FLOAT_DWELL (a float row by its number)"),
 }
 
@@ -184,3 +183,44 @@ def test_triton_constants_come_from_program_py():
     for j in range(P.NUM_CAT_FILTERS):
         assert getattr(TS, f"_CAT_FIELD{j}").value == P.CAT_FIELD[j]
         assert getattr(TS, f"_CAT_MASK{j}").value == P.CAT_MASK[j]
+
+
+# ---- the plan's layout (program.py, plan section)
+
+_PLAN_COUNTS = ("PLAN_NUM_SLICES", "PLAN_NUM_TABLES", "PLAN_NUM_GROUPS", "PLAN_NUM_BOUNDS", "PLAN_NUM_CAT_FIELDS",
+                "PLAN_NUM_WEIGHTED", "PLAN_NUM_BETAS", "PLAN_NUM_GAMMAS", "PLAN_WORDS")
+# plan_i's sections in the order the builder writes them (each starts where the previous ends)
+_PLAN_SECTIONS = ("PLAN_SLICE_GROUP_AT", "PLAN_GROUPS_AT", "PLAN_GROUP_SLICES_AT", "PLAN_TABLE_GROUPS_AT",
+                  "PLAN_TABLE_SLICES_AT", "PLAN_BOUNDS_AT", "PLAN_COVERED_AT", "PLAN_CAT_FIELDS_AT",
+                  "PLAN_CAT_PASS_AT", "PLAN_FLOAT_GROUPS_AT")
+
+
+def test_plan_header_entries_are_distinct_and_inside_the_header():
+    entries = [getattr(P, n) for n in _PLAN_COUNTS + _PLAN_SECTIONS + ("PLAN_BETAS_AT", "PLAN_GAMMAS_AT")]
+    assert len(set(entries)) == len(entries), "two plan header entries share a slot"
+    assert all(0 <= e < P.PLAN_HEADER for e in entries)
+    cols = [P.GROUP_TABLE, P.GROUP_LEADER, P.GROUP_FLAGS, P.GROUP_RANK, P.GROUP_WSLOT, P.GROUP_BETA, P.GROUP_GAMMA,
+            P.GROUP_FIRST, P.GROUP_COUNT]
+    assert sorted(cols) == list(range(P.GROUP_COLS)), "group columns must be 0..GROUP_COLS-1, each once"
+    assert P.PLAN_CAT_VALUES == P.MAX_CAT_VALUE + 1
+
+
+def test_plan_sections_tile_the_plan():
+    import torch
+
+    import dv365_ops  # noqa: F401  (the ops)
+    from dv365_ops.testing import random_program
+
+    prog_i, prog_f = random_program(70, num_tables=3, cat_cardinality=(7, 3, 4), with_floats=True)
+    plan_i, plan_f = torch.ops.dv365.plan_slices(prog_i, prog_f, 3, 3, 2)
+    h = plan_i[: P.PLAN_HEADER].tolist()
+    assert h[P.PLAN_NUM_SLICES] == 70 and h[P.PLAN_NUM_TABLES] == 3
+    sec = P.plan_sections(plan_i, plan_f)
+    sizes = [sec[n].numel() for n in ("slice_group", "groups", "group_slices", "table_groups", "table_slices",
+                                      "bounds", "covered", "cat_fields", "cat_pass", "float_groups")]
+    starts = [h[getattr(P, n)] for n in _PLAN_SECTIONS]
+    assert starts[0] == P.PLAN_HEADER
+    for a, b, n in zip(starts, starts[1:] + [plan_i.numel()], sizes):
+        assert b - a == n, "a section's length disagrees with its header counts"
+    assert h[P.PLAN_BETAS_AT] == 0 and h[P.PLAN_GAMMAS_AT] == h[P.PLAN_NUM_BETAS]
+    assert plan_f.numel() == h[P.PLAN_NUM_BETAS] + h[P.PLAN_NUM_GAMMAS]

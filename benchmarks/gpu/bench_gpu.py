@@ -216,7 +216,8 @@ def sweep_sliced_pool(args, default: dict, expected, case: str, floor: int, copy
         record("sliced_pool fwd", case, f"dv365 cuda ({name})", ms, floor, copy_gbs, users_per_s=b / ms * 1e3,
                sweep=True, vs_default=ms / default["ms"])
     # where the time goes: the kernels' device time per call (torch.profiler), and a CUDA graph replay (no host
-    # work, no error-flag read; the graph holds the plan kernel that eager calls take from the plan cache)
+    # work, no error-flag read; like an eager call, the graph copies the program's device plan, planned on the host
+    # by the warm-up call)
     kernels = kernel_times(lambda: ops.sliced_pool(*args))
     total = sum(kernels.values())
     print("  kernels per call (us): " + ", ".join(f"{k[:60]} {v * 1e3:.1f}" for k, v in kernels.items()), flush=True)

@@ -1,12 +1,13 @@
 // CPU kernels of the multi-slicing ops (paper eq. 2-6; semantics: dv365_ops/reference.py, program layout:
 // dv365_ops/program.py): slice_timeline, the fused sliced_pool and its two backward ops.
 //
-// How the program is evaluated. Slices that differ only in their time window form a group (same table,
-// categorical filters, float filters and weight). Per event, the categorical filters of all groups are a
-// few 64-bit ANDs of precomputed "groups accepting value v of field f" bitsets, and the float predicates
-// run only for groups still alive. Windows are contiguous event ranges of a user's ascending timeline
-// (binary search), so a user's events split into segments that lie wholly inside or outside every
-// window; per segment each group accumulates once and hands its sum to its slices at the segment end.
+// How the program is evaluated. Its plan (csrc/slice_plan.h, the one builder every backend uses, cached per
+// program) groups the slices that differ only in their time window (same table, categorical filters, float
+// filters and weight). Per event, the categorical filters of all groups are a few 64-bit ANDs of the plan's
+// "groups accepting value v of field f" bitsets, and the float predicates run only for groups still alive.
+// Windows are contiguous event ranges of a user's ascending timeline (binary search), so a user's events split
+// into segments that lie wholly inside or outside every window; per segment each group accumulates once and
+// hands its sum to its slices at the segment end.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -22,35 +23,27 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <map>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
 #include "checks/slicing.h"
 #include "dv365.h"
 #include "cpu_dispatch.h"
+#include "slice_plan_cache.h"
 
 namespace dv365 {
 namespace {
 
-struct Group {
-  int64_t table = 0;
-  int64_t flags = 0;
-  double dwell_lo = 0, dwell_hi = 0, ratio_lo = 0, ratio_hi = 0, beta = 0, gamma = 0, s0 = 0;
-  int64_t beta_idx = 0, gamma_idx = 0;
-  std::vector<int64_t> slices;
-};
+using plan::Group;
 
+// A program as the kernels read it: its plan (slice_plan.h, cached per program) and what the CPU loops derive.
 struct Program {
+  std::shared_ptr<plan::CachedPlan> entry;  // keeps the plan alive
+  const plan::SlicePlan* pl = nullptr;
   int64_t S = 0, G = 0, W = 1;
-  std::vector<int64_t> slice_group, win_lo, win_hi;
-  std::vector<Group> groups;
-  std::vector<int64_t> gtable;
+  std::vector<int64_t> gtable;       // [G]: each group's table
   std::vector<int64_t> used_tables;  // tables some slice pools, ascending
-  std::vector<int64_t> cat_fields;  // the fields some group filters on
-  std::vector<uint64_t> cat_pass;   // [cat_fields][64 values][W]: groups accepting the value
-  std::vector<uint64_t> float_groups;
-  std::vector<double> betas, gammas;
   bool has_float_groups = false;
 };
 
@@ -80,8 +73,8 @@ struct EvalScratch {
   std::vector<int64_t> ratio_at, denom_at;
   std::vector<char> ratio_exact;  // ratio[k] is dwell / pow(dur, beta) itself, not its sqrt stand-in
   explicit EvalScratch(const Program& p)
-      : pass(p.W), weight(p.G, 1.0f), ratio(p.betas.size()), denom(p.gammas.size()),
-        ratio_at(p.betas.size(), -1), denom_at(p.gammas.size(), -1), ratio_exact(p.betas.size(), 0) {}
+      : pass(p.W), weight(p.G, 1.0f), ratio(p.pl->betas.size()), denom(p.pl->gammas.size()),
+        ratio_at(p.pl->betas.size(), -1), denom_at(p.pl->gammas.size(), -1), ratio_exact(p.pl->betas.size(), 0) {}
 };
 
 template <typename acc_t>
@@ -110,127 +103,20 @@ struct Task {
 #define DV365_ISA_KERNELS "slicing_kernels.inc"
 #include "cpu_isa_copies.inc"
 
-uint64_t bits_of(double v) {
-  uint64_t u;
-  std::memcpy(&u, &v, sizeof u);
-  return u;
-}
-
-// Checks the program against a timeline with T tables, C categorical and F float rows, and groups it.
-Program compile_program(const char* op, const at::Tensor& prog_i_in, const at::Tensor& prog_f_in, int64_t T, int64_t C,
+// The program's plan for a timeline with T tables, C categorical and F float rows (its shapes and entries checked
+// by plan_of; its device, ts's, by checks::timeline).
+Program compile_program(const char* op, const at::Tensor& prog_i, const at::Tensor& prog_f, int64_t T, int64_t C,
                         int64_t F) {
-  DV365_CHECK(prog_i_in.dim() == 2 && prog_i_in.size(1) == prog::kNumInt && prog_i_in.scalar_type() == at::kLong, op,
-              "prog_i must be an int64 tensor of shape [S, ", int64_t(prog::kNumInt), "], got ", prog_i_in.scalar_type(),
-              " ", prog_i_in.sizes());
-  const int64_t S = prog_i_in.size(0);
-  DV365_CHECK(prog_f_in.dim() == 2 && prog_f_in.size(0) == S && prog_f_in.size(1) == prog::kNumFloat &&
-                  prog_f_in.scalar_type() == at::kDouble,
-              op, "prog_f must be a float64 tensor of shape [S=", S, ", ", int64_t(prog::kNumFloat), "], got ",
-              prog_f_in.scalar_type(), " ", prog_f_in.sizes());
-  DV365_CHECK(prog_i_in.device().is_cpu() && prog_f_in.device().is_cpu(), op, "prog_i and prog_f must be CPU tensors");
-  const at::Tensor prog_i = prog_i_in.contiguous(), prog_f = prog_f_in.contiguous();
-  const int64_t* pi = prog_i.data_ptr<int64_t>();
-  const double* pf = prog_f.data_ptr<double>();
-
   Program p;
-  p.S = S;
-  p.slice_group.resize(S);
-  p.win_lo.resize(S);
-  p.win_hi.resize(S);
-  std::map<std::vector<uint64_t>, std::vector<int64_t>> by_key;  // ordered by table first
-  std::vector<std::vector<std::pair<int64_t, uint64_t>>> masks(S);
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t* r = pi + s * prog::kNumInt;
-    const double* f = pf + s * prog::kNumFloat;
-    DV365_CHECK(r[prog::kTable] >= 0 && r[prog::kTable] < T, op, "prog_i[", s, ", TABLE] = ", r[prog::kTable],
-                " is out of range for ", T, " tables");
-    const int64_t flags = r[prog::kFlags];
-    DV365_CHECK(flags >= 0 && flags <= (prog::kWeighted | prog::kDwellFilter | prog::kRatioFilter), op, "prog_i[", s,
-                ", FLAGS] = ", flags, " has unknown bits (WEIGHTED=1, DWELL_FILTER=2, RATIO_FILTER=4)");
-    DV365_CHECK(flags == 0 || F >= 2, op, "floats has ", F, " rows but slice ", s,
-                " uses dwell, ratio or weight (needs rows video_duration, dwell_time)");
-    // one combined mask per field: two filters on one field must both accept the value
-    std::map<int64_t, uint64_t> per_field;
-    const int64_t field_cols[3] = {prog::kCatField0, prog::kCatField1, prog::kCatField2};
-    const int64_t mask_cols[3] = {prog::kCatMask0, prog::kCatMask1, prog::kCatMask2};
-    for (int j = 0; j < prog::kNumCatFilters; ++j) {
-      const int64_t field = r[field_cols[j]];
-      if (field < 0) continue;
-      DV365_CHECK(field < C, op, "prog_i[", s, ", CAT_FIELD", j, "] = ", field, " is out of range for cats with ", C,
-                  " rows");
-      auto it = per_field.find(field);
-      const uint64_t m = static_cast<uint64_t>(r[mask_cols[j]]);
-      per_field[field] = it == per_field.end() ? m : (it->second & m);
-    }
-    std::vector<uint64_t> key = {static_cast<uint64_t>(r[prog::kTable]), static_cast<uint64_t>(flags)};
-    for (const auto& [field, m] : per_field) {
-      key.push_back(static_cast<uint64_t>(field));
-      key.push_back(m);
-      masks[s].emplace_back(field, m);
-    }
-    key.push_back(~uint64_t{0});
-    if (flags & prog::kDwellFilter) key.insert(key.end(), {bits_of(f[prog::kDwellLo]), bits_of(f[prog::kDwellHi])});
-    if (flags & prog::kRatioFilter)
-      key.insert(key.end(), {bits_of(f[prog::kRatioLo]), bits_of(f[prog::kRatioHi]), bits_of(f[prog::kBeta])});
-    if (flags & prog::kWeighted) key.insert(key.end(), {bits_of(f[prog::kGamma]), bits_of(f[prog::kS0])});
-    by_key[key].push_back(s);
-    p.win_lo[s] = r[prog::kWinLo];
-    p.win_hi[s] = r[prog::kWinHi];
-  }
-  p.G = static_cast<int64_t>(by_key.size());
-  p.W = std::max<int64_t>(1, (p.G + 63) / 64);
-  p.float_groups.assign(p.W, 0);
-  std::map<uint64_t, int64_t> beta_idx, gamma_idx;
-  std::vector<char> field_used(C, 0);
-  for (const auto& [key, slices] : by_key) {
-    const int64_t g = static_cast<int64_t>(p.groups.size());
-    const int64_t s = slices.front();
-    const double* f = pf + s * prog::kNumFloat;
-    Group q;
-    q.table = pi[s * prog::kNumInt + prog::kTable];
-    q.flags = pi[s * prog::kNumInt + prog::kFlags];
-    q.dwell_lo = f[prog::kDwellLo];
-    q.dwell_hi = f[prog::kDwellHi];
-    q.ratio_lo = f[prog::kRatioLo];
-    q.ratio_hi = f[prog::kRatioHi];
-    q.beta = f[prog::kBeta];
-    q.gamma = f[prog::kGamma];
-    q.s0 = f[prog::kS0];
-    if (q.flags & prog::kRatioFilter) {
-      auto [it, fresh] = beta_idx.emplace(bits_of(q.beta), static_cast<int64_t>(p.betas.size()));
-      if (fresh) p.betas.push_back(q.beta);
-      q.beta_idx = it->second;
-    }
-    if (q.flags & prog::kWeighted) {
-      auto [it, fresh] = gamma_idx.emplace(bits_of(q.gamma), static_cast<int64_t>(p.gammas.size()));
-      if (fresh) p.gammas.push_back(q.gamma);
-      q.gamma_idx = it->second;
-    }
-    if (q.flags) {
-      p.float_groups[g / 64] |= uint64_t{1} << (g % 64);
-      p.has_float_groups = true;
-    }
-    q.slices = slices;
-    for (int64_t sl : slices) {
-      p.slice_group[sl] = g;
-      for (const auto& fm : masks[sl]) field_used[fm.first] = 1;
-    }
+  p.entry = plan::plan_of(op, prog_i, prog_f, T, C, F);
+  p.pl = &p.entry->plan;
+  p.S = p.pl->S;
+  p.G = p.pl->G;
+  p.W = p.pl->W;
+  for (const Group& q : p.pl->groups) {
     p.gtable.push_back(q.table);
-    p.groups.push_back(std::move(q));
-  }
-  for (int64_t field = 0; field < C; ++field)
-    if (field_used[field]) p.cat_fields.push_back(field);
-  for (int64_t t : p.gtable)
-    if (p.used_tables.empty() || p.used_tables.back() != t) p.used_tables.push_back(t);
-  p.cat_pass.assign(p.cat_fields.size() * 64 * p.W, 0);
-  for (size_t i = 0; i < p.cat_fields.size(); ++i) {
-    for (int64_t g = 0; g < p.G; ++g) {
-      uint64_t accept = ~uint64_t{0};
-      for (const auto& [field, m] : masks[p.groups[g].slices.front()])
-        if (field == p.cat_fields[i]) accept = m;
-      for (int64_t v = 0; v < 64; ++v)
-        if ((accept >> v) & 1) p.cat_pass[(i * 64 + v) * p.W + g / 64] |= uint64_t{1} << (g % 64);
-    }
+    if (p.used_tables.empty() || p.used_tables.back() != q.table) p.used_tables.push_back(q.table);
+    p.has_float_groups |= q.flags != 0;
   }
   return p;
 }
@@ -321,8 +207,8 @@ void build_segments(const Program& p, const Timeline& tl, const Task& task, Segm
   };
   for (int64_t s = 0; s < S; ++s) {
     // lo < req - ts <= hi  <=>  req - hi <= ts < req - lo
-    const int64_t a = std::clamp<int64_t>(first_at_least(req - p.win_hi[s]), task.lo, task.hi);
-    const int64_t z = std::clamp<int64_t>(first_at_least(req - p.win_lo[s]), task.lo, task.hi);
+    const int64_t a = std::clamp<int64_t>(first_at_least(req - p.pl->win_hi[s]), task.lo, task.hi);
+    const int64_t z = std::clamp<int64_t>(first_at_least(req - p.pl->win_lo[s]), task.lo, task.hi);
     seg.win_a[s] = a;
     seg.win_z[s] = std::max(a, z);
     seg.bounds.push_back(a);
@@ -341,7 +227,9 @@ void build_segments(const Program& p, const Timeline& tl, const Task& task, Segm
     const int64_t base = static_cast<int64_t>(seg.gs.size());
     for (int64_t g = 0; g < G; ++g) {
       off[g] = static_cast<int64_t>(seg.gs.size()) - base;
-      for (int64_t s : p.groups[g].slices) {
+      const Group& q = p.pl->groups[g];
+      for (int64_t i = q.first; i < q.first + q.count; ++i) {
+        const int64_t s = p.pl->group_slices[i];
         if (seg.win_a[s] <= x0 && x1 <= seg.win_z[s]) {
           seg.gs.push_back(s);
           seg.active[k * W + g / 64] |= uint64_t{1} << (g % 64);

@@ -13,14 +13,15 @@ in float64, the weight rounded to float32) and ``t(s) = prog_i[s, TABLE]``::
     dense_t[i]       = sum_{e : ids[t][e] = i} rows_t[e]                                      (backward)
 
 Forward: one launch per table; one program per (user, run of ``EPP`` events, block of ``BLOCK_S`` of the
-table's slices, block of ``BLOCK_D`` columns). The slices are sorted by (table, flags) on the device, so a
-program's block holds slices of one table only and the float64 dwell / ratio / score code runs only in
-blocks that have such slices. For each chunk of ``BLOCK_E`` events the program loads ids / ts / cats /
+table's slices, block of ``BLOCK_D`` columns). The slices run in the order of the program's plan
+(``dv365::plan_slices``, the grouping every backend uses): table by table and group by group, so a program's
+block holds slices of one table only, the slices of a group side by side, and the float64 dwell / ratio / score
+code runs only in blocks that have such slices. For each chunk of ``BLOCK_E`` events the program loads ids / ts / cats /
 floats once, evaluates the membership tile ``W [BLOCK_S, BLOCK_E]`` in registers (never in memory), skips
 the chunk when no slice keeps any of its events (a chunk outside every window of the block: histories are
 sorted by time, so most chunks older than a 3- or 7-day window skip), else gathers the chunk's rows
 ``[BLOCK_E, BLOCK_D]`` once and accumulates ``W @ rows`` with ``tl.dot`` (``input_precision="tf32x3"``:
-three TF32 tensor-core products, fp32-accurate; ``DV365_TRITON_DOT_PRECISION=ieee|tf32`` trades). At the
+three TF32 tensor-core products, fp32-accurate; ``DV365_TRITON_DOT_PRECISION=ieee|tf32``, read once, trades). At the
 end it atomically adds its ``[BLOCK_S, BLOCK_D]`` partial sum into an fp32 ``[B, S, D]`` accumulator (and
 its weight sums into ``[B, S]``); a last elementwise pass divides. float64 tables (gradcheck) use an
 outer-product accumulation instead of ``tl.dot``.
@@ -31,14 +32,20 @@ events: each chunk's gradient rows ``W^T @ (grad / weight_sum)`` are stored dire
 (the program owns those rows: no atomics), atomically added into the fp32 dense table gradient at
 ``ids[t][e]`` for the dense variant.
 
-Data-dependent checks (offsets, id ranges, categorical values, table indices) and the exact grid size (the
-longest history, the slice count per table) need one device read; under CUDA graph capture they are skipped
-and the grid takes upper bounds (programs with no work exit at once).
+The plan is built on the host once per program (keyed by the program tensors' storage, view and version: see
+``_plan_of``), which reads the program (one synchronization for a program on the GPU) and checks its entries.
+Data-dependent checks (offsets, id ranges, categorical values) and the exact grid size (the longest history) need
+one device read; under CUDA graph capture they are skipped and the grid takes upper bounds (programs with no work
+exit at once), and the program must have run once before (its plan cannot be built while capturing).
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import os
+import re
+import threading
 
 import torch
 import triton
@@ -78,7 +85,9 @@ _FLOAT_DURATION = tl.constexpr(P.FLOAT_DURATION)
 _FLOAT_DWELL = tl.constexpr(P.FLOAT_DWELL)
 
 
+@functools.cache
 def _dot_precision() -> str:
+    """``DV365_TRITON_DOT_PRECISION``, read on the first call (a process's kernels use one precision)."""
     precision = os.environ.get("DV365_TRITON_DOT_PRECISION", "tf32x3")
     if precision not in _PRECISIONS:
         raise ValueError(f"DV365_TRITON_DOT_PRECISION must be one of {_PRECISIONS}, got {precision!r}")
@@ -92,21 +101,14 @@ def _config(dtype: torch.dtype, slices_per_table: int, d: int, backward: bool = 
     events a program (W40K: ~650 programs per table for 132 SMs, few atomic partial sums).
     The backward takes at most 128 columns: its dot's ``[BLOCK_S, BLOCK_D]`` operand (``grad / weight_sum``)
     must fit in shared memory (256 columns asked 256 KB of the H200's 227 KB).
-    ``DV365_TRITON_SLICED_GATE=0`` replaces the per-chunk branch around the gather with a masked gather
-    (rows of events no slice keeps are not fetched) and an unconditional dot: 1.9x slower on the H200 at
-    W40K (55.9 vs 29.7 ms), kept as a knob for tuning.
-    ``DV365_TRITON_SLICED_BLOCK_D`` overrides the column block (a tuning knob for the benchmarks).
     The interpreter gets tiny blocks so that small tests cross every block boundary."""
     use_dot = dtype != torch.float64
     if _util.INTERPRET:
-        return dict(
-            BLOCK_S=8, BLOCK_E=16, BLOCK_D=16, EPP=32, num_warps=4, USE_DOT=use_dot,
-            GATE=os.environ.get("DV365_TRITON_SLICED_GATE", "1") != "0",
-        )
+        return dict(BLOCK_S=8, BLOCK_E=16, BLOCK_D=16, EPP=32, num_warps=4, USE_DOT=use_dot)
     if not use_dot:
-        return dict(BLOCK_S=16, BLOCK_E=16, BLOCK_D=16, EPP=2048, num_warps=4, USE_DOT=False, GATE=True)
+        return dict(BLOCK_S=16, BLOCK_E=16, BLOCK_D=16, EPP=2048, num_warps=4, USE_DOT=False)
     block_s = min(max(triton.next_power_of_2(max(slices_per_table, 1)), 16), 128)
-    block_d = min(max(triton.next_power_of_2(max(d, 1)), 16), int(os.environ.get("DV365_TRITON_SLICED_BLOCK_D", 256)))
+    block_d = min(max(triton.next_power_of_2(max(d, 1)), 16), 256)
     if backward:
         block_d = min(block_d, 128)
     # registers: the forward's accumulator and the backward's grad / weight_sum tile are [BLOCK_S, BLOCK_D]
@@ -114,7 +116,6 @@ def _config(dtype: torch.dtype, slices_per_table: int, d: int, backward: bool = 
     return dict(
         BLOCK_S=block_s, BLOCK_E=32, BLOCK_D=block_d, EPP=2048,
         num_warps=16 if tile >= 32768 else 8 if tile >= 8192 else 4, USE_DOT=True,
-        GATE=os.environ.get("DV365_TRITON_SLICED_GATE", "1") != "0",
     )
 
 
@@ -139,7 +140,7 @@ def _pow(x, y, INTERPRET: tl.constexpr):
 
 @triton.jit
 def _slice_params(prog_i, prog_f, order, si, s_ok):
-    """The program rows of the slices at sorted positions ``si``."""
+    """The program rows of the slices at positions ``si`` of the plan's order."""
     s = tl.load(order + si, mask=s_ok, other=0)
     pi = prog_i + s * _NUM_INT
     pf = prog_f + s * _NUM_FLOAT
@@ -274,7 +275,6 @@ def _forward_kernel(
     PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 tables
-    GATE: tl.constexpr,  # branch around the gather of a chunk no slice keeps (else a masked gather)
     BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     b = tl.program_id(0) // SPLIT
@@ -301,23 +301,15 @@ def _forward_kernel(
             e, e_ok, req, ts, cats, stride_c, floats, stride_f, s_ok,
             win_lo, win_hi, flags, f0, m0, f1, m1, f2, m2, dlo, dhi, rlo, rhi, beta, gamma, s0,
             block, NUM_CATS, HAS_FLOATS, INTERPRET)
-        if GATE:
-            if any_kept:
-                idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
-                rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0)
-                wa = w.to(ACC)
-                if USE_DOT:
-                    acc = tl.dot(wa, rows.to(ACC), acc, input_precision=PRECISION)
-                else:
-                    acc += tl.sum(wa[:, :, None] * rows.to(ACC)[None, :, :], axis=1)
-                wacc += tl.sum(wa, axis=1)
-        else:
-            # a zero weight contributes nothing: rows no slice of the block weighs are not fetched
-            needed = tl.max((w != 0).to(tl.int32), axis=0) > 0
-            idx = tl.load(ids + e, mask=needed, other=0).to(tl.int64)
-            rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=needed[:, None] & d_ok[None, :], other=0.0)
+        # a chunk no slice of the block keeps (outside every window, most chunks of a long history) gathers nothing
+        if any_kept:
+            idx = tl.load(ids + e, mask=e_ok, other=0).to(tl.int64)
+            rows = tl.load(table + idx[:, None] * stride_t + d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0)
             wa = w.to(ACC)
-            acc = tl.dot(wa, rows.to(ACC), acc, input_precision=PRECISION)
+            if USE_DOT:
+                acc = tl.dot(wa, rows.to(ACC), acc, input_precision=PRECISION)
+            else:
+                acc += tl.sum(wa[:, :, None] * rows.to(ACC)[None, :, :], axis=1)
             wacc += tl.sum(wa, axis=1)
     out_row = (b * S + s).to(tl.int64)
     tl.atomic_add(acc_out + out_row[:, None] * D + d[None, :], acc, mask=s_ok[:, None] & d_ok[None, :])
@@ -386,9 +378,68 @@ def _backward_kernel(
                     tl.store(dst, (prev + rows).to(out.dtype.element_ty), mask=mask)
 
 
+class _ProgramPlan:
+    """A program's plan as the kernels read it, on the program's device: the slices in plan order (``order``),
+    where each table's slices start in it (``table_start``, ``[T + 1]``) and the slice count of each table
+    (``counts``, host ints: the grids' sizes). ``programs`` holds the program tensors, so that their storage cannot
+    be reused by another program while the entry lives."""
+
+    __slots__ = ("order", "table_start", "counts", "programs")
+
+    def __init__(self, order, table_start, counts, programs):
+        self.order, self.table_start, self.counts, self.programs = order, table_start, counts, programs
+
+
+# the most recently used plans, keyed by the program tensors' data (storage, view, dtype) and version counters
+_PLANS: collections.OrderedDict = collections.OrderedDict()
+_PLANS_LOCK = threading.Lock()
+_MAX_PLANS = 64
+_PLAN_ERROR = re.compile(r"dv365::plan_slices: (.*)")
+_plans_made = 0  # entries made (tests count them to see that the kept ones are used)
+
+
+def _data_key(x: torch.Tensor) -> tuple:
+    # a view of the same storage with the same geometry and dtype is the same program (MultiSlicePooling passes a
+    # fresh float64 view of its int64 prog_f buffer every call); views share their base's version counter
+    return (x.untyped_storage().data_ptr(), x.device, x.dtype, x.storage_offset(), tuple(x.shape), x.stride(),
+            x._version)
+
+
+def _plan_of(op: str, prog_i, prog_f, num_tables: int, num_cats: int, num_floats: int, capturing: bool):
+    """The program's plan, built by ``dv365::plan_slices`` the first time this program (these tensors' data at
+    these versions) meets these table, categorical and float counts, then kept. Raises plan_slices' error for an
+    invalid program. Inference tensors have no version counter: their plan is built every call."""
+    key = None
+    if not (prog_i.is_inference() or prog_f.is_inference()):
+        key = (_data_key(prog_i), _data_key(prog_f), num_tables, num_cats, num_floats)
+        with _PLANS_LOCK:
+            hit = _PLANS.get(key)
+            if hit is not None:
+                _PLANS.move_to_end(key)
+                return hit
+    if capturing:
+        raise RuntimeError(
+            f"dv365::{op}: this slice program has no plan yet, and its plan is built on the host, which a CUDA graph "
+            f"capture forbids: run the op once with this program before capturing it")
+    plan_i, _ = torch.ops.dv365.plan_slices(prog_i.detach().cpu(), prog_f.detach().cpu(), num_tables, num_cats,
+                                            num_floats)
+    sec = P.plan_sections(plan_i)
+    device = prog_i.device
+    entry = _ProgramPlan(sec["group_slices"].to(device), sec["table_slices"].to(device),
+                         sec["table_slices"].diff().tolist(), (prog_i, prog_f))
+    global _plans_made
+    _plans_made += 1
+    if key is not None:
+        with _PLANS_LOCK:
+            _PLANS[key] = entry
+            while len(_PLANS) > _MAX_PLANS:
+                _PLANS.popitem(last=False)
+    return entry
+
+
 class _Plan:
-    """What every launch needs: contiguous inputs, the slice order, and grid sizes (exact after the checks'
-    device read, upper bounds under graph capture)."""
+    """What every launch needs: contiguous inputs, the program's plan (its slice order and the slice count of each
+    table), and the grid's event split (exact after the checks' device read, an upper bound under graph capture)."""
 
     def __init__(self, op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, num_rows, dtype):
         self.dtype = dtype
@@ -398,21 +449,23 @@ class _Plan:
         self.floats = floats.contiguous()
         self.prog_i, self.prog_f = prog_i.contiguous(), prog_f.contiguous()
         self.num_tables, self.b, self.s, self.n = len(ids), offsets.numel() - 1, prog_i.shape[0], ts.numel()
-        table = self.prog_i[:, P.TABLE]
-        # slices sorted by (table, flags): a block holds one table, and like filters run together
-        key = table.clamp(0, self.num_tables) * (P.ALL_FLAGS + 1) + (self.prog_i[:, P.FLAGS] & P.ALL_FLAGS)
-        self.order = torch.sort(key, stable=True).indices
-        counts = (table[None, :] == torch.arange(self.num_tables, device=table.device)[:, None]).sum(1)
-        self.table_start = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        self.counts = [self.s] * self.num_tables
         self.max_len = self.n
-        self.exact = _util.checks_enabled(ts.device)  # counts / max_len read from the device, not bounds
+        self.exact = _util.checks_enabled(ts.device)  # max_len read from the device, not a bound
+        num_cats, num_floats = self.cats.shape[0], self.floats.shape[0]
+        plan_error = None
+        try:
+            plan = _plan_of(op, prog_i, prog_f, self.num_tables, num_cats, num_floats, capturing=not self.exact)
+        except RuntimeError as e:
+            # an invalid program entry is reported in the compiled kernels' order: after the timeline's checks
+            m = _PLAN_ERROR.match(str(e).split("\n")[0])
+            if m is None or not self.exact:
+                raise
+            plan_error, plan = m[1], None
+        if plan is not None:
+            self.order, self.table_start, self.counts = plan.order, plan.table_start, plan.counts
         if not self.exact:
             return
         o = self.offsets
-        flags = self.prog_i[:, P.FLAGS]
-        fields = self.prog_i[:, list(P.CAT_FIELD)]
-        num_cats, num_floats = self.cats.shape[0], self.floats.shape[0]
         # the compiled kernels' checks, in their order and with their messages; a message's details (which user,
         # event or slice) are read only when its check fails
         decreasing = o.diff() < 0
@@ -441,26 +494,7 @@ class _Plan:
                        f"(row {i // self.n}, event {i % self.n})"
 
             failures.append((bad_cat.any(), cat_message))
-        bad_table = (table < 0) | (table >= self.num_tables)
-        bad_flags = (flags < 0) | (flags > P.ALL_FLAGS)
-        needs_floats = (flags != 0) & (num_floats < 2)
-        bad_field = fields >= num_cats
-        bad_slice = bad_table | bad_flags | needs_floats | bad_field.any(1)
-
-        def slice_message():
-            s = _util.first_true(bad_slice)
-            if bool(bad_table[s]):
-                return f"prog_i[{s}, TABLE] = {int(table[s])} is out of range for {self.num_tables} tables"
-            if bool(bad_flags[s]):
-                return f"prog_i[{s}, FLAGS] = {int(flags[s])} has unknown bits (WEIGHTED=1, DWELL_FILTER=2, " \
-                       "RATIO_FILTER=4)"
-            if bool(needs_floats[s]):
-                return f"floats has {num_floats} rows but slice {s} uses dwell, ratio or weight (needs rows " \
-                       "video_duration, dwell_time)"
-            j = _util.first_true(bad_field[s])
-            return f"prog_i[{s}, CAT_FIELD{j}] = {int(fields[s, j])} is out of range for cats with {num_cats} rows"
-
-        failures.append((bad_slice.any(), slice_message))
+        failures.append((torch.full((), plan_error is not None, device=ts.device), lambda: plan_error))
 
         def range_message(t, ids_t, rows, bad):
             def message():
@@ -472,9 +506,8 @@ class _Plan:
             if i.numel():
                 out_of_range = (i < 0) | (i >= r)
                 failures.append((out_of_range.any(), range_message(t, i, r, out_of_range)))
-        sizes = torch.cat([counts, o.diff().max().reshape(1) if self.b else counts.new_zeros(1)])
-        sizes = _util.raise_failed(op, failures, sizes)
-        self.counts, self.max_len = sizes[:-1], sizes[-1]
+        longest = o.diff().max().reshape(1) if self.b else o.new_zeros(1)
+        (self.max_len,) = _util.raise_failed(op, failures, longest)
 
     def common(self, cfg: dict) -> dict:
         return dict(
@@ -523,7 +556,7 @@ def _pool(plan: "_Plan", tables: list[torch.Tensor]) -> tuple[torch.Tensor, torc
                 tab, plan.ids[t], plan.offsets, plan.ts, plan.cats, plan.floats, plan.request_ts, plan.prog_i,
                 plan.prog_f, plan.order, plan.table_start, acc, wsum,
                 t, plan.s, d, split, cfg["EPP"], tab.stride(0), plan.cats.stride(0), plan.floats.stride(0),
-                GATE=cfg["GATE"], **plan.common(cfg),
+                **plan.common(cfg),
             )
     return acc, wsum
 

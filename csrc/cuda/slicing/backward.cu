@@ -184,7 +184,7 @@ cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tab
     int64_t cap = 0;
     sc = with_keep(sc);
     // the per-event rows visit every event (a table with one block stores every row, zeros included)
-    if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, rows, flag, stream, cap) != cudaSuccess) return;
+    if (prepare_items(tl, prog, tabs.num_tables, sc, rows, flag, stream, cap) != cudaSuccess) return;
     const bool vec = vector_ok<C>(tabs, d, sizeof(scalar_t), false, grad);
     const auto run = [&](auto rows_tag) {  // errors surface through with_dtype's cudaGetLastError
       constexpr bool kRows = decltype(rows_tag)::value;

@@ -3,12 +3,13 @@
 //
 // How sliced_pool avoids evaluating and accumulating every slice for every event:
 // - Groups. Slices that differ only in their time window share one predicate (table, categorical, float
-//   filters, weight): a group. W40K's 200 slices are 50 groups of 4 windows. A table's groups are cut into
+//   filters, weight): a group, as the program's plan (csrc/slice_plan.h, the one grouping of every backend)
+//   forms them. W40K's 200 slices are 50 groups of 4 windows. A table's groups are cut into
 //   blocks of at most block_groups (<= 32) groups; one CTA pools one block, and an event's membership in the
 //   block is one uint32 mask plus one weight per group.
 // - Segments. The distinct window bounds of the program cut request_ts - ts into segments that lie wholly
 //   inside or outside every window. A user's timeline is ascending, so each segment is one contiguous run of
-//   events: a plan kernel binary-searches the bounds and emits work items (user, event range, segment) of
+//   events: the items kernel binary-searches the bounds and emits work items (user, event range, segment) of
 //   at most item_events events. Within an item every group's slices keep the same events, so the CTA sums
 //   each group once, in shared memory, and adds the sum to the group's slices that cover the segment when
 //   the item ends (global atomics, a few per item rather than per event).
@@ -17,8 +18,8 @@
 //   and writes per block a mask of the groups that keep the event and the weights of the weighted groups
 //   (Keep). On the H200 W40K's fp32 forward takes 1.79 ms this way against 2.25 without it
 //   (benchmarks/results/h200_2026-12-01-session5.md): in-kernel membership had been 40% of the pooling kernel's
-//   stall samples (ncu), paid once per CTA block. DV365_SP_KEEP=0, or a program the host
-//   cannot read (graph capture), falls back to the in-kernel evaluation below.
+//   stall samples (ncu), paid once per CTA block. DV365_SP_KEEP=0, or a program whose keep pass would not fit in
+//   shared memory, falls back to the in-kernel evaluation below.
 // - Per event: one id load, the event's fields read once and the predicates of the groups active in the
 //   segment (one lane per event; with the keep pass, a mask load and only the kept events of each batch,
 //   compacted), then the warp (a CTA is one warp; each lane owns two 16-byte chunks of a
@@ -27,12 +28,14 @@
 //   2.9, DRAM 46%) at 64-thread CTAs with 4 columns a lane: a warp that owns the whole 1 KB row pays the
 //   per-event and per-group overhead once per 8 columns, and the predicates skip reloads and repeated
 //   double-precision transcendentals.
-// The plan (groups, blocks, bounds, items) is built on the device, so the op never synchronizes with the host
+// The host plans a program once (slice_plan.h, kept per program) and uploads its device plan (groups, blocks,
+// bounds) once per device and block size; each call copies it into its scratch and the items kernel adds the call's
+// work items on the device, so a call with a program seen before never synchronizes with the host for its plan
 // and can be captured in a CUDA graph. The backward passes reuse the plan and the membership step, and
 // scatter sum_g w_g(e) * sum_{s in g covering the segment} grad[b, s] / weight_sum[b, s] into each event's row.
 //
 // The files of this folder, one per seam: common.cuh (the program and timeline access and the predicates),
-// plan.cuh / plan.cu (the device plan: groups, blocks, bounds, work items), keep.cuh / keep.cu (the keep pass),
+// plan.cuh / plan.cu (the device plan: blocks and bounds from the program's plan, work items), keep.cuh / keep.cu (the keep pass),
 // pool.cuh (the pooling CTAs' columns, shared memory and membership step, and their launch shape), forward.cu,
 // backward.cu, slice_timeline.cu, validate.cu (the event data checks), slicing.h (the launchers ops.cpp calls)
 // and ops.cpp (the host side). Every kernel file is its own translation unit without relocatable device code:
@@ -81,34 +84,6 @@ __device__ __forceinline__ GroupProg load_group(const Program& p, int64_t s) {
 
 __device__ __forceinline__ bool same_bits(double a, double b) {
   return __double_as_longlong(a) == __double_as_longlong(b);
-}
-
-// Slices a and b keep the same events up to their windows (fields the flags leave unused are ignored).
-__device__ inline bool same_group(const Program& p, int64_t a, int64_t b) {
-  const int64_t* ra = p.prog_i + a * prog::kNumInt;
-  const int64_t* rb = p.prog_i + b * prog::kNumInt;
-  if (ra[prog::kTable] != rb[prog::kTable] || ra[prog::kFlags] != rb[prog::kFlags]) return false;
-  const int64_t fields[3] = {prog::kCatField0, prog::kCatField1, prog::kCatField2};
-  const int64_t masks[3] = {prog::kCatMask0, prog::kCatMask1, prog::kCatMask2};
-  for (int j = 0; j < 3; ++j) {
-    const bool on_a = ra[fields[j]] >= 0, on_b = rb[fields[j]] >= 0;
-    if (on_a != on_b) return false;
-    if (on_a && (ra[fields[j]] != rb[fields[j]] || ra[masks[j]] != rb[masks[j]])) return false;
-  }
-  const double* fa = p.prog_f + a * prog::kNumFloat;
-  const double* fb = p.prog_f + b * prog::kNumFloat;
-  const int64_t flags = ra[prog::kFlags];
-  if ((flags & prog::kDwellFilter) &&
-      !(same_bits(fa[prog::kDwellLo], fb[prog::kDwellLo]) && same_bits(fa[prog::kDwellHi], fb[prog::kDwellHi])))
-    return false;
-  if ((flags & (prog::kRatioFilter)) &&
-      !(same_bits(fa[prog::kRatioLo], fb[prog::kRatioLo]) && same_bits(fa[prog::kRatioHi], fb[prog::kRatioHi])))
-    return false;
-  if ((flags & prog::kRatioFilter) && !same_bits(fa[prog::kBeta], fb[prog::kBeta])) return false;
-  if ((flags & prog::kWeighted) &&
-      !(same_bits(fa[prog::kGamma], fb[prog::kGamma]) && same_bits(fa[prog::kS0], fb[prog::kS0])))
-    return false;
-  return true;
 }
 
 // ---- the timeline ----

@@ -197,7 +197,7 @@ cudaError_t launch_sliced_pool(const Timeline& tl, const Tables& tabs, const Pro
     sc = with_keep(sc);
     if (tl.n > 0 && d > 0 && prog.s > 0) {
       int64_t cap = 0;
-      if (build_plan(tl, prog, tabs.num_tables, tune.block_groups, sc, false, flag, stream, cap) != cudaSuccess) return;
+      if (prepare_items(tl, prog, tabs.num_tables, sc, false, flag, stream, cap) != cudaSuccess) return;
       cudaError_t err;
       if (!vector_ok<C>(tabs, d, sizeof(scalar_t), true, nullptr)) {
         err = pool_typed<scalar_t, 1, 1, 8>(tl, tabs, prog, d, tune, sc, num, wacc, flag, stream, cap);

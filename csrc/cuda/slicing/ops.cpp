@@ -9,18 +9,17 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
-#include <optional>
-#include <set>
 #include <tuple>
 #include <vector>
 
 #include "checks/slicing.h"
 #include "cuda/host.h"
 #include "cuda/slicing/slicing.h"
+#include "slice_plan_cache.h"
 
 namespace dv365::cuda {
 namespace {
@@ -42,113 +41,16 @@ struct Inputs {
   at::Tensor offsets, ts, cats, floats, request_ts, prog_i, prog_f;
   std::vector<at::Tensor> ids;
   int64_t b = 0, n = 0, s = 0;
-  std::vector<int64_t> groups;  // distinct groups per table; empty when the program could not be read
+  std::shared_ptr<plan::CachedPlan> plan;  // the program's plan (slice_plan_cache.h); null for an empty program
+  std::vector<int64_t> groups;  // the plan's groups per table (empty for an empty program)
   int64_t weighted = 0;         // of them, the weighted ones (kWeighted)
-  bool versioned = false;       // prog_i and prog_f have version counters: the device plan can be cached
 };
 
 using Rerun = std::function<void()>;
 
-// What the host reads from a program: whether it is valid for these inputs, and its distinct groups per table
-// (slices equal but for their window). The host's grouping must never be looser than the device plan's
-// same_group (common.cuh): the launch grid takes the host's count as the number of blocks, so it may
-// over-count (extra CTAs return) but never under-count. That is why it is not the CPU kernel's grouping,
-// which merges filters on one field and so can count fewer groups.
-// Reading the program copies prog_i and prog_f to the host, two synchronizations per call, so the facts of the
-// last program read are kept, keyed by the tensors (held by the cache, so no other program can take their
-// place) and their version counters (in-place writes through torch bump them). Inference tensors have no
-// version counter and are read every call.
-struct ProgramFacts {
-  bool ok = true;
-  std::vector<int64_t> groups;
-  int64_t weighted = 0;
-};
-
-// One program as the caches know it: its two tensors (held, so their storage cannot be reused by another
-// program) at their current versions. Only for tensors with version counters (not inference tensors).
-struct ProgramId {
-  at::Tensor prog_i, prog_f;
-  int64_t vi = -1, vf = -1;
-  static ProgramId of(const at::Tensor& pi, const at::Tensor& pf) {
-    return {pi, pf, static_cast<int64_t>(pi._version()), static_cast<int64_t>(pf._version())};
-  }
-  bool same(const ProgramId& o) const {
-    return prog_i.defined() && o.prog_i.unsafeGetTensorImpl() == prog_i.unsafeGetTensorImpl() &&
-           o.prog_f.unsafeGetTensorImpl() == prog_f.unsafeGetTensorImpl() && o.vi == vi && o.vf == vf;
-  }
-};
-
-struct FactsKey {
-  ProgramId program;
-  int64_t num_tables = 0, cat_fields = 0;
-  bool has_floats = false;
-  bool same(const FactsKey& o) const {
-    return program.same(o.program) && o.num_tables == num_tables && o.cat_fields == cat_fields &&
-           o.has_floats == has_floats;
-  }
-};
-
-ProgramFacts read_program(const at::Tensor& prog_i, const at::Tensor& prog_f, const FactsKey& key) {
-  ProgramFacts f;
-  const at::Tensor pi = prog_i.contiguous().cpu(), pf = prog_f.contiguous().cpu();
-  const int64_t s_count = pi.size(0);
-  const int64_t* pi_p = pi.data_ptr<int64_t>();
-  const double* pf_p = pf.data_ptr<double>();
-  std::vector<std::set<std::vector<int64_t>>> keys(key.num_tables);
-  for (int64_t s = 0; s < s_count; ++s) {
-    const int64_t* r = pi_p + s * prog::kNumInt;
-    const int64_t flags = r[prog::kFlags];
-    const int64_t t = r[prog::kTable];
-    f.ok = f.ok && t >= 0 && t < key.num_tables && flags >= 0 &&
-           flags <= prog::kAllFlags && (flags == 0 || key.has_floats);
-    for (const int64_t col : {prog::kCatField0, prog::kCatField1, prog::kCatField2}) {
-      f.ok = f.ok && r[col] < key.cat_fields;
-    }
-    if (t < 0 || t >= key.num_tables) continue;
-    std::vector<int64_t> group(r, r + prog::kNumInt);
-    group[prog::kWinLo] = group[prog::kWinHi] = 0;
-    for (int j = 0; j < 3; ++j) {
-      if (group[prog::kCatField0 + 2 * j] < 0) group[prog::kCatField0 + 2 * j + 1] = 0;
-    }
-    for (int64_t c = 0; c < prog::kNumFloat; ++c) {
-      int64_t bits;
-      std::memcpy(&bits, pf_p + s * prog::kNumFloat + c, sizeof bits);
-      group.push_back(bits);
-    }
-    keys[t].insert(std::move(group));
-  }
-  for (const auto& k : keys) {
-    f.groups.push_back(static_cast<int64_t>(k.size()));
-    for (const auto& g : k) f.weighted += (g[prog::kFlags] & prog::kWeighted) != 0;
-  }
-  return f;
-}
-
-// The facts, or nothing while a graph is captured and the program is not the cached one (it cannot be read).
-std::optional<ProgramFacts> program_facts(const at::Tensor& prog_i, const at::Tensor& prog_f, int64_t num_tables,
-                                          int64_t cat_fields, bool has_floats) {
-  static std::mutex mu;
-  static FactsKey cached_key;
-  static ProgramFacts cached;
-  FactsKey key;
-  const bool versioned = !prog_i.is_inference() && !prog_f.is_inference();
-  if (versioned) key.program = ProgramId::of(prog_i, prog_f);
-  key.num_tables = num_tables;
-  key.cat_fields = cat_fields;
-  key.has_floats = has_floats;
-  {
-    const std::lock_guard<std::mutex> lock(mu);
-    if (versioned && cached_key.same(key)) return cached;
-  }
-  if (capturing()) return std::nullopt;
-  ProgramFacts facts = read_program(prog_i, prog_f, key);
-  if (versioned) {
-    const std::lock_guard<std::mutex> lock(mu);
-    cached_key = std::move(key);
-    cached = facts;
-  }
-  return facts;
-}
+constexpr const char* kNoPlanWhileCapturing =
+    "this slice program has no plan yet, and its plan is built on the host, which a CUDA graph capture forbids: "
+    "run the op once with this program before capturing it";
 
 // The DV365_SP_* knobs (docs/tuning.md), read once per process: they compare kernel variants against the defaults,
 // each variant in a process of its own (tests/test_cuda.py, benchmarks/gpu/bench_gpu.py).
@@ -172,7 +74,7 @@ const Knobs& knobs() {
 }
 
 // Groups per CTA block: the most groups one table has, at most `cap` (DV365_SP_GROUPS overrides), and the
-// blocks the device plan will cut when the groups are known.
+// blocks the device plan cuts.
 slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
   slicing::Tuning tune;
   tune.block_groups = static_cast<int>(kDefaultBlockGroups);
@@ -182,17 +84,36 @@ slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
     tune.block_groups = static_cast<int>(std::min<int64_t>(most, static_cast<int64_t>(cap)));
   }
   if (knobs().block_groups > 0) tune.block_groups = knobs().block_groups;
-  if (!in.groups.empty()) {
-    for (const int64_t g : in.groups) tune.num_blocks += ceil_div(g, int64_t(tune.block_groups));
-    tune.num_blocks = std::max<int64_t>(tune.num_blocks, 1);
-  }
+  tune.block_groups = std::clamp(tune.block_groups, 1, slicing::kMaxBlockGroups);
+  for (const int64_t g : in.groups) tune.num_blocks += ceil_div(g, int64_t(tune.block_groups));
+  tune.num_blocks = std::max<int64_t>(tune.num_blocks, 1);
   tune.rows_in_flight = knobs().rows_in_flight;
   return tune;
 }
 
-// The metadata checks (checks/slicing.h, the CPU kernels' own) and the program's checks on the host (skipped while
-// capturing a graph: they need the program on the host; on an invalid program the CPU kernel's message wins
-// through rerun). The event data checks run on the device (launch_data_checks).
+// The program's plan: the one kept for it (slice_plan_cache.h), else built from the program read on the host (a
+// copy and a synchronization, once per program). While a graph is captured only a kept plan serves. On an invalid
+// program the CPU kernel's message wins through rerun (its timeline data checks come first).
+std::shared_ptr<plan::CachedPlan> plan_of(const char* op, const at::Tensor& prog_i, const at::Tensor& prog_f,
+                                          int64_t num_tables, int64_t cat_fields, int64_t float_fields,
+                                          const Rerun& rerun) {
+  if (capturing()) {
+    auto kept = plan::find_plan(prog_i, prog_f, num_tables, cat_fields, float_fields);
+    DV365_CHECK(kept != nullptr, op, kNoPlanWhileCapturing);
+    return kept;
+  }
+  bool invalid = false;
+  try {
+    return plan::plan_of(op, prog_i, prog_f, num_tables, cat_fields, float_fields);
+  } catch (const c10::Error&) {
+    invalid = true;
+  }
+  if (invalid) rerun();
+  return plan::plan_of(op, prog_i, prog_f, num_tables, cat_fields, float_fields);  // raises its own message
+}
+
+// The metadata checks (checks/slicing.h, the CPU kernels' own) and the program's plan, whose building checks the
+// program's entries. The event data checks run on the device (launch_data_checks).
 Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor& offsets, const at::Tensor& ts,
                       const at::Tensor& cats, const at::Tensor& floats, const at::Tensor& request_ts,
                       const at::Tensor& prog_i, const at::Tensor& prog_f, const Rerun& rerun, int64_t num_tables,
@@ -216,18 +137,10 @@ Inputs check_timeline(const char* op, const at::TensorList ids, const at::Tensor
   for (const auto& i : ids) in.ids.push_back(i.contiguous());
   const int64_t num_floats = floats.size(0);
   if (in.s > 0) {
-    const auto facts = program_facts(prog_i, prog_f, num_tables, cats.size(0), num_floats >= 2);
-    if (facts && !facts->ok) {
-      rerun();
-      DV365_RAISE("dv365::", op, ": invalid slice program");
-    }
-    if (facts) {
-      in.groups = facts->groups;
-      in.weighted = facts->weighted;
-    }
-    // the plan cache keys on the contiguous copies (the inputs themselves when contiguous); under
-    // inference_mode a copy is an inference tensor, which has no version counter
-    in.versioned = !in.prog_i.is_inference() && !in.prog_f.is_inference();
+    in.plan = plan_of(op, prog_i, prog_f, num_tables, cats.size(0), num_floats, rerun);
+    const plan::SlicePlan& p = in.plan->plan;
+    for (int64_t t = 0; t < num_tables; ++t) in.groups.push_back(p.table_groups[t + 1] - p.table_groups[t]);
+    in.weighted = p.num_weighted;
   }
   in.tl.offsets = in.offsets.data_ptr<int64_t>();
   in.tl.num_users = b;
@@ -274,76 +187,55 @@ std::vector<at::Tensor> table_views(at::TensorList tables, slicing::Tables& s) {
   return out;
 }
 
-// The device plan's scratch (int64, uninitialized: the plan kernel writes what it reads).
+// A call's scratch: its copy of the device plan, its work items, the keep pass's buffers.
 struct ScratchHolder {
   at::Tensor plan, items, keep;
   slicing::Scratch sc{};
 };
 
-// The device plan depends on the program, the table count and the groups per block only. Building it is one
-// single-CTA kernel (~80 us on the H200 for W40K's 200 slices), so the plans of the last program are kept, one
-// per block size (the forward's and the backward's differ), keyed like the program's host facts. A cached plan
-// is copied into the call's scratch on the current stream; it enters the cache only after the call that built
-// it has synchronized (its error check), so a later call on any stream reads a finished plan. Never while a
-// graph is captured (the graph would point at a tensor the cache may drop).
-struct PlanCache {
-  std::mutex mu;
-  ProgramId program;
-  int64_t t_count = 0;
-  std::vector<std::pair<int, at::Tensor>> plans;  // (block_groups, plan)
-};
-
-PlanCache& plan_cache() {
-  static PlanCache c;
-  return c;
+// The device plans that a CUDA graph has read: a graph copies its plan from one at every replay, so they must
+// outlive the plan cache's entries. Never destroyed (CUDA tensors must not be freed after the runtime shut down).
+void keep_for_graphs(const at::Tensor& device_plan) {
+  static std::mutex mu;
+  static auto* kept = new std::vector<at::Tensor>;
+  const std::lock_guard<std::mutex> lock(mu);
+  for (const auto& t : *kept)
+    if (t.unsafeGetTensorImpl() == device_plan.unsafeGetTensorImpl()) return;
+  kept->push_back(device_plan);
 }
 
-bool same_program(const PlanCache& c, const Inputs& in, int64_t t_count) {
-  return c.program.same(ProgramId::of(in.prog_i, in.prog_f)) && c.t_count == t_count;
-}
-
-// Copies a cached plan into the scratch (and marks it ready) when there is one; returns whether it did.
-bool use_cached_plan(const Inputs& in, int64_t t_count, int bg, at::Tensor& plan, slicing::Scratch& sc) {
-  if (!in.versioned || capturing()) return false;
-  PlanCache& c = plan_cache();
-  const std::lock_guard<std::mutex> lock(c.mu);
-  if (!same_program(c, in, t_count)) return false;
-  for (const auto& [g, cached] : c.plans) {
-    if (g == bg && cached.device() == plan.device() && cached.numel() == plan.numel()) {
-      plan.copy_(cached, /*non_blocking=*/true);
-      sc.plan_ready = true;
-      return true;
-    }
+// The program's device plan for these groups per block (slicing::fill_device_plan), uploaded once per device and
+// block size and kept with the program's plan. The upload is synchronous, so any stream may read it afterwards.
+at::Tensor device_plan(const char* op, const Inputs& in, int64_t t_count, int bg) {
+  const int64_t device = in.ts.device().index();
+  at::Tensor plan = in.plan->find_derived(device, bg);
+  if (!plan.defined()) {
+    DV365_CHECK(!capturing(), op, kNoPlanWhileCapturing);
+    at::Tensor host = at::empty({slicing::plan_elems(in.s, t_count)}, at::TensorOptions().dtype(at::kLong));
+    slicing::fill_device_plan(in.plan->plan, t_count, bg, host.data_ptr<int64_t>());
+    in.plan->add_derived(device, bg, host.to(in.ts.device()));
+    plan = in.plan->find_derived(device, bg);  // (another thread's, if it added one first)
   }
-  return false;
+  if (capturing()) {
+    keep_for_graphs(plan);
+  } else {
+    plan.record_stream(c10::cuda::getCurrentCUDAStream());  // an evicted plan is freed only after this call's copy
+  }
+  return plan;
 }
 
-// Called after the call's error check (a synchronization) with the plan its kernels built.
-void remember_plan(const Inputs& in, int64_t t_count, int bg, const at::Tensor& plan) {
-  if (!in.versioned || capturing()) return;
-  PlanCache& c = plan_cache();
-  const std::lock_guard<std::mutex> lock(c.mu);
-  if (!same_program(c, in, t_count)) {
-    c.program = ProgramId::of(in.prog_i, in.prog_f);
-    c.t_count = t_count;
-    c.plans.clear();
-  }
-  for (const auto& [g, cached] : c.plans) {
-    if (g == bg && cached.device() == plan.device()) return;
-  }
-  c.plans.emplace_back(bg, plan);
-}
-
-// The keep pass's buffers (slicing::Keep) need the program's facts, which bound the device plan: none while a
-// graph is captured with a program the host has not read, or with DV365_SP_KEEP=0 (for comparison).
-ScratchHolder make_scratch(const Inputs& in, int64_t t_count, const slicing::Tuning& tune) {
+// The call's scratch: its plan, copied from the program's device plan on the current stream (no synchronization),
+// its work items, and the keep pass's buffers (slicing::Keep), sized by the plan (none with DV365_SP_KEEP=0, for
+// comparison).
+ScratchHolder make_scratch(const char* op, const Inputs& in, int64_t t_count, const slicing::Tuning& tune) {
   ScratchHolder h;
   h.sc.item_events = knobs().item_events;
   h.plan = at::empty({slicing::plan_elems(in.s, t_count)}, in.ts.options());
+  h.plan.copy_(device_plan(op, in, t_count, tune.block_groups), /*non_blocking=*/true);
   h.items = at::empty({4 * slicing::max_items(in.s, in.b, in.n, h.sc.item_events)}, in.ts.options());
   h.sc.plan = h.plan.data_ptr<int64_t>();
   h.sc.items = h.items.data_ptr<int64_t>();
-  if (!in.groups.empty() && tune.num_blocks > 0 && in.n > 0 && knobs().keep) {
+  if (in.n > 0 && knobs().keep) {
     slicing::Keep& k = h.sc.keep;
     k.n = in.n;
     k.blocks = tune.num_blocks;
@@ -384,14 +276,12 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
   const int64_t t_count = static_cast<int64_t>(tables.size());
   const slicing::Tuning tune = tuning_of(in, kDefaultBlockGroups);
   ScratchHolder scratch;
-  const bool work = in.b > 0 && in.s > 0 && in.n > 0 && d > 0;
   if (in.b > 0 && in.s > 0) {
     // the numerators [B, S, D] and the weight sums [B, S] in one zeroed buffer (one fill, not two)
     auto acc = at::zeros({in.b * in.s * (d + 1)}, tables[0].options().dtype(acc_dtype));
     void* num = acc.data_ptr();
     void* wacc = static_cast<char*>(num) + in.b * in.s * d * acc.element_size();
-    scratch = make_scratch(in, t_count, tune);
-    if (work) use_cached_plan(in, t_count, tune.block_groups, scratch.plan, scratch.sc);
+    scratch = make_scratch(op, in, t_count, tune);
     check_launch(slicing::launch_sliced_pool(in.tl, set, in.prog, d, dtype_of(dtype), tune, scratch.sc, num, wacc,
                                              pooled.data_ptr(), wsum.data_ptr<float>(), flag.data_ptr<int32_t>(),
                                              current_stream()),
@@ -399,7 +289,6 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
   }
   launch_data_checks(in, &set, flag, op);
   check_error_flag(flag, op, rerun);
-  if (work) remember_plan(in, t_count, tune.block_groups, scratch.plan);
   return {pooled, wsum};
 }
 
@@ -446,9 +335,8 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
       // the kernels write every row (zeros included) when they run
       outs.push_back(work ? at::empty({in.n, d}, grad.options()) : at::zeros({in.n, d}, grad.options()));
       set.rows[t] = std::numeric_limits<int64_t>::max();
-      // a table the plan may cut into several blocks adds its rows into a float32 accumulator (16-bit dtypes;
-      // the host's group count bounds the device's, and is unknown while a graph is captured); so does a table no
-      // slice names (no block: its rows are the zeroed accumulator's)
+      // a table the plan cuts into several blocks adds its rows into a float32 accumulator (16-bit dtypes); so
+      // does a table no slice names (no block: its rows are the zeroed accumulator's)
       const bool several = in.groups.empty() || ceil_div(in.groups[t], int64_t(tune.block_groups)) != 1;
       if (narrow && work && several) {
         staging.push_back(at::empty({in.n, d}, grad.options().dtype(at::kFloat)));
@@ -466,8 +354,7 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
   if (work) {
     const at::Tensor g = grad.contiguous();
     at::Tensor ws = weight_sum.contiguous();
-    scratch = make_scratch(in, t_count, tune);
-    use_cached_plan(in, t_count, tune.block_groups, scratch.plan, scratch.sc);
+    scratch = make_scratch(op, in, t_count, tune);
     const bool ws_double = dtype == at::kDouble;
     if (ws_double) {
       // float64 recomputes the weight sums in float64 (as the CPU kernel does): the forward's weight_sum output
@@ -496,7 +383,6 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
   }
   launch_data_checks(in, kRows ? nullptr : &set, flag, op);
   check_error_flag(flag, op, rerun);
-  if (work) remember_plan(in, t_count, tune.block_groups, scratch.plan);
   if (!kRows) {
     for (auto& o : outs) {
       if (o.scalar_type() != dtype) o = o.to(dtype);

@@ -1,5 +1,6 @@
-// The device plan of sliced_pool (built by plan.cu's kernels, read by the keep pass and the pooling kernels):
-// the program's groups, their CTA blocks, the distinct window bounds and the work items.
+// The device plan of sliced_pool (written on the host by fill_device_plan from the program's plan, slice_plan.h;
+// read by the items kernel, the keep pass and the pooling kernels): the program's groups, their CTA blocks, the
+// distinct window bounds, and the call's work item count.
 #pragma once
 
 #include "cuda/slicing/common.cuh"
@@ -10,8 +11,15 @@ namespace dv365::cuda::slicing {
 // int64 layout: header[32] | slice_block[S] | slice_pos[S] | leader[S] | grank[S] | vals[2S] | first[2S] |
 //               bounds[2S] | covered[2S + 1] | group_leader[S] | block_first[S + T] | block_count[S + T] |
 //               block_table[S + T] | tcount[T] | tbase[T] | bbase[T] | wslot[S]   (17 S + 6 T + 33 <= plan_elems)
-// wslot[g]: group g's row in the keep pass's weights (its rank among the weighted groups), -1 for an unweighted
-// group (a kept event weighs 1).
+// Groups are the plan's (numbered by table, then leader): tbase[t] is table t's first group and tcount[t] its group
+// count; a table's groups are cut into blocks of at most block_groups. group_leader[g]: the slice whose program row
+// is group g's predicate. wslot[g]: group g's row in the keep pass's weights (its rank among the weighted groups),
+// -1 for an unweighted group (a kept event weighs 1). The header's kNumItems is the one entry a call writes (the
+// items kernel counts its work items there, in the call's copy).
+// leader, grank, vals and first are unused (they held the device plan kernel's grouping, which the host's plan
+// replaced): they stay in the layout and in PlanView because nvcc allocates the kernels' registers differently
+// without them (the keep pass went from 64 registers to 80, the pooling kernels by one or two), and the kernels'
+// timings were measured with this allocation.
 enum Header : int64_t {
   kNumGroups = 0, kNumBlocks = 1, kNumBounds = 2, kNumItems = 3, kNumWeighted = 4, kHeader = 32
 };
@@ -48,10 +56,10 @@ __device__ __forceinline__ bool covers(int64_t lo, int64_t hi, int64_t j, int64_
   return j >= 1 && j < k && lo <= bounds[j - 1] && bounds[j] <= hi;
 }
 
-// The plan (plan_kernel, unless sc.plan_ready) and the work items (items_kernel) of this call, then the keep pass
-// when sc.keep has buffers. all_segments: segments no slice covers get items too (the per-event backward).
+// The work items (items_kernel) of this call from its copy of the device plan (sc.plan), then the keep pass when
+// sc.keep has buffers. all_segments: segments no slice covers get items too (the per-event backward).
 // items_cap: the most items the scratch holds.
-cudaError_t build_plan(const Timeline& tl, const Program& prog, int64_t t_count, int block_groups, Scratch sc,
-                       bool all_segments, int32_t* flag, cudaStream_t stream, int64_t& items_cap);
+cudaError_t prepare_items(const Timeline& tl, const Program& prog, int64_t t_count, Scratch sc, bool all_segments,
+                          int32_t* flag, cudaStream_t stream, int64_t& items_cap);
 
 }  // namespace dv365::cuda::slicing

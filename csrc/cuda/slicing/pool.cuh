@@ -316,10 +316,8 @@ cudaError_t configure(K kernel, size_t smem, int threads, int64_t items_cap, int
   return cudaSuccess;
 }
 
-// A pooling kernel's launch: its columns and blocks, shared memory, and a grid that fills the GPU for any one
-// block. tune.num_blocks is the plan's block count when the host knows it, else 0: the grid then covers the
-// most blocks any program of S slices over T tables can have (the CTAs of blocks that do not exist return at
-// once).
+// A pooling kernel's launch: its columns and blocks (tune.num_blocks, the plan's), shared memory, and a grid that
+// fills the GPU for any one block.
 struct LaunchShape {
   Launch L;
   size_t smem = 0;
@@ -334,7 +332,7 @@ cudaError_t shape_launch(K kernel, int64_t d, const Tuning& tune, const Program&
   L.d = d;
   L.col_tiles = ceil_div(d, kTile);
   L.bg = tune.block_groups;
-  L.max_blocks = tune.num_blocks > 0 ? tune.num_blocks : ceil_div(prog.s, L.bg) + tabs.num_tables;
+  L.max_blocks = std::max<int64_t>(tune.num_blocks, 1);
   L.items_cap = items_cap;
   shape.smem = smem_bytes<acc_t>(L.bg, kTile, keep.mask == nullptr);
   int64_t gx = 1;

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "cuda/launch.h"
+#include "slice_plan.h"
 
 namespace dv365::cuda::slicing {
 
@@ -42,10 +43,16 @@ struct Program {
   int64_t s;
 };
 
-// Scratch the host allocates (int64 elements) for the device-side plan and work list.
+// Scratch the host allocates (int64 elements) for the call's copy of the device plan and its work list.
 // A work item is (user, first event, end event, segment): at most item_events events of one user whose
 // request_ts - ts lies in one segment between consecutive distinct window bounds of the program.
 inline int64_t plan_elems(int64_t s, int64_t t) { return 64 + 17 * std::max<int64_t>(s, 1) + 8 * t; }
+
+// The device plan (plan.cuh's PlanView layout, plan_elems(p.S, t_count) elements written into out) of a program's
+// plan (slice_plan.h: its groups, their order and the window bounds) for block_groups groups per CTA block: the
+// blocks cut from each table's groups, each slice's block and position in it. The host builds it once per program,
+// device and block size and copies it into each call's scratch.
+void fill_device_plan(const plan::SlicePlan& p, int64_t t_count, int block_groups, int64_t* out);
 inline int64_t max_items(int64_t s, int64_t b, int64_t n, int64_t item_events) {
   return ceil_div(n, item_events) + b * (2 * s + 1) + 1;
 }
@@ -64,15 +71,13 @@ struct Keep {
 
 struct Scratch {
   Keep keep;
-  int64_t* plan;   // plan_elems(s, t) elements
+  int64_t* plan;   // plan_elems(s, t) elements: the call's copy of the device plan (fill_device_plan)
   int64_t* items;  // 4 * max_items(s, b, n, item_events) elements
   int64_t item_events;
-  bool plan_ready = false;  // plan holds this program's plan for these block_groups (the host's cached copy)
 };
 
 // How the pooling kernels cut the work: groups per CTA block, in [1, kMaxBlockGroups]; the number of blocks the
-// plan will have when the host knows it (0: unknown, e.g. while a graph is captured); rows a lane has in flight
-// (8 or 16, forward only).
+// plan has; rows a lane has in flight (8 or 16, forward only).
 struct Tuning {
   int block_groups = 8;
   int64_t num_blocks = 0;

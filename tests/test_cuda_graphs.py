@@ -1,0 +1,97 @@
+"""Slice plans on CUDA (skipped without a CUDA device): a program seen once is planned once, its later calls read no
+program on the host, and a CUDA graph captures MultiSlicePooling's forward after one warm-up call, native and
+Triton."""
+
+import pytest
+import torch
+from timeline_data import random_batch, random_request_ts
+
+import dv365_ops
+from dv365.pooling import MultiSlicePooling
+from dv365.spec import load_default_spec
+
+HAS_CUDA = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("dv365::sliced_pool", "CUDA")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and the CUDA build")]
+
+NUM_ROWS = {"media_id": 500, "author_id": 200, "topic_id": 50}
+
+
+def _backends():
+    return ["native"] + (["triton"] if dv365_ops.triton is not None else [])
+
+
+def _builds() -> int:
+    made = 0
+    if dv365_ops.triton is not None:
+        from dv365_ops.triton_kernels import slicing as triton_slicing
+
+        made = triton_slicing._plans_made
+    return dv365_ops._C._plan_builds() * 1000 + made
+
+
+def _inputs(seed: int):
+    torch.manual_seed(seed)
+    request_ts = random_request_ts(4)
+    explicit = random_batch("explicit", [300, 0, 41, 1000], request_ts, num_ids=200)
+    implicit = random_batch("implicit", [90, 700, 0, 12], request_ts, num_ids=200)
+    return explicit.to("cuda"), implicit.to("cuda"), request_ts.to("cuda")
+
+
+def _module():
+    torch.manual_seed(0)
+    return MultiSlicePooling(load_default_spec(), dim=64, num_rows=NUM_ROWS, device="cuda")
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_each_program_is_planned_once(backend):
+    module = _module()
+    explicit, implicit, request_ts = _inputs(0)
+    with dv365_ops.use_backend(backend):
+        before = _builds()
+        for _ in range(4):
+            out = module(explicit, implicit, request_ts)
+            out.sum().backward()
+        per_plan = 1001 if backend == "triton" else 1000
+        assert _builds() == before + 2 * per_plan  # explicit and implicit, once each, forward and backward
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_graph_capture_of_multi_slice_pooling(backend):
+    module = _module()
+    explicit, implicit, request_ts = _inputs(1)
+    with dv365_ops.use_backend(backend), torch.no_grad():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            module(explicit, implicit, request_ts)  # the warm-up call plans both programs
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = module(explicit, implicit, request_ts)
+        # fresh table rows and request times, replayed
+        for table in module.tables.values():
+            table.copy_(torch.randn_like(table))
+        request_ts.add_(3600)
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = module(explicit, implicit, request_ts)
+    torch.testing.assert_close(static_out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_capturing_an_unseen_program_is_a_clear_error(backend):
+    module = _module()
+    explicit, implicit, request_ts = _inputs(2)
+    prog = module.programs["explicit"]
+    fresh_i, fresh_f = prog.prog_i.to("cuda"), prog.prog_f.to("cuda")  # never planned
+    tables = [module.tables[n].detach() for n in prog.tables]
+    args = (tables, prog.ids(explicit), explicit.offsets, explicit.ts, explicit.cats, explicit.floats, request_ts,
+            fresh_i, fresh_f)
+    with dv365_ops.use_backend(backend):
+        graph = torch.cuda.CUDAGraph()
+        with pytest.raises(RuntimeError, match=r"dv365::sliced_pool: this slice program has no plan yet"):
+            with torch.cuda.graph(graph):
+                dv365_ops.sliced_pool(*args)
+        torch.cuda.synchronize()
+        # outside a capture it is planned and runs
+        dv365_ops.sliced_pool(*args)
