@@ -330,6 +330,8 @@ def _map_tensors(x, fn):
         return fn(x)
     if isinstance(x, list):
         return [_map_tensors(v, fn) for v in x]
+    if isinstance(x, dict):
+        return {k: _map_tensors(v, fn) for k, v in x.items()}
     return x
 
 

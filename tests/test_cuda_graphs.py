@@ -13,7 +13,7 @@ from dv365.spec import load_default_spec
 HAS_CUDA = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("dv365::sliced_pool", "CUDA")
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and the CUDA build")]
 
-NUM_ROWS = {"media_id": 500, "author_id": 200, "topic_id": 50}
+NUM_ROWS = {"media_id": 500, "author_id": 200, "topic_id": 200}  # random_batch draws every id below num_ids=200
 
 
 def _backends():
