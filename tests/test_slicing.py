@@ -550,6 +550,19 @@ def test_bad_inputs(device, mutate, message):
         _call_pool(a, tables)
 
 
+def test_table_stand_ins_name_bad_ids_without_the_rows():
+    """On a flagged error the CUDA op re-runs the CPU kernel for its message with each table replaced by one row of
+    zeros seen through a zero row stride (csrc/cuda/host.h table_stand_ins): the CPU kernel reads only row counts to
+    name a bad id, and pools such a table to zeros, reading nothing past its one row."""
+    a, tables = _bad("cpu")
+    stand_ins = [torch.zeros(1, t.shape[1]).expand(t.shape[0], t.shape[1]) for t in tables]
+    pooled, wsum = _call_pool(a, stand_ins)
+    assert not pooled.any() and torch.equal(wsum, _call_pool(a, tables)[1])
+    a["ids"][1][3] = ROWS[1]
+    with pytest.raises(RuntimeError, match=r"ids\[1\]\[3\] = 31 is out of range for a table of 31 rows"):
+        _call_pool(a, stand_ins)
+
+
 def test_bad_inputs_other_ops(device):
     a, tables = _bad(device)
     a["ts"] = a["ts"].flip(0)

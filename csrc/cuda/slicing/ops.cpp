@@ -260,7 +260,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
     rerun_on_cpu<std::tuple<at::Tensor, at::Tensor>(at::TensorList, at::TensorList, const at::Tensor&,
                                                     const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                     const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>(
-        "dv365::sliced_pool", to_cpu(tables), to_cpu(ids), offsets.cpu(), ts.cpu(), cats.cpu(), floats.cpu(),
+        "dv365::sliced_pool", table_stand_ins(tables), to_cpu(ids), offsets.cpu(), ts.cpu(), cats.cpu(), floats.cpu(),
         request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), sparse);
   };
   auto flag = new_error_flag(ts);
