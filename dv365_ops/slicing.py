@@ -105,14 +105,20 @@ def _check_timeline_args(op, ids, offsets, ts, cats, floats, request_ts, prog_i,
     for t, x in enumerate(ids):
         c(op, x.dtype == torch.int64 and x.dim() == 1 and x.shape[0] == n,
           lambda: f"ids[{t}] must be a 1-D int64 tensor of N={n} events, got {name_of(x.dtype)} {sizes(x)}")
+    _check_program_shapes(op, prog_i, prog_f)
+    if num_tables is not None:
+        c(op, len(ids) == num_tables, lambda: f"ids must hold one tensor per table ({num_tables}), got {len(ids)}")
+
+
+def _check_program_shapes(op, prog_i, prog_f) -> None:
+    """prog_i [S, NUM_INT] int64 and prog_f [S, NUM_FLOAT] float64 (csrc/checks/slicing.h ``program_shapes``)."""
+    c, name_of, sizes = _checks.check, _checks.dtype_name, _checks.sizes
     c(op, prog_i.dim() == 2 and prog_i.shape[1] == P.NUM_INT and prog_i.dtype == torch.int64,
       lambda: f"prog_i must be an int64 tensor of shape [S, {P.NUM_INT}], got {name_of(prog_i.dtype)} {sizes(prog_i)}")
     c(op, prog_f.dim() == 2 and prog_f.shape[0] == prog_i.shape[0] and prog_f.shape[1] == P.NUM_FLOAT
       and prog_f.dtype == torch.float64,
       lambda: f"prog_f must be a float64 tensor of shape [S={prog_i.shape[0]}, {P.NUM_FLOAT}], got "
       f"{name_of(prog_f.dtype)} {sizes(prog_f)}")
-    if num_tables is not None:
-        c(op, len(ids) == num_tables, lambda: f"ids must hold one tensor per table ({num_tables}), got {len(ids)}")
 
 
 def _check_tables(op, tables, ids, ts) -> None:
@@ -163,18 +169,13 @@ def _check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, reques
 
 @torch.library.register_fake("dv365::plan_slices")
 def _fake_plan_slices(prog_i, prog_f, num_tables, cat_fields, float_fields):
-    op, c, name_of, sizes = "plan_slices", _checks.check, _checks.dtype_name, _checks.sizes
+    op, c = "plan_slices", _checks.check
     # (meta tensors stand in for CPU ones)
     c(op, prog_i.device.type in ("cpu", "meta") and prog_f.device.type in ("cpu", "meta"),
       lambda: "prog_i and prog_f must be CPU tensors")
     c(op, num_tables >= 0 and cat_fields >= 0 and float_fields >= 0,
       lambda: f"num_tables, cat_fields and float_fields must be >= 0, got {num_tables}, {cat_fields}, {float_fields}")
-    c(op, prog_i.dim() == 2 and prog_i.shape[1] == P.NUM_INT and prog_i.dtype == torch.int64,
-      lambda: f"prog_i must be an int64 tensor of shape [S, {P.NUM_INT}], got {name_of(prog_i.dtype)} {sizes(prog_i)}")
-    c(op, prog_f.dim() == 2 and prog_f.shape[0] == prog_i.shape[0] and prog_f.shape[1] == P.NUM_FLOAT
-      and prog_f.dtype == torch.float64,
-      lambda: f"prog_f must be a float64 tensor of shape [S={prog_i.shape[0]}, {P.NUM_FLOAT}], got "
-      f"{name_of(prog_f.dtype)} {sizes(prog_f)}")
+    _check_program_shapes(op, prog_i, prog_f)
     ctx = torch.library.get_ctx()
     return prog_i.new_empty((ctx.new_dynamic_size(),)), prog_f.new_empty((ctx.new_dynamic_size(),))
 
