@@ -77,21 +77,6 @@ inline std::optional<at::Tensor> to_cpu(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->cpu()) : std::nullopt;
 }
 
-// Runs the metadata checks; when one fails, the CPU kernel's message wins (rerun raises it), else the
-// check's own. Nothing is thrown from inside a handler.
-template <typename Checks, typename Rerun>
-void check_like_cpu(Checks&& checks, Rerun&& rerun) {
-  bool failed = false;
-  try {
-    checks();
-  } catch (const c10::Error&) {
-    failed = true;
-  }
-  if (!failed) return;
-  rerun();
-  checks();
-}
-
 inline std::string error_bits_message(int32_t bits) {
   std::string what;
   if (bits & kIdOutOfRange) what += "ids must lie in [0, num_rows) of their table; ";
