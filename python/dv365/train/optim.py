@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+import dv365_ops
+
 
 class RowWiseAdagrad(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 0.05, eps: float = 1e-10, weight_decay: float = 0.0,
@@ -90,19 +92,11 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         needs TRITON_INTERPRET=1, which the tests use to check the kernel against the torch ops)."""
         if self.fused is False or (self.fused is None and p.device.type != "cuda"):
             return False
-        if not _triton_available():
+        if dv365_ops.triton is None:
             if self.fused:
                 raise RuntimeError("RowWiseAdagrad(fused=True): the fused update needs Triton (pip install triton)")
             return False
         return True
-
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _flag_sorted_unique_grads(params: list[torch.Tensor]) -> None:
