@@ -10,44 +10,20 @@
 #   DV365_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu/run_train_step.sh
 set -u
 OUT=${OUT:-$PWD/gpu-out}
-LOGS=$OUT/logs
-mkdir -p "$LOGS"
-export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
-PY=${PY:-python3}
-T0=$(date +%s)
-DEADLINE=${DEADLINE:-220}  # stages are cut to what is left: the whole call stays under 4 min
 MD=$OUT/train_step.md
-stamp() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$MD"; }
-limit() { local left=$((DEADLINE - ($(date +%s) - T0))); [ "$left" -lt "$1" ] && echo $((left > 10 ? left : 10)) || echo "$1"; }
-{
-  echo '```'
-  date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  $PY -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
-  echo "commit ${DV365_COMMIT:-$(git rev-parse --short HEAD)}"
-  echo '```'
-} >>"$MD" 2>&1
-
+DEADLINE=${DEADLINE:-220}  # stages are cut to what is left: the whole call stays under 4 min
+PY=${PY:-python3}
+KEEP="users/s|skipped|Error|failed"
+source "$(dirname "$0")/_stages.sh"
+header
 if [ -z "${SKIP_BUILD:-}" ]; then
-  $PY -m pip install --no-build-isolation --no-deps -e . -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 \
-    -Cbuild-dir=build/h200 >"$LOGS/build.log" 2>&1
-  rc=$?
-  stamp "build rc=$rc"
-  if [ $rc -ne 0 ]; then tail -40 "$LOGS/build.log" | tee -a "$MD"; exit 1; fi
+  build
 fi
 
 DATA=/tmp/w40k
 [ -d $DATA ] || timeout "$(limit 120)" $PY -m dv365.cli synth --users ${USERS:-64} --out $DATA --seed 0 >"$LOGS/synth.log" 2>&1
 stamp "synth $(tail -1 "$LOGS/synth.log" 2>/dev/null)"
 
-run() {  # name, seconds, command...
-  local name=$1 secs=$2
-  shift 2
-  timeout "$(limit "$secs")" "$@" >"$LOGS/$name.log" 2>&1
-  local rc=$?
-  stamp "$name rc=$rc"
-  { echo; echo "## $name"; echo; echo '`'"$*"'`'; echo; grep -v "^\s*$" "$LOGS/$name.log" | grep -E "^\||^#|users/s|skipped|Error|failed" | head -300; } >>"$MD"
-}
 run unique_columns 40 $PY benchmarks/bench_unique_columns.py --device cuda --events 620000 --out "$OUT/unique_columns.json"
 B="$PY benchmarks/bench_train.py --w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10}"
 run touched_rows 90 $B --out "$OUT/train_touched_rows.json"
