@@ -16,18 +16,16 @@
 // - The keep pass (keep_kernel, before the pooling kernels): a thread per event of each work item evaluates
 //   every active group once, the categorical filters as one shared-memory table lookup per field and block,
 //   and writes per block a mask of the groups that keep the event and the weights of the weighted groups
-//   (Keep). On the H200 W40K's fp32 forward takes 1.79 ms this way against 2.25 without it
-//   (benchmarks/results/h200_2026-12-01-session5.md): in-kernel membership had been 40% of the pooling kernel's
-//   stall samples (ncu), paid once per CTA block. DV365_SP_KEEP=0, or a program whose keep pass would not fit in
-//   shared memory, falls back to the in-kernel evaluation below.
+//   (Keep): evaluated in the pooling kernel, membership is paid once per CTA block that pools the event, and it
+//   dominated the kernel's stalls (docs/tuning.md, DV365_SP_KEEP, has the measurements). DV365_SP_KEEP=0, or a
+//   program whose keep pass would not fit in shared memory, falls back to the in-kernel evaluation below.
 // - Per event: one id load, the event's fields read once and the predicates of the groups active in the
 //   segment (one lane per event; with the keep pass, a mask load and only the kept events of each batch,
 //   compacted), then the warp (a CTA is one warp; each lane owns two 16-byte chunks of a
 //   fp32 row, eight rows in flight) adds the row into the accumulators of the groups in the union of four
-//   events' masks. On the H200 the W40K forward was bound by instruction issue (ncu: 70% of issue slots, IPC
-//   2.9, DRAM 46%) at 64-thread CTAs with 4 columns a lane: a warp that owns the whole 1 KB row pays the
-//   per-event and per-group overhead once per 8 columns, and the predicates skip reloads and repeated
-//   double-precision transcendentals.
+//   events' masks. The forward is bound by instruction issue rather than memory (docs/tuning.md has the
+//   profile): a warp that owns the whole 1 KB row pays the per-event and per-group overhead once per 8 columns,
+//   and the predicates skip reloads and repeated double-precision transcendentals.
 // The host plans a program once (slice_plan.h, kept per program) and uploads its device plan (groups, blocks,
 // bounds) once per device and block size; each call copies it into its scratch and the items kernel adds the call's
 // work items on the device, so a call with a program seen before never synchronizes with the host for its plan

@@ -27,11 +27,9 @@ namespace {
 using slicing::kMaxTables;
 
 // Groups per CTA block and events per work item. Smaller blocks mean less shared memory per CTA and more CTAs
-// per SM, at the price of gathering a table's rows once per block: on the H200 (one-warp CTAs), W40K's forward
-// took 2.32 ms with 8 groups per block, 2.88 / 2.51 / 2.54 / 2.70 ms with 4 / 6 / 11 / 16, and 3.43 ms with one
-// block per table (21 groups) (benchmarks/results/h200_2026-11-28-session3.md). With the keep pass 16 groups
-// measured faster in fp32 (1.70 against 1.79 ms, h200_2026-12-01-session5.md) but were not swept for bf16 or the
-// backward, so 8 stays the default until they are.
+// per SM, at the price of gathering a table's rows once per block. The sweeps that chose 8 and 1024 are in
+// docs/tuning.md (DV365_SP_GROUPS, DV365_SP_ITEM); 16 groups measured faster for the fp32 forward only, and 8 stays
+// until a sweep covers bf16 and the backward too.
 constexpr size_t kDefaultBlockGroups = 8;
 constexpr int64_t kDefaultItemEvents = 1024;
 

@@ -112,8 +112,8 @@ _NPY_HEADER = re.compile(r"\{'descr': '([<>|=][a-zA-Z]\d*)', 'fortran_order': Fa
 
 def _open_npy(path: Path, size: int) -> np.ndarray:
     """``np.load(path, mmap_mode="r")`` (files over 4 KiB; smaller ones are read) without its costs: numpy parses
-    the header with ``ast`` and builds an ``np.memmap`` (≈ 0.3 ms a file, ≈ 9 ms for a shard's 29 arrays: a third
-    of the time its rows take to copy, paid by every loader worker that opens the shard). The files are ours
+    the header with ``ast`` and builds an ``np.memmap``, which for a shard's 29 arrays cost about a third of the time
+    its rows take to copy, paid by every loader worker that opens the shard (docs/data.md). The files are ours
     (``np.save`` of C-ordered plain dtypes); anything else falls back to ``np.load``."""
     with open(path, "rb") as f:
         head = f.read(256 if size > 4096 else size)
