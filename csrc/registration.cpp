@@ -4,18 +4,44 @@
 #include <torch/library.h>
 
 #include "cpu/cpu_dispatch.h"
+#include "deferred_checks.h"
 #include "slice_plan.h"
 
 extern "C" {
 // How many slice plans this process has built (tests count them to see that plans are reused per program).
 static PyObject* dv365_plan_builds(PyObject*, PyObject*) { return PyLong_FromLongLong(dv365::plan::slice_plan_builds()); }
 
+// Deferred data checks (deferred_checks.h): `_set_deferred_checks(on)` returns the previous mode;
+// `_check_deferred()` raises RuntimeError naming each op whose kernels flagged bad input since the last check.
+static PyObject* dv365_set_deferred_checks(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return PyBool_FromLong(dv365::deferred::set_enabled(on != 0));
+}
+static PyObject* dv365_deferred_checks_enabled(PyObject*, PyObject*) {
+  return PyBool_FromLong(dv365::deferred::enabled());
+}
+static PyObject* dv365_check_deferred(PyObject*, PyObject*) {
+  try {
+    dv365::deferred::check();
+  } catch (const std::exception& e) {
+    // c10::Error's what() carries a C++ backtrace; the message alone is what the caller needs
+    const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+    PyErr_SetString(PyExc_RuntimeError, c10e ? c10e->msg().c_str() : e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 // A module init without pybind11, so that `from dv365_ops import _C` loads this library (and runs the static
-// registrations below). Its attributes: `cpu_isa`, which copy of the CPU kernels this process runs ("avx2" or
+// registrations below). Its attributes (besides the deferred checks' two above): `cpu_isa`, which copy of the CPU kernels this process runs ("avx2" or
 // "baseline", csrc/cpu/cpu_dispatch.h), and `_plan_builds()`, the slice plans built so far (csrc/slice_plan.h).
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"_plan_builds", dv365_plan_builds, METH_NOARGS, "slice plans built by this process"},
+      {"_set_deferred_checks", dv365_set_deferred_checks, METH_O, "set deferred data checks; returns the old mode"},
+      {"_deferred_checks_enabled", dv365_deferred_checks_enabled, METH_NOARGS, "whether checks are deferred"},
+      {"_check_deferred", dv365_check_deferred, METH_NOARGS, "raise what deferred data checks found"},
       {nullptr, nullptr, 0, nullptr},
   };
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -34,6 +34,7 @@ _check_torch_version()
 from . import _C  # noqa: E402,F401  (registers the schemas and the C++ kernels)
 from . import program, reference  # noqa: E402,F401
 from ._backend import InputError, get_backend, set_backend, use_backend  # noqa: E402,F401
+from .deferred import check_deferred, deferred_checks, deferred_checks_enabled, set_deferred_checks  # noqa: E402,F401
 from . import int4, jagged, slicing, token_pool  # noqa: E402,F401
 from .int4 import *  # noqa: E402,F401,F403
 from .jagged import *  # noqa: E402,F401,F403

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cuda/launch.h"
+#include "deferred_checks.h"
 #include "dv365.h"
 
 namespace dv365::cuda {
@@ -37,13 +38,29 @@ inline DType dtype_of(at::ScalarType t) {
   }
 }
 
-// A zeroed int32 flag on the op's device (a memset on the current stream; graph-capture safe).
-inline at::Tensor new_error_flag(const at::Tensor& like) { return at::zeros({1}, like.options().dtype(at::kInt)); }
-
 inline bool capturing() {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(current_stream(), &status));
   return status != cudaStreamCaptureStatusNone;
+}
+
+inline std::string error_bits_message(int32_t bits);
+
+// The op's error record of 1 + `slots` int64 words (launch.h): in deferred mode (deferred_checks.h) the op's kept
+// one, else (or `op` null: never deferred) a fresh zeroed one (a memset on the current stream; graph-capture safe). While a graph is captured a
+// kept record is used only if it exists already, so the graph's replays report into it.
+inline at::Tensor new_error_words(const at::Tensor& like, int slots, const char* op) {
+  if (op != nullptr && deferred::enabled()) {
+    at::Tensor kept = deferred::flag(op, like, 1 + slots, &error_bits_message, !capturing());
+    if (kept.defined()) return kept;
+  }
+  return at::zeros({1 + slots}, like.options().dtype(at::kLong));
+}
+
+// The int32 error flag of the slicing ops: word 0 of new_error_words (its low 32 bits: every CUDA host is
+// little-endian). `op` null: never deferred (an op that synchronises anyway, e.g. for its output's size).
+inline at::Tensor new_error_flag(const at::Tensor& like, const char* op = nullptr) {
+  return new_error_words(like, 0, op).view(at::kInt).narrow(0, 0, 1);
 }
 
 // Runs the op's CPU kernel on CPU copies of the inputs. The CPU kernels hold the one definition of every
@@ -93,12 +110,13 @@ inline std::string error_bits_message(int32_t bits) {
 }
 
 // Reads the flag; on bad input re-runs the CPU kernel for its message (and raises a summary if that passes).
-// While the stream is being captured into a CUDA graph the check is skipped: a graph cannot synchronize, so
-// inside a graph bad input is never read out of bounds (kernels skip the offending element) but is reported
-// nowhere. Outside a graph this costs one device synchronization.
+// Outside a graph this costs one device synchronization. Not read: a kept flag of deferred mode (the next
+// deferred::check() reads it), and any flag while the stream is being captured into a CUDA graph, which cannot
+// synchronize: inside a graph bad input is never read out of bounds (kernels skip the offending element) and is
+// reported only through deferred mode's flags.
 template <typename Rerun>
 void check_error_flag(const at::Tensor& flag, const char* op, Rerun&& rerun) {
-  if (capturing()) return;
+  if (capturing() || deferred::is_flag(flag)) return;
   const int32_t bits = flag.item<int32_t>();
   if (bits == 0) return;
   rerun();
@@ -108,17 +126,14 @@ void check_error_flag(const at::Tensor& flag, const char* op, Rerun&& rerun) {
 // An error record (launch.h) on the op's device with `slots` index slots: one memset on the current stream.
 class ErrorRecord {
  public:
-  ErrorRecord(const at::Tensor& like, int slots)
-      : words_(at::zeros({1 + slots}, like.options().dtype(at::kLong))) {}
+  ErrorRecord(const at::Tensor& like, int slots, const char* op) : words_(new_error_words(like, slots, op)) {}
   int32_t* flag() { return record_flag(words_.mutable_data_ptr<int64_t>()); }
   int64_t* slot(int k) { return record_slot(words_.mutable_data_ptr<int64_t>(), k); }
 
-  // Reads the record (one device synchronization): false when the kernels found nothing. While the stream is
-  // being captured into a CUDA graph nothing is read and this returns false: a graph cannot synchronize, so
-  // inside a graph bad input is never read out of bounds (kernels skip the offending element) but is reported
-  // nowhere.
+  // Reads the record (one device synchronization): false when the kernels found nothing. Nothing is read (false)
+  // for a kept record of deferred mode or while a graph is captured, as in check_error_flag.
   bool read() {
-    if (capturing()) return false;
+    if (capturing() || deferred::is_flag(words_)) return false;
     host_ = words_.cpu();
     return bits() != 0;
   }

@@ -22,7 +22,8 @@ at::Tensor int4_quantize_cuda(const at::Tensor& x, bool half_scale_bias) {
   auto out = at::empty({rows, width}, x.options().dtype(at::kByte));
   if (rows == 0) return out;
   const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
-  ErrorRecord record(x, 1);
+  // never deferred: quantizing is an export step whose bytes are read back anyway
+  ErrorRecord record(x, 1, nullptr);
   check_launch(launch_int4_quantize(xc.const_data_ptr(), dtype_of(x.scalar_type()), rows, d, xc.stride(0),
                                     half_scale_bias, out.mutable_data_ptr<uint8_t>(), width, record.flag(),
                                     record.slot(0), current_stream()),

@@ -67,7 +67,7 @@ at::Tensor jagged_mean_pool_cuda(const at::Tensor& table, const at::Tensor& ids,
   const int64_t m = offsets.numel() - 1, n = ids.numel(), d = table.size(1), r = table.size(0);
   const at::Tensor tab = table.stride(1) == 1 ? table : table.contiguous();
   auto out = at::empty({m, d}, table.options());
-  ErrorRecord record(table, kNumSlots);
+  ErrorRecord record(table, kNumSlots, op);
   check_offsets_async(in, record, op);
   if (m == 0 || d == 0) {
     raise_if_flagged(op, record, in, r);
@@ -97,7 +97,7 @@ at::Tensor backward_impl(bool rows, const char* op, const at::Tensor& grad, cons
   const at::Tensor g = grad.contiguous();
   // the dense gradient accumulates with atomics in the accumulation dtype, then is cast once
   at::Tensor out = rows ? at::empty({n, d}, grad.options()) : at::zeros({num_rows, d}, grad.options().dtype(acc));
-  ErrorRecord record(grad, kNumSlots);
+  ErrorRecord record(grad, kNumSlots, op);
   check_offsets_async(in, record, op);
   if (n == 0 || d == 0 || m == 0) {
     raise_if_flagged(op, record, in, num_rows);

@@ -261,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_pool_cuda(at::TensorList tables, at::T
         "dv365::sliced_pool", table_stand_ins(tables), to_cpu(ids), offsets.cpu(), ts.cpu(), cats.cpu(), floats.cpu(),
         request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), sparse);
   };
-  auto flag = new_error_flag(ts);
+  auto flag = new_error_flag(ts, op);
   Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun,
                              static_cast<int64_t>(tables.size()), flag);
   slicing::Tables set = table_set(in);
@@ -313,7 +313,7 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, co
           cats.cpu(), floats.cpu(), request_ts.cpu(), prog_i.cpu(), prog_f.cpu(), rows);
     }
   };
-  auto flag = new_error_flag(ts);
+  auto flag = new_error_flag(ts, op);
   const int64_t t_count = static_cast<int64_t>(ids.size());
   Inputs in = check_timeline(op, ids, offsets, ts, cats, floats, request_ts, prog_i, prog_f, rerun, t_count, flag);
   checks::backward(op, grad, weight_sum, ts, in.b, in.s);

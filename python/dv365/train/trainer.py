@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+import dv365_ops
+
 from .. import faults
 from ..files import atomic_write_json
 from ..data import DataError, Loader, open_dataset
@@ -259,65 +261,83 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
             ckpt_io.save_checkpoint(run_dir, at, state, cfg.checkpoint.keep)
         barrier(info)
 
-    resumed = step > 0
-    while step < total and (stop_after is None or steps_this_call < stop_after):
-        if not resumed:  # a resumed loader already stands inside its epoch
-            loader.set_epoch(epoch)
-        resumed = False
-        for batch in loader:
-            users = int(batch.examples.user_id.unique().numel())
-            batch = batch.to(device, non_blocking=True)
-            if cfg.optim.warmup_steps:
-                scale = min(1.0, (step + 1) / cfg.optim.warmup_steps)
-                for name, opt in optimizers.items():
-                    for g, lr in zip(opt.param_groups, base_lrs[name]):
-                        g["lr"] = lr * scale
-            with _autocast(cfg, device):
-                out = train_model(batch)
-            sums, counts = model.loss_terms(out, batch)
-            counts = all_reduce_(counts.detach().clone(), info)
-            # each rank's share of the global loss, times world size: DDP averages the dense gradients over
-            # ranks and the sparse ones are summed then divided, so every rank applies the global mean's gradient
-            loss = DV365Model.total_loss(sums, counts, a) * info.world_size
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if sparse_params:
-                average_sparse_grads(sparse_params, info)
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.dense_parameters() if cfg.model.sparse else model.parameters(),
-                                               cfg.optim.grad_clip)
-            for opt in optimizers.values():
-                opt.step()
-            step += 1
-            steps_this_call += 1
-            faults.checkpoint("train.step")
-            # this rank's share of the global batch's loss (the loss is linear in the sums): summed over ranks
-            # once per log line, not every step
-            window["loss"] += DV365Model.total_loss(sums.detach().float(), counts, a)
-            window["steps"] += 1
-            window["examples"] += len(batch.examples) * info.world_size
-            window["users"] += users * info.world_size
-            if step % cfg.schedule.log_every == 0 or step == total:
-                dt = max(time.perf_counter() - window["t0"], 1e-9)
-                mean_loss = float(all_reduce_(window["loss"], info)) / window["steps"]
-                if not math.isfinite(mean_loss):
-                    raise FloatingPointError(f"dv365 train: the loss is {mean_loss} at step {step}; lower the "
-                                             "learning rates or check the data")
-                history.append({"step": step, "loss": mean_loss, "examples_per_s": window["examples"] / dt,
-                                "users_per_s": window["users"] / dt})
-                bar.update(window["steps"], loss=f"{mean_loss:.4f}", ex_s=f"{window['examples'] / dt:,.0f}",
-                           users_s=f"{window['users'] / dt:,.0f}")
-                window.update(loss=torch.zeros((), device=device), steps=0, examples=0, users=0, t0=time.perf_counter())
-            if step % cfg.checkpoint.every == 0 or step == total:
-                save(step)
-                last_saved = step
-            if step >= total or (stop_after is not None and steps_this_call >= stop_after):
-                break
-        else:
-            epoch += 1
-            continue
-        break
+    # on CUDA the ops' data checks are read once per log line, before each checkpoint and at the end
+    # (dv365_ops.deferred) instead of at every call: each read is a device synchronization, several per step
+    deferring = device.type == "cuda"
+
+    def check_inputs(at: int) -> None:
+        if deferring:
+            try:
+                dv365_ops.check_deferred()
+            except RuntimeError as e:
+                raise RuntimeError(f"dv365 train: bad input in the steps up to step {at}: {e}") from None
+
+    previous_mode = dv365_ops.set_deferred_checks(deferring)
+    try:
+        resumed = step > 0
+        while step < total and (stop_after is None or steps_this_call < stop_after):
+            if not resumed:  # a resumed loader already stands inside its epoch
+                loader.set_epoch(epoch)
+            resumed = False
+            for batch in loader:
+                users = int(batch.examples.user_id.unique().numel())
+                batch = batch.to(device, non_blocking=True)
+                if cfg.optim.warmup_steps:
+                    scale = min(1.0, (step + 1) / cfg.optim.warmup_steps)
+                    for name, opt in optimizers.items():
+                        for g, lr in zip(opt.param_groups, base_lrs[name]):
+                            g["lr"] = lr * scale
+                with _autocast(cfg, device):
+                    out = train_model(batch)
+                sums, counts = model.loss_terms(out, batch)
+                counts = all_reduce_(counts.detach().clone(), info)
+                # each rank's share of the global loss, times world size: DDP averages the dense gradients over
+                # ranks and the sparse ones are summed then divided, so every rank applies the global mean's gradient
+                loss = DV365Model.total_loss(sums, counts, a) * info.world_size
+                for opt in optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if sparse_params:
+                    average_sparse_grads(sparse_params, info)
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.dense_parameters() if cfg.model.sparse else model.parameters(),
+                                                   cfg.optim.grad_clip)
+                for opt in optimizers.values():
+                    opt.step()
+                step += 1
+                steps_this_call += 1
+                faults.checkpoint("train.step")
+                # this rank's share of the global batch's loss (the loss is linear in the sums): summed over ranks
+                # once per log line, not every step
+                window["loss"] += DV365Model.total_loss(sums.detach().float(), counts, a)
+                window["steps"] += 1
+                window["examples"] += len(batch.examples) * info.world_size
+                window["users"] += users * info.world_size
+                if step % cfg.schedule.log_every == 0 or step == total:
+                    check_inputs(step)
+                    dt = max(time.perf_counter() - window["t0"], 1e-9)
+                    mean_loss = float(all_reduce_(window["loss"], info)) / window["steps"]
+                    if not math.isfinite(mean_loss):
+                        raise FloatingPointError(f"dv365 train: the loss is {mean_loss} at step {step}; lower the "
+                                                 "learning rates or check the data")
+                    history.append({"step": step, "loss": mean_loss, "examples_per_s": window["examples"] / dt,
+                                    "users_per_s": window["users"] / dt})
+                    bar.update(window["steps"], loss=f"{mean_loss:.4f}", ex_s=f"{window['examples'] / dt:,.0f}",
+                               users_s=f"{window['users'] / dt:,.0f}")
+                    window.update(loss=torch.zeros((), device=device), steps=0, examples=0, users=0, t0=time.perf_counter())
+                if step % cfg.checkpoint.every == 0 or step == total:
+                    check_inputs(step)  # a checkpoint never holds a step that took bad input
+                    save(step)
+                    last_saved = step
+                if step >= total or (stop_after is not None and steps_this_call >= stop_after):
+                    break
+            else:
+                epoch += 1
+                continue
+            break
+        check_inputs(step)
+    finally:
+        dv365_ops.set_deferred_checks(previous_mode)
     bar.close()
     if last_saved != step:
         save(step)
