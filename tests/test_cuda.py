@@ -380,10 +380,11 @@ def test_sliced_pool_table_without_slices(dtype):
 # Each variant sets DV365_SP_* knobs (docs/tuning.md): work items of 64 events; a table's groups split over several
 # CTA blocks or (32) each table in one block, whose per-event backward stores its rows where several blocks add
 # into zeroed rows; 16 rows in flight per lane; the predicates evaluated in the pooling kernels rather than by the
-# keep pass (KEEP 0, where the forward also chooses per four events how to add them for 4- and 8-byte dtypes).
+# keep pass (KEEP 0, where the forward also chooses per four events how to add them for 4- and 8-byte dtypes); the
+# dense backward merging only consecutive repeats of a row (SORT 0).
 # The ops read the knobs once per process, so each variant runs in a fresh one (_run_with_knobs).
 SP_KNOBS = [{}, {"ITEM": "64"}, {"ITEM": "64", "GROUPS": "32"}, {"GROUPS": "1"}, {"ROWS": "16"},
-            {"ROWS": "16", "GROUPS": "3"}, {"KEEP": "0"}, {"KEEP": "0", "ITEM": "64", "GROUPS": "3"}]
+            {"ROWS": "16", "GROUPS": "3"}, {"KEEP": "0"}, {"KEEP": "0", "ITEM": "64", "GROUPS": "3"}, {"SORT": "0"}]
 
 
 def _run_with_knobs(knobs: dict, body: str, *args) -> None:

@@ -295,9 +295,9 @@ def bench_sliced_pool(copy_gbs: float, dtype: torch.dtype, batch: int, with_peer
         record("sliced_pool bwd dense", case, impl, ms, bwd_floor, copy_gbs,
                bwd_over_fwd=ms / results.get(impl, results["dv365 cuda"])["ms"])
         if impl == "dv365 cuda" and batch == 32 and dtype == torch.float32:
-            # the backward's default is one block per table and the keep pass; 11-group blocks, and the predicates
-            # evaluated in the pooling kernel, for comparison
-            for knobs in ({"GROUPS": "11"}, {"KEEP": "0"}):
+            # the backward's default is one block per table, the keep pass and each batch sorted by row; 11-group
+            # blocks, the predicates evaluated in the pooling kernel, and no sort, for comparison
+            for knobs in ({"GROUPS": "11"}, {"KEEP": "0"}, {"SORT": "0"}):
                 times = sp_variant(knobs, dtype, batch, ["bwd dense", "bwd rows"])
                 for variant in ("dense", "rows"):
                     ms = times[f"bwd {variant}"]

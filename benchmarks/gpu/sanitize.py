@@ -36,9 +36,10 @@ def expect_error(fn, *args) -> None:
 
 
 # work items of 64 events; each table in one CTA block (the per-event backward stores its rows), one group per block
-# (the zeroed-atomics path), 3-group blocks; 16 rows in flight; the predicates in the pooling kernels (no keep pass)
+# (the zeroed-atomics path), 3-group blocks; 16 rows in flight; the predicates in the pooling kernels (no keep pass);
+# the dense backward without its per-batch sort by row
 SP_VARIANTS = ({"DV365_SP_ITEM": "64"}, {"DV365_SP_GROUPS": "32"}, {"DV365_SP_GROUPS": "1"}, {"DV365_SP_ROWS": "16"},
-               {"DV365_SP_ROWS": "16", "DV365_SP_GROUPS": "3"}, {"DV365_SP_KEEP": "0"})
+               {"DV365_SP_ROWS": "16", "DV365_SP_GROUPS": "3"}, {"DV365_SP_KEEP": "0"}, {"DV365_SP_SORT": "0"})
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 

@@ -8,10 +8,32 @@
 namespace dv365::cuda::slicing {
 namespace {
 
+// a[h] += the sum over the groups in `bits` of event u's weight times the group's gradient vector (gvec).
+template <typename acc_t, int C, int H>
+__device__ __forceinline__ void add_groups(const Smem<acc_t>& sh, const acc_t* gvec, const Cols<C, H>& cols,
+                                           uint32_t bits, int u, acc_t (&a)[H][C]) {
+  constexpr int kTile = Cols<C, H>::kTile;
+  while (bits) {
+    const int g = __ffs(bits) - 1;
+    bits &= bits - 1;
+    const acc_t w = static_cast<acc_t>(sh.w[g * kBatch + u]);
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+      const Chunk<acc_t, C> gv = *reinterpret_cast<const Chunk<acc_t, C>*>(gvec + g * kTile + cols.off(h));
+#pragma unroll
+      for (int i = 0; i < C; ++i) a[h][i] += w * gv.v[i];
+    }
+  }
+}
+
 // ---- backward ----
 // kRows: tabs.out[t] is [n, D] (scalar_t), written per event (stored, or added when zeroed_rows);
-// else tabs.out[t] is a dense [rows, D] accumulator (acc_t), added into atomically.
-template <bool kRows, typename scalar_t, typename acc_t, int C, int H>
+// else tabs.out[t] is a dense [rows, D] accumulator (acc_t), added into atomically. The dense accumulator's cost
+// is its atomics, and many land on the same few rows (a user's favourite topics and authors, the catalogue's hits):
+// float atomics on one address serialise in L2. So the events a batch shares a row with are summed in registers
+// first and their row is added once: with kSort the batch's kept events are ranked by row (64 keys, one warp), so
+// every repeat in the batch merges; without, only consecutive repeats do.
+template <bool kRows, bool kSort, typename scalar_t, typename acc_t, int C, int H>
 __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tabs, Program p, const int64_t* plan_raw,
                                                           const int64_t* __restrict__ items, Launch L,
                                                           const scalar_t* __restrict__ grad,
@@ -67,30 +89,20 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
       }
       __syncthreads();
       const int nb = static_cast<int>(min(static_cast<int64_t>(kBatch), e_end - e0));
-      for (int u = 0; u < nb; ++u) {
-        uint32_t bits = sh.mask[u];
-        if (!bits && !store) continue;
-        acc_t a[H][C];
-#pragma unroll
-        for (int h = 0; h < H; ++h) {
-#pragma unroll
-          for (int i = 0; i < C; ++i) a[h][i] = acc_t(0);
-        }
-        while (bits) {
-          const int g = __ffs(bits) - 1;
-          bits &= bits - 1;
-          const acc_t w = static_cast<acc_t>(sh.w[g * kBatch + u]);
+      if constexpr (kRows) {
+        for (int u = 0; u < nb; ++u) {
+          uint32_t bits = sh.mask[u];
+          if (!bits && !store) continue;
+          acc_t a[H][C];
 #pragma unroll
           for (int h = 0; h < H; ++h) {
-            const Chunk<acc_t, C> gv = *reinterpret_cast<const Chunk<acc_t, C>*>(gvec + g * kTile + cta.cols.off(h));
 #pragma unroll
-            for (int i = 0; i < C; ++i) a[h][i] += w * gv.v[i];
+            for (int i = 0; i < C; ++i) a[h][i] = acc_t(0);
           }
-        }
+          add_groups<acc_t, C, H>(sh, gvec, cta.cols, bits, u, a);
 #pragma unroll
-        for (int h = 0; h < H; ++h) {
-          if (!cta.valid[h]) continue;
-          if constexpr (kRows) {
+          for (int h = 0; h < H; ++h) {
+            if (!cta.valid[h]) continue;
             scalar_t* dst = static_cast<scalar_t*>(tabs.out[t]) + (e0 + u) * L.d + cta.cols.col(h);
             if (store) {
               Chunk<scalar_t, C> o;
@@ -98,13 +110,59 @@ __global__ void __launch_bounds__(kWarp) backward_kernel(Timeline tl, Tables tab
               for (int i = 0; i < C; ++i) o.v[i] = from_acc<scalar_t, acc_t>(a[h][i]);
               *reinterpret_cast<Chunk<scalar_t, C>*>(dst) = o;
             } else {
-              atomic_add_n<acc_t, C>(
-                  static_cast<acc_t*>(tabs.rows_acc[t]) + (e0 + u) * L.d + cta.cols.col(h), a[h]);
+              atomic_add_n<acc_t, C>(static_cast<acc_t*>(tabs.rows_acc[t]) + (e0 + u) * L.d + cta.cols.col(h), a[h]);
             }
-          } else {
-            atomic_add_n<acc_t, C>(static_cast<acc_t*>(tabs.out[t]) + sh.row[u] * L.d + cta.cols.col(h), a[h]);
           }
         }
+      } else {
+        int live = nb;
+        if constexpr (kSort) {
+          // rank of event i: the kept events with a smaller row, or the same row and a smaller position; the
+          // events no group keeps rank after every kept one (the loop below stops at the first of them)
+          const int lane = threadIdx.x;
+          const int64_t k0 = lane < nb && sh.mask[lane] ? sh.row[lane] : INT64_MAX;
+          const int64_t k1 = lane + kWarp < nb && sh.mask[lane + kWarp] ? sh.row[lane + kWarp] : INT64_MAX;
+          int r0 = 0, r1 = 0;
+          for (int j = 0; j < kBatch; ++j) {
+            const int64_t kj = j < nb && sh.mask[j] ? sh.row[j] : INT64_MAX;
+            r0 += kj < k0 || (kj == k0 && j < lane);
+            r1 += kj < k1 || (kj == k1 && j < lane + kWarp);
+          }
+          sh.order[r0] = lane;
+          sh.order[r1] = lane + kWarp;
+          live = __popc(__ballot_sync(0xffffffffu, lane < nb && sh.mask[lane] != 0)) +
+                 __popc(__ballot_sync(0xffffffffu, lane + kWarp < nb && sh.mask[lane + kWarp] != 0));
+          __syncwarp();
+        }
+        acc_t a[H][C];
+        int64_t row = -1;  // the row `a` sums for
+        const auto flush = [&] {
+#pragma unroll
+          for (int h = 0; h < H; ++h) {
+            if (cta.valid[h]) {
+              atomic_add_n<acc_t, C>(static_cast<acc_t*>(tabs.out[t]) + row * L.d + cta.cols.col(h), a[h]);
+            }
+#pragma unroll
+            for (int i = 0; i < C; ++i) a[h][i] = acc_t(0);
+          }
+        };
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+#pragma unroll
+          for (int i = 0; i < C; ++i) a[h][i] = acc_t(0);
+        }
+        for (int k = 0; k < live; ++k) {
+          const int u = kSort ? sh.order[k] : k;
+          const uint32_t bits = sh.mask[u];
+          if (!bits) continue;
+          const int64_t r = sh.row[u];
+          if (r != row) {
+            if (row >= 0) flush();
+            row = r;
+          }
+          add_groups<acc_t, C, H>(sh, gvec, cta.cols, bits, u, a);
+        }
+        if (row >= 0) flush();
       }
     }
   }
@@ -141,12 +199,12 @@ dim3 rows_grid(int64_t total, int64_t num_tables) {
               static_cast<unsigned>(num_tables));
 }
 
-template <bool kRows, typename scalar_t, int C, int H>
+template <bool kRows, bool kSort, typename scalar_t, int C, int H>
 cudaError_t backward_typed(const Timeline& tl, const Tables& tabs, const Program& prog, int64_t d, const Tuning& tune,
                            Scratch sc, const void* grad, const void* weight_sum, bool ws_double, int32_t* flag,
                            cudaStream_t stream, int64_t items_cap) {
   using acc_t = typename AccType<scalar_t>::type;
-  auto kernel = backward_kernel<kRows, scalar_t, acc_t, C, H>;
+  auto kernel = backward_kernel<kRows, kSort, scalar_t, acc_t, C, H>;
   LaunchShape shape;
   cudaError_t err = shape_launch<Cols<C, H>::kTile, acc_t>(kernel, d, tune, prog, tabs, items_cap, sc.keep, shape);
   if (err != cudaSuccess) return err;
@@ -186,14 +244,21 @@ cudaError_t launch_sliced_pool_backward(bool rows, const Timeline& tl, const Tab
     // the per-event rows visit every event (a table with one block stores every row, zeros included)
     if (prepare_items(tl, prog, tabs.num_tables, sc, rows, flag, stream, cap) != cudaSuccess) return;
     const bool vec = vector_ok<C>(tabs, d, sizeof(scalar_t), false, grad);
-    const auto run = [&](auto rows_tag) {  // errors surface through with_dtype's cudaGetLastError
-      constexpr bool kRows = decltype(rows_tag)::value;
-      vec ? backward_typed<kRows, scalar_t, C, H>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag,
-                                                 stream, cap)
-          : backward_typed<kRows, scalar_t, 1, 1>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double, flag,
-                                                 stream, cap);
+    const auto run = [&](auto rows_tag, auto sort_tag) {  // errors surface through with_dtype's cudaGetLastError
+      constexpr bool kRows = decltype(rows_tag)::value, kSort = decltype(sort_tag)::value;
+      vec ? backward_typed<kRows, kSort, scalar_t, C, H>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double,
+                                                        flag, stream, cap)
+          : backward_typed<kRows, kSort, scalar_t, 1, 1>(tl, tabs, prog, d, tune, sc, grad, weight_sum, ws_double,
+                                                        flag, stream, cap);
     };
-    rows ? run(std::true_type{}) : run(std::false_type{});
+    // the per-event rows have one destination per event: nothing to sort
+    if (rows) {
+      run(std::true_type{}, std::false_type{});
+    } else if (tune.sort_rows) {
+      run(std::false_type{}, std::true_type{});
+    } else {
+      run(std::false_type{}, std::false_type{});
+    }
   });
 }
 

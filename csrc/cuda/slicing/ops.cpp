@@ -57,6 +57,7 @@ struct Knobs {
   int rows_in_flight = 8;  // DV365_SP_ROWS (8 or 16)
   int64_t item_events = kDefaultItemEvents;  // DV365_SP_ITEM (at least 64)
   bool keep = true;  // DV365_SP_KEEP=0 skips the keep pass
+  bool sort_rows = true;  // DV365_SP_SORT=0: the dense backward merges only consecutive repeats of a row
 };
 
 const Knobs& knobs() {
@@ -66,6 +67,7 @@ const Knobs& knobs() {
     if (const char* env = std::getenv("DV365_SP_ROWS")) r.rows_in_flight = std::atoi(env) >= 16 ? 16 : 8;
     if (const char* env = std::getenv("DV365_SP_ITEM")) r.item_events = std::max<int64_t>(64, std::atoll(env));
     if (const char* env = std::getenv("DV365_SP_KEEP")) r.keep = std::atoi(env) != 0;
+    if (const char* env = std::getenv("DV365_SP_SORT")) r.sort_rows = std::atoi(env) != 0;
     return r;
   }();
   return k;
@@ -86,6 +88,7 @@ slicing::Tuning tuning_of(const Inputs& in, size_t cap) {
   for (const int64_t g : in.groups) tune.num_blocks += ceil_div(g, int64_t(tune.block_groups));
   tune.num_blocks = std::max<int64_t>(tune.num_blocks, 1);
   tune.rows_in_flight = knobs().rows_in_flight;
+  tune.sort_rows = knobs().sort_rows;
   return tune;
 }
 

@@ -47,6 +47,7 @@ struct Smem {
   acc_t* wsum;       // [block_groups]
   acc_t* acc;        // [block_groups][tile]
   int* wsl;          // [block_groups]: each group's row in the keep pass's weights (PlanView::wslot)
+  int* order;        // [kBatch]: the backward's events of a batch ordered by row (kept events first)
 };
 
 // groups: the block's predicates are held (no keep pass: the kernel evaluates them).
@@ -60,6 +61,7 @@ __host__ __device__ size_t smem_bytes(int block_groups, int tile, bool groups) {
   b += sizeof(float) * kBatch * block_groups;
   b += sizeof(uint32_t) * kBatch;
   b += sizeof(int) * block_groups;
+  b += sizeof(int) * kBatch;
   return b;
 }
 
@@ -84,6 +86,8 @@ __device__ Smem<acc_t> carve(unsigned char* raw, int block_groups, int tile, boo
   s.mask = reinterpret_cast<uint32_t*>(raw);
   raw += sizeof(uint32_t) * kBatch;
   s.wsl = reinterpret_cast<int*>(raw);
+  raw += sizeof(int) * block_groups;
+  s.order = reinterpret_cast<int*>(raw);
   return s;
 }
 

@@ -82,6 +82,8 @@ struct Tuning {
   int block_groups = 8;
   int64_t num_blocks = 0;
   int rows_in_flight = 8;
+  // the dense backward sorts each batch of events by row before adding into the rows (see backward.cu)
+  bool sort_rows = true;
 };
 
 // pooled [B, S, D] (dtype) and weight_sum [B, S] float32 from num/wacc accumulators (acc dtype, zeroed).

@@ -1,0 +1,65 @@
+#!/bin/bash
+# The W40K training step and the sliced_pool ops of an older tree against this one, on one GPU in one call. Both
+# trees are built at once, each into its own --target folder (an editable install would shadow PYTHONPATH), and
+# every stage runs from /tmp with PYTHONPATH naming its build, so nothing imports the source tree. Stages: the ops
+# on one saved W40K workload, each build twice, interleaved (before_after.py); bench_train on `dv365 synth` W40K
+# data (32 examples, D = 256, FSA, bf16, the head as CUDA graphs), before then after (after with --profile 3);
+# then this tree's CUDA tests (TEST_FILES), the knob variants of test_cuda.py, memcheck and racecheck of
+# sanitize.py, as long as DEADLINE (560 s) allows. Results to $OUT: step_before_after.md,
+# before_after.md, *.json, logs.tgz.
+#   BEFORE=<older tree> DV365_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu/run_step_before_after.sh
+# (make the older tree with `git archive <commit> | tar -x -C <path>`; pass it to the device tool with carry)
+set -u
+OUT=${OUT:-$PWD/gpu-out}
+MD=$OUT/step_before_after.md
+DEADLINE=${DEADLINE:-560}
+PY=${PY:-python3}
+REPO=$PWD
+BEFORE=$(cd "${BEFORE:?BEFORE=<path to the older tree>}" && pwd)
+KEEP="users/s|examples/s|sync each|passed|failed|Error|error"
+source "$(dirname "$0")/_stages.sh"
+header
+target_build() {  # tree, target
+  CMAKE_BUILD_PARALLEL_LEVEL=8 $PY -m pip install -q --no-build-isolation --no-deps --target "$2" "$1" \
+    -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 -Cbuild-dir="$2.build" >"$LOGS/$(basename "$2").log" 2>&1
+}
+target_build "$BEFORE" /tmp/ba_before & pb=$!
+target_build "$REPO" /tmp/ba_after & pa=$!
+wait $pb; rb=$?
+wait $pa; ra=$?
+stamp "build before rc=$rb after rc=$ra"
+if [ $rb -ne 0 ] || [ $ra -ne 0 ]; then tail -30 "$LOGS"/ba_*.log | tee -a "$MD"; exit 1; fi
+cd /tmp || exit 1
+with() { local label=$1; shift; env PYTHONPATH=/tmp/ba_$label "$@"; }
+
+DATA=/tmp/w40k
+[ -d $DATA ] || timeout "$(limit 120)" env PYTHONPATH=/tmp/ba_after $PY -m dv365.cli synth --users ${USERS:-64} \
+  --out $DATA --seed 0 >"$LOGS/synth.log" 2>&1
+stamp "synth $(tail -1 "$LOGS/synth.log" 2>/dev/null)"
+
+BA=$REPO/benchmarks/gpu/before_after.py
+W=/tmp/ba_w40k.pt
+with after $PY $BA save --path $W >"$LOGS/ops_save.log" 2>&1
+runs=()
+for i in 1 2; do
+  for label in before after; do
+    timeout "$(limit 60)" env PYTHONPATH=/tmp/ba_$label $PY $BA time --path $W --label "$label$i" \
+      --out /tmp/ba_$label$i.json >>"$LOGS/ops_time.log" 2>&1 && runs+=(/tmp/ba_$label$i.json)
+  done
+done
+$PY $BA compare "${runs[@]}" --md "$OUT/before_after.md" >>"$LOGS/ops_time.log" 2>&1
+stamp "ops before/after: ${#runs[@]} runs"
+cat "$OUT/before_after.md" >>"$MD" 2>/dev/null
+
+STEP="--w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10} --compile-mode reduce-overhead"
+run step_before 150 with before $PY "$BEFORE/benchmarks/bench_train.py" $STEP --out "$OUT/train_before.json"
+run step_after 170 with after $PY "$REPO/benchmarks/bench_train.py" $STEP --profile 3 --out "$OUT/train_after.json"
+T="$PY -m pytest -q -x -p no:cacheprovider --rootdir $REPO"
+run tests 240 with after $T $(for f in ${TEST_FILES:-test_deferred_checks test_bad_inputs test_slicing test_cuda_graphs \
+  test_models test_train}; do echo "$REPO/tests/$f.py"; done)
+run tests_knobs 150 with after $T "$REPO/tests/test_cuda.py" -k "grouped_windows or kernel_variants"
+run memcheck 120 with after compute-sanitizer --tool memcheck --error-exitcode 1 $PY "$REPO/benchmarks/gpu/sanitize.py"
+run racecheck 200 with after compute-sanitizer --tool racecheck --error-exitcode 1 $PY "$REPO/benchmarks/gpu/sanitize.py"
+cd "$REPO" || exit 1
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
+stamp done
