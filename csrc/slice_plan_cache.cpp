@@ -111,7 +111,10 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> plan_slices_cpu(const at::Tensor& prog_i, const at::Tensor& prog_f,
                                                    int64_t num_tables, int64_t cat_fields, int64_t float_fields) {
   const char* op = "plan_slices";
-  DV365_CHECK(prog_i.device().is_cpu() && prog_f.device().is_cpu(), op, "prog_i and prog_f must be CPU tensors");
+  // a CUDA program is read on the host by the cache (once per program) and shares its entry with the CUDA ops
+  DV365_CHECK(prog_i.device() == prog_f.device() && (prog_i.device().is_cpu() || prog_i.device().is_cuda()), op,
+              "prog_i and prog_f must be CPU or CUDA tensors on one device, got ", prog_i.device(), " and ",
+              prog_f.device());
   DV365_CHECK(num_tables >= 0 && cat_fields >= 0 && float_fields >= 0, op,
               "num_tables, cat_fields and float_fields must be >= 0, got ", num_tables, ", ", cat_fields, ", ",
               float_fields);
@@ -123,4 +126,6 @@ std::tuple<at::Tensor, at::Tensor> plan_slices_cpu(const at::Tensor& prog_i, con
 }  // namespace
 }  // namespace dv365::plan
 
+// The plan is host data whatever the program's device: CPU tensors for both keys.
 TORCH_LIBRARY_IMPL(dv365, CPU, m) { m.impl("plan_slices", &dv365::plan::plan_slices_cpu); }
+TORCH_LIBRARY_IMPL(dv365, CUDA, m) { m.impl("plan_slices", &dv365::plan::plan_slices_cpu); }

@@ -61,7 +61,8 @@ def plan_slices(
     prog_i: torch.Tensor, prog_f: torch.Tensor, num_tables: int, cat_fields: int, float_fields: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plan of a slice program for a timeline with ``num_tables`` tables, ``cat_fields`` categorical rows and
-    ``float_fields`` float rows: ``(plan_i int64, plan_f float64)``, CPU tensors in the layout of
+    ``float_fields`` float rows: ``(plan_i int64, plan_f float64)``, CPU tensors (for a CPU or a CUDA program: a
+    CUDA program is read on the host once and shares its plan with the CUDA kernels) in the layout of
     :mod:`dv365_ops.program` (plan section; :func:`dv365_ops.program.plan_sections` names the parts). It checks
     the program's entries with the slicing ops' messages. Every backend evaluates a program through this plan (the
     compiled kernels build it themselves), kept once per program."""
@@ -170,14 +171,16 @@ def _check_backward(op, grad, weight_sum, ids, offsets, ts, cats, floats, reques
 @torch.library.register_fake("dv365::plan_slices")
 def _fake_plan_slices(prog_i, prog_f, num_tables, cat_fields, float_fields):
     op, c = "plan_slices", _checks.check
-    # (meta tensors stand in for CPU ones)
-    c(op, prog_i.device.type in ("cpu", "meta") and prog_f.device.type in ("cpu", "meta"),
-      lambda: "prog_i and prog_f must be CPU tensors")
+    c(op, prog_i.device == prog_f.device and prog_i.device.type in ("cpu", "cuda", "meta"),
+      lambda: f"prog_i and prog_f must be CPU or CUDA tensors on one device, got {prog_i.device} and {prog_f.device}")
     c(op, num_tables >= 0 and cat_fields >= 0 and float_fields >= 0,
       lambda: f"num_tables, cat_fields and float_fields must be >= 0, got {num_tables}, {cat_fields}, {float_fields}")
     _check_program_shapes(op, prog_i, prog_f)
     ctx = torch.library.get_ctx()
-    return prog_i.new_empty((ctx.new_dynamic_size(),)), prog_f.new_empty((ctx.new_dynamic_size(),))
+    # the plan is host data whatever the program's device (meta stands in for the CPU while tracing meta)
+    host = "meta" if prog_i.device.type == "meta" else "cpu"
+    return (prog_i.new_empty((ctx.new_dynamic_size(),), device=host),
+            prog_f.new_empty((ctx.new_dynamic_size(),), device=host))
 
 
 @torch.library.register_fake("dv365::slice_timeline")

@@ -421,8 +421,9 @@ def _plan_of(op: str, prog_i, prog_f, num_tables: int, num_cats: int, num_floats
         raise RuntimeError(
             f"dv365::{op}: this slice program has no plan yet, and its plan is built on the host, which a CUDA graph "
             f"capture forbids: run the op once with this program before capturing it")
-    plan_i, _ = torch.ops.dv365.plan_slices(prog_i.detach().cpu(), prog_f.detach().cpu(), num_tables, num_cats,
-                                            num_floats)
+    # the device program itself: the compiled plan cache reads it on the host once and keys it as the native
+    # CUDA op does, so both backends share one plan per program
+    plan_i, _ = torch.ops.dv365.plan_slices(prog_i.detach(), prog_f.detach(), num_tables, num_cats, num_floats)
     sec = P.plan_sections(plan_i)
     device = prog_i.device
     entry = _ProgramPlan(sec["group_slices"].to(device), sec["table_slices"].to(device),
