@@ -156,19 +156,22 @@ def test_fused_sparse_step_reads_nothing_back(device, monkeypatch):
     value (``tolist``, ``item``, ``bool``/``int``/``float`` of a tensor) raises here, and on CUDA any call that
     synchronizes the device (``torch.cuda.set_sync_debug_mode("error")``). The torch-ops path does read (it checks
     whether the indices are sorted), which shows the check can fail."""
-    def make():
-        idx = torch.tensor([4, 1, 1, 7, 2], device=device)
-        p = torch.nn.Parameter(torch.randn(9, 6, device=device))
-        q = torch.nn.Parameter(torch.randn(9, 6, device=device))
-        p.grad = _coo(idx, torch.randn(5, 6, device=device), (9, 6))
-        q.grad = _coo(idx, torch.randn(5, 6, device=device), (9, 6))
-        return [p, q]
+    # on CUDA more entries than torch.sort sorts in place, so that its radix sort (cub) runs too
+    rows, n = (50_000, 20_000) if device.type == "cuda" else (9, 5)
 
-    fused, plain = RowWiseAdagrad(make(), fused=True), RowWiseAdagrad(make(), fused=False)
+    def params():
+        ps = [torch.nn.Parameter(torch.randn(rows, 6, device=device)) for _ in range(2)]
+        idx = torch.randint(0, rows, (n,), device=device)  # one index tensor for both, repeated rows
+        for p in ps:
+            p.grad = _coo(idx, torch.randn(n, 6, device=device), (rows, 6))
+        return ps
+
+    fused, plain = RowWiseAdagrad(params(), fused=True), RowWiseAdagrad(params(), fused=False)
     fused.step()  # compile (or interpret) once before the reads are forbidden
+    idx = torch.randint(0, rows, (n,), device=device)
     for group in fused.param_groups:
         for p in group["params"]:
-            p.grad = _coo(torch.tensor([3, 3, 0], device=device), torch.randn(3, 6, device=device), (9, 6))
+            p.grad = _coo(idx, torch.randn(n, 6, device=device), (rows, 6))
 
     def forbidden(*args, **kwargs):
         raise AssertionError("RowWiseAdagrad.step read a tensor's value back")

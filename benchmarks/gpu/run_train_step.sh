@@ -27,6 +27,9 @@ stamp "synth $(tail -1 "$LOGS/synth.log" 2>/dev/null)"
 
 run unique_columns 40 $PY benchmarks/bench_unique_columns.py --device cuda --events 620000 --out "$OUT/unique_columns.json"
 run table_update 60 $PY benchmarks/bench_table_update.py --device cuda --out "$OUT/table_update.json"
+# a tenth of the touched rows: the synthetic W40K batches' Zipf-popular ids touch fewer rows than the default
+run table_update_small 60 $PY benchmarks/bench_table_update.py --device cuda --touched 35000,16000,1000 \
+  --out "$OUT/table_update_small.json"
 B="$PY benchmarks/bench_train.py --w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10}"
 run touched_rows 90 $B --out "$OUT/train_touched_rows.json"
 run cuda_graphs 150 $B --compile-mode reduce-overhead --profile 3 --out "$OUT/train_cuda_graphs.json"
