@@ -9,9 +9,11 @@ are read and written:
 
     G_r += mean_d(g_rd²);   w_r -= lr · g_r / (√G_r + eps)
 
-Dense gradients are accepted too (every row is then "touched"). On CUDA (with Triton) each table's update is one
-fused kernel (:mod:`dv365.train._adagrad_triton`, the same float32 steps; ``fused=False`` keeps the torch ops);
-on the CPU it is the torch ops, which resume bitwise.
+Dense gradients are accepted too (every row is then "touched"). On CUDA (with Triton) the update is fused
+(:mod:`dv365.train._adagrad_triton`, the same float32 steps; ``fused=False`` keeps the torch ops): all the sparse
+tables of a step in one kernel launch per dtype and width, without reading anything back from the device (a
+coalesced gradient or one with repeated rows alike), and a dense gradient in one launch per table. On the CPU it
+is the torch ops, which resume bitwise.
 """
 
 from __future__ import annotations
@@ -42,43 +44,53 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # tables that pool the same id column get gradients on the same index tensor (15 tables, 6 columns in
-        # the default spec): its unique rows are found once per step
-        uniques: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        _flag_sorted_unique_grads([p for g in self.param_groups for p in g["params"]])
+        fused_sparse, per_table = [], []
         for group in self.param_groups:
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if self._fused(p) and p.grad.is_sparse and not p.grad.is_coalesced():
-                    from ._adagrad_triton import rowwise_adagrad_update_repeated
+                if self._fused(p) and p.grad.is_sparse:
+                    from ._adagrad_triton import sparse_update_supported
 
-                    rowwise_adagrad_update_repeated(p, self._state_sum(p), p.grad._indices()[0], p.grad._values(),
-                                                    lr, eps, wd)
-                    continue
-                rows, grad = _rows_and_sums(p.grad, uniques)
-                if rows is not None and rows.numel() == 0:
-                    continue
-                acc = self._state_sum(p)
-                if self._fused(p):
-                    from ._adagrad_triton import rowwise_adagrad_update
+                    if sparse_update_supported(p, p.grad):
+                        fused_sparse.append((p, self._state_sum(p), p.grad, group["lr"], group["eps"],
+                                             group["weight_decay"]))
+                        continue
+                per_table.append((group, p))
+        if fused_sparse:
+            # every sparse table in one launch per dtype and width, and no device wait: the kernel sums repeated
+            # rows itself, so it never needs to know whether a gradient is coalesced (_adagrad_triton says how)
+            from ._adagrad_triton import rowwise_adagrad_update_sparse
 
-                    rowwise_adagrad_update(p, acc, rows, grad, lr, eps, wd)
-                    continue
-                w = p if rows is None else p.index_select(0, rows)
-                g = grad.float()
-                if wd:
-                    g = g + wd * w.float()
-                if rows is None:
-                    acc.add_(g.square().mean(1))
-                    scale = acc.sqrt().add_(eps).reciprocal_().mul_(-lr)
-                    p.add_((g * scale[:, None]).to(p.dtype))
-                else:
-                    acc.index_add_(0, rows, g.square().mean(1))
-                    scale = acc.index_select(0, rows).sqrt_().add_(eps).reciprocal_().mul_(-lr)
-                    # rows are unique, so index_add_ is a scatter of the updated rows
-                    p.index_add_(0, rows, (g * scale[:, None]).to(p.dtype))
+            rowwise_adagrad_update_sparse(fused_sparse)
+        # tables that pool the same id column get gradients on the same index tensor (15 tables, 6 columns in
+        # the default spec): its unique rows are found once per step
+        uniques: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        _flag_sorted_unique_grads([p for _, p in per_table])
+        for group, p in per_table:
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            if self._fused(p) and not p.grad.is_sparse:
+                from ._adagrad_triton import rowwise_adagrad_update
+
+                rowwise_adagrad_update(p, self._state_sum(p), None, p.grad, lr, eps, wd)
+                continue
+            rows, grad = _rows_and_sums(p.grad, uniques)
+            if rows is not None and rows.numel() == 0:
+                continue
+            acc = self._state_sum(p)
+            w = p if rows is None else p.index_select(0, rows)
+            g = grad.float()
+            if wd:
+                g = g + wd * w.float()
+            if rows is None:
+                acc.add_(g.square().mean(1))
+                scale = acc.sqrt().add_(eps).reciprocal_().mul_(-lr)
+                p.add_((g * scale[:, None]).to(p.dtype))
+            else:
+                acc.index_add_(0, rows, g.square().mean(1))
+                scale = acc.index_select(0, rows).sqrt_().add_(eps).reciprocal_().mul_(-lr)
+                # rows are unique, so index_add_ is a scatter of the updated rows
+                p.index_add_(0, rows, (g * scale[:, None]).to(p.dtype))
         return loss
 
     def _state_sum(self, p: torch.Tensor) -> torch.Tensor:
