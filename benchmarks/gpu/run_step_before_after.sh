@@ -54,9 +54,10 @@ cat "$OUT/before_after.md" >>"$MD" 2>/dev/null
 STEP="--w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10} --compile-mode reduce-overhead"
 run step_before 150 with before $PY "$BEFORE/benchmarks/bench_train.py" $STEP --out "$OUT/train_before.json"
 run step_after 170 with after $PY "$REPO/benchmarks/bench_train.py" $STEP --profile 3 --out "$OUT/train_after.json"
+run table_update 60 with after $PY "$REPO/benchmarks/bench_table_update.py" --device cuda --out "$OUT/table_update.json"
 T="$PY -m pytest -q -x -p no:cacheprovider --rootdir $REPO"
 run tests 240 with after $T $(for f in ${TEST_FILES:-test_deferred_checks test_bad_inputs test_slicing test_cuda_graphs \
-  test_models test_train}; do echo "$REPO/tests/$f.py"; done)
+  test_optim test_models test_train}; do echo "$REPO/tests/$f.py"; done)
 run tests_knobs 150 with after $T "$REPO/tests/test_cuda.py" -k "grouped_windows or kernel_variants"
 run memcheck 120 with after compute-sanitizer --tool memcheck --error-exitcode 1 $PY "$REPO/benchmarks/gpu/sanitize.py"
 run racecheck 200 with after compute-sanitizer --tool racecheck --error-exitcode 1 $PY "$REPO/benchmarks/gpu/sanitize.py"
