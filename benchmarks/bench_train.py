@@ -93,6 +93,8 @@ def main() -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="N more staged steps under torch.profiler: the top kernels (CUDA) or ops (CPU), overall and per stage")
     p.add_argument("--profile-top", type=int, default=25, help="rows of the profile tables")
+    p.add_argument("--host-profile", type=int, default=0, metavar="N",
+                   help="N more whole steps (no syncs) under cProfile: where the host's time goes, by Python function")
     args = p.parse_args()
     device = torch.device(args.device)
     if args.per_event_grads:
@@ -207,6 +209,24 @@ def main() -> int:
         with dv365_ops.deferred_checks(device.type == "cuda"):
             step_s = whole_steps()
         step_checked_s = whole_steps() if device.type == "cuda" else step_s
+        host_profile = None
+        if args.host_profile:
+            import cProfile
+            import io
+            import pstats
+
+            prof = cProfile.Profile()
+            with dv365_ops.deferred_checks(device.type == "cuda"):
+                prof.enable()
+                for _ in range(args.host_profile):
+                    _step(model, optimizers, next(it).to(device, non_blocking=True), autocast, a)
+                _sync(device)
+                prof.disable()
+            buf = io.StringIO()
+            stats = pstats.Stats(prof, stream=buf)
+            stats.sort_stats("tottime").print_stats(args.profile_top)
+            stats.sort_stats("cumulative").print_stats(args.profile_top)
+            host_profile = f"{args.host_profile} whole steps (ms are totals over them)\n" + buf.getvalue()
 
     med = {k: statistics.median(v) for k, v in timer.times.items()}
     compute = sum(v for k, v in med.items() if not k.startswith("loader"))
@@ -244,6 +264,9 @@ def main() -> int:
         print(f"\nCUDA graphs were skipped {info['cudagraph_skips']} time(s) (TORCH_LOGS=perf_hints says why)")
     if profile is not None:
         _print_profile(profile)
+    if host_profile is not None:
+        print(f"\n## host profile (cProfile): {host_profile}")
+        result["host_profile"] = host_profile
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
@@ -277,9 +300,14 @@ def _profile(staged_step, device: torch.device, steps: int, top: int) -> dict:
 
     overall: dict[str, list] = {}
     per_stage: dict[str, dict[str, list]] = {}
+    host: dict[str, list] = {}  # CUDA: the host's self CPU time per op (syncs show as the op that waited)
     for e in events:
         if e.name.startswith(STAGE_PREFIX):
             continue
+        if cuda and e.device_type == DeviceType.CPU:
+            entry = host.setdefault(f"{stage_of(e.time_range.start)}: {e.name}", [0.0, 0])
+            entry[0] += e.self_cpu_time_total
+            entry[1] += 1
         if cuda:
             if e.device_type != DeviceType.CUDA:
                 continue
@@ -299,7 +327,7 @@ def _profile(staged_step, device: torch.device, steps: int, top: int) -> dict:
 
     totals = {k: sum(v[0] for v in t.values()) / 1e3 / steps for k, t in per_stage.items()}
     return {"steps": steps, "time": "self device time of each kernel" if cuda else "self CPU time of each op",
-            "overall": rows(overall), "stage_totals_ms": totals,
+            "overall": rows(overall), "stage_totals_ms": totals, "host": rows(host) if cuda else [],
             "stages": {k: rows(t) for k, t in sorted(per_stage.items(), key=lambda kv: -totals[kv[0]])}}
 
 
@@ -316,6 +344,9 @@ def _print_profile(profile: dict) -> None:
     for stage, rows in profile["stages"].items():
         print(f"\n### {stage}: {profile['stage_totals_ms'][stage]:.2f} ms per step\n")
         table(rows[:12])
+    if profile.get("host"):
+        print("\n### the host: self CPU time of each op, by stage\n")
+        table(profile["host"])
 
 
 def _use_per_event_grads() -> None:

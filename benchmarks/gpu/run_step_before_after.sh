@@ -8,6 +8,7 @@
 # sanitize.py, as long as DEADLINE (560 s) allows. Results to $OUT: step_before_after.md,
 # before_after.md, *.json, logs.tgz.
 #   BEFORE=<older tree> DV365_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu/run_step_before_after.sh
+# SKIP_BUILD=1 (a warm machine's builds), SKIP_OPS=1 skip those stages.
 # (make the older tree with `git archive <commit> | tar -x -C <path>`; pass it to the device tool with carry)
 set -u
 OUT=${OUT:-$PWD/gpu-out}
@@ -23,20 +24,22 @@ target_build() {  # tree, target
   CMAKE_BUILD_PARALLEL_LEVEL=8 $PY -m pip install -q --no-build-isolation --no-deps --target "$2" "$1" \
     -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 -Cbuild-dir="$2.build" >"$LOGS/$(basename "$2").log" 2>&1
 }
-target_build "$BEFORE" /tmp/ba_before & pb=$!
-target_build "$REPO" /tmp/ba_after & pa=$!
-wait $pb; rb=$?
-wait $pa; ra=$?
-stamp "build before rc=$rb after rc=$ra"
-if [ $rb -ne 0 ] || [ $ra -ne 0 ]; then tail -30 "$LOGS"/ba_*.log | tee -a "$MD"; exit 1; fi
+if [ -z "${SKIP_BUILD:-}" ]; then
+  target_build "$BEFORE" /tmp/ba_before & pb=$!
+  target_build "$REPO" /tmp/ba_after & pa=$!
+  wait $pb; rb=$?
+  wait $pa; ra=$?
+  stamp "build before rc=$rb after rc=$ra"
+  if [ $rb -ne 0 ] || [ $ra -ne 0 ]; then tail -30 "$LOGS"/ba_*.log | tee -a "$MD"; exit 1; fi
+fi
 cd /tmp || exit 1
-with() { local label=$1; shift; env PYTHONPATH=/tmp/ba_$label "$@"; }
 
 DATA=/tmp/w40k
 [ -d $DATA ] || timeout "$(limit 120)" env PYTHONPATH=/tmp/ba_after $PY -m dv365.cli synth --users ${USERS:-64} \
   --out $DATA --seed 0 >"$LOGS/synth.log" 2>&1
 stamp "synth $(tail -1 "$LOGS/synth.log" 2>/dev/null)"
 
+if [ -z "${SKIP_OPS:-}" ]; then
 BA=$REPO/benchmarks/gpu/before_after.py
 W=/tmp/ba_w40k.pt
 with after $PY $BA save --path $W >"$LOGS/ops_save.log" 2>&1
@@ -50,17 +53,18 @@ done
 $PY $BA compare "${runs[@]}" --md "$OUT/before_after.md" >>"$LOGS/ops_time.log" 2>&1
 stamp "ops before/after: ${#runs[@]} runs"
 cat "$OUT/before_after.md" >>"$MD" 2>/dev/null
+fi
 
 STEP="--w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10} --compile-mode reduce-overhead"
-run step_before 150 with before $PY "$BEFORE/benchmarks/bench_train.py" $STEP --out "$OUT/train_before.json"
-run step_after 170 with after $PY "$REPO/benchmarks/bench_train.py" $STEP --profile 3 --out "$OUT/train_after.json"
-run table_update 60 with after $PY "$REPO/benchmarks/bench_table_update.py" --device cuda --out "$OUT/table_update.json"
+run step_before 150 env PYTHONPATH=/tmp/ba_before $PY "$BEFORE/benchmarks/bench_train.py" $STEP --out "$OUT/train_before.json"
+run step_after 170 env PYTHONPATH=/tmp/ba_after $PY "$REPO/benchmarks/bench_train.py" $STEP --profile 3 --out "$OUT/train_after.json"
+run table_update 60 env PYTHONPATH=/tmp/ba_after $PY "$REPO/benchmarks/bench_table_update.py" --device cuda --out "$OUT/table_update.json"
 T="$PY -m pytest -q -x -p no:cacheprovider --rootdir $REPO"
-run tests 240 with after $T $(for f in ${TEST_FILES:-test_deferred_checks test_bad_inputs test_slicing test_cuda_graphs \
+run tests 240 env PYTHONPATH=/tmp/ba_after $T $(for f in ${TEST_FILES:-test_deferred_checks test_bad_inputs test_slicing test_cuda_graphs \
   test_optim test_models test_train}; do echo "$REPO/tests/$f.py"; done)
-run tests_knobs 150 with after $T "$REPO/tests/test_cuda.py" -k "grouped_windows or kernel_variants"
-run memcheck 120 with after compute-sanitizer --tool memcheck --error-exitcode 1 $PY "$REPO/benchmarks/gpu/sanitize.py"
-run racecheck 200 with after compute-sanitizer --tool racecheck --error-exitcode 1 $PY "$REPO/benchmarks/gpu/sanitize.py"
+run tests_knobs 150 env PYTHONPATH=/tmp/ba_after $T "$REPO/tests/test_cuda.py" -k "grouped_windows or kernel_variants"
+run memcheck 120 env PYTHONPATH=/tmp/ba_after compute-sanitizer --tool memcheck --error-exitcode 1 $PY "$REPO/benchmarks/gpu/sanitize.py"
+run racecheck 200 env PYTHONPATH=/tmp/ba_after compute-sanitizer --tool racecheck --error-exitcode 1 $PY "$REPO/benchmarks/gpu/sanitize.py"
 cd "$REPO" || exit 1
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
 stamp done
