@@ -291,31 +291,58 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
     if method == "per column" or (method == "sort" and len(columns) == 1):
         per_column = [torch.unique(c, sorted=True, return_inverse=True) for c in columns]
     else:
-        shift_t = torch.tensor(shift, dtype=torch.int64).to(device, non_blocking=True)
-        flat = (torch.stack(columns) + shift_t[:-1, None]).view(-1)
+        # every step of a training run renumbers the same tables' columns: the few tensors that depend only on
+        # their sizes are kept, and the steps below are the fewest ops (each costs host time, which a W40K step
+        # runs short of)
+        shift_t, local = _column_constants(device, tuple(span))
+        flat = torch.stack(columns)
+        flat += shift_t[:-1, None]
+        flat = flat.view(-1)
         if method == "mark":
-            # mark[1 + row] = 1 for every touched row; csum[k] = the touched rows below row k
-            mark = torch.zeros(shift[-1] + 1, dtype=torch.int32, device=device)
-            mark[flat + 1] = 1
+            # mark[1 + row] for every touched row; csum[k] = the touched rows below row k
+            mark = torch.zeros(shift[-1] + 1, dtype=torch.bool, device=device)
+            mark[1:].index_fill_(0, flat, True)
             csum = torch.cumsum(mark, 0)
-            bounds = csum[shift_t].tolist()
-            # touched row k goes to slot csum[k], the others to a spare last slot (its value is dropped)
-            slot = torch.where(mark[1:].bool(), csum[:-1], bounds[-1])
+            starts = csum.index_select(0, shift_t)  # where each column's touched rows start
+            bounds = starts.tolist()
+            # touched row k goes to slot csum[k], the others to a spare last slot (its value is dropped); the value
+            # is the row within its column
+            slot = torch.where(mark[1:], csum[:-1], bounds[-1])
             uniq = torch.empty(bounds[-1] + 1, dtype=torch.int64, device=device)
-            uniq.scatter_(0, slot, torch.arange(shift[-1], device=device))
+            uniq.scatter_(0, slot, local)
             uniq = uniq[:-1]
-            inverse = csum[flat]
+            inverse = csum.index_select(0, flat).view(len(columns), -1)
+            inverse -= starts[:-1, None]
+            per_column = [(uniq[bounds[c]:bounds[c + 1]], inverse[c]) for c in range(len(columns))]
         else:
             uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
             bounds = [0, *torch.searchsorted(uniq, shift_t[1:-1]).tolist(), uniq.numel()]
-        inverse = inverse.view(len(columns), -1)
-        per_column = []
-        for c in range(len(columns)):
-            lo, hi = bounds[c], bounds[c + 1]
-            per_column.append((uniq[lo:hi] - shift[c] if shift[c] else uniq[lo:hi],
-                               inverse[c] - lo if lo else inverse[c]))
+            inverse = inverse.view(len(columns), -1)
+            per_column = []
+            for c in range(len(columns)):
+                lo, hi = bounds[c], bounds[c + 1]
+                per_column.append((uniq[lo:hi] - shift[c] if shift[c] else uniq[lo:hi],
+                                   inverse[c] - lo if lo else inverse[c]))
     key_of = [column_of[_storage_key(i)] for i in ids]
     return [per_column[c][0] for c in key_of], [per_column[c][1] for c in key_of]
+
+
+_COLUMN_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _column_constants(device: torch.device, span: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For columns of ``span`` rows stacked: where each starts (``[C + 1]``) and every stacked row's row within its
+    column (``[sum(span)]``), on ``device``; made once per (device, span) and kept (a handful per process)."""
+    key = (device, span)
+    hit = _COLUMN_CONSTANTS.get(key)
+    if hit is None:
+        shift = torch.tensor([0, *span], dtype=torch.int64).cumsum(0)
+        local = torch.cat([torch.arange(n, dtype=torch.int64) for n in span]) if span else shift[:0]
+        hit = (shift.to(device), local.to(device))
+        if len(_COLUMN_CONSTANTS) >= 16:
+            _COLUMN_CONSTANTS.pop(next(iter(_COLUMN_CONSTANTS)))
+        _COLUMN_CONSTANTS[key] = hit
+    return hit
 
 
 def _unique_method(device: torch.device, rows: int, events: int) -> str:
