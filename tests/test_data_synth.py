@@ -76,22 +76,30 @@ def test_popularity_is_skewed():
 def test_long_history_signal(tmp_path):
     """Interest recovered from the full history beats the last events only (the long-history signal).
 
-    Ratio of the window to the history as at the default size (500 of 40,000): here 50 of 4,000."""
+    Ratio of the window to the history as at the default size (500 of 40,000): here 50 of 4,000. One draw of 300
+    users is a noisy estimate (a fresh seed fell short of the margin about once in fifty runs), so three fresh
+    draws vote: their median must show the signal."""
     cfg = SynthConfig(mean_length=4000, num_items=100_000, num_authors=10_000, num_topics=1_000, users_per_shard=150)
-    generate(300, _fresh_seed(), cfg).write(tmp_path / "ds")
-    ds = open_dataset(tmp_path / "ds")
-    auc = {}
-    for window in (None, 50):
-        hist, topic, label = [], [], []
-        for b in Loader(ds, batch_size=128, max_events=window, prefetch=0):
-            ti, oi = b.implicit.column("topic_id").numpy(), b.implicit.offsets.numpy()
-            te, oe = b.explicit.column("topic_id").numpy(), b.explicit.offsets.numpy()
-            hist += [np.concatenate([ti[oi[i] : oi[i + 1]], te[oe[i] : oe[i + 1]]]) for i in range(len(b.examples))]
-            topic.append(b.examples.topic_id.numpy())
-            label.append(b.examples.labels[:, TASKS.index("video_complete")].numpy())
-        auc[window] = topic_share_auc(hist, np.concatenate(topic), np.concatenate(label))
-    assert auc[None] > 0.6  # the interest model works at all
-    assert auc[None] > auc[50] + 0.02, auc
+    results = []
+    for k in range(3):
+        seed = _fresh_seed()
+        generate(300, seed, cfg).write(tmp_path / f"ds{k}")
+        ds = open_dataset(tmp_path / f"ds{k}")
+        auc = {}
+        for window in (None, 50):
+            hist, topic, label = [], [], []
+            for b in Loader(ds, batch_size=128, max_events=window, prefetch=0):
+                ti, oi = b.implicit.column("topic_id").numpy(), b.implicit.offsets.numpy()
+                te, oe = b.explicit.column("topic_id").numpy(), b.explicit.offsets.numpy()
+                hist += [np.concatenate([ti[oi[i] : oi[i + 1]], te[oe[i] : oe[i + 1]]]) for i in range(len(b.examples))]
+                topic.append(b.examples.topic_id.numpy())
+                label.append(b.examples.labels[:, TASKS.index("video_complete")].numpy())
+            auc[window] = topic_share_auc(hist, np.concatenate(topic), np.concatenate(label))
+        results.append((seed, auc[None], auc[None] - auc[50]))
+    full = sorted(r[1] for r in results)[1]
+    gap = sorted(r[2] for r in results)[1]
+    assert full > 0.6, results  # the interest model works at all
+    assert gap > 0.02, results
 
 
 def test_topic_share_auc():
