@@ -206,6 +206,43 @@ def test_not_a_store(tmp_path):
         open_store("s3://bucket/x")
 
 
+_CREATE_TOGETHER = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {tests!r})
+from dv365.store import open_store
+from store_helpers import write_version
+k, start = int(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+store = open_store({path!r}, create=True)
+write_version(store, f"v{{k}}", np.arange(10 * k, 10 * k + 6), tag=k, parts=2)
+store.close()
+"""
+
+
+def test_lmdb_created_by_several_processes_at_once(tmp_path):
+    """Processes that create the same new store at the same moment end with one store holding every version: the
+    first init wins, the others take part in it (none fails on the directory the others are filling, none resets
+    the version counter another already advanced)."""
+    path = str(tmp_path / "store")
+    code = _CREATE_TOGETHER.format(tests=str(pathlib.Path(__file__).parent), path=path)
+    for attempt in range(3):  # fresh stores, so the processes race at a different moment each time
+        path_k = f"{path}{attempt}"
+        start = time.time() + 1.5
+        procs = [subprocess.Popen([sys.executable, "-c", code.replace(repr(path), repr(path_k)), str(k), str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(1, 5)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err[-2000:]
+        store = open_store(path_k)
+        for k in range(1, 5):
+            ids = np.arange(10 * k, 10 * k + 6)
+            res = store.get(ids, version=f"v{k}")
+            assert bool(res.found.all()), k
+            np.testing.assert_array_equal(res.records.numpy(), records_for(ids, k))
+        store.close()
+
+
 def test_not_a_store_redis(redis_server):
     with pytest.raises(StoreError, match=r"no dv365 store at redis://.*prefix 'nothing_here' holds no"):
         open_store(redis_server.url("nothing_here"))

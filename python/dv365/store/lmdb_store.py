@@ -81,6 +81,9 @@ def record_keys(vid: int, ids: np.ndarray) -> list[bytes]:
     return [prefix + raw[i:i + 8] for i in range(0, len(raw), 8)]
 
 
+_LMDB_FILES = {"data.mdb", "lock.mdb"}
+
+
 class _SharedEnv:
     """One LMDB environment per process and directory: LMDB's locks belong to the (process, file) pair, so
     every store object of a process that opens the same directory shares it (and its writer lock)."""
@@ -98,7 +101,9 @@ class _SharedEnv:
                 raise StoreError(f"open_store: {path} {what} (create=True makes a new store)")
             if os.path.exists(path) and not os.path.isdir(path):
                 raise StoreError(f"open_store: {path} is a file, not a store directory")
-            if os.path.isdir(path) and os.listdir(path):
+            # LMDB's own files alone: another process is creating the store right now (its init below is
+            # idempotent, so both end with one store)
+            if os.path.isdir(path) and set(os.listdir(path)) - _LMDB_FILES:
                 raise StoreError(f"open_store: {path} is a non-empty directory that is not a dv365 store; "
                                  f"give an empty or new directory")
             os.makedirs(path, exist_ok=True)
@@ -113,26 +118,33 @@ class _SharedEnv:
                 if "already open" in str(e) else ""
             raise StoreError(f"open_store: cannot open {path} as an LMDB store: {e}{hint}") from None
         try:
-            if fresh:
-                with self.env.begin(write=True) as txn:
-                    self.db = {n.decode(): self.env.open_db(n, txn=txn) for n in _DBS}
-                    txn.put(b"format", FORMAT.encode(), db=self.db["meta"])
-                    txn.put(b"next_vid", _VID.pack(1), db=self.db["meta"])
-                    txn.put(b"seq", struct.pack(">Q", 0), db=self.db["meta"])
-            else:
+            if not fresh:
                 with self.env.begin() as txn:
                     names = {bytes(k) for k in txn.cursor().iternext(values=False)}
-                if not set(_DBS) <= names:
+                # an environment without any database yet: another process opened it to create the store and has
+                # not committed its init; with create, take part in it
+                if not names and create and not readonly:
+                    fresh = True
+                elif not set(_DBS) <= names:
                     raise StoreError(f"open_store: {path} is an LMDB environment but not a dv365 store")
-                # outside a caller's transaction: handles opened in a read transaction die with it
-                self.db = {n.decode(): self.env.open_db(n, create=False) for n in _DBS}
-                with self.env.begin() as txn:
-                    fmt = txn.get(b"format", db=self.db["meta"])
-                    if fmt is None or bytes(fmt).decode() != FORMAT:
-                        raise StoreError(f"open_store: {path} has store format {fmt and bytes(fmt).decode()!r}, "
-                                         f"this dv365 reads {FORMAT!r}")
-                if not readonly:
-                    self.env.reader_check()  # slots of reader processes that were killed
+            if fresh:
+                # LMDB serialises write transactions across processes; the first init wins, a later one (another
+                # process creating the same store at the same time) finds the format written and changes nothing
+                with self.env.begin(write=True) as txn:
+                    self.db = {n.decode(): self.env.open_db(n, txn=txn) for n in _DBS}
+                    if txn.get(b"format", db=self.db["meta"]) is None:
+                        txn.put(b"format", FORMAT.encode(), db=self.db["meta"])
+                        txn.put(b"next_vid", _VID.pack(1), db=self.db["meta"])
+                        txn.put(b"seq", struct.pack(">Q", 0), db=self.db["meta"])
+            # outside a caller's transaction: handles opened in a read transaction die with it
+            self.db = {n.decode(): self.env.open_db(n, create=False) for n in _DBS}
+            with self.env.begin() as txn:
+                fmt = txn.get(b"format", db=self.db["meta"])
+                if fmt is None or bytes(fmt).decode() != FORMAT:
+                    raise StoreError(f"open_store: {path} has store format {fmt and bytes(fmt).decode()!r}, "
+                                     f"this dv365 reads {FORMAT!r}")
+            if not readonly:
+                self.env.reader_check()  # slots of reader processes that were killed
         except lmdb.Error as e:
             self.env.close()
             raise StoreError(f"open_store: {path} is not a readable dv365 store: {e}") from None
