@@ -226,6 +226,66 @@ def test_ddp_two_processes_match_one(data, tmp_path):
     assert load_checkpoint(tmp_path / "two")["world_size"] == 2
 
 
+def _sparse_grads_of(rank: int) -> list[torch.Tensor | None]:
+    """Rank ``rank``'s gradients for the average test: uneven sizes, repeated rows, an empty one, a missing one,
+    two widths and two dtypes."""
+    g = torch.Generator().manual_seed(100 + rank)
+
+    def sparse(rows, n, shape, dtype=torch.float32):
+        idx = torch.randint(0, rows, (n,), generator=g)
+        return torch.sparse_coo_tensor(idx[None], torch.randn(n, *shape[1:], generator=g).to(dtype), shape)
+
+    return [sparse(30, 7 + 5 * rank, (30, 4)), sparse(12, 3 * rank, (12, 4)), None if rank else sparse(9, 4, (9, 4)),
+            sparse(50, 11, (50, 6)), sparse(20, 5 + rank, (20, 4), torch.float64)]
+
+
+def _average_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from dv365.train.distributed import DistInfo, average_sparse_grads
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        shapes = [(30, 4), (12, 4), (9, 4), (50, 6), (20, 4)]
+        dtypes = [torch.float32] * 4 + [torch.float64]
+        params = [torch.nn.Parameter(torch.zeros(s, dtype=d)) for s, d in zip(shapes, dtypes)]
+        for p, grad in zip(params, _sparse_grads_of(rank)):
+            p.grad = grad
+        average_sparse_grads(params, DistInfo(rank, world, rank))
+        torch.save([p.grad.to_dense() for p in params], os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sparse_grads_averaged_over_two_gloo_processes(tmp_path):
+    """Every rank ends with the mean over ranks of every table's gradient (dense-equal), whatever each rank's row
+    count (none, repeated rows, a missing gradient), with tables of two widths and two dtypes in one call."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_average_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + 90
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail("the 2-process average did not finish in 90 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    shapes = [(30, 4), (12, 4), (9, 4), (50, 6), (20, 4)]
+    expected = []
+    for k, shape in enumerate(shapes):
+        dense = [g.to_dense() if g is not None else torch.zeros(shape) for g in (_sparse_grads_of(r)[k] for r in (0, 1))]
+        expected.append((dense[0] + dense[1].to(dense[0].dtype)) / 2)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for k, (a, b) in enumerate(zip(got, expected)):
+            torch.testing.assert_close(a, b.to(a.dtype), msg=f"rank {rank}, table {k}")
+
+
 def test_rowwise_adagrad_matches_its_formula():
     from dv365.train.optim import RowWiseAdagrad
 
