@@ -272,7 +272,7 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
     pool it."""
     column_of, columns, span = {}, [], []
     for i, n in zip(ids, num_rows):
-        key = _storage_key(i)
+        key = storage_key(i)
         if key not in column_of:
             column_of[key] = len(columns)
             columns.append(i)
@@ -323,7 +323,7 @@ def _unique_columns(ids: list[torch.Tensor], num_rows: list[int],
                 lo, hi = bounds[c], bounds[c + 1]
                 per_column.append((uniq[lo:hi] - shift[c] if shift[c] else uniq[lo:hi],
                                    inverse[c] - lo if lo else inverse[c]))
-    key_of = [column_of[_storage_key(i)] for i in ids]
+    key_of = [column_of[storage_key(i)] for i in ids]
     return [per_column[c][0] for c in key_of], [per_column[c][1] for c in key_of]
 
 
@@ -356,11 +356,13 @@ def _tracing(tensors: list[torch.Tensor]) -> bool:
     return torch.compiler.is_compiling() or torch._guards.detect_fake_mode(tensors) is not None
 
 
-def _storage_key(x: torch.Tensor) -> tuple:
-    """Equal for two views of the same elements (the pooling module passes each table a fresh view of its
-    column); a traced (fake) tensor has no data pointer, so it is only equal to itself."""
+def storage_key(x: torch.Tensor) -> tuple:
+    """Equal for two 1-D views of the same elements (the pooling module passes each table a fresh view of its
+    column, and autograd hands the row-wise Adagrad new tensors over one index tensor); a traced (fake) tensor has
+    no data pointer, so it is only equal to itself. The one identity the sparse backward and the table update both
+    group by (``data_ptr`` already counts the storage offset)."""
     try:
-        return (x.data_ptr(), x.storage_offset(), x.numel(), x.stride(0))
+        return (x.device, x.data_ptr(), x.numel(), x.stride(0))
     except RuntimeError:
         return (id(x),)
 

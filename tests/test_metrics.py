@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import time
 
 import pytest
 import torch
@@ -505,19 +504,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 
 def test_sync_over_two_gloo_processes(tmp_path):
-    import torch.multiprocessing as mp
+    from gloo_helpers import run_gloo_processes
 
-    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 60
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail("the 2-process sync did not finish in 60 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
+    run_gloo_processes(_worker, tmp_path, "the 2-process sync", timeout=60)
     # one process over all the examples, with the same batches and weights
     torch.manual_seed(1234)
     data = _examples(41)

@@ -260,21 +260,9 @@ def _average_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
 def test_sparse_grads_averaged_over_two_gloo_processes(tmp_path):
     """Every rank ends with the mean over ranks of every table's gradient (dense-equal), whatever each rank's row
     count (none, repeated rows, a missing gradient), with tables of two widths and two dtypes in one call."""
-    import time
+    from gloo_helpers import run_gloo_processes
 
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_average_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + 90
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail("the 2-process average did not finish in 90 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
+    run_gloo_processes(_average_worker, tmp_path, "the 2-process average", timeout=90)
     shapes = [(30, 4), (12, 4), (9, 4), (50, 6), (20, 4)]
     expected = []
     for k, shape in enumerate(shapes):

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dv365_ops.slicing import storage_key
+
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16,
               torch.float16: tl.float16}
 
@@ -201,7 +203,7 @@ def _update_sparse_on(device: torch.device, items: list) -> None:
     seg_of_item = []
     for weight, _, grad, *_ in items:
         ind = grad._indices()
-        key = (ind.data_ptr(), ind.shape[1], ind.stride(1))
+        key = storage_key(ind[0])
         if key not in segment_of:
             segment_of[key] = len(segments)
             segments.append([ind, 0, 0, 0])

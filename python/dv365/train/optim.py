@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 import dv365_ops
+from dv365_ops.slicing import storage_key
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
@@ -140,7 +141,7 @@ def _rows_and_sums(grad: torch.Tensor, uniques: dict) -> tuple[torch.Tensor | No
     if grad.is_coalesced():
         return grad.indices()[0], grad.values()
     idx, values = grad._indices()[0], grad._values()
-    key = (idx.device, idx.data_ptr(), idx.storage_offset(), idx.numel(), idx.stride(0))
+    key = storage_key(idx)
     if key not in uniques:
         uniques[key] = torch.unique(idx, return_inverse=True)
     rows, inverse = uniques[key]
