@@ -1,8 +1,8 @@
 #!/bin/bash
 # The W40K training step and the sliced_pool ops of an older tree against this one, on one GPU in one call. Both
-# trees are built at once, each into its own --target folder (an editable install would shadow PYTHONPATH), and
-# every stage runs from /tmp with PYTHONPATH naming its build, so nothing imports the source tree. Stages: the ops
-# on one saved W40K workload, each build twice, interleaved (before_after.py); bench_train on `dv365 synth` W40K
+# trees are built at once, each into its own --target folder (an editable install would shadow PYTHONPATH), and the
+# ops timed on one saved W40K workload, each build twice, interleaved: run_before_after.sh. Then every stage runs
+# from /tmp with PYTHONPATH naming its build, so nothing imports the source tree: bench_train on `dv365 synth` W40K
 # data (32 examples, D = 256, FSA, bf16, the head as CUDA graphs), before then after (after with --profile 3);
 # then this tree's CUDA tests (TEST_FILES), the knob variants of test_cuda.py, memcheck and racecheck of
 # sanitize.py, as long as DEADLINE (560 s) allows. Results to $OUT: step_before_after.md,
@@ -20,18 +20,12 @@ BEFORE=$(cd "${BEFORE:?BEFORE=<path to the older tree>}" && pwd)
 KEEP="users/s|examples/s|sync each|passed|failed|Error|error"
 source "$(dirname "$0")/_stages.sh"
 header
-target_build() {  # tree, target
-  CMAKE_BUILD_PARALLEL_LEVEL=8 $PY -m pip install -q --no-build-isolation --no-deps --target "$2" "$1" \
-    -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 -Cbuild-dir="$2.build" >"$LOGS/$(basename "$2").log" 2>&1
-}
-if [ -z "${SKIP_BUILD:-}" ]; then
-  target_build "$BEFORE" /tmp/ba_before & pb=$!
-  target_build "$REPO" /tmp/ba_after & pa=$!
-  wait $pb; rb=$?
-  wait $pa; ra=$?
-  stamp "build before rc=$rb after rc=$ra"
-  if [ $rb -ne 0 ] || [ $ra -ne 0 ]; then tail -30 "$LOGS"/ba_*.log | tee -a "$MD"; exit 1; fi
-fi
+# both builds and the ops' before/after: run_before_after.sh (which honours SKIP_BUILD and SKIP_OPS)
+OUT=$OUT BEFORE=$BEFORE PY=$PY bash "$(dirname "$0")/run_before_after.sh" >"$LOGS/before_after.log" 2>&1
+rc=$?
+stamp "builds and ops before/after rc=$rc"
+[ $rc -ne 0 ] && { tail -30 "$LOGS/before_after.log" | tee -a "$MD"; exit 1; }
+[ -z "${SKIP_OPS:-}" ] && cat "$OUT/before_after.md" >>"$MD" 2>/dev/null
 cd /tmp || exit 1
 
 DATA=/tmp/w40k
@@ -39,21 +33,6 @@ DATA=/tmp/w40k
   --out $DATA --seed 0 >"$LOGS/synth.log" 2>&1
 stamp "synth $(tail -1 "$LOGS/synth.log" 2>/dev/null)"
 
-if [ -z "${SKIP_OPS:-}" ]; then
-BA=$REPO/benchmarks/gpu/before_after.py
-W=/tmp/ba_w40k.pt
-with after $PY $BA save --path $W >"$LOGS/ops_save.log" 2>&1
-runs=()
-for i in 1 2; do
-  for label in before after; do
-    timeout "$(limit 60)" env PYTHONPATH=/tmp/ba_$label $PY $BA time --path $W --label "$label$i" \
-      --out /tmp/ba_$label$i.json >>"$LOGS/ops_time.log" 2>&1 && runs+=(/tmp/ba_$label$i.json)
-  done
-done
-$PY $BA compare "${runs[@]}" --md "$OUT/before_after.md" >>"$LOGS/ops_time.log" 2>&1
-stamp "ops before/after: ${#runs[@]} runs"
-cat "$OUT/before_after.md" >>"$MD" 2>/dev/null
-fi
 
 STEP="--w40k --data $DATA --device cuda --bf16 --steps ${STEPS:-10} --compile-mode reduce-overhead"
 run step_before 150 env PYTHONPATH=/tmp/ba_before $PY "$BEFORE/benchmarks/bench_train.py" $STEP --out "$OUT/train_before.json"
