@@ -10,6 +10,8 @@
 # (the wrappers and their autograd then call the Triton ops; test_triton.py calls them directly in the native set).
 # The device tool returns at most 8 files from $OUT: PACK=1 (default) leaves versions.txt, bench.md, bench.json,
 # junit_native.xml, junit_triton.xml, rest/bench.{md,json} and one logs.tgz.
+# WHEELS=<folder of wheels> installs them into $PY first (no index: the GPU machine has no network), e.g. lmdb, which
+# the store tests need and the device image lacks.
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT/logs"
@@ -33,6 +35,11 @@ limit() { local left=$((${DEADLINE:-570} - ($(date +%s) - T0))); [ "$left" -lt "
   compute-sanitizer --version | head -2
   if [ -n "${DV365_COMMIT:-}" ]; then echo "commit $DV365_COMMIT"; else echo "commit $(git rev-parse HEAD) (the device copy of .git: may be stale)"; fi
 } 2>&1 | tee -a "$OUT/versions.txt"
+
+if [ -n "${WHEELS:-}" ]; then
+  $PY -m pip install -q --no-deps --no-index "$WHEELS"/*.whl 2>&1 | tail -3 | tee -a "$OUT/versions.txt"
+fi
+$PY -c 'import lmdb; print("lmdb", lmdb.__version__)' 2>&1 | tail -1 | tee -a "$OUT/versions.txt"
 
 if [[ " $STAGES " == *" build "* ]]; then
   $PY -m pip install --no-build-isolation --no-deps -e . \
