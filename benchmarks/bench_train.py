@@ -3,8 +3,9 @@
 Stages, each timed alone with a device sync around it (medians over the timed steps):
 loader (one batch, no prefetch), host-to-device copy, pooling forward (the fused ``sliced_pool``), tower +
 backbone forward and loss, their backward, the pooling backward (sparse rows or dense table gradients), the
-dense optimizer and the sparse optimizer. A separate "step" row times the whole step without the syncs
-(the loader prefetching beside it), i.e. what training runs at.
+dense optimizer and the sparse optimizer. Separate "whole step" rows time the step without the syncs, the loader
+prefetching beside it (its batches built in worker processes and in threads, ``--loader-modes``), i.e. what
+training runs at, and the model's step alone on batches already on the device.
 
     python benchmarks/bench_train.py                         # CPU size: 8 users of ~4,000 events, D = 64
     python benchmarks/bench_train.py --w40k                  # W40K: 32 users of 10k-70k events, D = 256, FSA (GPU)
@@ -93,6 +94,9 @@ def main() -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="N more staged steps under torch.profiler: the top kernels (CUDA) or ops (CPU), overall and per stage")
     p.add_argument("--profile-top", type=int, default=25, help="rows of the profile tables")
+    p.add_argument("--loader-modes", default="process,thread",
+                   help="the loader's builders for the whole-step rows (comma list of process, thread); the first is "
+                        "the result's step_ms")
     p.add_argument("--host-profile", type=int, default=0, metavar="N",
                    help="N more model steps (batches on the device, no syncs) under cProfile: where the host's time "
                         "goes, by Python function")
@@ -133,11 +137,11 @@ def main() -> int:
         optimizers = build_optimizers(model, cfg)
         if compile_mode is not None:
             model.compile_head(mode=compile_mode)
-        loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=0, drop_last=True)
+        # the loader stage: one batch built in this process, nothing ahead
+        loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=0, drop_last=True, workers=1, mode="thread")
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(device.type, enabled=False)
         timer = Timer(device)
         events: list[int] = []
-        users_per_batch: list[int] = []
 
         def batches():
             while True:
@@ -172,7 +176,6 @@ def main() -> int:
                 with timer("sparse optimizer (tables)"):
                     optimizers["sparse"].step()
             events.append((int(b.explicit.offsets[-1]) + int(b.implicit.offsets[-1])) / len(ex))
-            users_per_batch.append(int(ex.user_id.unique().numel()))
 
 
         for step in range(args.steps + 2):  # two warm-up steps (compile, allocator)
@@ -180,23 +183,19 @@ def main() -> int:
             if step < 2:
                 timer.times.clear()
                 events.clear()
-                users_per_batch.clear()
         profile = None
         if args.profile:  # more staged steps, kept out of the timings
-            kept = ({k: list(v) for k, v in timer.times.items()}, len(events), len(users_per_batch))
+            kept = ({k: list(v) for k, v in timer.times.items()}, len(events))
             try:
                 profile = _profile(staged_step, device, args.profile, args.profile_top)
             except Exception as e:  # the timings still count when the profiler fails
                 print(f"--profile failed: {type(e).__name__}: {e}", file=sys.stderr)
             timer.times = kept[0]
-            del events[kept[1]:], users_per_batch[kept[2]:]
+            del events[kept[1]:]
 
-        # the whole step as training runs it: no syncs between stages, the loader prefetching
-        loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=2, drop_last=True)
-        it = batches()
-        for b in [next(it) for _ in range(2)]:
-            _step(model, optimizers, b.to(device), autocast, a)
-        _sync(device)
+        # the whole step as training runs it: no syncs between stages, the loader prefetching (its batches built
+        # in worker processes or in threads: threads take the GIL from the step's kernel dispatch)
+        modes = [m for m in args.loader_modes.split(",") if m]
 
         def whole_steps() -> float:
             t0 = time.perf_counter()
@@ -205,10 +204,20 @@ def main() -> int:
             _sync(device)
             return (time.perf_counter() - t0) / args.steps
 
-        # as `dv365 train` runs on CUDA: the ops' data checks deferred to the log step (dv365_ops.deferred), so
-        # no op synchronises; then with every op checking its input at the call
-        with dv365_ops.deferred_checks(device.type == "cuda"):
-            step_s = whole_steps()
+        step_by_mode: dict[str, float] = {}
+        for mode in modes:
+            loader.close()
+            loader = Loader(ds, batch, cfg.data.gap, shuffle=False, prefetch=2, drop_last=True, mode=mode)
+            it = batches()
+            for b in [next(it) for _ in range(2)]:
+                _step(model, optimizers, b.to(device), autocast, a)
+            _sync(device)
+            # as `dv365 train` runs on CUDA: the ops' data checks deferred to the log step (dv365_ops.deferred), so
+            # no op synchronises
+            with dv365_ops.deferred_checks(device.type == "cuda"):
+                step_by_mode[f"{mode} ({loader.workers} workers)"] = whole_steps()
+        step_s = next(iter(step_by_mode.values()))
+        # then with every op checking its input at the call
         step_checked_s = whole_steps() if device.type == "cuda" else step_s
         # the model's step alone (pooling + tower + backbone + optimizers, what the 12 ms target counts): batches
         # already on the device, cycled, so neither the loader nor the copy can hold it up (with a small dataset
@@ -252,10 +261,10 @@ def main() -> int:
             "mean_events_per_example": float(np.mean(events)), "generate_s": gen_s,
             "params": sum(p.numel() for p in model.parameters()),
             "table_params": sum(p.numel() for p in model.pooling.tables.values())}
-    users_s = float(np.mean(users_per_batch)) / step_s
     result = {"info": info, "stages": rows, "sum_of_stages_ms": compute * 1e3, "step_ms": step_s * 1e3,
+              "step_ms_by_loader_mode": {k: v * 1e3 for k, v in step_by_mode.items()},
               "step_checked_at_the_call_ms": step_checked_s * 1e3, "model_step_ms": model_step_s * 1e3,
-              "examples_per_s": batch / step_s, "users_per_s": users_s}
+              "examples_per_s": batch / step_s}
     if profile is not None:
         result["profile"] = profile
     print(f"# training step, {info['workload']} ({batch} examples of {info['mean_events_per_example']:,.0f} events, "
@@ -268,13 +277,14 @@ def main() -> int:
         share = f"{100 * r['share_of_step']:.0f} %" if r["share_of_step"] is not None else "(overlapped)"
         print(f"| {r['stage']} | {r['ms']:.2f} | {share} |")
     print(f"| **sum of the compute stages** | **{compute * 1e3:.2f}** | |")
-    print(f"| **whole step, no syncs, loader prefetching** | **{step_s * 1e3:.2f}** | "
-          f"{batch / step_s:,.0f} examples/s, {users_s:,.0f} users/s |")
+    for mode, t in step_by_mode.items():
+        print(f"| **whole step, no syncs, loader prefetching: {mode}** | **{t * 1e3:.2f}** | "
+              f"{batch / t:,.0f} examples/s |")
     if device.type == "cuda":
-        print(f"| whole step, each op checking its input at the call (a sync each) | {step_checked_s * 1e3:.2f} | "
-              f"{batch / step_checked_s:,.0f} examples/s |")
+        print(f"| whole step, each op checking its input at the call (a sync each; loader: {modes[-1]}) | "
+              f"{step_checked_s * 1e3:.2f} | {batch / step_checked_s:,.0f} examples/s |")
     print(f"| **the model's step alone: batches already on the device, no syncs** | **{model_step_s * 1e3:.2f}** | "
-          f"{batch / model_step_s:,.0f} examples/s, {float(np.mean(users_per_batch)) / model_step_s:,.0f} users/s |")
+          f"{batch / model_step_s:,.0f} examples/s |")
     if info["cudagraph_skips"]:
         print(f"\nCUDA graphs were skipped {info['cudagraph_skips']} time(s) (TORCH_LOGS=perf_hints says why)")
     if profile is not None:

@@ -101,10 +101,14 @@ def test_rank_argument_errors(data):
 
 
 # exact resume -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shuffle,world_size", [(False, 1), (True, 1), (True, 2)])
-def test_resume_matches_uninterrupted(data, shuffle, world_size):
+@pytest.mark.parametrize("shuffle,world_size,mode", [(False, 1, "thread"), (True, 1, "thread"), (True, 2, "thread"),
+                                                     (True, 2, "process")])
+def test_resume_matches_uninterrupted(data, shuffle, world_size, mode):
+    if mode == "process" and not dv365.data.procs.available():
+        pytest.skip("worker processes need Linux")
     ds, _ = data
-    kw = dict(batch_size=3, shuffle=shuffle, seed=4, world_size=world_size, rank=world_size - 1, pin_memory=False)
+    kw = dict(batch_size=3, shuffle=shuffle, seed=4, world_size=world_size, rank=world_size - 1, pin_memory=False,
+              mode=mode, workers=2)
     ref = Loader(ds, **kw)
     ref.set_epoch(2)
     whole = list(ref) + list(ref)  # epochs 2 and 3
@@ -555,6 +559,60 @@ def test_process_workers_stop_on_keyboard_interrupt_and_when_collected(data):
     assert (sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []) == shm  # arenas are memfds
     with pytest.raises(ValueError, match="mode must be"):
         UserLoader(ds, 4, cutoff=0, mode="fork")
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+@pytest.mark.parametrize("kw", [dict(batch_size=4), dict(batch_size=3, shuffle=True, seed=2, max_events=7),
+                                dict(batch_size=2, world_size=3, rank=1, shuffle=True, validate=True),
+                                dict(batch_size=5, drop_last=True, gap=3 * 86400, shards=[2, 0])])
+def test_training_loader_processes_equal_threads_over_epochs(data, kw):
+    ds, _ = data
+    ref = Loader(ds, mode="thread", workers=1, pin_memory=False, **kw)
+    proc = Loader(ds, mode="process", workers=3, pin_memory=False, **kw)
+    assert proc.uses_processes and not ref.uses_processes
+    for epoch in range(2):  # shuffled epochs differ; the same workers serve both
+        a, b = list(ref), list(proc)
+        assert len(a) == len(b) == len(ref) > 0
+        assert all(_batch_equal(x, y) for x, y in zip(a, b)), epoch
+        pids = [p.pid for p in proc._pool.procs] if epoch == 0 else pids
+    assert [p.pid for p in proc._pool.procs] == pids and len(_children()) == 3
+    proc.close()
+    assert not _children()
+    assert not Loader(ds, mode="auto", workers=1).uses_processes  # one worker: a thread (no process to feed)
+    with pytest.raises(ValueError, match="Loader: mode must be"):
+        Loader(ds, mode="fork")
+    with pytest.raises(ValueError, match="Loader: workers must be >= 1, got 0"):
+        Loader(ds, workers=0)
+
+
+@pytest.mark.skipif(not dv365.data.procs.available(), reason="worker processes need Linux")
+def test_training_loader_worker_failure_names_the_batch(data, monkeypatch):
+    ds, _ = data
+
+    def broken(self, start, end, outs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(loader_module._Timeline, "fill", broken)  # inherited by the forked workers
+    loader = Loader(ds, 4, mode="process", workers=2, pin_memory=False)
+    with pytest.raises(RuntimeError, match=r"(?s)Loader: loader worker 0 \(pid \d+\) failed on batch 0 "
+                                           r"\(shard 0, 4 examples\).*disk gone"):
+        list(loader)
+    assert loader._pool is None and not _children()
+    assert loader.state_dict()["batches"] == 0  # nothing was received: a resume starts at the first batch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_training_loader_processes_pinned_batches_copy_to_the_device(data):
+    ds, _ = data
+    ref = list(Loader(ds, 3, mode="thread", workers=1, pin_memory=False))
+    loader = Loader(ds, 3, mode="process", workers=2, pin_memory=True)
+    got = []
+    for b in loader:
+        assert b.implicit.ts.is_pinned() and b.explicit.ids.is_pinned() and b.examples.labels.is_pinned()
+        got.append(b.to("cuda", non_blocking=True))  # the host batch is dropped at once: its arena is reused
+    torch.cuda.synchronize()
+    assert all(_batch_equal(g.to("cpu"), r) for g, r in zip(got, ref)) and len(got) == len(ref)
+    loader.close()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")

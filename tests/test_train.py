@@ -91,6 +91,8 @@ def test_config_overrides(tmp_path):
         ({"schedule": {"steps": 0}}, r"schedule\.steps must be >= 1"),
         ({"compile": True, "compile_mode": "reduce_overhead"}, r"compile_mode must be one of default, reduce-overhead"),
         ({"compile_mode": "reduce-overhead"}, r"compile_mode 'reduce-overhead' needs compile: true"),
+        ({"data": {"loader_mode": "fork"}}, r"data\.loader_mode must be auto, process or thread, got 'fork'"),
+        ({"data": {"workers": 0}}, r"data\.workers must be >= 1, got 0"),
     ],
 )
 def test_config_errors(data, match):

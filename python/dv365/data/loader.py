@@ -14,9 +14,10 @@ Batches are cut from one shard at a time, from the shard's columnar cache (``dv3
 memory-mapped) or, with ``cache=False``, from its Parquet files. Each row's cut point is found by a binary search
 within the user's events, done for all rows at once (for the export, once per shard: every user has the same
 cut-off); the rows are then copied as whole slices straight into the output tensors (pinned when CUDA is present,
-else memory the loader reuses), ``workers`` batches at a time, delivered in order: in threads (numpy releases the
-GIL while it copies) or, for the export, in worker processes writing into shared memory (``dv365.data.procs``). Batches do not straddle shards (a shard's
-last batch may be short unless ``drop_last``).
+else memory the loader reuses), ``workers`` batches at a time, delivered in order: in worker processes writing into
+shared memory (``dv365.data.procs``; the default where there are two or more workers) or in threads (numpy releases
+the GIL while it copies, but the threads' Python work still takes it from the consumer). Batches do not straddle
+shards (a shard's last batch may be short unless ``drop_last``).
 
 **Data-parallel training** (``rank`` / ``world_size``): the global batch of ``batch_size * world_size`` examples
 is cut exactly as a single-process loader with that batch size cuts it; rank r takes rows
@@ -276,13 +277,16 @@ class _Timeline:
             np.copyto(outs[4], self.fill_value, where=np.isnan(outs[4]))
 
 
-def _gather(tl: dict[str, _Timeline], user: np.ndarray, cutoff: np.ndarray, max_events: int | None, validate: bool,
-            pin: bool, arenas: _Arenas) -> list[TimelineBatch]:
-    """Both timelines of a batch, their tensors from one :class:`_Memory`."""
-    bounds = [tl[kind].bounds(user, cutoff, max_events) for kind in _KINDS]
-    shapes = [s for kind, (a, b) in zip(_KINDS, bounds) for s in tl[kind].shapes(user.size, int((b - a).sum()))]
-    mem = _Memory(shapes, pin, arenas)
-    return [tl[kind].gather(a, b, validate, mem) for kind, (a, b) in zip(_KINDS, bounds)]
+def _shapes(tl: dict[str, _Timeline], bounds: list[tuple[np.ndarray, np.ndarray]]) -> list:
+    """The output arrays of both timelines of a batch whose rows are ``bounds`` (per timeline: starts, ends)."""
+    return [s for kind, (a, b) in zip(_KINDS, bounds) for s in tl[kind].shapes(a.size, int((b - a).sum()))]
+
+
+def _timelines(arrays: list[torch.Tensor], validate: bool) -> list[TimelineBatch]:
+    """Both timelines from a worker-filled batch's arrays (the order of :func:`_shapes`)."""
+    make = TimelineBatch if validate else TimelineBatch.trusted
+    return [make(kind=kind, offsets=o, ts=t, ids=i, cats=c, floats=f)
+            for kind, (o, t, i, c, f) in zip(_KINDS, (arrays[:5], arrays[5:]))]
 
 
 def _nan_to(col: np.ndarray, value: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,7 +405,82 @@ def _check_state(who: str, state: dict[str, Any], mine: dict[str, Any]) -> None:
             raise ValueError(f"{who}.load_state_dict: the state has {key}={state[key]!r}, this loader {key}={value!r}")
 
 
-class Loader:
+class _Builders:
+    """Who builds a loader's batches: ``workers`` threads (:func:`_run`) or ``workers`` forked processes writing
+    whole batches into shared memory (``dv365.data.procs``). Both give the same batches in the same order. The
+    processes are kept between passes until :meth:`close` or until the loader is collected; a pass that ends early
+    (an error, the consumer stopping) stops them, so nothing in flight outlives it."""
+
+    def _init_builders(self, who: str, mode: str, workers: int | None) -> None:
+        if mode not in ("auto", "process", "thread"):
+            raise ValueError(f"{who}: mode must be 'auto', 'process' or 'thread', got {mode!r}")
+        if mode == "process" and not procs.available():
+            raise ValueError(f"{who}: mode='process' needs Linux (fork, memfd) outside a daemonic process")
+        self._who, self.mode = who, mode
+        self.workers = _default_workers(mode != "thread" and procs.available()) if workers is None else int(workers)
+        if self.workers < 1:
+            raise ValueError(f"{who}: workers must be >= 1, got {self.workers}")
+        self._arenas = _Arenas(keep=self.workers + max(0, self.prefetch) + 4)
+        self._pool: procs.ProcessPool | None = None
+
+    @property
+    def uses_processes(self) -> bool:
+        """Whether batches are built in worker processes (``mode``: 'auto' = processes for ``workers >= 2`` where
+        available, else threads)."""
+        if self.mode == "auto":
+            return self.workers >= 2 and procs.available()
+        return self.mode == "process"
+
+    def close(self) -> None:
+        """Stop the worker processes (they are kept between passes; also stopped when the loader is collected)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _build(self, tasks: Iterator[Any], make: Callable[[Any], Any], plan: Callable, finish: Callable) -> Iterator[Any]:
+        """The batches of ``tasks`` in order: ``make(task)`` in threads, or in the worker processes ``plan(task)``
+        -> ``(job, shapes, ctx, what)`` in this process (``job`` goes to :func:`_fill_in_worker`, which writes
+        arrays of ``shapes``) and ``finish(ctx, arrays)`` on the filled arrays."""
+        if not self.uses_processes:
+            return _run(tasks, make, self.workers, self.prefetch)
+        return self._processes(tasks, plan, finish)
+
+    def _processes(self, tasks: Iterator[Any], plan: Callable, finish: Callable) -> Iterator[Any]:
+        if self._pool is None or self._pool.closed:
+            dataset, fill_missing, cache = self.dataset, self.fill_missing, self._cache
+            self._pool = procs.ProcessPool(self.workers, lambda: _Shards(dataset, fill_missing, cache),
+                                           _fill_in_worker, self._who, pin=self.pin_memory,
+                                           keep=self.workers + max(0, self.prefetch) + 4)
+        pool = self._pool
+        depth = len(pool) + max(0, self.prefetch)
+        window: collections.deque = collections.deque()
+        seq, finished = 0, False
+
+        def receive() -> Any:
+            s, arena, ctx, shapes, what = window.popleft()
+            pool.result(s, what)
+            pool.release(arena)
+            return finish(ctx, [torch.from_numpy(a) for a in procs.carve(pool.bufs[arena], shapes)])
+
+        try:
+            for task in tasks:
+                job, shapes, ctx, what = plan(task)
+                arena = pool.take(procs.layout(shapes)[1])
+                pool.submit(seq, arena, job)
+                window.append((seq, arena, ctx, shapes, what))
+                seq += 1
+                if len(window) >= depth:
+                    yield receive()
+            while window:
+                yield receive()
+            finished = True
+        finally:
+            if not finished:  # an error, or the consumer stopped early: nothing in flight may outlive the pass
+                pool.close(graceful=False)
+                self._pool = None
+
+
+class Loader(_Builders):
     """Iterate :class:`Batch` es of ``batch_size`` examples (per rank) over ``dataset`` (module docstring).
 
     ``max_events``: keep only each timeline's most recent events (e.g. 500 for a short-history baseline).
@@ -412,8 +491,13 @@ class Loader:
     ``shards``: the shard indices to read (default all), in this order unless ``shuffle``.
     ``validate``: run ``TimelineBatch.validate`` on every batch (the shards are already checked on read).
     ``rank`` / ``world_size``: data-parallel training, ``batch_size`` per rank (module docstring).
-    ``workers``: threads building batches concurrently, in order (default: the usable cores divided by
-    ``LOCAL_WORLD_SIZE``, at most 8); ``prefetch``: finished batches kept ready beyond them.
+    ``mode``: who builds the batches — ``"process"``: ``workers`` forked processes writing whole batches into
+    shared memory (``dv365.data.procs``; they never hold this process's GIL, which the training step needs),
+    ``"thread"``: ``workers`` threads, ``"auto"`` (default): processes when ``workers >= 2`` on Linux, else
+    threads. Both give the same batches in the same order. ``workers`` default: for processes the usable cores
+    (shared by ``LOCAL_WORLD_SIZE`` ranks) minus one, 2 to 16; for threads the usable cores, at most 8.
+    ``prefetch``: finished batches kept ready beyond the workers'. Call :meth:`close` to stop the processes
+    before the loader is collected.
     ``cache``: the decoded columnar cache (``dv365.data.cache``): None = the default location, built on first
     use (``DV365_DATA_CACHE=0`` disables it), False = decode Parquet every epoch, a path = that directory.
 
@@ -440,6 +524,7 @@ class Loader:
         world_size: int = 1,
         workers: int | None = None,
         cache: bool | str | os.PathLike | None = None,
+        mode: str = "auto",
     ):
         _check_cut("Loader", batch_size, gap, max_events)
         if world_size < 1:
@@ -457,9 +542,9 @@ class Loader:
         _check_fill_missing(dataset, fill_missing, "Loader")
         self.fingerprint = dataset_fingerprint(dataset)
         self._rows = {k: dataset.manifest["shards"][k]["files"][EXAMPLES]["rows"] for k in self.shards}
-        self.workers = _default_workers() if workers is None else int(workers)
+        self._cache = cache
         self._shards = _Shards(dataset, fill_missing, cache)
-        self._arenas = _Arenas(keep=self.workers + max(0, prefetch) + 4)
+        self._init_builders("Loader", mode, workers)
         self.epoch = 0
         self._batches = 0  # batches of this epoch the consumer has received
 
@@ -521,20 +606,23 @@ class Loader:
                 yield k, (perm[lo:hi] if perm is not None else np.arange(lo, hi))
             skip = 0
 
-    def _make(self, task: tuple[int, np.ndarray]) -> Batch:
+    def _plan(self, task: tuple[int, np.ndarray]) -> tuple[dict[str, _Timeline], dict[str, np.ndarray], list, list]:
+        """Shard k's timelines, the batch's example columns, its rows per timeline and its output arrays' shapes."""
         k, sel = task
         tl, arrays = self._shards.get(k)
         ex = {c: arrays[f"{EXAMPLES}.{c}"][sel] for c in _EXAMPLE_COLUMNS}
-        user, req = ex["user_id"], ex["request_ts"]
-        cutoff = req - self.gap
-        timelines = _gather(tl, user, cutoff, self.max_events, self.validate, self.pin_memory, self._arenas)
+        cutoff = ex["request_ts"] - self.gap
+        bounds = [tl[kind].bounds(ex["user_id"], cutoff, self.max_events) for kind in _KINDS]
+        return tl, ex, bounds, _shapes(tl, bounds)
+
+    def _finish(self, ex: dict[str, np.ndarray], timelines: list[TimelineBatch]) -> Batch:
         labels = np.stack([ex[c] for c in LABEL_COLUMNS], axis=1)
         label_mask = ~np.isnan(labels)
         dur, dur_ok = _nan_to(ex["video_duration"], 0.0)
         watch, watch_ok = _nan_to(ex["watch_time"], 0.0)
         examples = Examples(
-            user_id=torch.from_numpy(user),
-            request_ts=torch.from_numpy(req),
+            user_id=torch.from_numpy(ex["user_id"]),
+            request_ts=torch.from_numpy(ex["request_ts"]),
             item_id=torch.from_numpy(ex["item_id"]),
             author_id=torch.from_numpy(ex["author_id"]),
             topic_id=torch.from_numpy(ex["topic_id"]),
@@ -548,16 +636,32 @@ class Loader:
         )
         return Batch(timelines[0], timelines[1], examples.pin_memory() if self.pin_memory else examples)
 
+    def _make(self, task: tuple[int, np.ndarray]) -> Batch:
+        tl, ex, bounds, shapes = self._plan(task)
+        mem = _Memory(shapes, self.pin_memory, self._arenas)
+        return self._finish(ex, [tl[kind].gather(a, b, self.validate, mem) for kind, (a, b) in zip(_KINDS, bounds)])
+
+    def _plan_job(self, task: tuple[int, np.ndarray]) -> tuple:
+        _, ex, bounds, shapes = self._plan(task)
+        return (task[0], bounds), shapes, ex, f" (shard {task[0]}, {task[1].size} examples)"
+
+    def _finish_job(self, ex: dict[str, np.ndarray], arrays: list[torch.Tensor]) -> Batch:
+        return self._finish(ex, _timelines(arrays, self.validate))
+
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
-        for batch in _run(self._tasks(epoch, self._batches), self._make, self.workers, self.prefetch):
-            self._batches += 1  # counted when the consumer receives it, however far the prefetcher is ahead
-            yield batch
+        source = self._build(self._tasks(epoch, self._batches), self._make, self._plan_job, self._finish_job)
+        try:
+            for batch in source:
+                self._batches += 1  # counted when the consumer receives it, however far the prefetcher is ahead
+                yield batch
+        finally:
+            source.close()
         if self.epoch == epoch:
             self.epoch, self._batches = epoch + 1, 0
 
 
-class UserLoader:
+class UserLoader(_Builders):
     """Iterate :class:`UserBatch` es of ``batch_size`` users: every user of ``dataset`` once, in user-id order, each
     history cut at ``ts < cutoff`` with ``request_ts = cutoff + gap`` (module docstring).
 
@@ -567,11 +671,9 @@ class UserLoader:
     straddle shards. ``max_events``, ``fill_missing``, ``prefetch``, ``pin_memory``, ``cache`` as for :class:`Loader`.
     ``mode``: who builds the batches — ``"process"``: ``workers`` forked processes writing whole batches into
     shared memory (``dv365.data.procs``; no GIL, so they scale with the cores), ``"thread"``: ``workers`` threads
-    as in :class:`Loader`, ``"auto"`` (default): processes when ``workers >= 2`` on Linux, else threads. Both give
-    the same batches in the same order. ``workers`` default: for processes the usable cores (shared by
-    ``LOCAL_WORLD_SIZE`` ranks) minus one, 2 to 16; for threads as for :class:`Loader`. The processes are kept
-    between passes until :meth:`close` or until the loader is collected; a pass that ends early (an error, the
-    consumer stopping) stops them.
+    as in :class:`Loader`, ``"auto"`` (default): processes when ``workers >= 2`` on Linux, else threads; ``workers``
+    as for :class:`Loader`. The processes are kept between passes until :meth:`close` or until the loader is
+    collected; a pass that ends early (an error, the consumer stopping) stops them.
     ``state_dict`` / ``load_state_dict`` resume an interrupted export at the next batch.
     """
 
@@ -616,34 +718,13 @@ class UserLoader:
         _check_fill_missing(dataset, fill_missing, "UserLoader")
         self.fingerprint = dataset_fingerprint(dataset)
         self._only_digest = None if only_users is None else hashlib.sha256(only_users.tobytes()).hexdigest()[:16]
-        self.workers = _default_workers(mode != "thread" and procs.available()) if workers is None else int(workers)
-        if mode not in ("auto", "process", "thread"):
-            raise ValueError(f"UserLoader: mode must be 'auto', 'process' or 'thread', got {mode!r}")
-        if mode == "process" and not procs.available():
-            raise ValueError("UserLoader: mode='process' needs Linux (fork, memfd) outside a daemonic process")
-        self.mode = mode
         self._cache = cache
         self._shards = _Shards(dataset, fill_missing, cache)
-        self._arenas = _Arenas(keep=self.workers + max(0, prefetch) + 4)
+        self._init_builders("UserLoader", mode, workers)
         self._users = {k: self._shard_users(k) for k in self.shards}
         self._batches = 0
         self._cuts: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self._cuts_lock = threading.Lock()
-        self._pool: procs.ProcessPool | None = None
-
-    @property
-    def uses_processes(self) -> bool:
-        """Whether batches are built in worker processes (``mode``: 'auto' = processes for ``workers >= 2`` where
-        available, else threads)."""
-        if self.mode == "auto":
-            return self.workers >= 2 and procs.available()
-        return self.mode == "process"
-
-    def close(self) -> None:
-        """Stop the worker processes (they are kept between passes; also stopped when the loader is collected)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
 
     def _shard_users(self, k: int) -> np.ndarray | tuple[int, int]:
         """Shard k's users to export: a range ``(lo, hi)``, or an array with ``only_users``."""
@@ -714,8 +795,7 @@ class UserLoader:
         tl, _ = self._shards.get(k)
         cuts = self._shard_cuts(k)
         bounds = [(cuts[kind][0][lo : lo + n], cuts[kind][1][lo : lo + n]) for kind in _KINDS]
-        shapes = [s for kind, (a, b) in zip(_KINDS, bounds) for s in tl[kind].shapes(n, int((b - a).sum()))]
-        return tl, bounds, shapes
+        return tl, bounds, _shapes(tl, bounds)
 
     def _finish(self, user: np.ndarray, timelines: list[TimelineBatch]) -> UserBatch:
         user_id = torch.from_numpy(user)
@@ -730,47 +810,16 @@ class UserLoader:
         mem = _Memory(shapes, self.pin_memory, self._arenas)
         return self._finish(user, [tl[kind].gather(a, b, False, mem) for kind, (a, b) in zip(_KINDS, bounds)])
 
-    def _processes(self, tasks: Iterator[tuple[int, int, np.ndarray]]) -> Iterator[UserBatch]:
-        """The batches of ``tasks`` built by the worker processes (``dv365.data.procs``), in order."""
-        if self._pool is None or self._pool.closed:
-            dataset, fill_missing, cache = self.dataset, self.fill_missing, self._cache
-            self._pool = procs.ProcessPool(self.workers, lambda: _Shards(dataset, fill_missing, cache),
-                                           _fill_in_worker, "UserLoader", pin=self.pin_memory,
-                                           keep=self.workers + max(0, self.prefetch) + 4)
-        pool = self._pool
-        depth = len(pool) + max(0, self.prefetch)
-        window: collections.deque = collections.deque()
-        seq, finished = 0, False
+    def _plan_job(self, task: tuple[int, int, np.ndarray]) -> tuple:
+        k, lo, user = task
+        _, bounds, shapes = self._plan(k, lo, user.size)
+        return (k, bounds), shapes, user, f" (shard {k}, users {int(user[0])}..{int(user[-1])})"
 
-        def receive() -> UserBatch:
-            s, arena, k, user, shapes = window.popleft()
-            pool.result(s, f" (shard {k}, users {int(user[0])}..{int(user[-1])})")
-            pool.release(arena)
-            arrays = [torch.from_numpy(a) for a in procs.carve(pool.bufs[arena], shapes)]
-            timelines = [TimelineBatch.trusted(kind=kind, offsets=o, ts=t, ids=i, cats=c, floats=f)
-                         for kind, (o, t, i, c, f) in zip(_KINDS, (arrays[:5], arrays[5:]))]
-            return self._finish(user, timelines)
-
-        try:
-            for k, lo, user in tasks:
-                _, bounds, shapes = self._plan(k, lo, user.size)
-                arena = pool.take(procs.layout(shapes)[1])
-                pool.submit(seq, arena, (k, bounds))
-                window.append((seq, arena, k, user, shapes))
-                seq += 1
-                if len(window) >= depth:
-                    yield receive()
-            while window:
-                yield receive()
-            finished = True
-        finally:
-            if not finished:  # an error, or the consumer stopped early: nothing in flight may outlive the pass
-                pool.close(graceful=False)
-                self._pool = None
+    def _finish_job(self, user: np.ndarray, arrays: list[torch.Tensor]) -> UserBatch:
+        return self._finish(user, _timelines(arrays, False))
 
     def __iter__(self) -> Iterator[UserBatch]:
-        tasks = self._tasks(self._batches)
-        source = self._processes(tasks) if self.uses_processes else _run(tasks, self._make, self.workers, self.prefetch)
+        source = self._build(self._tasks(self._batches), self._make, self._plan_job, self._finish_job)
         try:
             for batch in source:
                 self._batches += 1
@@ -781,11 +830,11 @@ class UserLoader:
 
 
 def _fill_in_worker(shards: _Shards, task: tuple[int, list], buf: np.ndarray) -> None:
-    """One export batch, in a worker process: shard k's rows ``bounds`` copied into ``buf`` (layout of
+    """One batch, in a worker process: shard k's rows ``bounds`` copied into ``buf`` (layout of
     :func:`dv365.data.procs.layout` over both timelines' shapes, as the parent planned it)."""
     k, bounds = task
     tl, _ = shards.get(k)
-    shapes = [s for kind, (a, b) in zip(_KINDS, bounds) for s in tl[kind].shapes(a.size, int((b - a).sum()))]
+    shapes = _shapes(tl, bounds)
     arrays = procs.carve(buf, shapes)
     for j, (kind, (a, b)) in enumerate(zip(_KINDS, bounds)):
         tl[kind].fill(a, b, arrays[5 * j : 5 * j + 5])

@@ -1,8 +1,9 @@
-"""Worker processes for the export loader: batches built in forked processes, straight into shared memory.
+"""Worker processes for the loaders: batches built in forked processes, straight into shared memory.
 
 Threads copying batches stop scaling at a few cores on a 16-core host (the GIL hand-offs between copies, and one
-address space whose page tables every thread's faults and unmaps serialize on), so :class:`~dv365.data.UserLoader`
-can build its batches in processes instead. The parent plans every batch (which shard rows, how many bytes) and
+address space whose page tables every thread's faults and unmaps serialize on), and their Python work takes the GIL
+from the consumer (a training step dispatching kernels), so :class:`~dv365.data.Loader` and
+:class:`~dv365.data.UserLoader` build their batches in processes instead. The parent plans every batch (which shard rows, how many bytes) and
 owns the memory; a worker only copies rows into it:
 
 - **Arenas.** Each batch is written into one *arena*: a ``memfd`` (anonymous shared memory with no name under

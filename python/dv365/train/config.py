@@ -25,7 +25,9 @@ class DataConfig:
     shuffle: bool = True
     fill_missing: float | None = None  # value for unknown durations / dwell times in the timelines (NaN in the data)
     prefetch: int = 2  # batches prepared ahead of the step
-    workers: int | None = None  # loader threads (None: the usable cores, split between local ranks)
+    workers: int | None = None  # loader workers (None: the usable cores, split between local ranks)
+    loader_mode: str = "auto"  # who builds batches: process (no GIL shared with the step), thread, auto (process
+    # where there are >= 2 workers on Linux)
 
 
 @dataclasses.dataclass
@@ -91,6 +93,10 @@ class TrainConfig:
             bad(f"data.batch_size must be >= 1, got {self.data.batch_size}")
         if self.data.gap < 0:
             bad(f"data.gap must be >= 0 seconds, got {self.data.gap}")
+        if self.data.loader_mode not in ("auto", "process", "thread"):
+            bad(f"data.loader_mode must be auto, process or thread, got {self.data.loader_mode!r}")
+        if self.data.workers is not None and self.data.workers < 1:
+            bad(f"data.workers must be >= 1, got {self.data.workers}")
         if self.schedule.steps < 1:
             bad(f"schedule.steps must be >= 1, got {self.schedule.steps}")
         if self.checkpoint.every < 1 or self.checkpoint.keep < 1:

@@ -23,7 +23,8 @@ def evaluate_model(model, dataset: Dataset, data: DataConfig, device: torch.devi
     was_training = model.training
     model.eval()
     loader = Loader(dataset, data.batch_size, data.gap, max_events=data.max_events, shuffle=False,
-                    prefetch=data.prefetch, fill_missing=data.fill_missing, workers=data.workers)
+                    prefetch=data.prefetch, fill_missing=data.fill_missing, workers=data.workers,
+                    mode=data.loader_mode)
     metrics = MetricSet(device=device)
     batches = loader
     if progress:
@@ -40,6 +41,7 @@ def evaluate_model(model, dataset: Dataset, data: DataConfig, device: torch.devi
                            model.watch_time_target(ex.watch_time), ex.watch_time_mask)
     finally:
         model.train(was_training)
+        loader.close()
     return metrics.compute()
 
 

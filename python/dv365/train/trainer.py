@@ -218,6 +218,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
     optimizers = build_optimizers(model, cfg)
     loader = Loader(dataset, cfg.data.batch_size, cfg.data.gap, max_events=cfg.data.max_events,
                     shuffle=cfg.data.shuffle, seed=cfg.seed, prefetch=cfg.data.prefetch, workers=cfg.data.workers,
+                    mode=cfg.data.loader_mode,
                     fill_missing=cfg.data.fill_missing, rank=info.rank, world_size=info.world_size,
                     drop_last=info.enabled or _static_shapes(cfg))
     if len(loader) == 0:
@@ -338,6 +339,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
         check_inputs(step)
     finally:
         dv365_ops.set_deferred_checks(previous_mode)
+        loader.close()  # its worker processes are idle from here (evaluation has its own loader)
     bar.close()
     if last_saved != step:
         save(step)
