@@ -7,10 +7,11 @@ users per shard) unless ``--dir`` holds one, then measures on the same data, cor
 first batches equal the Parquet path's):
 
 - the Parquet path (``cache=False``: every shard decoded from Parquet in the loop), the old baseline;
-- the columnar cache's build (once) and the cached paths with 1..N worker threads, for slice-run gathers (the
-  default for long rows) and index gathers (``np.take``, the default for short rows);
+- the columnar cache's build (once) and the cached training paths with 1..N worker threads and 1..N worker
+  processes (``--modes``; processes write whole batches into shared memory, ``dv365.data.procs``), for slice-run
+  gathers (the default for long rows), and with threads for index gathers (``np.take``, the default for short rows);
 - the export path (``UserLoader``, cut-off after the last event) with 1..N worker threads and 1..N worker
-  processes (``--modes``; processes write whole batches into shared memory, ``dv365.data.procs``);
+  processes;
 - with CUDA: pinned delivery plus the host-to-device copy of every batch (``batch.to("cuda", non_blocking=True)``),
   at the largest worker count.
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export-batch-size", type=int, default=32,
                    help="users per export batch (small enough that a pass has batches for every worker)")
     p.add_argument("--seconds", type=float, default=6.0, help="time per measured run")
-    p.add_argument("--modes", default="thread,process", help="export worker kinds to measure (comma list)")
+    p.add_argument("--modes", default="thread,process", help="worker kinds to measure (comma list)")
     args = p.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     info = _versions()
@@ -224,11 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     B, EB = args.batch_size, args.export_batch_size
     cutoff = int(ds.manifest["time_range"]["max_ts"]) + 1
-    parquet = lambda w: Loader(ds, B, prefetch=2, workers=w, cache=False, pin_memory=False)  # noqa: E731
-    cached = lambda w, pin=False: Loader(ds, B, prefetch=2, workers=w, cache=cache, pin_memory=pin)  # noqa: E731
+    parquet = lambda w: Loader(ds, B, prefetch=2, workers=w, cache=False, pin_memory=False, mode="thread")  # noqa: E731
+    cached = lambda w, pin=False, mode="thread": Loader(ds, B, prefetch=2, workers=w, cache=cache,  # noqa: E731
+                                                        pin_memory=pin, mode=mode)
     export = lambda w, pin=False, mode="thread": UserLoader(ds, EB, cutoff=cutoff, workers=w, cache=cache,  # noqa: E731
                                                            pin_memory=pin, mode=mode)
     export_label = {"thread": "cache, slice-run gather, threads", "process": "cache, worker processes, shared memory"}
+    train_label = {"thread": "cache, slice-run gather", "process": "cache, worker processes, shared memory"}
 
     runs.append(_measure("train", "Parquet decode in the loop (cache=False)", 1, lambda: parquet(1), args.seconds,
                          warm=False))
@@ -240,17 +243,18 @@ def main(argv: list[str] | None = None) -> None:
     cache_bytes = sum(f.stat().st_size for f in cache.rglob("*.npy"))
     print(f"cache: {cache_bytes / events_total:.1f} bytes per event, {build.wall_s:.1f} s", flush=True)
 
-    _check(Loader(ds, B, prefetch=0, cache=False, pin_memory=False), cached(max(workers)))
     for mode in modes:
+        _check(Loader(ds, B, prefetch=0, cache=False, pin_memory=False, mode="thread"), cached(max(2, max(workers)), mode=mode))
         _check(UserLoader(ds, EB, cutoff=cutoff, prefetch=0, cache=False, pin_memory=False),
                export(max(2, max(workers)), mode=mode), n=3)
-    for w in workers:
-        runs.append(_measure("train", "cache, slice-run gather", w, lambda: cached(w), args.seconds))
-        print(runs[-1].row(), flush=True)
+    for mode in modes:
+        for w in workers:
+            runs.append(_measure("train", train_label[mode], w, lambda: cached(w, mode=mode), args.seconds))
+            print(runs[-1].row(), flush=True)
     saved = loader_module._RUN_MIN_EVENTS
     loader_module._RUN_MIN_EVENTS = 1 << 62  # force the index gather
     try:
-        _check(Loader(ds, B, prefetch=0, cache=False, pin_memory=False), cached(2))
+        _check(Loader(ds, B, prefetch=0, cache=False, pin_memory=False, mode="thread"), cached(2))
         for w in sorted({1, max(workers)}):
             runs.append(_measure("train", "cache, index gather (np.take)", w, lambda: cached(w), args.seconds))
             print(runs[-1].row(), flush=True)
@@ -262,14 +266,15 @@ def main(argv: list[str] | None = None) -> None:
             print(runs[-1].row(), flush=True)
     if device is not None:
         w = max(workers)
-        runs.append(_measure("train", "cache, pinned", w, lambda: cached(w, True), args.seconds))
-        runs.append(_measure("train", "cache, pinned + H2D copy", w, lambda: cached(w, True), args.seconds, device))
         for mode in modes:
+            runs.append(_measure("train", train_label[mode] + ", pinned", w, lambda: cached(w, True, mode), args.seconds))
+            runs.append(_measure("train", train_label[mode] + ", pinned + H2D copy", w, lambda: cached(w, True, mode),
+                                 args.seconds, device))
             runs.append(_measure("export", export_label[mode] + ", pinned", w, lambda: export(w, True, mode),
                                  args.seconds))
             runs.append(_measure("export", export_label[mode] + ", pinned + H2D copy", w,
                                  lambda: export(w, True, mode), args.seconds, device))
-        print(*(r.row() for r in runs[-2 - 2 * len(modes):]), sep="\n", flush=True)
+        print(*(r.row() for r in runs[-4 * len(modes):]), sep="\n", flush=True)
 
     for w in sorted({1, max(workers)}):
         runs.append(_memcpy_floor(w, min(args.seconds, 3.0)))
