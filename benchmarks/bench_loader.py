@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     export = lambda w, pin=False, mode="thread": UserLoader(ds, EB, cutoff=cutoff, workers=w, cache=cache,  # noqa: E731
                                                            pin_memory=pin, mode=mode)
     export_label = {"thread": "cache, slice-run gather, threads", "process": "cache, worker processes, shared memory"}
-    train_label = {"thread": "cache, slice-run gather", "process": "cache, worker processes, shared memory"}
+    train_label = {"thread": "cache, slice-run gather, threads", "process": "cache, worker processes, shared memory"}
 
     runs.append(_measure("train", "Parquet decode in the loop (cache=False)", 1, lambda: parquet(1), args.seconds,
                          warm=False))
