@@ -94,9 +94,10 @@ def main() -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="N more staged steps under torch.profiler: the top kernels (CUDA) or ops (CPU), overall and per stage")
     p.add_argument("--profile-top", type=int, default=25, help="rows of the profile tables")
-    p.add_argument("--loader-modes", default="process,thread",
-                   help="the loader's builders for the whole-step rows (comma list of process, thread); the first is "
-                        "the result's step_ms")
+    p.add_argument("--loader-modes", default="thread,process",
+                   help="the loader's builders for the whole-step rows (comma list of thread, process); the first is "
+                        "the result's step_ms (thread: the training default; a thread loader after a process one has "
+                        "failed to pin memory on CUDA, see dv365.data.Loader)")
     p.add_argument("--host-profile", type=int, default=0, metavar="N",
                    help="N more model steps (batches on the device, no syncs) under cProfile: where the host's time "
                         "goes, by Python function")
@@ -255,7 +256,7 @@ def main() -> int:
     rows = [{"stage": k, "ms": v * 1e3, "share_of_step": v / compute if not k.startswith("loader") else None}
             for k, v in med.items()]
     info = {"environment": environment(), "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "workload": "W40K" if w40k else "cpu", "users_in_data": users, "batch": batch, "dim": dim,
+            "workload": "W40K" if w40k else "cpu", "users_in_data": ds.num_users, "examples_in_data": sum(ds.manifest["shards"][k]["files"]["examples"]["rows"] for k in range(len(ds.manifest["shards"]))), "batch": batch, "dim": dim,
             "tower": args.tower, "tower_args": tower_args, "sparse_tables": not args.dense_tables, "bf16": bf16, "compile": compile_mode is not None,
             "compile_mode": compile_mode, "per_event_grads": args.per_event_grads, "cudagraph_skips": _cudagraph_skips(),
             "mean_events_per_example": float(np.mean(events)), "generate_s": gen_s,

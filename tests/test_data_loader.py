@@ -579,6 +579,7 @@ def test_training_loader_processes_equal_threads_over_epochs(data, kw):
     proc.close()
     assert not _children()
     assert not Loader(ds, mode="auto", workers=1).uses_processes  # one worker: a thread (no process to feed)
+    assert Loader(ds, mode="auto", workers=2).uses_processes and not Loader(ds, workers=2).uses_processes
     with pytest.raises(ValueError, match="Loader: mode must be"):
         Loader(ds, mode="fork")
     with pytest.raises(ValueError, match="Loader: workers must be >= 1, got 0"):

@@ -14,9 +14,9 @@ Batches are cut from one shard at a time, from the shard's columnar cache (``dv3
 memory-mapped) or, with ``cache=False``, from its Parquet files. Each row's cut point is found by a binary search
 within the user's events, done for all rows at once (for the export, once per shard: every user has the same
 cut-off); the rows are then copied as whole slices straight into the output tensors (pinned when CUDA is present,
-else memory the loader reuses), ``workers`` batches at a time, delivered in order: in worker processes writing into
-shared memory (``dv365.data.procs``; the default where there are two or more workers) or in threads (numpy releases
-the GIL while it copies, but the threads' Python work still takes it from the consumer). Batches do not straddle
+else memory the loader reuses), ``workers`` batches at a time, delivered in order: in threads (numpy releases the
+GIL while it copies; the training loader's default) or in worker processes writing into shared memory
+(``dv365.data.procs``; the export loader's default where there are two or more workers). Batches do not straddle
 shards (a shard's last batch may be short unless ``drop_last``).
 
 **Data-parallel training** (``rank`` / ``world_size``): the global batch of ``batch_size * world_size`` examples
@@ -491,13 +491,16 @@ class Loader(_Builders):
     ``shards``: the shard indices to read (default all), in this order unless ``shuffle``.
     ``validate``: run ``TimelineBatch.validate`` on every batch (the shards are already checked on read).
     ``rank`` / ``world_size``: data-parallel training, ``batch_size`` per rank (module docstring).
-    ``mode``: who builds the batches — ``"process"``: ``workers`` forked processes writing whole batches into
-    shared memory (``dv365.data.procs``; they never hold this process's GIL, which the training step needs),
-    ``"thread"``: ``workers`` threads, ``"auto"`` (default): processes when ``workers >= 2`` on Linux, else
-    threads. Both give the same batches in the same order. ``workers`` default: for processes the usable cores
-    (shared by ``LOCAL_WORLD_SIZE`` ranks) minus one, 2 to 16; for threads the usable cores, at most 8.
-    ``prefetch``: finished batches kept ready beyond the workers'. Call :meth:`close` to stop the processes
-    before the loader is collected.
+    ``mode``: who builds the batches — ``"thread"`` (default): ``workers`` threads; ``"process"``: ``workers``
+    forked processes writing whole batches into shared memory (``dv365.data.procs``; they never hold this
+    process's GIL, which the training step's kernel dispatch needs); ``"auto"``: processes when ``workers >= 2``
+    on Linux, else threads. Both give the same batches in the same order. Threads are the default for training
+    because processes were not reliably faster inside a W40K training step on one H100 host (docs/data.md), and
+    because a pinned thread loader that followed a pinned process loader in one process has failed to allocate
+    pinned memory on CUDA (``cudaErrorAlreadyMapped``, intermittently; not understood). ``workers`` default: for
+    processes the usable cores (shared by ``LOCAL_WORLD_SIZE`` ranks) minus one, 2 to 16; for threads the usable
+    cores, at most 8. ``prefetch``: finished batches kept ready beyond the workers'. Call :meth:`close` to stop
+    the processes before the loader is collected.
     ``cache``: the decoded columnar cache (``dv365.data.cache``): None = the default location, built on first
     use (``DV365_DATA_CACHE=0`` disables it), False = decode Parquet every epoch, a path = that directory.
 
@@ -524,7 +527,7 @@ class Loader(_Builders):
         world_size: int = 1,
         workers: int | None = None,
         cache: bool | str | os.PathLike | None = None,
-        mode: str = "auto",
+        mode: str = "thread",
     ):
         _check_cut("Loader", batch_size, gap, max_events)
         if world_size < 1:

@@ -26,8 +26,8 @@ class DataConfig:
     fill_missing: float | None = None  # value for unknown durations / dwell times in the timelines (NaN in the data)
     prefetch: int = 2  # batches prepared ahead of the step
     workers: int | None = None  # loader workers (None: the usable cores, split between local ranks)
-    loader_mode: str = "auto"  # who builds batches: process (no GIL shared with the step), thread, auto (process
-    # where there are >= 2 workers on Linux)
+    loader_mode: str = "thread"  # who builds batches: thread, process (forked workers: no GIL shared with the
+    # step), auto (processes where there are >= 2 workers on Linux); docs/data.md has the measurements
 
 
 @dataclasses.dataclass
