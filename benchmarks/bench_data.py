@@ -1,4 +1,4 @@
-"""UniTi data throughput: synthetic generation (events/s), Parquet write, and the loader (users/s) on the CPU.
+"""UniTi data throughput: synthetic generation (events/s), Parquet write, and the loader (examples/s) on the CPU.
 
 Targets (issue 5): generation >= 1,000,000 events/s; the loader must outpace the model (W40K-cpu forward of
 B = 4 users takes >= 80 ms, i.e. <= 50 users/s; W40K on an H200 >= 16,000 users/s per GPU).
