@@ -22,7 +22,18 @@ def device(request):
 def _seed(request):
     # fresh random data per test, reproducible from the test id when DV365_TEST_SEED is set
     seed = os.environ.get("DV365_TEST_SEED")
-    torch.manual_seed(int(seed) if seed else torch.seed() % 2**31)
+    seed = int(seed) if seed else torch.seed() % 2**31
+    torch.manual_seed(seed)
+    request.node.dv365_seed = seed
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # a failure on fresh random data says how to get that data again
+    report = (yield).get_result()
+    seed = getattr(item, "dv365_seed", None)
+    if report.failed and seed is not None:
+        report.sections.append(("random data", f"DV365_TEST_SEED={seed} reproduces this test's torch draws"))
 
 
 def pytest_configure(config):

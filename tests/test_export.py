@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +28,6 @@ from dv365.train import CheckpointError, TrainConfig, load_model, train
 
 TINY = SynthConfig(mean_length=300, num_items=400, num_authors=60, num_topics=24, users_per_shard=8,
                    examples_per_user=2, span_days=40.0, end_jitter_days=12.0)
-REPO = Path(__file__).resolve().parents[1]
 DAY = 86_400
 
 
@@ -134,8 +134,10 @@ def test_rerun_is_idempotent_and_a_taken_version_is_refused(env, tmp_path):
 
 def _cli(args: list[str], env_vars: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_vars or {})}
+    # run outside the source tree, as a user would: `python -m` puts the working directory first on sys.path, and
+    # the repository root's dv365_ops/ (sources only when the build was installed elsewhere) would shadow the build
     return subprocess.run([sys.executable, "-m", "dv365.cli", *args], capture_output=True, text=True, env=full,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=tempfile.gettempdir())
 
 
 @pytest.mark.parametrize("point", ["export.part:2", "export.batch:5"])
@@ -309,7 +311,7 @@ def test_torchrun_ranks_write_their_parts_and_rank_0_publishes(env, tmp_path):
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "dv365.cli", "export", env["model"], "--data", env["data"], "--store", store, "--version", "t",
            "--part-size", "8", "--batch-size", "4", "--progress-dir", str(tmp_path / "progress"), "--quiet"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     # rank 0 publishes, rank 1 only writes

@@ -23,7 +23,6 @@ from dv365.timeline import ID_FIELDS
 
 TINY = SynthConfig(mean_length=200, num_items=300, num_authors=50, num_topics=20, users_per_shard=8,
                    examples_per_user=2, span_days=30.0)
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +165,7 @@ def test_sigkill_mid_training_then_rerun(env, clean, tmp_path):
             "part_size=8, batch_size=8, progress=False)")
     # train.step:3 is the last of the 3 steps: after the step-2 checkpoint, before the final one
     killed = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DV365_FAULT": "train.step:3"},
-                            capture_output=True, text=True, timeout=180, cwd=REPO)
+                            capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert killed.returncode == -9, killed.stderr
     done = _run(env, tmp_path, "d2")
     assert done["done"]

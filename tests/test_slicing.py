@@ -43,13 +43,16 @@ def _check_timeline(a):
     return values, weights, lengths
 
 
-def _check_pool(a, tables):
+def _check_pool(a, tables, pooled_tol=None):
     pooled, wsum = dv365_ops.sliced_pool(tables, *_timeline_args(a))
     # the oracle pools in float64: a float32 sum over 70 000 events is not itself within float32 tolerance
     ref_pooled, ref_wsum = reference.sliced_pool([t.double() for t in tables], *_timeline_args(a))
     ref_pooled = ref_pooled.to(tables[0].dtype)
     assert pooled.dtype == tables[0].dtype and wsum.dtype == torch.float32
-    assert_close(pooled, ref_pooled)
+    if pooled_tol is None:
+        assert_close(pooled, ref_pooled)
+    else:
+        torch.testing.assert_close(pooled, ref_pooled, atol=pooled_tol, rtol=pooled_tol)
     assert_close(wsum, ref_wsum, torch.float32)
     return pooled, wsum
 
@@ -109,7 +112,10 @@ def test_sliced_pool_matches_reference(device, lengths, dtype, d):
 def test_long_history_70k(device):
     a = _inputs([70_000, 3, 0, 12_345], device, s=31)
     _check_timeline(a)
-    _check_pool(a, _tables(device, torch.float32, 8))
+    # a float32 running sum of tens of thousands of rows is off the exact mean by about sqrt(n) * eps (2e-5 at
+    # n = 70 000; 2.2e-5 seen once in CI): the pooled values get 5e-5, and the weight sums keep float32's 1e-5,
+    # which still notices one event missing from a slice of 70 000 (1.4e-5 of the sum)
+    _check_pool(a, _tables(device, torch.float32, 8), pooled_tol=5e-5)
 
 
 def test_many_slices_and_no_categorical_rows(device):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from dv365.train.checkpoint import list_checkpoints
 
 TINY = SynthConfig(mean_length=300, num_items=400, num_authors=60, num_topics=24, users_per_shard=8,
                    examples_per_user=4, span_days=60.0)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _dataset(root: Path, users: int, seed: int) -> str:
@@ -61,9 +61,10 @@ def _write(cfg: dict, path: Path) -> Path:
 
 
 def _run_cli(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    # outside the source tree, as a user runs it (`python -m` puts the working directory first on sys.path)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "dv365.cli", *args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=tempfile.gettempdir())
 
 
 # ---- config -----------------------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def test_ddp_two_processes_match_one(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "dv365.cli", "train", str(two_path), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = _params(tmp_path / "one"), _params(tmp_path / "two")
     assert a.keys() == b.keys()
