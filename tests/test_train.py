@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from dv365.configs import ConfigError
-from dv365.data import TASKS, DataError, SynthConfig, generate
+from dv365.data import TASKS, DataError, SynthConfig, generate, procs
 from dv365.train import CheckpointError, TrainConfig, load_checkpoint, load_config, train
 from dv365.train.checkpoint import list_checkpoints
 
@@ -158,11 +158,16 @@ def _assert_bitwise(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("fault", ["train.step:7", "checkpoint.before_rename:2"])
-def test_sigkill_and_resume_is_exact(data, tmp_path, fault):
+@pytest.mark.parametrize("fault,loader_mode", [("train.step:7", "thread"), ("checkpoint.before_rename:2", "thread"),
+                                               ("train.step:7", "process")])
+def test_sigkill_and_resume_is_exact(data, tmp_path, fault, loader_mode):
+    if loader_mode == "process" and not procs.available():
+        pytest.skip("worker processes need Linux")
     straight = TrainConfig.from_dict(_config(data, tmp_path / "straight", **{"data.shuffle": True}))
     train(straight, progress=False)
-    cfg_path = _write(_config(data, tmp_path / "killed", **{"data.shuffle": True}), tmp_path / "k.yaml")
+    # the killed run's batches may come from the loader's worker processes: the same batches as threads'
+    over = {"data.shuffle": True, "data.loader_mode": loader_mode, "data.workers": 2}
+    cfg_path = _write(_config(data, tmp_path / "killed", **over), tmp_path / "k.yaml")
     res = _run_cli(["train", str(cfg_path), "--quiet"], env={"DV365_FAULT": fault})
     assert res.returncode == -9, res.stderr[-2000:]
     survivors = list_checkpoints(tmp_path / "killed")
