@@ -62,6 +62,25 @@ def test_token_major_layout_is_kept(device):
     assert dv365_ops.token_pool(y, 2).is_contiguous()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "token_major"])
+def test_bfloat16_rounds_as_torch_does(device, layout):
+    # the CPU kernels round float sums to bfloat16 with their own vectorizable bit arithmetic: the same bits as
+    # torch's conversion, ties to even included (1 and 1 + 2^-7 average to a tie that rounds down to 1; 1 + 2^-7
+    # and 1 + 2^-6 to one that rounds up), and inf; a NaN stays a NaN (its payload bits are not compared: torch's
+    # own conversions disagree on them)
+    y = torch.randn(3, 64, 40, device=device).bfloat16()  # [B, N, D]
+    specials = torch.tensor([1.0, 1.0078125, 1.0078125, 1.015625, float("nan"), 2.0, float("inf"), 1.0])
+    y[0, :8, 0] = specials.bfloat16().to(device)
+    x = y.transpose(1, 2) if layout == "token_major" else y.transpose(1, 2).contiguous()
+    for stride in (2, 3, 4):
+        out, ref = dv365_ops.token_pool(x, stride), R.token_pool(x, stride)
+        nan = ref.isnan()
+        assert torch.equal(out.isnan(), nan) and nan.any(), stride
+        assert torch.equal(out.view(torch.int16)[~nan], ref.view(torch.int16)[~nan]), stride
+    # both ties went to the even neighbour: down to 1, up to 1 + 2^-6
+    assert dv365_ops.token_pool(x, 2)[0, 0, :4].float().tolist()[:2] == [1.0, 1.015625]
+
+
 def test_last_window_averages_what_it_has(device):
     x = torch.arange(7.0, device=device).reshape(1, 7)
     assert dv365_ops.token_pool(x, 3).tolist() == [[1.0, 4.0, 6.0]]
