@@ -107,6 +107,24 @@ def test_flag_names():
            "like_threshold is required; my_max_bad_fraction stays")
     assert flag_names(msg, p) == ("x: pass --overwrite; more than --max-bad-fraction 0.1 (raise --max-bad-fraction); "
                                   "3 users; --like-threshold is required; my_max_bad_fraction stays")
+    # quoted data rows name the user's columns (a log with a column called like_threshold): kept verbatim
+    msg = ("x: 2 of 3 rows are bad, more than max_bad_fraction=0.1\nbad rows: bad_rating: 1\n"
+           "    line 7: like_threshold='x' users='2'\n    row 3: overwrite=True\nraise max_bad_fraction")
+    assert flag_names(msg, p) == ("x: 2 of 3 rows are bad, more than --max-bad-fraction 0.1\nbad rows: bad_rating: 1\n"
+                                  "    line 7: like_threshold='x' users='2'\n    row 3: overwrite=True\n"
+                                  "raise --max-bad-fraction")
+
+
+def test_ingest_error_quotes_columns_named_like_flags(tmp_path, capsys):
+    # a log whose columns are called media_type and surface, as the flags' destinations are: the bad-row samples in
+    # the error show the columns and their values, not `--media-type 'video'`
+    p = tmp_path / "log.csv"
+    p.write_text("u,i,t,media_type,surface\n1,10,1600000000,video,home\n2,11,1600000100,video,home\n")
+    code, _, err = _run(capsys, "ingest", "--input", str(p), "--out", str(tmp_path / "ds"), "--quiet",
+                        "--map", "user=u,item=i,timestamp=t,media_type=media_type,surface=surface")
+    assert code == 2 and "unknown_surface: 2" in err
+    assert "line 2: u='1' i='10' t='1600000000' media_type='video' surface='home'" in err
+    assert "--media-type 'video'" not in err and "--surface 'home'" not in err
 
 
 # The Python API's errors name the argument and the fix.
