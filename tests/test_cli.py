@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -188,3 +189,17 @@ def test_import_checks_the_torch_version(monkeypatch):
     with pytest.raises(ImportError, match=rf"built against torch {major}.{int(minor) + 1}.0 but torch "
                                           rf"{re.escape(torch.__version__)} is running"):
         dv365_ops._check_torch_version()
+
+
+def test_closed_pipe_is_not_an_error():
+    # `dv365 spec show | head -1`: the reader is gone (here before the first write, so the test does not race the
+    # pipe's buffer); the command stops quietly with status 141, as a tool killed by SIGPIPE, instead of printing
+    # "error: [Errno 32] Broken pipe"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dv365.cli", "spec", "show"], stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr.decode() == ""

@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dv365 {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`dv365 spec show | head`): not an error of the command. Point stdout at /dev/null so
+        # that the interpreter's final flush does not raise again, and exit as a tool killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
     except Exception as e:  # noqa: BLE001  (user errors become one line; anything else keeps its traceback)
         if debug or not _is_user_error(e):
             raise
