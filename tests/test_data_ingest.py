@@ -302,3 +302,22 @@ def test_progress_bar(tmp_path, capsys):
     assert "dv365 ingest:" in err and "writing shards" in err  # tqdm on stderr, one step per stage and shard
     ingest(p, tmp_path / "b", m, like_threshold=4)
     assert capsys.readouterr().err == ""  # off by default in the Python API
+
+
+def test_unknown_names_list_the_accepted_ones(tmp_path):
+    # a log in its own vocabulary (home_feed, hide, live): the report says which names exist, so that the user can
+    # rewrite theirs; accepted names match in any case
+    rows = [("1", "10", 1_600_000_000 + k, act, surf, media) for k, (act, surf, media) in enumerate(
+        [("view", "FEED", "video"), ("Share", "reels", "photo"), ("hide", "feed", "video"), ("view", "home_feed", "video"),
+         ("like", "feed", "live")] + [("impression", "explore", "carousel")] * 30)]
+    p = _write(tmp_path, "u,i,t,a,s,m\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    rep = ingest(p, tmp_path / "ds", {"user": "u", "item": "i", "timestamp": "t", "action": "a", "surface": "s",
+                                      "media_type": "m"})
+    assert rep.bad_rows == {"unknown_action": 1, "unknown_surface": 1, "unknown_media_type": 1}
+    text = str(rep)
+    assert ("bad rows: unknown_surface: 1 (accepted, any case: reels, feed, explore, stories)") in text
+    assert "bad rows: unknown_media_type: 1 (accepted, any case: video, photo, carousel)" in text
+    line = next(x for x in text.splitlines() if x.startswith("bad rows: unknown_action"))
+    for name in (*ACTION_TYPES, "share", "view", "impression"):
+        assert name in line
+    assert "line 4: u='1' i='10' t='1600000002' a='hide'" in text

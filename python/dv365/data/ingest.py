@@ -60,6 +60,14 @@ OPTIONAL = ("author", "topic", "action", "rating", "duration", "dwell", "media_t
 IMPLICIT_ACTIONS = ("view", "impression", "watch", "play", "click", "skip")
 ACTION_ALIASES = {"liked": "like", "share": "reshare", "profile": "profile_visit", "external": "external_share",
                   "saved": "save", "favorite": "like", "favourite": "like"}
+# What an unknown_* row would have needed: a log's own names (home_feed, share_external, ...) are rewritten to
+# these before ingestion, so the report says which names exist.
+ACCEPTED_VALUES = {
+    "unknown_action": (f"explicit {', '.join(ACTION_TYPES)} (or {', '.join(ACTION_ALIASES)}); "
+                       f"implicit {', '.join(IMPLICIT_ACTIONS)}"),
+    "unknown_media_type": ", ".join(MEDIA_TYPES),
+    "unknown_surface": ", ".join(SURFACES),
+}
 TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # Timestamps outside this range (1990-01-01 .. 2100-01-01 UTC) are almost always a wrong --time-unit.
 PLAUSIBLE_TS = (631_152_000, 4_102_444_800)
@@ -102,7 +110,8 @@ class IngestReport:
     def bad_lines(self) -> list[str]:
         lines = []
         for reason, n in sorted(self.bad_rows.items()):
-            lines.append(f"bad rows: {reason}: {n}")
+            hint = ACCEPTED_VALUES.get(reason)
+            lines.append(f"bad rows: {reason}: {n}" + (f" (accepted, any case: {hint})" if hint else ""))
             lines += [f"    {s}" for s in self.bad_samples.get(reason, [])]
         return lines
 
