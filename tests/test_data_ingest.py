@@ -321,3 +321,23 @@ def test_unknown_names_list_the_accepted_ones(tmp_path):
     for name in (*ACTION_TYPES, "share", "view", "impression"):
         assert name in line
     assert "line 4: u='1' i='10' t='1600000002' a='hide'" in text
+
+
+def test_a_column_mixing_seconds_and_milliseconds(tmp_path):
+    # one client logged milliseconds: kept, its rows would be the dataset's latest time (the year 52000) and requests
+    # no history precedes; they are bad rows of their own reason, with a hint, and the rest is ingested as seconds
+    t0 = 1_700_000_000
+    rows = [(u, 10 + k, t0 + 86_400 * k) for u in range(4) for k in range(10)]
+    rows += [(4, 50, (t0 + 5) * 1000), (4, 51, (t0 + 9) * 1000)]
+    p = _write(tmp_path, "u,i,t\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    rep = ingest(p, tmp_path / "ds", {"user": "u", "item": "i", "timestamp": "t"})
+    assert rep.bad_rows == {"implausible_timestamp": 2} and rep.rows_kept == 40 and rep.users == 4
+    assert not [w for w in rep.warnings if "1990" in w]
+    assert "implausible_timestamp: 2 (outside 1990..2100 while the other rows are inside" in str(rep)
+    assert rep.bad_samples["implausible_timestamp"][0] == f"line 42: u='4' i='50' t='{(t0 + 5) * 1000}'"
+    assert open_dataset(tmp_path / "ds").manifest["time_range"]["max_ts"] == t0 + 86_400 * 9
+    # a column wholly in the other unit is one mistake, not a mix: kept, and the warning names the unit
+    q = _write(tmp_path, "u,i,t\n" + "".join(f"{u},{i},{t * 1000}\n" for u, i, t in rows[:40]), "ms.csv")
+    with pytest.warns(IngestWarning, match="time_unit='ms' would put them in 2023"):
+        rep = ingest(q, tmp_path / "ms", {"user": "u", "item": "i", "timestamp": "t"})
+    assert rep.rows_kept == 40 and not rep.bad_rows

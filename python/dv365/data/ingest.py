@@ -20,8 +20,9 @@ line number and values in ``bad_samples``; a CSV row with too few or too many fi
 ``ragged_row``; a row repeating the header (concatenated files) and a blank line are skipped and counted apart.
 When no row is kept, or more than ``max_bad_fraction`` of the data rows are bad, nothing is written and
 ``DataError`` says why. Timestamps are integers or floats (``881250949.0``; a fraction of the unit is dropped) in
-``time_unit`` since the epoch, Arrow timestamps, or strings in ``time_format``; data outside 1990..2100 is
-kept with a warning naming the unit that would fit.
+``time_unit`` since the epoch, Arrow timestamps, or strings in ``time_format``; numeric data wholly outside
+1990..2100 is kept with a warning naming the unit that would fit, numbers outside it beside others inside (a column
+mixing units) are bad rows (``implausible_timestamp``).
 
 Examples: the last ``examples_per_user`` events of each user become requests for their own item. Only labels the
 log shows are set: ``liked`` from the rating or from a like on that item within ``label_window`` seconds; with
@@ -68,6 +69,10 @@ ACCEPTED_VALUES = {
     "unknown_media_type": ", ".join(MEDIA_TYPES),
     "unknown_surface": ", ".join(SURFACES),
 }
+_REASON_HINTS = {
+    "implausible_timestamp": " (outside 1990..2100 while the other rows are inside: a column mixing seconds and "
+                             "milliseconds? convert those rows to one unit before ingesting)",
+}
 TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # Timestamps outside this range (1990-01-01 .. 2100-01-01 UTC) are almost always a wrong --time-unit.
 PLAUSIBLE_TS = (631_152_000, 4_102_444_800)
@@ -111,7 +116,8 @@ class IngestReport:
         lines = []
         for reason, n in sorted(self.bad_rows.items()):
             hint = ACCEPTED_VALUES.get(reason)
-            lines.append(f"bad rows: {reason}: {n}" + (f" (accepted, any case: {hint})" if hint else ""))
+            hint = f" (accepted, any case: {hint})" if hint else _REASON_HINTS.get(reason, "")
+            lines.append(f"bad rows: {reason}: {n}{hint}")
             lines += [f"    {s}" for s in self.bad_samples.get(reason, [])]
         return lines
 
@@ -450,6 +456,16 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
     ts, present, valid, numeric_ts = _timestamps(col("timestamp"), unit, time_format)
     flag("missing_timestamp", ~present)
     flag("bad_timestamp", ~valid)
+    if numeric_ts:
+        # Some numbers inside 1990..2100 and others outside: a column that mixes units (one client logging
+        # milliseconds). No single time_unit reads both, and a kept row in the year 50000 would become the
+        # dataset's latest time (the export's --cutoff auto) and a request no history precedes: those rows are bad.
+        # A column wholly outside is kept, with the warning that names the unit that would fit (_check_time_range).
+        lo, hi = PLAUSIBLE_TS
+        usable = valid & ~bad
+        outside = usable & ((ts < lo) | (ts >= hi))
+        if outside.any() and (usable & ~outside).any():
+            flag("implausible_timestamp", outside)
 
     explicit = np.zeros(n, dtype=bool)
     action = np.zeros(n, dtype=np.int8)
