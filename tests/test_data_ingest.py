@@ -341,3 +341,21 @@ def test_a_column_mixing_seconds_and_milliseconds(tmp_path):
     with pytest.warns(IngestWarning, match="time_unit='ms' would put them in 2023"):
         rep = ingest(q, tmp_path / "ms", {"user": "u", "item": "i", "timestamp": "t"})
     assert rep.rows_kept == 40 and not rep.bad_rows
+
+
+def test_dwell_in_milliseconds_warns(tmp_path):
+    # watch time exported in ms next to durations in s: kept as given (nothing invented), with a warning
+    t0 = 1_700_000_000
+    rng = np.random.default_rng(int(torch.randint(0, 10**6, ()).item()))
+    dur = rng.uniform(5, 60, 40).round(1)
+    dwell_s = (dur * rng.uniform(0.05, 1.5, 40)).round(3)
+    def log(dwell, name):
+        return _write(tmp_path, "u,i,t,a,dur,dw\n" + "".join(
+            f"{k % 4},{k},{t0 + 86_400 * k},view,{dur[k]},{dwell[k]}\n" for k in range(40)), name)
+    m = {"user": "u", "item": "i", "timestamp": "t", "action": "a", "duration": "dur", "dwell": "dw"}
+    rep = ingest(log(dwell_s, "s.csv"), tmp_path / "s", m)
+    assert not [w for w in rep.warnings if "dwell" in w]
+    with pytest.warns(IngestWarning, match=r"dwell time is more than 10x the duration for 40 of 40 implicit events"):
+        rep = ingest(log((dwell_s * 1000).round(), "ms.csv"), tmp_path / "ms", m)
+    assert rep.rows_kept == 40 and "divide a column in milliseconds by 1000" in rep.warnings[-1]
+    assert np.nanmax(open_dataset(tmp_path / "ms").read_table(0, "implicit")["dwell_time"]) > 1000

@@ -79,6 +79,8 @@ PLAUSIBLE_TS = (631_152_000, 4_102_444_800)
 # The loader gaps the empty-history report covers; the warning is about the loader's default (24 h).
 REPORT_GAPS = (0, 3_600, 86_400)
 WARN_EMPTY_SHARE = 0.2
+# Looping a short clip a few times is real; most impressions dwelling 10x the duration is a unit mismatch.
+DWELL_OVER_DURATION = 10
 SAMPLES_PER_REASON = 3
 # task label set by each explicit action
 _ACTION_TASK = {"like": "liked", "comment": "comment", "reshare": "reshare", "save": "save", "follow": "follow",
@@ -546,6 +548,7 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
           "video_duration": floats["duration"][idx], "dwell_time": floats["dwell"][idx], "explicit": explicit[idx]}
     if numeric_ts:
         _check_time_range(rep, ev["ts"], time_unit)
+    _check_dwell_units(rep, ev)
     bar.update()
     bar.set_postfix_str("examples and labels")
     examples = _examples(ev, mapping, like_threshold is not None, examples_per_user, label_window)
@@ -597,6 +600,23 @@ def _check_time_range(rep: IngestReport, ts: np.ndarray, time_unit: str) -> None
     rep.warnings.append(
         f"warning: {outside} of {ts.size} timestamps ({outside / ts.size:.0%}) lie outside 1990..2100 "
         f"(they span {day(ts.min())} .. {day(ts.max())} with time_unit={time_unit!r}){hint}")
+
+
+def _check_dwell_units(rep: IngestReport, ev: dict[str, np.ndarray]) -> None:
+    """Warn when most dwell times exceed ``DWELL_OVER_DURATION`` times their duration: a dwell column in
+    milliseconds (a common export) read as seconds, which would put nearly every event into the long-dwell and
+    ratio >= 1 slices."""
+    imp = ~ev["explicit"]
+    dwell, dur = ev["dwell_time"][imp], ev["video_duration"][imp]
+    both = np.isfinite(dwell) & np.isfinite(dur) & (dur > 0)
+    n = int(both.sum())
+    over = int((dwell[both] > DWELL_OVER_DURATION * dur[both]).sum())
+    if n and over > 0.5 * n:
+        rep.warnings.append(
+            f"warning: the dwell time is more than {DWELL_OVER_DURATION}x the duration for {over} of {n} implicit "
+            f"events with both known ({over / n:.0%}; median dwell {np.median(dwell[both]):.4g} s, median duration "
+            f"{np.median(dur[both]):.4g} s): both are read as seconds; divide a column in milliseconds by 1000 "
+            "before ingesting")
 
 
 def _check_histories(rep: IngestReport, ev: dict[str, np.ndarray], examples: dict[str, np.ndarray]) -> None:
