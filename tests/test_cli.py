@@ -58,6 +58,15 @@ def test_every_flag_has_help_and_shows_its_default():
     assert "--mean-length" in leaves["synth"].format_help()  # the SynthConfig flags, added lazily
 
 
+def test_help_shows_each_default_once():
+    # `dv365 eval --help` printed "(default: the training config's) (default: None)" and "--quiet ... (default:
+    # False)": every command now uses the formatter that adds a default only where there is one to show
+    for name, p in _leaf_parsers(cli.build_parser()):
+        text = " ".join(p.format_help().split())
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        assert not re.search(r"\(default:[^()]*\) \(default:", text), name
+
+
 def test_help_is_fast_and_imports_no_torch():
     code = ("import sys, time; t = time.perf_counter(); from dv365.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
