@@ -359,3 +359,19 @@ def test_dwell_in_milliseconds_warns(tmp_path):
         rep = ingest(log((dwell_s * 1000).round(), "ms.csv"), tmp_path / "ms", m)
     assert rep.rows_kept == 40 and "divide a column in milliseconds by 1000" in rep.warnings[-1]
     assert np.nanmax(open_dataset(tmp_path / "ms").read_table(0, "implicit")["dwell_time"]) > 1000
+
+
+def test_ingest_is_callable_after_its_module_was_imported(tmp_path):
+    # `from dv365.data.ingest import IngestWarning` first (to filter the warnings) binds dv365.data.ingest to the
+    # module; `from dv365.data import ingest` then must still ingest (it was "'module' object is not callable")
+    import subprocess
+    import sys
+
+    p = _write(tmp_path, "u,i,t\n1,10,1600000000\n2,11,1600000100\n")
+    code = ("import warnings\nfrom dv365.data.ingest import IngestWarning\nwarnings.simplefilter('ignore', IngestWarning)\n"
+            "from dv365.data import ingest\n"
+            f"rep = ingest({str(p)!r}, {str(tmp_path / 'ds')!r}, {{'user': 'u', 'item': 'i', 'timestamp': 't'}})\n"
+            "print('kept', rep.rows_kept, type(ingest).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["kept", "2"]
