@@ -574,3 +574,34 @@ def test_cli_user_errors(tmp_path, capsys):
     assert "dv365 lookup: error: version 'v7' is not a published version" in capsys.readouterr().err
     assert main(["store", "gc", str(tmp_path / "s"), "--keep", "-1"]) == 2
     assert "keep_last must be an int >= 0, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # a tiny log: ingest warns about short histories
+def test_cli_lookup_by_raw_ids_of_an_ingested_log(tmp_path, capsys):
+    # an ingested log's users are strings; the store holds dense ids. --data maps them through vocab/users.parquet
+    from dv365.cli import main
+    from dv365.data import ingest
+
+    log = tmp_path / "log.csv"
+    log.write_text("u,i,t\n" + "".join(f"{u},i{k},{1_700_000_000 + 60 * k}\n"
+                                        for k, u in enumerate(["zed", "amy", "zed", "bob", "amy"])))
+    ingest(log, tmp_path / "ds", {"user": "u", "item": "i", "timestamp": "t"})  # zed 0, amy 1, bob 2
+    url = str(tmp_path / "s")
+    with open_store(url, create=True) as st:
+        q = quantized(3, dim=8, tokens=2)
+        st.stage("v1").write_part(0, np.arange(3), q)
+        st.publish("v1", {"num_tokens": 2, "dim": 8})
+    capsys.readouterr()
+    assert main(["lookup", "bob", "nobody", "zed", "--store", url, "--data", str(tmp_path / "ds"), "--values", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    row = lambda i: ", ".join(f"{v:.4f}" for v in dv365_ops.int4_dequantize(q[i])[0, :2].tolist())  # noqa: E731
+    assert out == [f"user bob (id 2): found, version v1, embedding [2, 8] float32, row 0 [{row(2)}, ...]",
+                   f"user nobody: not in {tmp_path / 'ds'} (no such raw id in its vocab/users.parquet)",
+                   f"user zed (id 0): found, version v1, embedding [2, 8] float32, row 0 [{row(0)}, ...]"]
+    # without --data a raw id is a clear error naming the flag; a dataset without a vocabulary too
+    assert main(["lookup", "bob", "--store", url]) == 2
+    assert "USER 'bob' is not a dense user id (an integer); for your own ids of an ingested log pass --data" in \
+        capsys.readouterr().err
+    (tmp_path / "synth").mkdir()
+    assert main(["lookup", "1", "--store", url, "--data", str(tmp_path / "synth")]) == 2
+    assert "no vocab/users.parquet" in capsys.readouterr().err

@@ -58,14 +58,42 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _user_ids(args: argparse.Namespace) -> tuple[list[str], list[int], list[bool]]:
+    """(label, dense id, known) per USER: dense ids as given, or with ``--data`` the raw ids of an ingested dataset
+    mapped through its ``vocab/users.parquet`` (an unknown raw id is looked up as -1: never found)."""
+    if args.data is None:
+        for u in args.users:
+            try:
+                int(u)
+            except ValueError:
+                raise ValueError(f"USER {u!r} is not a dense user id (an integer); for your own ids of an ingested "
+                                 "log pass --data DATASET, whose vocab/users.parquet maps them") from None
+        return list(args.users), [int(u) for u in args.users], [True] * len(args.users)
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    path = Path(args.data) / "vocab" / "users.parquet"
+    if not path.is_file():
+        raise ValueError(f"--data {args.data}: no vocab/users.parquet (dv365 ingest writes it; the users of a "
+                         "synthetic dataset are their dense ids: leave out --data)")
+    table = pq.read_table(path, columns=["id", "raw"])
+    dense = dict(zip(table.column("raw").to_pylist(), table.column("id").to_pylist()))
+    ids = [dense.get(u, -1) for u in args.users]
+    return [f"{u} (id {i})" if i >= 0 else u for u, i in zip(args.users, ids)], ids, [i >= 0 for i in ids]
+
+
 def _lookup(args: argparse.Namespace) -> int:
     import torch
 
     count = args.values if args.values is not None else (16 if args.raw else 6)
+    labels, ids, known = _user_ids(args)
     with _open(args) as store:
-        res = store.lookup(args.users, version=args.version, dequantize=not args.raw)
-    for i, uid in enumerate(args.users):
-        if bool(res.corrupt[i]):
+        res = store.lookup(ids, version=args.version, dequantize=not args.raw)
+    for i, uid in enumerate(labels):
+        if not known[i]:
+            print(f"user {uid}: not in {args.data} (no such raw id in its vocab/users.parquet)")
+        elif bool(res.corrupt[i]):
             print(f"user {uid}: CORRUPT record in version {res.version} (checksum mismatch), not served")
         elif not bool(res.found[i]):
             print(f"user {uid}: not found (version {res.version})")
@@ -120,7 +148,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("lookup", help="look users up in an embedding store",
                        description="Prints per user: found, version, shape, the first values of row 0.")
-    p.add_argument("users", nargs="+", type=int, metavar="USER")
+    p.add_argument("users", nargs="+", metavar="USER",
+                   help="dense user ids; with --data, your own ids of an ingested log")
+    p.add_argument("--data", default=None, metavar="DATASET",
+                   help="an ingested dataset: USER are raw ids, mapped through its vocab/users.parquet")
     p.add_argument("--store", required=True, help="the store: an LMDB directory, lmdb:///abs/path or redis://host:port/db")
     p.add_argument("--version", default=None, help="a published version (default: current)")
     p.add_argument("--raw", action="store_true", help="the stored int4 record bytes instead of dequantized values")
