@@ -605,3 +605,19 @@ def test_cli_lookup_by_raw_ids_of_an_ingested_log(tmp_path, capsys):
     (tmp_path / "synth").mkdir()
     assert main(["lookup", "1", "--store", url, "--data", str(tmp_path / "synth")]) == 2
     assert "no vocab/users.parquet" in capsys.readouterr().err
+
+
+def test_cli_store_show_prints_strict_json(tmp_path, capsys):
+    # an export of a real log records fill_missing: NaN; `store show` printed a bare NaN, which JSON has not
+    # (JavaScript's JSON.parse fails, jq 1.6 reads null): non-finite numbers print as strings
+    from dv365.cli import main
+
+    url = str(tmp_path / "s")
+    with open_store(url, create=True) as st:
+        st.stage("v1").write_part(0, np.arange(3), quantized(3, dim=8, tokens=2))
+        st.publish("v1", {"num_tokens": 2, "dim": 8, "fill_missing": float("nan"), "ne": [float("inf"), 1.5]})
+    assert main(["store", "show", url]) == 0
+    shown = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert shown["fill_missing"] == "NaN" and shown["ne"] == ["Infinity", 1.5] and shown["dim"] == 8
+    with open_store(url) as st:
+        assert st.manifest()["fill_missing"] != st.manifest()["fill_missing"]  # the stored value stays a float NaN

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 
@@ -38,9 +39,22 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strict_json(obj):
+    """Non-finite floats as the strings "NaN", "Infinity", "-Infinity": Python writes them as bare NaN / Infinity,
+    which JSON does not have, so jq 1.6 reads null and JavaScript's JSON.parse fails (a real log's manifest has
+    ``fill_missing: NaN``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    return obj
+
+
 def _show(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        print(json.dumps(store.manifest(args.version), indent=2, sort_keys=True))
+        print(json.dumps(_strict_json(store.manifest(args.version)), indent=2, sort_keys=True, allow_nan=False))
     return 0
 
 
