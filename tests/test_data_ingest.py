@@ -308,8 +308,8 @@ def test_unknown_names_list_the_accepted_ones(tmp_path):
     # a log in its own vocabulary (home_feed, hide, live): the report says which names exist, so that the user can
     # rewrite theirs; accepted names match in any case
     rows = [("1", "10", 1_600_000_000 + k, act, surf, media) for k, (act, surf, media) in enumerate(
-        [("view", "FEED", "video"), ("Share", "reels", "photo"), ("hide", "feed", "video"), ("view", "home_feed", "video"),
-         ("like", "feed", "live")] + [("impression", "explore", "carousel")] * 30)]
+        [("view", "FEED", "video"), ("Share", "reels", "photo"), ("hide", "feed", "video"),
+         ("view", "home_feed", "video"), ("like", "feed", "live")] + [("impression", "explore", "carousel")] * 30)]
     p = _write(tmp_path, "u,i,t,a,s,m\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     rep = ingest(p, tmp_path / "ds", {"user": "u", "item": "i", "timestamp": "t", "action": "a", "surface": "s",
                                       "media_type": "m"})
@@ -368,8 +368,8 @@ def test_ingest_is_callable_after_its_module_was_imported(tmp_path):
     import sys
 
     p = _write(tmp_path, "u,i,t\n1,10,1600000000\n2,11,1600000100\n")
-    code = ("import warnings\nfrom dv365.data.ingest import IngestWarning\nwarnings.simplefilter('ignore', IngestWarning)\n"
-            "from dv365.data import ingest\n"
+    code = ("import warnings\nfrom dv365.data.ingest import IngestWarning\n"
+            "warnings.simplefilter('ignore', IngestWarning)\nfrom dv365.data import ingest\n"
             f"rep = ingest({str(p)!r}, {str(tmp_path / 'ds')!r}, {{'user': 'u', 'item': 'i', 'timestamp': 't'}})\n"
             "print('kept', rep.rows_kept, type(ingest).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

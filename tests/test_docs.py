@@ -106,7 +106,8 @@ def test_real_data_ids_and_downstream_snippets_run(tmp_path, monkeypatch):
     t0 = 1_700_000_000
     old = "u,i,t\n" + "".join(f"u_{k % 5},i{k % 7},{t0 + 3600 * k}\n" for k in range(40)) + f"u_6884d953,i1,{t0}\n"
     new = "".join(f"u_new,i{k},{t0 + 3600 * (50 + k)}\n" for k in range(8, 11))
-    resorted = "u,i,t\n" + "".join(sorted(old.splitlines(True)[1:] + new.splitlines(True), key=lambda r: -int(r.split(",")[2])))
+    rows = old.splitlines(True)[1:] + new.splitlines(True)
+    resorted = "u,i,t\n" + "".join(sorted(rows, key=lambda r: -int(r.split(",")[2])))  # newest first
     m = {"user": "u", "item": "i", "timestamp": "t"}
     for name, text in (("ml", old), ("day1", old), ("day2", old + new), ("day3", resorted)):
         Path(f"{name}.csv").write_text(text)

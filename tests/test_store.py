@@ -592,7 +592,8 @@ def test_cli_lookup_by_raw_ids_of_an_ingested_log(tmp_path, capsys):
         st.stage("v1").write_part(0, np.arange(3), q)
         st.publish("v1", {"num_tokens": 2, "dim": 8})
     capsys.readouterr()
-    assert main(["lookup", "bob", "nobody", "zed", "--store", url, "--data", str(tmp_path / "ds"), "--values", "2"]) == 0
+    args = ["lookup", "bob", "nobody", "zed", "--store", url, "--data", str(tmp_path / "ds"), "--values", "2"]
+    assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
     row = lambda i: ", ".join(f"{v:.4f}" for v in dv365_ops.int4_dequantize(q[i])[0, :2].tolist())  # noqa: E731
     assert out == [f"user bob (id 2): found, version v1, embedding [2, 8] float32, row 0 [{row(2)}, ...]",
