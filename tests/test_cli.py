@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -57,6 +58,15 @@ def test_every_flag_has_help_and_shows_its_default():
     assert "--mean-length" in leaves["synth"].format_help()  # the SynthConfig flags, added lazily
 
 
+def test_help_shows_each_default_once():
+    # `dv365 eval --help` printed "(default: the training config's) (default: None)" and "--quiet ... (default:
+    # False)": every command now uses the formatter that adds a default only where there is one to show
+    for name, p in _leaf_parsers(cli.build_parser()):
+        text = " ".join(p.format_help().split())
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        assert not re.search(r"\(default:[^()]*\) \(default:", text), name
+
+
 def test_help_is_fast_and_imports_no_torch():
     code = ("import sys, time; t = time.perf_counter(); from dv365.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -107,6 +117,24 @@ def test_flag_names():
            "like_threshold is required; my_max_bad_fraction stays")
     assert flag_names(msg, p) == ("x: pass --overwrite; more than --max-bad-fraction 0.1 (raise --max-bad-fraction); "
                                   "3 users; --like-threshold is required; my_max_bad_fraction stays")
+    # quoted data rows name the user's columns (a log with a column called like_threshold): kept verbatim
+    msg = ("x: 2 of 3 rows are bad, more than max_bad_fraction=0.1\nbad rows: bad_rating: 1\n"
+           "    line 7: like_threshold='x' users='2'\n    row 3: overwrite=True\nraise max_bad_fraction")
+    assert flag_names(msg, p) == ("x: 2 of 3 rows are bad, more than --max-bad-fraction 0.1\nbad rows: bad_rating: 1\n"
+                                  "    line 7: like_threshold='x' users='2'\n    row 3: overwrite=True\n"
+                                  "raise --max-bad-fraction")
+
+
+def test_ingest_error_quotes_columns_named_like_flags(tmp_path, capsys):
+    # a log whose columns are called media_type and surface, as the flags' destinations are: the bad-row samples in
+    # the error show the columns and their values, not `--media-type 'video'`
+    p = tmp_path / "log.csv"
+    p.write_text("u,i,t,media_type,surface\n1,10,1600000000,video,home\n2,11,1600000100,video,home\n")
+    code, _, err = _run(capsys, "ingest", "--input", str(p), "--out", str(tmp_path / "ds"), "--quiet",
+                        "--map", "user=u,item=i,timestamp=t,media_type=media_type,surface=surface")
+    assert code == 2 and "unknown_surface: 2" in err
+    assert "line 2: u='1' i='10' t='1600000000' media_type='video' surface='home'" in err
+    assert "--media-type 'video'" not in err and "--surface 'home'" not in err
 
 
 # The Python API's errors name the argument and the fix.
@@ -170,3 +198,17 @@ def test_import_checks_the_torch_version(monkeypatch):
     with pytest.raises(ImportError, match=rf"built against torch {major}.{int(minor) + 1}.0 but torch "
                                           rf"{re.escape(torch.__version__)} is running"):
         dv365_ops._check_torch_version()
+
+
+def test_closed_pipe_is_not_an_error():
+    # `dv365 spec show | head -1`: the reader is gone (here before the first write, so the test does not race the
+    # pipe's buffer); the command stops quietly with status 141, as a tool killed by SIGPIPE, instead of printing
+    # "error: [Errno 32] Broken pipe"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dv365.cli", "spec", "show"], stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr.decode() == ""

@@ -302,3 +302,76 @@ def test_progress_bar(tmp_path, capsys):
     assert "dv365 ingest:" in err and "writing shards" in err  # tqdm on stderr, one step per stage and shard
     ingest(p, tmp_path / "b", m, like_threshold=4)
     assert capsys.readouterr().err == ""  # off by default in the Python API
+
+
+def test_unknown_names_list_the_accepted_ones(tmp_path):
+    # a log in its own vocabulary (home_feed, hide, live): the report says which names exist, so that the user can
+    # rewrite theirs; accepted names match in any case
+    rows = [("1", "10", 1_600_000_000 + k, act, surf, media) for k, (act, surf, media) in enumerate(
+        [("view", "FEED", "video"), ("Share", "reels", "photo"), ("hide", "feed", "video"),
+         ("view", "home_feed", "video"), ("like", "feed", "live")] + [("impression", "explore", "carousel")] * 30)]
+    p = _write(tmp_path, "u,i,t,a,s,m\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    rep = ingest(p, tmp_path / "ds", {"user": "u", "item": "i", "timestamp": "t", "action": "a", "surface": "s",
+                                      "media_type": "m"})
+    assert rep.bad_rows == {"unknown_action": 1, "unknown_surface": 1, "unknown_media_type": 1}
+    text = str(rep)
+    assert ("bad rows: unknown_surface: 1 (accepted, any case: reels, feed, explore, stories)") in text
+    assert "bad rows: unknown_media_type: 1 (accepted, any case: video, photo, carousel)" in text
+    line = next(x for x in text.splitlines() if x.startswith("bad rows: unknown_action"))
+    for name in (*ACTION_TYPES, "share", "view", "impression"):
+        assert name in line
+    assert "line 4: u='1' i='10' t='1600000002' a='hide'" in text
+
+
+def test_a_column_mixing_seconds_and_milliseconds(tmp_path):
+    # one client logged milliseconds: kept, its rows would be the dataset's latest time (the year 52000) and requests
+    # no history precedes; they are bad rows of their own reason, with a hint, and the rest is ingested as seconds
+    t0 = 1_700_000_000
+    rows = [(u, 10 + k, t0 + 86_400 * k) for u in range(4) for k in range(10)]
+    rows += [(4, 50, (t0 + 5) * 1000), (4, 51, (t0 + 9) * 1000)]
+    p = _write(tmp_path, "u,i,t\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    rep = ingest(p, tmp_path / "ds", {"user": "u", "item": "i", "timestamp": "t"})
+    assert rep.bad_rows == {"implausible_timestamp": 2} and rep.rows_kept == 40 and rep.users == 4
+    assert not [w for w in rep.warnings if "1990" in w]
+    assert "implausible_timestamp: 2 (outside 1990..2100 while the other rows are inside" in str(rep)
+    assert rep.bad_samples["implausible_timestamp"][0] == f"line 42: u='4' i='50' t='{(t0 + 5) * 1000}'"
+    assert open_dataset(tmp_path / "ds").manifest["time_range"]["max_ts"] == t0 + 86_400 * 9
+    # a column wholly in the other unit is one mistake, not a mix: kept, and the warning names the unit
+    q = _write(tmp_path, "u,i,t\n" + "".join(f"{u},{i},{t * 1000}\n" for u, i, t in rows[:40]), "ms.csv")
+    with pytest.warns(IngestWarning, match="time_unit='ms' would put them in 2023"):
+        rep = ingest(q, tmp_path / "ms", {"user": "u", "item": "i", "timestamp": "t"})
+    assert rep.rows_kept == 40 and not rep.bad_rows
+
+
+def test_dwell_in_milliseconds_warns(tmp_path):
+    # watch time exported in ms next to durations in s: kept as given (nothing invented), with a warning
+    t0 = 1_700_000_000
+    rng = np.random.default_rng(int(torch.randint(0, 10**6, ()).item()))
+    dur = rng.uniform(5, 60, 40).round(1)
+    dwell_s = (dur * rng.uniform(0.05, 1.5, 40)).round(3)
+    def log(dwell, name):
+        return _write(tmp_path, "u,i,t,a,dur,dw\n" + "".join(
+            f"{k % 4},{k},{t0 + 86_400 * k},view,{dur[k]},{dwell[k]}\n" for k in range(40)), name)
+    m = {"user": "u", "item": "i", "timestamp": "t", "action": "a", "duration": "dur", "dwell": "dw"}
+    rep = ingest(log(dwell_s, "s.csv"), tmp_path / "s", m)
+    assert not [w for w in rep.warnings if "dwell" in w]
+    with pytest.warns(IngestWarning, match=r"dwell time is more than 10x the duration for 40 of 40 implicit events"):
+        rep = ingest(log((dwell_s * 1000).round(), "ms.csv"), tmp_path / "ms", m)
+    assert rep.rows_kept == 40 and "divide a column in milliseconds by 1000" in rep.warnings[-1]
+    assert np.nanmax(open_dataset(tmp_path / "ms").read_table(0, "implicit")["dwell_time"]) > 1000
+
+
+def test_ingest_is_callable_after_its_module_was_imported(tmp_path):
+    # `from dv365.data.ingest import IngestWarning` first (to filter the warnings) binds dv365.data.ingest to the
+    # module; `from dv365.data import ingest` then must still ingest (it was "'module' object is not callable")
+    import subprocess
+    import sys
+
+    p = _write(tmp_path, "u,i,t\n1,10,1600000000\n2,11,1600000100\n")
+    code = ("import warnings\nfrom dv365.data.ingest import IngestWarning\n"
+            "warnings.simplefilter('ignore', IngestWarning)\nfrom dv365.data import ingest\n"
+            f"rep = ingest({str(p)!r}, {str(tmp_path / 'ds')!r}, {{'user': 'u', 'item': 'i', 'timestamp': 't'}})\n"
+            "print('kept', rep.rows_kept, type(ingest).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["kept", "2"]

@@ -415,6 +415,33 @@ def test_metric_set_compute_matches_the_parts():
     assert all(deltas[t] > 0 for t in TASKS) and deltas["watch_time"] > 0
 
 
+def test_eval_table_marks_undefined_metrics():
+    # a log that never shows an action: that task's labels are all 0, NE is +inf and AUC NaN; the table prints "–"
+    # and says why instead of "inf | nan | +nan"
+    from dv365.train.evaluate import format_table
+
+    logits, labels, mask, weights, wp, wt, wm = _examples(200)
+    never = TASKS.index("profile_visit")
+    labels = labels.clone()
+    labels[:, never] = 0
+    m, b = MetricSet(), MetricSet()
+    _update_all(m, (logits, labels, mask, weights, wp, wt, wm), 3)
+    _update_all(b, (logits * 0.5, labels, mask, weights, wp, wt, wm), 3)
+    out, base = m.compute(), b.compute()
+    assert out["profile_visit"]["ne"] == float("inf") and math.isnan(out["profile_visit"]["auc"])
+    table = format_table(out, base, relative_deltas(out, base))
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    cells = [c.strip() for c in rows["profile_visit"].split("|")[1:-1]]
+    assert cells[2:] == ["0.000", "–", "–", "–", "–", "–"]
+    assert "inf" not in table and "nan" not in table
+    assert "–: undefined: " in table and "no positive or no negative example" in table
+    liked = [c.strip() for c in rows["liked"].split("|")[1:-1]]
+    assert liked[3] == f"{out['liked']['ne']:.4f}" and liked[7] == f"{relative_deltas(out, base)['liked']:+.2f}"
+    # a table with every metric defined has no note
+    full = format_table({t: out[t] for t in TASKS if t != "profile_visit"})
+    assert "–" not in full
+
+
 def test_metric_set_checkpoint_resumes_eval():
     data = _examples(150)
     whole = MetricSet()

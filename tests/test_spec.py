@@ -3,6 +3,8 @@ default spec, and the ``dv365 spec`` commands (paper section 2.2; docs/design.md
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from timeline_data import naive_slices, random_batch, random_request_ts, random_spec
@@ -379,6 +381,24 @@ def test_cli_spec_show_one_timeline(capsys, tmp_path):
     path.write_text(_spec(_imp("open_imp", dwell="(15, inf]")).to_yaml())
     assert cli.main(["spec", "show", "--spec", str(path)]) == 0
     assert "dwell∈(15, inf]" in capsys.readouterr().out
+
+
+def test_cli_spec_show_yaml_is_the_file_to_customise(capsys, tmp_path):
+    # the docs say "write a spec with only the slices your data fills": --yaml prints one to edit
+    assert cli.main(["spec", "show", "--yaml"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# the default dv365 slice spec") and SliceSpec.from_yaml(text) == load_default_spec()
+    # keep the explicit slices only: delete the implicit entries (and their now unused tables stay valid)
+    spec = SliceSpec.from_yaml(text)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(dataclasses.replace(spec, slices=spec.timeline_slices("explicit")).to_yaml())
+    assert cli.main(["spec", "show", "--spec", str(mine), "--yaml"]) == 0
+    again = capsys.readouterr().out
+    assert again.startswith(f"# {mine}") and len(SliceSpec.from_yaml(again)) == 99
+    assert cli.main(["spec", "validate", str(mine)]) == 0
+    assert "99 slices (99 explicit, 0 implicit)" in capsys.readouterr().out
+    assert cli.main(["spec", "show", "--yaml", "--timeline", "implicit"]) == 2
+    assert "drop --timeline" in capsys.readouterr().err
 
 
 def test_cli_spec_validate(capsys, tmp_path):

@@ -574,3 +574,51 @@ def test_cli_user_errors(tmp_path, capsys):
     assert "dv365 lookup: error: version 'v7' is not a published version" in capsys.readouterr().err
     assert main(["store", "gc", str(tmp_path / "s"), "--keep", "-1"]) == 2
     assert "keep_last must be an int >= 0, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # a tiny log: ingest warns about short histories
+def test_cli_lookup_by_raw_ids_of_an_ingested_log(tmp_path, capsys):
+    # an ingested log's users are strings; the store holds dense ids. --data maps them through vocab/users.parquet
+    from dv365.cli import main
+    from dv365.data import ingest
+
+    log = tmp_path / "log.csv"
+    log.write_text("u,i,t\n" + "".join(f"{u},i{k},{1_700_000_000 + 60 * k}\n"
+                                        for k, u in enumerate(["zed", "amy", "zed", "bob", "amy"])))
+    ingest(log, tmp_path / "ds", {"user": "u", "item": "i", "timestamp": "t"})  # zed 0, amy 1, bob 2
+    url = str(tmp_path / "s")
+    with open_store(url, create=True) as st:
+        q = quantized(3, dim=8, tokens=2)
+        st.stage("v1").write_part(0, np.arange(3), q)
+        st.publish("v1", {"num_tokens": 2, "dim": 8})
+    capsys.readouterr()
+    args = ["lookup", "bob", "nobody", "zed", "--store", url, "--data", str(tmp_path / "ds"), "--values", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    row = lambda i: ", ".join(f"{v:.4f}" for v in dv365_ops.int4_dequantize(q[i])[0, :2].tolist())  # noqa: E731
+    assert out == [f"user bob (id 2): found, version v1, embedding [2, 8] float32, row 0 [{row(2)}, ...]",
+                   f"user nobody: not in {tmp_path / 'ds'} (no such raw id in its vocab/users.parquet)",
+                   f"user zed (id 0): found, version v1, embedding [2, 8] float32, row 0 [{row(0)}, ...]"]
+    # without --data a raw id is a clear error naming the flag; a dataset without a vocabulary too
+    assert main(["lookup", "bob", "--store", url]) == 2
+    assert "USER 'bob' is not a dense user id (an integer); for your own ids of an ingested log pass --data" in \
+        capsys.readouterr().err
+    (tmp_path / "synth").mkdir()
+    assert main(["lookup", "1", "--store", url, "--data", str(tmp_path / "synth")]) == 2
+    assert "no vocab/users.parquet" in capsys.readouterr().err
+
+
+def test_cli_store_show_prints_strict_json(tmp_path, capsys):
+    # an export of a real log records fill_missing: NaN; `store show` printed a bare NaN, which JSON has not
+    # (JavaScript's JSON.parse fails, jq 1.6 reads null): non-finite numbers print as strings
+    from dv365.cli import main
+
+    url = str(tmp_path / "s")
+    with open_store(url, create=True) as st:
+        st.stage("v1").write_part(0, np.arange(3), quantized(3, dim=8, tokens=2))
+        st.publish("v1", {"num_tokens": 2, "dim": 8, "fill_missing": float("nan"), "ne": [float("inf"), 1.5]})
+    assert main(["store", "show", url]) == 0
+    shown = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert shown["fill_missing"] == "NaN" and shown["ne"] == ["Infinity", 1.5] and shown["dim"] == 8
+    with open_store(url) as st:
+        assert st.manifest()["fill_missing"] != st.manifest()["fill_missing"]  # the stored value stays a float NaN

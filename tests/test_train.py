@@ -124,6 +124,27 @@ def test_eval_data_beyond_the_tables_fails_before_work(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_unknown_durations_need_fill_missing_named_as_the_config_key(data, tmp_path):
+    # an ingested log without durations or dwell times (nulls): the error names the config key and the YAML NaN,
+    # not the loader's Python argument, before any work; with the override the same config trains
+    from dv365.data import ingest
+
+    log = tmp_path / "log.csv"
+    log.write_text("u,i,t,a\n" + "".join(f"{k % 3},{k % 7},{1_600_000_000 + 86_400 * k},{'like' if k % 5 else 'view'}\n"
+                                         for k in range(60)))
+    ingest(log, tmp_path / "ds", {"user": "u", "item": "i", "timestamp": "t", "action": "a"}, examples_per_user=8)
+    path = _write(_config(data, tmp_path / "run", **{"data.path": str(tmp_path / "ds"), "schedule.steps": 2}),
+                  tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match=r"data\.path .*ds has unknown implicit video_duration, dwell_time .*"
+                                          r"set data\.fill_missing: \.nan"):
+        train(load_config(str(path)), progress=False)
+    assert not (tmp_path / "run").exists()
+    cfg = load_config(str(path), ["data.fill_missing=.nan"])
+    assert cfg.data.fill_missing != cfg.data.fill_missing  # NaN
+    train(cfg, progress=False)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2
+
+
 def test_cli_errors_are_messages_not_tracebacks(data, tmp_path):
     path = _write(_config(data, tmp_path / "run", **{"schedule.stpes": 3}), tmp_path / "bad.yaml")
     res = _run_cli(["train", str(path), "--quiet"])

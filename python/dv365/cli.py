@@ -104,11 +104,20 @@ def _finish(sub: argparse._SubParsersAction, path: list[str]) -> None:
         p.set_defaults(_command=" ".join(path + [name]), _parser=p)
 
 
+# A quoted row of the user's data in a message (ingest's bad-row samples: ``    line 7: media_type='x' ...``):
+# its ``column=value`` pairs name the user's columns, not our arguments, so they are left as they are.
+_DATA_LINE = re.compile(r"^\s*(?:line|row) \d+: ")
+
+
 def flag_names(message: str, parser: argparse.ArgumentParser | None) -> str:
     """Python argument names in an error message -> the command's flags: ``overwrite=True`` -> ``--overwrite``,
-    ``max_bad_fraction=0.1`` -> ``--max-bad-fraction 0.1``, ``like_threshold`` -> ``--like-threshold``."""
+    ``max_bad_fraction=0.1`` -> ``--max-bad-fraction 0.1``, ``like_threshold`` -> ``--like-threshold``. Lines
+    that quote data rows (``line 7: ...``, ``row 7: ...``) are kept verbatim."""
     if parser is None:
         return message
+    if "\n" in message:
+        return "\n".join(line if _DATA_LINE.match(line) else flag_names(line, parser)
+                         for line in message.split("\n"))
     for action in parser._actions:
         long = [o for o in action.option_strings if o.startswith("--")]
         if not long or action.dest in ("help", "debug"):
@@ -136,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dv365 {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`dv365 spec show | head`): not an error of the command. Point stdout at /dev/null so
+        # that the interpreter's final flush does not raise again, and exit as a tool killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
     except Exception as e:  # noqa: BLE001  (user errors become one line; anything else keeps its traceback)
         if debug or not _is_user_error(e):
             raise

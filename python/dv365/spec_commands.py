@@ -73,7 +73,18 @@ def _load(path: str | None) -> SliceSpec:
 
 
 def _show(args: argparse.Namespace) -> int:
-    print(format_spec(_load(args.spec), args.timeline))
+    spec = _load(args.spec)
+    if args.yaml:
+        if args.timeline:
+            raise ValueError("--yaml prints the whole spec (a spec needs its tables and both timelines); "
+                             "drop --timeline")
+        # the starting point of a custom spec: delete or edit entries, then `dv365 spec validate FILE` and
+        # `spec: FILE` in the training config
+        print(f"# {'the default dv365 slice spec' if args.spec is None else args.spec}, one entry per slice "
+              "(dv365 spec show --yaml); docs/design.md#slices")
+        print(spec.to_yaml(), end="")
+        return 0
+    print(format_spec(spec, args.timeline))
     return 0
 
 
@@ -104,6 +115,8 @@ def register(sub) -> None:
     spec_sub = parser.add_subparsers(dest="spec_command", required=True, metavar="ACTION")
     show = spec_sub.add_parser("show", help="print a slice spec as a table (default: the packaged default spec)")
     show.add_argument("--spec", metavar="FILE", help="a YAML slice spec (default: the packaged default spec)")
+    show.add_argument("--yaml", action="store_true",
+                      help="print the spec as YAML, one entry per slice: the file to edit into a custom spec")
     lazy_arguments(show, _timeline_flag)
     show.set_defaults(func=_show)
     validate = spec_sub.add_parser("validate", help="check a YAML slice spec and compile it (exit 1 when invalid)")

@@ -20,8 +20,9 @@ line number and values in ``bad_samples``; a CSV row with too few or too many fi
 ``ragged_row``; a row repeating the header (concatenated files) and a blank line are skipped and counted apart.
 When no row is kept, or more than ``max_bad_fraction`` of the data rows are bad, nothing is written and
 ``DataError`` says why. Timestamps are integers or floats (``881250949.0``; a fraction of the unit is dropped) in
-``time_unit`` since the epoch, Arrow timestamps, or strings in ``time_format``; data outside 1990..2100 is
-kept with a warning naming the unit that would fit.
+``time_unit`` since the epoch, Arrow timestamps, or strings in ``time_format``; numeric data wholly outside
+1990..2100 is kept with a warning naming the unit that would fit, numbers outside it beside others inside (a column
+mixing units) are bad rows (``implausible_timestamp``).
 
 Examples: the last ``examples_per_user`` events of each user become requests for their own item. Only labels the
 log shows are set: ``liked`` from the rating or from a like on that item within ``label_window`` seconds; with
@@ -41,6 +42,8 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -60,12 +63,26 @@ OPTIONAL = ("author", "topic", "action", "rating", "duration", "dwell", "media_t
 IMPLICIT_ACTIONS = ("view", "impression", "watch", "play", "click", "skip")
 ACTION_ALIASES = {"liked": "like", "share": "reshare", "profile": "profile_visit", "external": "external_share",
                   "saved": "save", "favorite": "like", "favourite": "like"}
+# What an unknown_* row would have needed: a log's own names (home_feed, share_external, ...) are rewritten to
+# these before ingestion, so the report says which names exist.
+ACCEPTED_VALUES = {
+    "unknown_action": (f"explicit {', '.join(ACTION_TYPES)} (or {', '.join(ACTION_ALIASES)}); "
+                       f"implicit {', '.join(IMPLICIT_ACTIONS)}"),
+    "unknown_media_type": ", ".join(MEDIA_TYPES),
+    "unknown_surface": ", ".join(SURFACES),
+}
+_REASON_HINTS = {
+    "implausible_timestamp": " (outside 1990..2100 while the other rows are inside: a column mixing seconds and "
+                             "milliseconds? convert those rows to one unit before ingesting)",
+}
 TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # Timestamps outside this range (1990-01-01 .. 2100-01-01 UTC) are almost always a wrong --time-unit.
 PLAUSIBLE_TS = (631_152_000, 4_102_444_800)
 # The loader gaps the empty-history report covers; the warning is about the loader's default (24 h).
 REPORT_GAPS = (0, 3_600, 86_400)
 WARN_EMPTY_SHARE = 0.2
+# Looping a short clip a few times is real; most impressions dwelling 10x the duration is a unit mismatch.
+DWELL_OVER_DURATION = 10
 SAMPLES_PER_REASON = 3
 # task label set by each explicit action
 _ACTION_TASK = {"like": "liked", "comment": "comment", "reshare": "reshare", "save": "save", "follow": "follow",
@@ -102,7 +119,9 @@ class IngestReport:
     def bad_lines(self) -> list[str]:
         lines = []
         for reason, n in sorted(self.bad_rows.items()):
-            lines.append(f"bad rows: {reason}: {n}")
+            hint = ACCEPTED_VALUES.get(reason)
+            hint = f" (accepted, any case: {hint})" if hint else _REASON_HINTS.get(reason, "")
+            lines.append(f"bad rows: {reason}: {n}{hint}")
             lines += [f"    {s}" for s in self.bad_samples.get(reason, [])]
         return lines
 
@@ -441,6 +460,16 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
     ts, present, valid, numeric_ts = _timestamps(col("timestamp"), unit, time_format)
     flag("missing_timestamp", ~present)
     flag("bad_timestamp", ~valid)
+    if numeric_ts:
+        # Some numbers inside 1990..2100 and others outside: a column that mixes units (one client logging
+        # milliseconds). No single time_unit reads both, and a kept row in the year 50000 would become the
+        # dataset's latest time (the export's --cutoff auto) and a request no history precedes: those rows are bad.
+        # A column wholly outside is kept, with the warning that names the unit that would fit (_check_time_range).
+        lo, hi = PLAUSIBLE_TS
+        usable = valid & ~bad
+        outside = usable & ((ts < lo) | (ts >= hi))
+        if outside.any() and (usable & ~outside).any():
+            flag("implausible_timestamp", outside)
 
     explicit = np.zeros(n, dtype=bool)
     action = np.zeros(n, dtype=np.int8)
@@ -521,6 +550,7 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
           "video_duration": floats["duration"][idx], "dwell_time": floats["dwell"][idx], "explicit": explicit[idx]}
     if numeric_ts:
         _check_time_range(rep, ev["ts"], time_unit)
+    _check_dwell_units(rep, ev)
     bar.update()
     bar.set_postfix_str("examples and labels")
     examples = _examples(ev, mapping, like_threshold is not None, examples_per_user, label_window)
@@ -572,6 +602,23 @@ def _check_time_range(rep: IngestReport, ts: np.ndarray, time_unit: str) -> None
     rep.warnings.append(
         f"warning: {outside} of {ts.size} timestamps ({outside / ts.size:.0%}) lie outside 1990..2100 "
         f"(they span {day(ts.min())} .. {day(ts.max())} with time_unit={time_unit!r}){hint}")
+
+
+def _check_dwell_units(rep: IngestReport, ev: dict[str, np.ndarray]) -> None:
+    """Warn when most dwell times exceed ``DWELL_OVER_DURATION`` times their duration: a dwell column in
+    milliseconds (a common export) read as seconds, which would put nearly every event into the long-dwell and
+    ratio >= 1 slices."""
+    imp = ~ev["explicit"]
+    dwell, dur = ev["dwell_time"][imp], ev["video_duration"][imp]
+    both = np.isfinite(dwell) & np.isfinite(dur) & (dur > 0)
+    n = int(both.sum())
+    over = int((dwell[both] > DWELL_OVER_DURATION * dur[both]).sum())
+    if n and over > 0.5 * n:
+        rep.warnings.append(
+            f"warning: the dwell time is more than {DWELL_OVER_DURATION}x the duration for {over} of {n} implicit "
+            f"events with both known ({over / n:.0%}; median dwell {np.median(dwell[both]):.4g} s, median duration "
+            f"{np.median(dur[both]):.4g} s): both are read as seconds; divide a column in milliseconds by 1000 "
+            "before ingesting")
 
 
 def _check_histories(rep: IngestReport, ev: dict[str, np.ndarray], examples: dict[str, np.ndarray]) -> None:
@@ -694,3 +741,16 @@ def _shards(ev, examples, num_users: int, per_shard: int):
             lo, hi = np.searchsorted(cols["user_id"], [first, end])
             tables[name] = {c: v[lo:hi] for c, v in cols.items()}
         yield Shard(first, end, tables[EXPLICIT], tables[IMPLICIT], tables["examples"])
+
+
+class _IngestModule(types.ModuleType):
+    """Importing this module as ``dv365.data.ingest`` (say for ``IngestWarning``, as docs/real-data.md shows) makes
+    the import system bind it to ``dv365.data``'s attribute ``ingest``, which until then was the function; a later
+    ``from dv365.data import ingest`` then gets this module. So the module is callable too: calling it runs
+    :func:`ingest`, whichever of the two imports came first."""
+
+    def __call__(self, *args, **kwargs) -> IngestReport:
+        return ingest(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _IngestModule

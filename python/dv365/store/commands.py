@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 
@@ -38,9 +39,22 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strict_json(obj):
+    """Non-finite floats as the strings "NaN", "Infinity", "-Infinity": Python writes them as bare NaN / Infinity,
+    which JSON does not have, so jq 1.6 reads null and JavaScript's JSON.parse fails (a real log's manifest has
+    ``fill_missing: NaN``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    return obj
+
+
 def _show(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        print(json.dumps(store.manifest(args.version), indent=2, sort_keys=True))
+        print(json.dumps(_strict_json(store.manifest(args.version)), indent=2, sort_keys=True, allow_nan=False))
     return 0
 
 
@@ -58,14 +72,42 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _user_ids(args: argparse.Namespace) -> tuple[list[str], list[int], list[bool]]:
+    """(label, dense id, known) per USER: dense ids as given, or with ``--data`` the raw ids of an ingested dataset
+    mapped through its ``vocab/users.parquet`` (an unknown raw id is looked up as -1: never found)."""
+    if args.data is None:
+        for u in args.users:
+            try:
+                int(u)
+            except ValueError:
+                raise ValueError(f"USER {u!r} is not a dense user id (an integer); for your own ids of an ingested "
+                                 "log pass --data DATASET, whose vocab/users.parquet maps them") from None
+        return list(args.users), [int(u) for u in args.users], [True] * len(args.users)
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    path = Path(args.data) / "vocab" / "users.parquet"
+    if not path.is_file():
+        raise ValueError(f"--data {args.data}: no vocab/users.parquet (dv365 ingest writes it; the users of a "
+                         "synthetic dataset are their dense ids: leave out --data)")
+    table = pq.read_table(path, columns=["id", "raw"])
+    dense = dict(zip(table.column("raw").to_pylist(), table.column("id").to_pylist()))
+    ids = [dense.get(u, -1) for u in args.users]
+    return [f"{u} (id {i})" if i >= 0 else u for u, i in zip(args.users, ids)], ids, [i >= 0 for i in ids]
+
+
 def _lookup(args: argparse.Namespace) -> int:
     import torch
 
     count = args.values if args.values is not None else (16 if args.raw else 6)
+    labels, ids, known = _user_ids(args)
     with _open(args) as store:
-        res = store.lookup(args.users, version=args.version, dequantize=not args.raw)
-    for i, uid in enumerate(args.users):
-        if bool(res.corrupt[i]):
+        res = store.lookup(ids, version=args.version, dequantize=not args.raw)
+    for i, uid in enumerate(labels):
+        if not known[i]:
+            print(f"user {uid}: not in {args.data} (no such raw id in its vocab/users.parquet)")
+        elif bool(res.corrupt[i]):
             print(f"user {uid}: CORRUPT record in version {res.version} (checksum mismatch), not served")
         elif not bool(res.found[i]):
             print(f"user {uid}: not found (version {res.version})")
@@ -120,7 +162,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("lookup", help="look users up in an embedding store",
                        description="Prints per user: found, version, shape, the first values of row 0.")
-    p.add_argument("users", nargs="+", type=int, metavar="USER")
+    p.add_argument("users", nargs="+", metavar="USER",
+                   help="dense user ids; with --data, your own ids of an ingested log")
+    p.add_argument("--data", default=None, metavar="DATASET",
+                   help="an ingested dataset: USER are raw ids, mapped through its vocab/users.parquet")
     p.add_argument("--store", required=True, help="the store: an LMDB directory, lmdb:///abs/path or redis://host:port/db")
     p.add_argument("--version", default=None, help="a published version (default: current)")
     p.add_argument("--raw", action="store_true", help="the stored int4 record bytes instead of dequantized values")

@@ -11,11 +11,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a DV365 model (pooling + user tower + backbone) from a YAML config",
-        description="Train a DV365 model. CONFIG is a YAML file (every key optional; --print-config shows them all "
-        "with their defaults); KEY=VALUE arguments override it (e.g. schedule.steps=500 model.tower.name=LCE). "
-        "A run folder with checkpoints resumes from the newest one. Multi-process: torchrun --nproc-per-node N "
-        "-m dv365.cli train CONFIG.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a DV365 model. CONFIG is a YAML file (every key optional; --print-config shows them all\n"
+        "with their defaults); KEY=VALUE arguments override it (e.g. schedule.steps=500 model.tower.name=LCE).\n"
+        "A run folder with checkpoints resumes from the newest one. Multi-process: torchrun --nproc-per-node N\n"
+        "-m dv365.cli train CONFIG. See docs/training.md.",
     )
     p.add_argument("config", nargs="?", default=None, help="YAML config file (omit for all defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, values in YAML syntax")
@@ -29,7 +28,6 @@ def register(sub) -> None:
     e = sub.add_parser(
         "eval",
         help="evaluate a checkpoint: NE, AUC per task, watch-time MSE (and NE delta against a baseline)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     e.add_argument("checkpoint", help="checkpoint file or run folder (its newest checkpoint)")
     e.add_argument("--data", required=True, help="dataset folder to evaluate on")

@@ -126,6 +126,23 @@ DENSE_OPTIMIZERS = ("adamw", "adam", "sgd", "adagrad")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sparse_adam", "sgd")
 
 
+def check_fill_missing(cfg: TrainConfig, dataset, key: str) -> None:
+    """A dataset with unknown (null) durations or dwell times needs ``data.fill_missing``: named as the config key,
+    with the value real logs want (NaN), before any work starts; the loader's own error speaks of its Python
+    argument."""
+    from ..timeline import FLOAT_FIELDS, IMPLICIT
+
+    if cfg.data.fill_missing is not None:
+        return
+    missing = [c for c in FLOAT_FIELDS[IMPLICIT] if dataset.has_missing(IMPLICIT, c)]
+    if missing:
+        raise ConfigError(
+            f"config: {key} {dataset.path} has unknown implicit {', '.join(missing)} (null in its manifest's "
+            "null_counts) and data.fill_missing is not set: set data.fill_missing: .nan (YAML; data.fill_missing=.nan "
+            "as an override) so that unknown values select no dwell or watch-ratio slice (docs/real-data.md); a "
+            "number instead claims that value for every unknown one")
+
+
 def load_config(path: str | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """The config of YAML file ``path`` (None: all defaults) with ``key.sub=value`` overrides applied."""
     data = load_yaml(path) if path else {}

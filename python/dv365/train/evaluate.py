@@ -3,6 +3,8 @@ the relative NE delta of one model against a baseline on the same examples (pape
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 import dataclasses
 from typing import Any
@@ -92,7 +94,19 @@ def evaluate_checkpoint(checkpoint: str, data_path: str, *, baseline: str | None
 
 def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None,
                  delta: dict[str, float] | None = None) -> str:
-    """A markdown table of :meth:`MetricSet.compute` results (and a baseline's, with the relative deltas)."""
+    """A markdown table of :meth:`MetricSet.compute` results (and a baseline's, with the relative deltas).
+
+    A value that is not finite is printed as ``–`` with a note under the table: NE is +inf or NaN and AUC NaN when
+    every observed label of a task is the same (a log that never shows that action: all its labels are 0)."""
+    undefined = False
+
+    def cell(value: float | None, fmt: str) -> str:
+        nonlocal undefined
+        if value is None or not math.isfinite(value):
+            undefined = True
+            return "–"
+        return format(value, fmt)
+
     head = "| task | examples | pos rate | NE | AUC |"
     rule = "| --- | ---: | ---: | ---: | ---: |"
     if baseline is not None:
@@ -101,15 +115,19 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
     rows = [head, rule]
     for task, m in metrics.items():
         if task == "watch_time":
-            row = f"| watch time (MSE of log1p s) | {m['count']:,} | | {m['mse']:.4f} | |"
+            row = f"| watch time (MSE of log1p s) | {m['count']:,} | | {cell(m['mse'], '.4f')} | |"
             if baseline is not None:
-                row += f" {baseline[task]['mse']:.4f} | | {delta[task]:+.2f} |"
+                row += f" {cell(baseline[task]['mse'], '.4f')} | | {cell(delta[task], '+.2f')} |"
         else:
-            row = f"| {task} | {m['count']:,} | {m['pos_rate']:.3f} | {m['ne']:.4f} | {m.get('auc', float('nan')):.4f} |"
+            row = (f"| {task} | {m['count']:,} | {cell(m['pos_rate'], '.3f')} | {cell(m['ne'], '.4f')} | "
+                   f"{cell(m.get('auc'), '.4f')} |")
             if baseline is not None:
                 b = baseline[task]
-                row += f" {b['ne']:.4f} | {b.get('auc', float('nan')):.4f} | {delta[task]:+.2f} |"
+                row += f" {cell(b['ne'], '.4f')} | {cell(b.get('auc'), '.4f')} | {cell(delta[task], '+.2f')} |"
         rows.append(row)
+    if undefined:
+        rows += ["", "–: undefined: the task has no observed label, or every observed label is the same (no positive "
+                 "or no negative example, e.g. an action the data never shows), so NE and AUC do not exist"]
     return "\n".join(rows)
 
 

@@ -29,7 +29,7 @@ from ..models import DV365Model, ModelConfig
 from ..spec import SliceSpec, load_default_spec
 from . import checkpoint as ckpt_io
 from .checkpoint import CheckpointError
-from .config import TrainConfig
+from .config import TrainConfig, check_fill_missing
 from .distributed import DistInfo, all_reduce_, average_sparse_grads, barrier, init_distributed, shutdown
 
 
@@ -203,6 +203,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
     if ckpt is None and init_from:
         warm = ckpt_io.load_checkpoint(init_from)
         _check_compatible(warm, spec_dict, cfg.model, "--init-from")
+    check_fill_missing(cfg, dataset, "data.path")
     vocab = dict(dataset.vocab_sizes)
     if ckpt is not None and ckpt["vocab_sizes"] != vocab:
         raise CheckpointError(f"resume: {ckpt['path']} was built for vocabularies {ckpt['vocab_sizes']} but "
@@ -213,6 +214,7 @@ def _train(cfg, device, info: DistInfo, init_from, resume, progress, stop_after)
         from .evaluate import check_data_fits
 
         check_data_fits(vocab, cfg.data.path, eval_dataset, "data.eval_path")
+        check_fill_missing(cfg, eval_dataset, "data.eval_path")
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.model, vocab, device)
     optimizers = build_optimizers(model, cfg)
