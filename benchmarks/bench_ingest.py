@@ -47,8 +47,15 @@ def write_log(path: pathlib.Path, rows: int, seed: int = 0) -> None:
 
 
 def load_baseline(rev: str):
-    """``dv365.data.ingest`` as of git revision ``rev``, loaded beside the current one."""
-    src = subprocess.check_output(["git", "show", f"{rev}:python/dv365/data/ingest.py"], cwd=ROOT, text=True)
+    """``dv365.data.ingest`` as of git revision ``rev``, loaded beside the current one (its module was
+    ``ingest.py`` before it became ``ingestion.py``)."""
+    for name in ("ingestion.py", "ingest.py"):
+        show = subprocess.run(["git", "show", f"{rev}:python/dv365/data/{name}"], cwd=ROOT, capture_output=True, text=True)
+        if show.returncode == 0:
+            src = show.stdout
+            break
+    else:
+        raise SystemExit(f"bench_ingest: {rev} has no python/dv365/data/ingestion.py or ingest.py")
     mod = types.ModuleType("dv365.data._ingest_baseline")
     mod.__package__ = "dv365.data"
     sys.modules[mod.__name__] = mod  # dataclasses look their module up

@@ -93,7 +93,7 @@ def _python_blocks(doc: Path, heading: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
 
 
-@pytest.mark.filterwarnings("ignore::dv365.data.ingest.IngestWarning")  # a tiny log: short histories
+@pytest.mark.filterwarnings("ignore::dv365.data.ingestion.IngestWarning")  # a tiny log: short histories
 def test_real_data_ids_and_downstream_snippets_run(tmp_path, monkeypatch):
     # the examples of real-data.md section 5 and export.md's downstream adapter, as written, on a small ingested log
     import torch

@@ -58,7 +58,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     import warnings
 
-    from .ingest import IngestWarning, ingest, parse_mapping
+    from .ingestion import IngestWarning, ingest, parse_mapping
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IngestWarning)  # printed below from the report, once

@@ -42,8 +42,6 @@ import dataclasses
 import datetime
 import json
 import os
-import sys
-import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -742,15 +740,3 @@ def _shards(ev, examples, num_users: int, per_shard: int):
             tables[name] = {c: v[lo:hi] for c, v in cols.items()}
         yield Shard(first, end, tables[EXPLICIT], tables[IMPLICIT], tables["examples"])
 
-
-class _IngestModule(types.ModuleType):
-    """Importing this module as ``dv365.data.ingest`` (say for ``IngestWarning``, as docs/real-data.md shows) makes
-    the import system bind it to ``dv365.data``'s attribute ``ingest``, which until then was the function; a later
-    ``from dv365.data import ingest`` then gets this module. So the module is callable too: calling it runs
-    :func:`ingest`, whichever of the two imports came first."""
-
-    def __call__(self, *args, **kwargs) -> IngestReport:
-        return ingest(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _IngestModule
