@@ -187,6 +187,39 @@ def test_an_unfinished_cycle_on_other_data_is_refused(env, tmp_path, monkeypatch
         _run(env, tmp_path, "d1", overrides=["schedule.steps=4"])
 
 
+@pytest.mark.filterwarnings("ignore::dv365.data.IngestWarning")  # a small log: many short histories
+def test_a_snapshot_that_renumbers_users_is_refused(tmp_path):
+    # a log ingested again in another order gives the same raw users other dense ids: a refresh would publish their
+    # embeddings under each other's ids, so it stops before any work; an appended snapshot keeps the ids and runs
+    from dv365.data import ingest
+    from dv365.refresh import renumbered
+
+    t0 = 1_700_000_000
+    rows = [f"u{k % 12},i{(k * 7) % 40},{t0 + 1800 * k},{20 + k % 30},{10 + k % 40}\n" for k in range(600)]
+    new = [f"u_new{k % 3},i{40 + k % 5},{t0 + 1800 * (600 + k)},30,20\n" for k in range(30)]
+    head = "u,i,t,dur,dwell\n"
+    m = {"user": "u", "item": "i", "timestamp": "t", "duration": "dur", "dwell": "dwell"}
+    for name, body in (("d1", rows), ("d2", rows + new), ("d2_sorted", sorted(rows + new, key=lambda r: r.split(",")[0]))):
+        (tmp_path / f"{name}.csv").write_text(head + "".join(body))
+        ingest(tmp_path / f"{name}.csv", tmp_path / name, m)
+    assert renumbered(tmp_path / "d1", tmp_path / "d2") is None
+    why = renumbered(tmp_path / "d1", tmp_path / "d2_sorted")
+    assert why is not None and "users have another dense id" in why
+    cfg = {"threads": 1, "device": "cpu", "data": {"path": "unused", "batch_size": 8, "prefetch": 0},
+           "model": {"dim": 8, "tower": {"name": "LCE", "args": {"num_out": 5}},
+                     "backbone": {"embedding_dim": 8, "bottom_mlp": [8], "top_mlp": [8], "user_buckets": 31}},
+           "schedule": {"steps": 2, "log_every": 1}, "checkpoint": {"every": 2, "keep": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    kw = dict(state_dir=tmp_path / "state", part_size=8, batch_size=8, progress=False)
+    store = str(tmp_path / "store")
+    assert refresh(str(tmp_path / "c.yaml"), str(tmp_path / "d1"), store, **kw)["done"]
+    with pytest.raises(RefreshError, match=r"users have another dense id .* Ingest the new snapshot so that ids stay"):
+        refresh(str(tmp_path / "c.yaml"), str(tmp_path / "d2_sorted"), store, **kw)
+    state = json.loads((tmp_path / "state" / "refresh.json").read_text())
+    assert len(state["cycles"]) == 1  # refused before a cycle was recorded
+    assert refresh(str(tmp_path / "c.yaml"), str(tmp_path / "d2"), store, **kw)["done"]
+
+
 def test_stability_numbers_on_a_hand_built_store(tmp_path):
     """cosine_similarities against numpy; the newer version has users the older one lacks (a grown snapshot)."""
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..lazy import lazy_names
 
 _NAMES = {
-    "STAGES": "cycle", "RefreshError": "cycle", "refresh": "cycle",
+    "STAGES": "cycle", "RefreshError": "cycle", "refresh": "cycle", "renumbered": "cycle",
     "cosine_similarities": "stability", "plot_histogram": "stability", "summarize": "stability",
 }
 __all__ = sorted(_NAMES)

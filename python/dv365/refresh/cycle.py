@@ -27,7 +27,35 @@ STAGES = ("train", "export", "publish", "report")
 
 
 class RefreshError(ValueError):
-    """A cycle that cannot run: an unfinished cycle on other data, a config that changed mid-cycle."""
+    """A cycle that cannot run: an unfinished cycle on other data, a config that changed mid-cycle, a snapshot that
+    renumbers the previous one's users or items."""
+
+
+def renumbered(old: str | os.PathLike, new: str | os.PathLike) -> str | None:
+    """Why dataset ``new`` does not keep the dense ids of dataset ``old``, or None when it does. Ingest writes the
+    raw id of every dense user and item id to ``vocab/users.parquet`` / ``vocab/items.parquet``; the ids of the
+    next snapshot must extend those (the same raw id at every old dense id), or the warm start gives items other
+    items' table rows and the export publishes users' embeddings under other users' ids. Datasets without these
+    files (``dv365 synth``) have no raw ids and pass."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for name in ("users", "items"):
+        a, b = Path(old) / "vocab" / f"{name}.parquet", Path(new) / "vocab" / f"{name}.parquet"
+        if not (a.is_file() and b.is_file()):
+            continue
+        ra = pc.cast(pq.read_table(a, columns=["raw"]).column("raw"), pa.string())
+        rb = pc.cast(pq.read_table(b, columns=["raw"]).column("raw"), pa.string())
+        if len(rb) < len(ra):
+            return f"{new} has {len(rb):,} {name}, {old} had {len(ra):,}: a snapshot must keep every earlier one"
+        same = pc.fill_null(pc.equal(ra, rb.slice(0, len(ra))), False).to_numpy(zero_copy_only=False)
+        moved = (~same).nonzero()[0]
+        if moved.size:
+            i = int(moved[0])
+            return (f"{moved.size:,} of {len(ra):,} {name} have another dense id in {new} than in {old} (e.g. dense "
+                    f"id {i} was {ra[i].as_py()!r}, is now {rb[i].as_py()!r})")
+    return None
 
 
 def _now() -> str:
@@ -99,6 +127,11 @@ def refresh(
                            f"{', '.join(s for s in STAGES if s in last['stages']) or 'none'}); rerun with --data "
                            f"{last['data']} to finish it first")
     else:
+        done = next((c for c in reversed(state.cycles) if c.get("done")), None)
+        why = renumbered(done["data"], data) if done is not None else None
+        if why is not None:
+            raise RefreshError(f"dv365 refresh: {why}. Ingest the new snapshot so that ids stay (the old log with "
+                               "the new rows appended after it: docs/real-data.md, section 5)")
         n = len(state.cycles) + 1
         cycle = {"cycle": n, "data": str(data), "data_hash": data_hash, "version": f"{version_prefix}-{n:04d}",
                  "dir": str(root / f"cycle-{n:04d}"), "config": cfg_dict, "started": _now(), "stages": {},
