@@ -377,3 +377,63 @@ def test_ingest_stays_the_function_whatever_was_imported_first(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["kept", "2", "function"]
+
+
+def _vocab(ds, name: str) -> dict[str, int]:
+    t = pq.read_table(ds / "vocab" / f"{name}.parquet")
+    return dict(zip(t.column("raw").to_pylist(), t.column("id").to_pylist()))
+
+
+def _events_by_raw(ds) -> set[tuple]:
+    """Every event as (raw user, ts, raw item, raw author, raw topic): comparable across datasets with other ids."""
+    inv = {name: {v: k for k, v in _vocab(ds, name).items()} for name in ("users", "items", "authors", "topics")}
+    d = open_dataset(ds)
+    out = set()
+    for k in range(d.num_shards):
+        for kind in ("explicit", "implicit"):
+            t = d.read_table(k, kind)
+            for u, ts, i, a, tp in zip(t["user_id"], t["ts"], t["media_id"], t["author_id"], t["topic_id"]):
+                out.add((inv["users"][int(u)], int(ts), inv["items"][int(i)], inv["authors"].get(int(a)),
+                         inv["topics"].get(int(tp))))
+    return out
+
+
+def test_vocab_from_keeps_every_id_of_the_earlier_dataset(tmp_path):
+    from dv365.refresh import renumbered
+
+    t0 = 1_700_000_000
+    rows = [f"u{k % 9},i{(k * 5) % 23},a{k % 4},t{k % 3},{t0 + 3600 * k}\n" for k in range(120)]
+    # the next snapshot: the same log sorted another way, without user u8, plus a new user, item, author and topic
+    later = sorted((r for r in rows if not r.startswith("u8,")), key=lambda r: r.split(",")[1])
+    later += [f"u_new,i_new,a_new,t_new,{t0 + 3600 * (200 + k)}\n" for k in range(3)]
+    later.append(f"u0,i_new,a0,t0,{t0 + 3600 * 300}\n")
+    head = "user,item,author,topic,ts\n"
+    m = {"user": "user", "item": "item", "author": "author", "topic": "topic", "timestamp": "ts"}
+    d1, plain, kept = tmp_path / "d1", tmp_path / "plain", tmp_path / "kept"
+    ingest(_write(tmp_path, head + "".join(rows), "d1.csv"), d1, m)
+    ingest(_write(tmp_path, head + "".join(later), "d2.csv"), plain, m)
+    assert renumbered(d1, plain) is not None  # the other order renumbers without vocab_from
+    assert main(["ingest", "--input", str(tmp_path / "d2.csv"), "--out", str(kept), "--map",
+                 "user=user,item=item,author=author,topic=topic,timestamp=ts", "--vocab-from", str(d1), "--quiet"]) == 0
+    assert renumbered(d1, kept) is None
+    for name in ("users", "items", "authors", "topics"):
+        old, new = _vocab(d1, name), _vocab(kept, name)
+        assert {r: new[r] for r in old} == old, name  # every earlier raw id keeps its id ...
+    assert _vocab(kept, "users")["u_new"] == 9 and _vocab(kept, "items")["i_new"] == 23  # ... new ones come next
+    assert _vocab(kept, "authors")["a_new"] == 5 and _vocab(kept, "topics")["t_new"] == 4  # (from 1: 0 is unknown)
+    # the same events, told by raw ids; u8 is still numbered, with an empty history
+    assert _events_by_raw(kept) == _events_by_raw(plain)
+    assert {e for e in _events_by_raw(d1) if e[0] != "u8"} <= _events_by_raw(kept)
+    ds = open_dataset(kept)
+    u8 = _vocab(kept, "users")["u8"]
+    assert ds.num_users == 10 and ds.shard_users(0)[0] <= u8 < ds.shard_users(0)[1]
+    assert not any((ds.read_table(0, kind)["user_id"] == u8).any() for kind in ("explicit", "implicit"))
+
+
+def test_vocab_from_needs_an_ingested_dataset(tmp_path):
+    from dv365.data import generate
+
+    generate(3, seed=0).write(tmp_path / "synth")
+    log = _write(tmp_path, "u,i,t\n1,2,1700000000\n")
+    with pytest.raises(DataError, match=r"vocab_from .*synth has no vocab/users.parquet: only a dataset written by"):
+        ingest(log, tmp_path / "out", {"user": "u", "item": "i", "timestamp": "t"}, vocab_from=tmp_path / "synth")

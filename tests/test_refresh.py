@@ -190,7 +190,7 @@ def test_an_unfinished_cycle_on_other_data_is_refused(env, tmp_path, monkeypatch
 @pytest.mark.filterwarnings("ignore::dv365.data.IngestWarning")  # a small log: many short histories
 def test_a_snapshot_that_renumbers_users_is_refused(tmp_path):
     # a log ingested again in another order gives the same raw users other dense ids: a refresh would publish their
-    # embeddings under each other's ids, so it stops before any work; an appended snapshot keeps the ids and runs
+    # embeddings under each other's ids, so it stops before any work; appended, or ingested with vocab_from, it runs
     from dv365.data import ingest
     from dv365.refresh import renumbered
 
@@ -199,7 +199,8 @@ def test_a_snapshot_that_renumbers_users_is_refused(tmp_path):
     new = [f"u_new{k % 3},i{40 + k % 5},{t0 + 1800 * (600 + k)},30,20\n" for k in range(30)]
     head = "u,i,t,dur,dwell\n"
     m = {"user": "u", "item": "i", "timestamp": "t", "duration": "dur", "dwell": "dwell"}
-    for name, body in (("d1", rows), ("d2", rows + new), ("d2_sorted", sorted(rows + new, key=lambda r: r.split(",")[0]))):
+    resorted = sorted(rows + new, key=lambda r: r.split(",")[0])
+    for name, body in (("d1", rows), ("d2", rows + new), ("d2_sorted", resorted)):
         (tmp_path / f"{name}.csv").write_text(head + "".join(body))
         ingest(tmp_path / f"{name}.csv", tmp_path / name, m)
     assert renumbered(tmp_path / "d1", tmp_path / "d2") is None
@@ -213,11 +214,14 @@ def test_a_snapshot_that_renumbers_users_is_refused(tmp_path):
     kw = dict(state_dir=tmp_path / "state", part_size=8, batch_size=8, progress=False)
     store = str(tmp_path / "store")
     assert refresh(str(tmp_path / "c.yaml"), str(tmp_path / "d1"), store, **kw)["done"]
-    with pytest.raises(RefreshError, match=r"users have another dense id .* Ingest the new snapshot so that ids stay"):
+    with pytest.raises(RefreshError, match=r"users have another dense id .* so that ids stay: dv365 ingest .* --vocab-from"):
         refresh(str(tmp_path / "c.yaml"), str(tmp_path / "d2_sorted"), store, **kw)
     state = json.loads((tmp_path / "state" / "refresh.json").read_text())
     assert len(state["cycles"]) == 1  # refused before a cycle was recorded
-    assert refresh(str(tmp_path / "c.yaml"), str(tmp_path / "d2"), store, **kw)["done"]
+    # the same re-sorted log ingested with the previous dataset's ids is refreshed
+    ingest(tmp_path / "d2_sorted.csv", tmp_path / "d2_kept", m, vocab_from=tmp_path / "d1")
+    assert renumbered(tmp_path / "d1", tmp_path / "d2_kept") is None
+    assert refresh(str(tmp_path / "c.yaml"), str(tmp_path / "d2_kept"), store, **kw)["done"]
 
 
 def test_stability_numbers_on_a_hand_built_store(tmp_path):

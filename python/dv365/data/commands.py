@@ -68,6 +68,7 @@ def _ingest(args: argparse.Namespace) -> int:
             media_type=args.media_type, surface=args.surface, examples_per_user=args.examples_per_user,
             label_window=args.label_window, users_per_shard=args.users_per_shard,
             max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite, progress=not args.quiet,
+            vocab_from=args.vocab_from,
         )
     print(report)
     for w in report.warnings:
@@ -114,5 +115,8 @@ def register(sub) -> None:
     p.add_argument("--max-bad-fraction", type=float, default=0.1,
                    help="fail (and write nothing) when more than this share of the rows is bad")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    p.add_argument("--vocab-from", default=None, metavar="DATASET",
+                   help="an earlier ingested dataset whose user, item, author and topic ids this one keeps (new ones "
+                        "get the next ids), so that its model and embeddings carry over to this snapshot")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_ingest)

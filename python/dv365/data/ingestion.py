@@ -12,8 +12,9 @@ Which timeline an event lands in:
 
 Nothing is invented: an unmapped or empty ``duration`` / ``dwell`` stays null in Parquet (the manifest counts them
 and the loader demands an explicit ``fill_missing``); an unmapped ``author`` / ``topic`` or an empty one becomes
-id 0, reserved for "unknown" (real ones are 1, 2, ...). Users and items get dense ids in order of first appearance;
-the raw-to-dense maps are written to ``vocab/``.
+id 0, reserved for "unknown" (real ones are 1, 2, ...). Users and items get dense ids in order of first appearance
+(authors and topics likewise, from 1); the raw-to-dense maps are written to ``vocab/`` (``users``, ``items``,
+``authors``, ``topics``). ``vocab_from`` numbers a later snapshot after an earlier dataset's maps instead.
 
 Rows: a row that cannot be used is counted under its first failing reason (``IngestReport.bad_rows``) with its
 line number and values in ``bad_samples``; a CSV row with too few or too many fields is the bad reason
@@ -344,9 +345,14 @@ def ingest(
     max_bad_fraction: float = 0.1,
     overwrite: bool = False,
     progress: bool = False,
+    vocab_from: str | os.PathLike | None = None,
 ) -> IngestReport:
     """Convert an interaction log to a dataset at ``out`` (module docstring); returns the report, also stored
-    in the manifest's ``source``. Raises ``DataError`` (and writes nothing) when no row is kept or more than
+    in the manifest's ``source``. ``vocab_from``: an earlier ingested dataset whose ids this one keeps — every raw
+    user, item, author and topic it numbered keeps its id (those absent from this log too: a user with no event
+    here has an empty history), new ones get the next ids in order of first appearance — so that a model trained
+    on it can be warm-started, and its users' embeddings refreshed, on this snapshot whatever the log's row order.
+    Raises ``DataError`` (and writes nothing) when no row is kept or more than
     ``max_bad_fraction`` of the rows are bad; emits ``IngestWarning`` for implausible timestamps and for
     histories left empty by the loader's 24 h gap (also in ``IngestReport.warnings``). ``progress`` shows a
     tqdm bar on stderr."""
@@ -374,6 +380,7 @@ def ingest(
         if value not in vocab:
             raise DataError(f"ingest: default {name} must be one of {vocab}, got {value!r}")
     delimiter = parse_delimiter(delimiter)
+    prev_vocab = _read_vocab(Path(vocab_from), mapping) if vocab_from is not None else None
     out = Path(out)
     if (out / "manifest.json").exists() and not overwrite:
         raise DataError(f"ingest: {out} already holds a dataset (pass overwrite=True to replace it)")
@@ -389,7 +396,7 @@ def ingest(
         ev, examples, info = _parse(src, mapping, rep, like_threshold=like_threshold, unit=TIME_UNITS[time_unit],
                                     time_unit=time_unit, time_format=time_format, media_type=media_type,
                                     surface=surface, examples_per_user=examples_per_user, label_window=label_window,
-                                    max_bad_fraction=max_bad_fraction, bar=bar)
+                                    max_bad_fraction=max_bad_fraction, bar=bar, prev_vocab=prev_vocab)
         bar.set_postfix_str("writing shards")
         num_shards = -(-rep.users // users_per_shard)
         bar.total += max(num_shards, 1)
@@ -398,12 +405,13 @@ def ingest(
         write_dataset(out, _shards(ev, examples, rep.users, users_per_shard), items=_items(ev, rep.items),
                       source={"ingested_from": str(path), "format": fmt, "mapping": mapping,
                               "like_threshold": like_threshold, "time_unit": time_unit,
-                              "defaults": {"media_type": media_type, "surface": surface}, "report": rep.as_dict()},
+                              "defaults": {"media_type": media_type, "surface": surface}, "report": rep.as_dict(),
+                              "vocab_from": str(vocab_from) if vocab_from is not None else None},
                       overwrite=overwrite, progress=lambda shard: bar.update())
         vocab_dir = out / "vocab"
         vocab_dir.mkdir(exist_ok=True)
-        for name, dictionary, raw in info:
-            pq.write_table(pa.table({"id": np.arange(raw.size, dtype=np.int64), "raw": dictionary.take(raw)}),
+        for name, (first_id, raws) in info.items():
+            pq.write_table(pa.table({"id": np.arange(first_id, first_id + len(raws), dtype=np.int64), "raw": raws}),
                            vocab_dir / f"{name}.parquet")
         (out / "ingest_report.json").write_text(json.dumps(rep.as_dict(), indent=1))
         bar.update()
@@ -414,7 +422,7 @@ def ingest(
 
 def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_threshold, unit: int, time_unit: str,
            time_format: str, media_type: str, surface: str, examples_per_user: int, label_window: int,
-           max_bad_fraction: float, bar):
+           max_bad_fraction: float, bar, prev_vocab: dict[str, list[str]] | None = None):
     table = src.table
     n = table.num_rows
     bad = np.zeros(n, dtype=bool)
@@ -514,13 +522,18 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
     media = cat("media_type", MEDIA_TYPES, media_type)
     surf = cat("surface", SURFACES, surface)
 
+    vocab: dict[str, tuple[int, pa.Array]] = {}  # name -> (first id, raw id of each id from there)
+
     def optional_id(key: str) -> np.ndarray:
         if key not in mapping:
             rep.notes.append(f"note: {key} not mapped: every {key}_id is 0 (unknown)")
             return np.zeros(n, dtype=np.int64)
-        codes, _, present = _keys(col(key))
+        codes, dictionary, present = _keys(col(key))
         rep.missing[key] = int((~present & ~bad).sum())
-        return np.where(present, codes + 1, 0)
+        # ids from 1 (0 is "unknown") in order of first appearance, or after an earlier dataset's (vocab_from)
+        remap, raws = _extend(prev_vocab, f"{key}s", dictionary, first_id=1)
+        vocab[f"{key}s"] = (1, raws)
+        return np.where(present, remap[codes], 0)
 
     author = optional_id("author")
     topic = optional_id("topic")
@@ -539,7 +552,11 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
     # dense ids over kept rows only, in order of first appearance
     user, user_raw = _compact(user, keep)
     item, item_raw = _compact(item, keep)
-    rep.users, rep.items = user_raw.size, item_raw.size
+    for name, codes, dictionary, raw in (("users", user, user_dict, user_raw), ("items", item, item_dict, item_raw)):
+        remap, raws = _extend(prev_vocab, name, dictionary.take(raw), first_id=0)
+        codes[:] = remap[codes]
+        vocab[name] = (0, raws)
+    rep.users, rep.items = len(vocab["users"][1]), len(vocab["items"][1])
 
     idx = np.flatnonzero(keep)
     idx = idx[np.lexsort((ts[idx], user[idx]))]
@@ -557,7 +574,7 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
     rep.examples = int(examples["user_id"].size)
     _check_histories(rep, ev, examples)
     bar.update()
-    return ev, examples, (("users", user_dict, user_raw), ("items", item_dict, item_raw))
+    return ev, examples, vocab
 
 
 def _samples(src: _Source, mapping: dict[str, str], rows: np.ndarray) -> list[str]:
@@ -652,6 +669,51 @@ def _segment_search(seg: np.ndarray, val: np.ndarray, q_seg: np.ndarray, q_val: 
     return np.searchsorted(key, q_seg.astype(np.int64) * r + ranks[val.size:], side)
 
 
+VOCAB_NAMES = ("users", "items", "authors", "topics")
+
+
+def _read_vocab(prev: Path, mapping: dict[str, str]) -> dict[str, list[str]]:
+    """The raw id of every id of an earlier ingested dataset (``vocab/<name>.parquet``; authors and topics from 1)."""
+    out: dict[str, list[str]] = {}
+    for name in VOCAB_NAMES:
+        path = prev / "vocab" / f"{name}.parquet"
+        if not path.is_file():
+            if name in ("users", "items"):
+                raise DataError(f"ingest: vocab_from {prev} has no vocab/{name}.parquet: only a dataset written by "
+                                "ingest has raw ids")
+            if name[:-1] in mapping:
+                raise DataError(f"ingest: vocab_from {prev} has no vocab/{name}.parquet (ingested before ingest kept "
+                                f"{name[:-1]} ids): ingest it again first")
+            continue
+        t = pq.read_table(path)
+        ids = t.column("id").to_numpy()
+        first = 0 if name in ("users", "items") else 1
+        if not np.array_equal(ids, np.arange(first, first + ids.size)):
+            raise DataError(f"ingest: {path} does not number its ids {first}, {first + 1}, ... in order")
+        out[name] = pc.cast(t.column("raw"), pa.string()).to_pylist()
+    return out
+
+
+def _extend(prev: dict[str, list[str]] | None, name: str, raws: pa.Array, first_id: int) -> tuple[np.ndarray, pa.Array]:
+    """Ids for ``raws`` (this log's raw ids, by their current code): ``first_id + code`` without an earlier
+    vocabulary; with one, a known raw id keeps its earlier id and the others get the next ones in code order. Also
+    the raw id of every id from ``first_id`` on."""
+    raws = pc.cast(raws, pa.string())
+    if prev is None or name not in prev:
+        return np.arange(first_id, first_id + len(raws), dtype=np.int64), raws
+    old = prev[name]
+    index = {r: i + first_id for i, r in enumerate(old)}
+    out = list(old)
+    remap = np.empty(len(raws), dtype=np.int64)
+    for code, r in enumerate(raws.to_pylist()):
+        i = index.get(r)
+        if i is None:
+            i = index[r] = first_id + len(out)
+            out.append(r)
+        remap[code] = i
+    return remap, pa.array(out, pa.string())
+
+
 def _compact(codes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Renumber the codes of kept rows to 0..K-1 (first-appearance order kept); also the old code of each new id."""
     size = int(codes.max()) + 1 if codes.size else 0
@@ -663,13 +725,19 @@ def _compact(codes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _items(ev: dict[str, np.ndarray], num_items: int) -> dict[str, np.ndarray]:
     # one row per item, from its latest event (authors/topics/media types of an item do not change in practice)
+    # (an item kept from an earlier dataset's ids that has no event here gets the unknown author and topic 0)
     last = np.full(num_items, -1, dtype=np.int64)
     last[ev["media_id"]] = np.arange(ev["media_id"].size)
+    seen = last >= 0
     dur = np.full(num_items, np.nan, dtype=np.float32)
     ok = ~np.isnan(ev["video_duration"])
     dur[ev["media_id"][ok]] = ev["video_duration"][ok]
-    return {"item_id": np.arange(num_items, dtype=np.int64), "author_id": ev["author_id"][last],
-            "topic_id": ev["topic_id"][last], "media_type": ev["media_type"][last], "video_duration": dur}
+
+    def latest(col: str, default) -> np.ndarray:
+        return np.where(seen, ev[col][np.maximum(last, 0)] if ev[col].size else default, default).astype(ev[col].dtype)
+
+    return {"item_id": np.arange(num_items, dtype=np.int64), "author_id": latest("author_id", 0),
+            "topic_id": latest("topic_id", 0), "media_type": latest("media_type", 0), "video_duration": dur}
 
 
 def _examples(ev, mapping, rated: bool, k: int, window: int) -> dict[str, np.ndarray]:

@@ -130,8 +130,8 @@ def refresh(
         done = next((c for c in reversed(state.cycles) if c.get("done")), None)
         why = renumbered(done["data"], data) if done is not None else None
         if why is not None:
-            raise RefreshError(f"dv365 refresh: {why}. Ingest the new snapshot so that ids stay (the old log with "
-                               "the new rows appended after it: docs/real-data.md, section 5)")
+            raise RefreshError(f"dv365 refresh: {why}. Ingest the new snapshot so that ids stay: dv365 ingest ... "
+                               f"--vocab-from {done['data']} (docs/real-data.md, section 5)")
         n = len(state.cycles) + 1
         cycle = {"cycle": n, "data": str(data), "data_hash": data_hash, "version": f"{version_prefix}-{n:04d}",
                  "dir": str(root / f"cycle-{n:04d}"), "config": cfg_dict, "started": _now(), "stages": {},
