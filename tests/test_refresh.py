@@ -224,6 +224,15 @@ def test_a_snapshot_that_renumbers_users_is_refused(tmp_path):
     assert refresh(str(tmp_path / "c.yaml"), str(tmp_path / "d2_kept"), store, **kw)["done"]
 
 
+def test_config_comparison_takes_nan_as_equal():
+    from dv365.refresh.cycle import _diff
+
+    # two NaN objects (a config read twice): the same config, not a changed one
+    a, b = {"data": {"fill_missing": float("nan"), "gap": 1}}, {"data": {"fill_missing": float("nan"), "gap": 1}}
+    assert _diff(a, b) == []
+    assert _diff({"data": {"fill_missing": float("nan")}}, {"data": {"fill_missing": 0.0}}) == ["data.fill_missing"]
+
+
 def test_stability_numbers_on_a_hand_built_store(tmp_path):
     """cosine_similarities against numpy; the newer version has users the older one lacks (a grown snapshot)."""
     torch.manual_seed(0)

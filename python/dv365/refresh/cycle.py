@@ -116,7 +116,7 @@ def refresh(
     last = state.cycles[-1] if state.cycles else None
     if last is not None and last["data_hash"] == data_hash:
         cycle = last
-        if cycle["config"] != cfg_dict:
+        if _diff(cycle["config"], cfg_dict):
             diff = _diff(cycle["config"], cfg_dict)
             raise RefreshError(f"dv365 refresh: cycle {cycle['cycle']} on {data} ran with another config (differs in: "
                                f"{', '.join(diff)}); refresh with the config it started with")
@@ -227,12 +227,14 @@ def _report(cycle: dict[str, Any], prev: dict[str, Any] | None, store: str, ckpt
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ. Values compare as JSON text: NaN (``data.fill_missing: .nan``) equals
+    NaN, which ``!=`` between two float objects does not say."""
     keys = sorted(set(a) | set(b))
     out = []
     for k in keys:
         x, y = a.get(k), b.get(k)
         if isinstance(x, dict) and isinstance(y, dict):
             out += _diff(x, y, f"{prefix}{k}.")
-        elif x != y:
+        elif json.dumps(x, sort_keys=True) != json.dumps(y, sort_keys=True):
             out.append(f"{prefix}{k}")
     return out
