@@ -409,14 +409,22 @@ class _Builders:
     """Who builds a loader's batches: ``workers`` threads (:func:`_run`) or ``workers`` forked processes writing
     whole batches into shared memory (``dv365.data.procs``). Both give the same batches in the same order. The
     processes are kept between passes until :meth:`close` or until the loader is collected; a pass that ends early
-    (an error, the consumer stopping) stops them, so nothing in flight outlives it."""
+    (an error, the consumer stopping) stops them, so nothing in flight outlives it.
 
-    def _init_builders(self, who: str, mode: str, workers: int | None) -> None:
+    A loader plans each batch (``_plan(task)`` -> shard k's timelines, the rows per timeline, the output shapes and
+    what ``_finish(ctx, timelines)`` needs besides the timelines) and names it for errors (``_what(task)``); every
+    task starts with its shard k."""
+
+    validate = False  # TimelineBatch.validate on every batch (the training loader's option)
+
+    def _init_builders(self, who: str, mode: str, workers: int | None, cache) -> None:
         if mode not in ("auto", "process", "thread"):
             raise ValueError(f"{who}: mode must be 'auto', 'process' or 'thread', got {mode!r}")
         if mode == "process" and not procs.available():
             raise ValueError(f"{who}: mode='process' needs Linux (fork, memfd) outside a daemonic process")
         self._who, self.mode = who, mode
+        self._cache = cache
+        self._shards = _Shards(self.dataset, self.fill_missing, cache)
         self.workers = _default_workers(mode != "thread" and procs.available()) if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"{who}: workers must be >= 1, got {self.workers}")
@@ -437,15 +445,21 @@ class _Builders:
             self._pool.close()
             self._pool = None
 
-    def _build(self, tasks: Iterator[Any], make: Callable[[Any], Any], plan: Callable, finish: Callable) -> Iterator[Any]:
-        """The batches of ``tasks`` in order: ``make(task)`` in threads, or in the worker processes ``plan(task)``
-        -> ``(job, shapes, ctx, what)`` in this process (``job`` goes to :func:`_fill_in_worker`, which writes
-        arrays of ``shapes``) and ``finish(ctx, arrays)`` on the filled arrays."""
-        if not self.uses_processes:
-            return _run(tasks, make, self.workers, self.prefetch)
-        return self._processes(tasks, plan, finish)
+    def _make(self, task: Any) -> Any:
+        """One batch built in this thread, into pinned or reused memory."""
+        tl, bounds, shapes, ctx = self._plan(task)
+        mem = _Memory(shapes, self.pin_memory, self._arenas)
+        return self._finish(ctx, [tl[kind].gather(a, b, self.validate, mem) for kind, (a, b) in zip(_KINDS, bounds)])
 
-    def _processes(self, tasks: Iterator[Any], plan: Callable, finish: Callable) -> Iterator[Any]:
+    def _build(self, tasks: Iterator[Any]) -> Iterator[Any]:
+        """The batches of ``tasks`` in order, from the threads or the worker processes."""
+        if not self.uses_processes:
+            return _run(tasks, self._make, self.workers, self.prefetch)
+        return self._processes(tasks)
+
+    def _processes(self, tasks: Iterator[Any]) -> Iterator[Any]:
+        """The batches built by the worker processes: planned here, their timelines copied by
+        :func:`_fill_in_worker` into an arena, finished here on the arena's arrays."""
         if self._pool is None or self._pool.closed:
             dataset, fill_missing, cache = self.dataset, self.fill_missing, self._cache
             self._pool = procs.ProcessPool(self.workers, lambda: _Shards(dataset, fill_missing, cache),
@@ -457,17 +471,18 @@ class _Builders:
         seq, finished = 0, False
 
         def receive() -> Any:
-            s, arena, ctx, shapes, what = window.popleft()
-            pool.result(s, what)
+            s, arena, task, ctx, shapes = window.popleft()
+            pool.result(s, self._what(task))
             pool.release(arena)
-            return finish(ctx, [torch.from_numpy(a) for a in procs.carve(pool.bufs[arena], shapes)])
+            arrays = [torch.from_numpy(a) for a in procs.carve(pool.bufs[arena], shapes)]
+            return self._finish(ctx, _timelines(arrays, self.validate))
 
         try:
             for task in tasks:
-                job, shapes, ctx, what = plan(task)
+                _, bounds, shapes, ctx = self._plan(task)
                 arena = pool.take(procs.layout(shapes)[1])
-                pool.submit(seq, arena, job)
-                window.append((seq, arena, ctx, shapes, what))
+                pool.submit(seq, arena, (task[0], bounds))
+                window.append((seq, arena, task, ctx, shapes))
                 seq += 1
                 if len(window) >= depth:
                     yield receive()
@@ -545,9 +560,7 @@ class Loader(_Builders):
         _check_fill_missing(dataset, fill_missing, "Loader")
         self.fingerprint = dataset_fingerprint(dataset)
         self._rows = {k: dataset.manifest["shards"][k]["files"][EXAMPLES]["rows"] for k in self.shards}
-        self._cache = cache
-        self._shards = _Shards(dataset, fill_missing, cache)
-        self._init_builders("Loader", mode, workers)
+        self._init_builders("Loader", mode, workers, cache)
         self.epoch = 0
         self._batches = 0  # batches of this epoch the consumer has received
 
@@ -609,14 +622,18 @@ class Loader(_Builders):
                 yield k, (perm[lo:hi] if perm is not None else np.arange(lo, hi))
             skip = 0
 
-    def _plan(self, task: tuple[int, np.ndarray]) -> tuple[dict[str, _Timeline], dict[str, np.ndarray], list, list]:
-        """Shard k's timelines, the batch's example columns, its rows per timeline and its output arrays' shapes."""
+    def _plan(self, task: tuple[int, np.ndarray]) -> tuple[dict[str, _Timeline], list, list, dict[str, np.ndarray]]:
+        """Shard k's timelines, the batch's rows per timeline, its output arrays' shapes and its example columns."""
         k, sel = task
         tl, arrays = self._shards.get(k)
         ex = {c: arrays[f"{EXAMPLES}.{c}"][sel] for c in _EXAMPLE_COLUMNS}
         cutoff = ex["request_ts"] - self.gap
         bounds = [tl[kind].bounds(ex["user_id"], cutoff, self.max_events) for kind in _KINDS]
-        return tl, ex, bounds, _shapes(tl, bounds)
+        return tl, bounds, _shapes(tl, bounds), ex
+
+    @staticmethod
+    def _what(task: tuple[int, np.ndarray]) -> str:
+        return f" (shard {task[0]}, {task[1].size} examples)"
 
     def _finish(self, ex: dict[str, np.ndarray], timelines: list[TimelineBatch]) -> Batch:
         labels = np.stack([ex[c] for c in LABEL_COLUMNS], axis=1)
@@ -639,21 +656,9 @@ class Loader(_Builders):
         )
         return Batch(timelines[0], timelines[1], examples.pin_memory() if self.pin_memory else examples)
 
-    def _make(self, task: tuple[int, np.ndarray]) -> Batch:
-        tl, ex, bounds, shapes = self._plan(task)
-        mem = _Memory(shapes, self.pin_memory, self._arenas)
-        return self._finish(ex, [tl[kind].gather(a, b, self.validate, mem) for kind, (a, b) in zip(_KINDS, bounds)])
-
-    def _plan_job(self, task: tuple[int, np.ndarray]) -> tuple:
-        _, ex, bounds, shapes = self._plan(task)
-        return (task[0], bounds), shapes, ex, f" (shard {task[0]}, {task[1].size} examples)"
-
-    def _finish_job(self, ex: dict[str, np.ndarray], arrays: list[torch.Tensor]) -> Batch:
-        return self._finish(ex, _timelines(arrays, self.validate))
-
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
-        source = self._build(self._tasks(epoch, self._batches), self._make, self._plan_job, self._finish_job)
+        source = self._build(self._tasks(epoch, self._batches))
         try:
             for batch in source:
                 self._batches += 1  # counted when the consumer receives it, however far the prefetcher is ahead
@@ -721,9 +726,7 @@ class UserLoader(_Builders):
         _check_fill_missing(dataset, fill_missing, "UserLoader")
         self.fingerprint = dataset_fingerprint(dataset)
         self._only_digest = None if only_users is None else hashlib.sha256(only_users.tobytes()).hexdigest()[:16]
-        self._cache = cache
-        self._shards = _Shards(dataset, fill_missing, cache)
-        self._init_builders("UserLoader", mode, workers)
+        self._init_builders("UserLoader", mode, workers, cache)
         self._users = {k: self._shard_users(k) for k in self.shards}
         self._batches = 0
         self._cuts: collections.OrderedDict[int, dict] = collections.OrderedDict()
@@ -793,12 +796,18 @@ class UserLoader(_Builders):
                     self._cuts.popitem(last=False)
             return cuts
 
-    def _plan(self, k: int, lo: int, n: int) -> tuple[dict[str, _Timeline], list, list]:
-        """Shard k's timelines, the batch's row bounds per timeline and its output arrays' shapes."""
+    def _plan(self, task: tuple[int, int, np.ndarray]) -> tuple[dict[str, _Timeline], list, list, np.ndarray]:
+        """Shard k's timelines, the batch's row bounds per timeline, its output arrays' shapes and its users."""
+        k, lo, user = task
         tl, _ = self._shards.get(k)
         cuts = self._shard_cuts(k)
-        bounds = [(cuts[kind][0][lo : lo + n], cuts[kind][1][lo : lo + n]) for kind in _KINDS]
-        return tl, bounds, _shapes(tl, bounds)
+        bounds = [(cuts[kind][0][lo : lo + user.size], cuts[kind][1][lo : lo + user.size]) for kind in _KINDS]
+        return tl, bounds, _shapes(tl, bounds), user
+
+    @staticmethod
+    def _what(task: tuple[int, int, np.ndarray]) -> str:
+        k, _, user = task
+        return f" (shard {k}, users {int(user[0])}..{int(user[-1])})"
 
     def _finish(self, user: np.ndarray, timelines: list[TimelineBatch]) -> UserBatch:
         user_id = torch.from_numpy(user)
@@ -807,22 +816,8 @@ class UserLoader(_Builders):
             user_id, request_ts = user_id.pin_memory(), request_ts.pin_memory()
         return UserBatch(user_id, timelines[0], timelines[1], request_ts)
 
-    def _make(self, task: tuple[int, int, np.ndarray]) -> UserBatch:
-        k, lo, user = task
-        tl, bounds, shapes = self._plan(k, lo, user.size)
-        mem = _Memory(shapes, self.pin_memory, self._arenas)
-        return self._finish(user, [tl[kind].gather(a, b, False, mem) for kind, (a, b) in zip(_KINDS, bounds)])
-
-    def _plan_job(self, task: tuple[int, int, np.ndarray]) -> tuple:
-        k, lo, user = task
-        _, bounds, shapes = self._plan(k, lo, user.size)
-        return (k, bounds), shapes, user, f" (shard {k}, users {int(user[0])}..{int(user[-1])})"
-
-    def _finish_job(self, user: np.ndarray, arrays: list[torch.Tensor]) -> UserBatch:
-        return self._finish(user, _timelines(arrays, False))
-
     def __iter__(self) -> Iterator[UserBatch]:
-        source = self._build(self._tasks(self._batches), self._make, self._plan_job, self._finish_job)
+        source = self._build(self._tasks(self._batches))
         try:
             for batch in source:
                 self._batches += 1
