@@ -531,8 +531,9 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
         codes, dictionary, present = _keys(col(key))
         rep.missing[key] = int((~present & ~bad).sum())
         # ids from 1 (0 is "unknown") in order of first appearance, or after an earlier dataset's (vocab_from)
-        remap, raws = _extend(prev_vocab, f"{key}s", dictionary, first_id=1)
-        vocab[f"{key}s"] = (1, raws)
+        name = f"{key}s"
+        remap, raws = _extend(prev_vocab, name, dictionary, FIRST_ID[name])
+        vocab[name] = (FIRST_ID[name], raws)
         return np.where(present, remap[codes], 0)
 
     author = optional_id("author")
@@ -553,9 +554,9 @@ def _parse(src: _Source, mapping: dict[str, str], rep: IngestReport, *, like_thr
     user, user_raw = _compact(user, keep)
     item, item_raw = _compact(item, keep)
     for name, codes, dictionary, raw in (("users", user, user_dict, user_raw), ("items", item, item_dict, item_raw)):
-        remap, raws = _extend(prev_vocab, name, dictionary.take(raw), first_id=0)
+        remap, raws = _extend(prev_vocab, name, dictionary.take(raw), FIRST_ID[name])
         codes[:] = remap[codes]
-        vocab[name] = (0, raws)
+        vocab[name] = (FIRST_ID[name], raws)
     rep.users, rep.items = len(vocab["users"][1]), len(vocab["items"][1])
 
     idx = np.flatnonzero(keep)
@@ -669,13 +670,14 @@ def _segment_search(seg: np.ndarray, val: np.ndarray, q_seg: np.ndarray, q_val: 
     return np.searchsorted(key, q_seg.astype(np.int64) * r + ranks[val.size:], side)
 
 
-VOCAB_NAMES = ("users", "items", "authors", "topics")
+# the id maps of vocab/ and the first id of each (authors and topics start at 1: 0 is "unknown")
+FIRST_ID = {"users": 0, "items": 0, "authors": 1, "topics": 1}
 
 
 def _read_vocab(prev: Path, mapping: dict[str, str]) -> dict[str, list[str]]:
     """The raw id of every id of an earlier ingested dataset (``vocab/<name>.parquet``; authors and topics from 1)."""
     out: dict[str, list[str]] = {}
-    for name in VOCAB_NAMES:
+    for name, first in FIRST_ID.items():
         path = prev / "vocab" / f"{name}.parquet"
         if not path.is_file():
             if name in ("users", "items"):
@@ -687,7 +689,6 @@ def _read_vocab(prev: Path, mapping: dict[str, str]) -> dict[str, list[str]]:
             continue
         t = pq.read_table(path)
         ids = t.column("id").to_numpy()
-        first = 0 if name in ("users", "items") else 1
         if not np.array_equal(ids, np.arange(first, first + ids.size)):
             raise DataError(f"ingest: {path} does not number its ids {first}, {first + 1}, ... in order")
         out[name] = pc.cast(t.column("raw"), pa.string()).to_pylist()
@@ -733,11 +734,13 @@ def _items(ev: dict[str, np.ndarray], num_items: int) -> dict[str, np.ndarray]:
     ok = ~np.isnan(ev["video_duration"])
     dur[ev["media_id"][ok]] = ev["video_duration"][ok]
 
-    def latest(col: str, default) -> np.ndarray:
-        return np.where(seen, ev[col][np.maximum(last, 0)] if ev[col].size else default, default).astype(ev[col].dtype)
+    def latest(col: str) -> np.ndarray:
+        out = np.zeros(num_items, dtype=ev[col].dtype)
+        out[seen] = ev[col][last[seen]]
+        return out
 
-    return {"item_id": np.arange(num_items, dtype=np.int64), "author_id": latest("author_id", 0),
-            "topic_id": latest("topic_id", 0), "media_type": latest("media_type", 0), "video_duration": dur}
+    return {"item_id": np.arange(num_items, dtype=np.int64), "author_id": latest("author_id"),
+            "topic_id": latest("topic_id"), "media_type": latest("media_type"), "video_duration": dur}
 
 
 def _examples(ev, mapping, rated: bool, k: int, window: int) -> dict[str, np.ndarray]:
@@ -807,4 +810,3 @@ def _shards(ev, examples, num_users: int, per_shard: int):
             lo, hi = np.searchsorted(cols["user_id"], [first, end])
             tables[name] = {c: v[lo:hi] for c, v in cols.items()}
         yield Shard(first, end, tables[EXPLICIT], tables[IMPLICIT], tables["examples"])
-

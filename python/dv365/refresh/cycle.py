@@ -116,8 +116,8 @@ def refresh(
     last = state.cycles[-1] if state.cycles else None
     if last is not None and last["data_hash"] == data_hash:
         cycle = last
-        if _diff(cycle["config"], cfg_dict):
-            diff = _diff(cycle["config"], cfg_dict)
+        diff = _diff(cycle["config"], cfg_dict)
+        if diff:
             raise RefreshError(f"dv365 refresh: cycle {cycle['cycle']} on {data} ran with another config (differs in: "
                                f"{', '.join(diff)}); refresh with the config it started with")
         if cycle.get("done"):

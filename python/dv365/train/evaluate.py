@@ -3,10 +3,9 @@ the relative NE delta of one model against a baseline on the same examples (pape
 
 from __future__ import annotations
 
-import math
-
 import contextlib
 import dataclasses
+import math
 from typing import Any
 
 import torch
