@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..timeline import EXPLICIT, FLOAT_FIELDS, IMPLICIT, TimelineBatch
+from ..timeline import EXPLICIT, IMPLICIT, TimelineBatch
 from . import procs
 from .cache import ShardArrays, ShardCache, cache_dir, decode_shard
 from .parquet import Dataset
@@ -306,7 +306,7 @@ def _check_cut(who: str, batch_size: int, gap: int, max_events: int | None) -> N
 
 def _check_fill_missing(dataset: Dataset, fill_missing: float | None, who: str) -> None:
     if fill_missing is None:
-        missing = [c for c in FLOAT_FIELDS[IMPLICIT] if dataset.has_missing(IMPLICIT, c)]
+        missing = dataset.missing_floats()
         if missing:
             raise DataError(
                 f"{who}: {dataset.path} has missing implicit {missing} (see its manifest null_counts); "
@@ -334,7 +334,7 @@ class _Shards:
         self.dataset, self.fill_missing, self.keep = dataset, fill_missing, keep
         root = cache_dir(dataset, cache)
         self.cache = ShardCache(dataset, root) if root is not None else None
-        self.has_missing = any(dataset.has_missing(IMPLICIT, c) for c in FLOAT_FIELDS[IMPLICIT])
+        self.has_missing = bool(dataset.missing_floats())
         self.lock = threading.Lock()
         self.loaded: collections.OrderedDict[int, list] = collections.OrderedDict()
 

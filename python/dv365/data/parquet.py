@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..timeline import EXPLICIT, ID_FIELDS, IMPLICIT
+from ..timeline import EXPLICIT, FLOAT_FIELDS, ID_FIELDS, IMPLICIT
 from .schema import EXAMPLES, ITEMS, SCHEMA_VERSION, SCHEMAS, SHARDED_TABLES, TIME_COLUMN, DataError, check_table, check_values
 
 MANIFEST = "manifest.json"
@@ -231,6 +231,11 @@ class Dataset:
 
     def has_missing(self, table: str, column: str) -> bool:
         return self.manifest["null_counts"].get(table, {}).get(column, 0) > 0
+
+    def missing_floats(self) -> list[str]:
+        """The implicit timeline's float columns (duration, dwell) with unknown values: a loader needs
+        ``fill_missing`` for them."""
+        return [c for c in FLOAT_FIELDS[IMPLICIT] if self.has_missing(IMPLICIT, c)]
 
     def __repr__(self) -> str:
         c = self.counts

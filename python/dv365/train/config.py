@@ -130,11 +130,9 @@ def check_fill_missing(cfg: TrainConfig, dataset, key: str) -> None:
     """A dataset with unknown (null) durations or dwell times needs ``data.fill_missing``: named as the config key,
     with the value real logs want (NaN), before any work starts; the loader's own error speaks of its Python
     argument."""
-    from ..timeline import FLOAT_FIELDS, IMPLICIT
-
     if cfg.data.fill_missing is not None:
         return
-    missing = [c for c in FLOAT_FIELDS[IMPLICIT] if dataset.has_missing(IMPLICIT, c)]
+    missing = dataset.missing_floats()
     if missing:
         raise ConfigError(
             f"config: {key} {dataset.path} has unknown implicit {', '.join(missing)} (null in its manifest's "
